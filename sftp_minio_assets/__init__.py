@@ -1,0 +1,1 @@
+"""sftp-minio-assets: SFTP servers into MinIO, each file exactly once, one partition per file."""

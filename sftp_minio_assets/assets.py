@@ -1,0 +1,72 @@
+"""The asset: one dynamic partition per remote file, materialized by copying it to the bucket.
+
+A run may carry one partition or a batch. Files go through a thread pool; each success is its
+own materialization of its own partition as soon as it lands, and the run fails at the end,
+naming every file that failed, so those partitions (and only those) show as failed and
+"materialize failed" in the UI reruns exactly them.
+"""
+
+import dagster as dg
+
+from .partitions import decode_key, partitions_for
+from .resources import MinIOResource, SFTPResource, TransferLogResource, TransferSettings
+from .worker import Worker
+
+DEFAULT_SOURCE = "default"
+
+
+def build_files_asset(source: str = DEFAULT_SOURCE) -> dg.AssetsDefinition:
+    @dg.asset(
+        name="files",
+        key_prefix=[source],
+        partitions_def=partitions_for(source),
+        # Each partition is reported by hand, per file; there is no single output to store.
+        output_required=False,
+        group_name="sftp_to_minio",
+        kinds={"sftp", "s3"},
+        description=f"Files of SFTP source `{source}`, one partition each, copied to MinIO.",
+    )
+    def files(
+        context: dg.AssetExecutionContext,
+        sftp: SFTPResource,
+        minio: MinIOResource,
+        transfer_log: TransferLogResource,
+        transfer_settings: TransferSettings,
+    ):
+        keys = {decode_key(key): key for key in context.partition_keys}
+        worker = Worker(
+            source=source,
+            sftp_settings=sftp.settings(),
+            sftp_pool=sftp.pool,
+            store=minio.store,
+            transfer_log=transfer_log.log,
+            tuning=transfer_settings.tuning,
+            run_id=context.run.run_id,
+            secrets=(sftp.password, minio.secret_key, minio.access_key),
+        )
+        failed = []
+        for outcome in worker.transfer_many(list(keys), transfer_settings.max_workers):
+            if outcome.status == "failed":
+                context.log.error(outcome.message)
+                failed.append(outcome)
+            elif outcome.status == "busy":
+                context.log.info(outcome.message)
+            else:
+                context.log.info(outcome.message)
+                yield dg.AssetMaterialization(
+                    asset_key=context.asset_key,
+                    partition=keys[outcome.path],
+                    metadata=outcome.metadata,
+                )
+        if failed:
+            listed = "\n".join(f"- {outcome.message}" for outcome in failed[:20])
+            more = f"\n... and {len(failed) - 20} more" if len(failed) > 20 else ""
+            raise dg.Failure(
+                description=f"{len(failed)} of {len(keys)} files failed:\n{listed}{more}",
+                metadata={"failed_files": [outcome.path for outcome in failed]},
+            )
+
+    return files
+
+
+files = build_files_asset()

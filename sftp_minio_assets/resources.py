@@ -1,0 +1,185 @@
+"""Dagster resources: thin, typed adapters over sftp.py, s3.py and transfer_log.py.
+
+Each opens its connections on first use and keeps them for the run (or sensor tick),
+so that a batch of files shares SSH sessions, S3 connections and database connections.
+"""
+
+import os
+
+import dagster as dg
+from pydantic import Field, PrivateAttr
+
+from .s3 import ObjectStore, S3Settings
+from .sftp import FileFilter, Listing, SFTPConnector, SFTPPool, SFTPSettings, list_tree
+from .transfer import MIB, Tuning
+from .transfer_log import TransferLog
+
+
+class SFTPResource(dg.ConfigurableResource):
+    """One SFTP source: where it is, how to trust and log in to it, which files to take."""
+
+    host: str
+    port: int = 22
+    username: str
+    password: str | None = Field(default=None, description="Password, or the key's passphrase.")
+    private_key: str | None = Field(default=None, description="Key file path or PEM text.")
+    known_hosts_path: str | None = None
+    host_key_sha256: str | None = Field(default=None, description='Pinned "SHA256:..." key.')
+    allow_unknown_host: bool = Field(
+        default=False, description="Accept any host key (logged). Never in production."
+    )
+    root: str = "/"
+    include: list[str] = Field(default_factory=list, description="Globs on the relative path.")
+    exclude: list[str] = Field(default_factory=list)
+    min_file_age_seconds: int = Field(
+        default=60, description="Files modified more recently are left for a later tick."
+    )
+
+    _pool: SFTPPool | None = PrivateAttr(default=None)
+
+    def settings(self) -> SFTPSettings:
+        return SFTPSettings(
+            host=self.host,
+            port=self.port,
+            username=self.username,
+            password=self.password,
+            private_key=self.private_key,
+            known_hosts_path=self.known_hosts_path,
+            host_key_sha256=self.host_key_sha256,
+            allow_unknown_host=self.allow_unknown_host,
+            root=self.root,
+        )
+
+    @property
+    def file_filter(self) -> FileFilter:
+        return FileFilter(tuple(self.include), tuple(self.exclude))
+
+    @property
+    def pool(self) -> SFTPPool:
+        if self._pool is None:
+            self._pool = SFTPPool(SFTPConnector(self.settings()))
+        return self._pool
+
+    def list_files(self) -> Listing:
+        return list_tree(self.pool.get(), self.root)
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._pool is not None:
+            self._pool.close()
+
+
+class MinIOResource(dg.ConfigurableResource):
+    """The destination bucket on MinIO or any S3-compatible store."""
+
+    endpoint_url: str
+    access_key: str
+    secret_key: str
+    bucket: str
+    prefix: str = ""
+    region: str = "us-east-1"
+
+    _store: ObjectStore | None = PrivateAttr(default=None)
+
+    @property
+    def store(self) -> ObjectStore:
+        """The bucket, created at the first write if it does not exist."""
+        if self._store is None:
+            self._store = ObjectStore(
+                S3Settings(
+                    endpoint_url=self.endpoint_url,
+                    access_key=self.access_key,
+                    secret_key=self.secret_key,
+                    bucket=self.bucket,
+                    prefix=self.prefix,
+                    region=self.region,
+                )
+            )
+        return self._store
+
+
+class TransferLogResource(dg.ConfigurableResource):
+    """The PostgreSQL `file_transfer_log` table: lock, history and statistics."""
+
+    url: str = Field(description="postgresql://user:password@host:port/database")
+    max_stale_lock_minutes: float = 30
+
+    _log: TransferLog | None = PrivateAttr(default=None)
+
+    @property
+    def log(self) -> TransferLog:
+        """The log, its schema created or migrated on first use."""
+        if self._log is None:
+            transfer_log = TransferLog(self.url, self.max_stale_lock_minutes)
+            transfer_log.migrate()
+            self._log = transfer_log
+        return self._log
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._log is not None:
+            self._log.close()
+
+
+class TransferSettings(dg.ConfigurableResource):
+    """How files are moved: the seed's MAX_WORKERS and LOCAL_DIR, and the upload shape."""
+
+    max_workers: int = Field(default=4, description="Files transferred at once per run.")
+    local_dir: str | None = Field(
+        default=None, description="Set: SFTP -> local file -> S3 (the seed's path); else stream."
+    )
+    part_size_mb: int = Field(default=16, ge=5, description="S3 multipart part size.")
+    parts_in_flight: int = Field(default=4, ge=1, description="Parts uploaded at once per file.")
+
+    @property
+    def tuning(self) -> Tuning:
+        return Tuning(self.part_size_mb * MIB, self.parts_in_flight, self.local_dir)
+
+
+def _optional(name: str, default=None):
+    """EnvVar when set (so the UI shows where a value comes from), else the default."""
+    return dg.EnvVar(name) if os.environ.get(name) else default
+
+
+def _optional_int(name: str, default: int):
+    return dg.EnvVar.int(name) if os.environ.get(name) else default
+
+
+def _globs(name: str) -> list[str]:
+    return [p.strip() for p in os.environ.get(name, "").split(",") if p.strip()]
+
+
+def resources_from_env() -> dict[str, dg.ConfigurableResource]:
+    """The resources as the environment variables in the README configure them."""
+    return {
+        "sftp": SFTPResource(
+            host=dg.EnvVar("SFTP_HOST"),
+            port=_optional_int("SFTP_PORT", 22),
+            username=dg.EnvVar("SFTP_USERNAME"),
+            password=_optional("SFTP_PASSWORD"),
+            private_key=_optional("SFTP_PRIVATE_KEY_PATH"),
+            known_hosts_path=_optional("SFTP_KNOWN_HOSTS_PATH"),
+            host_key_sha256=_optional("SFTP_HOST_KEY_SHA256"),
+            allow_unknown_host=os.environ.get("SFTP_ALLOW_UNKNOWN_HOST", "").lower()
+            in ("1", "true", "yes"),
+            root=_optional("SFTP_ROOT", "/"),
+            include=_globs("SFTP_INCLUDE"),
+            exclude=_globs("SFTP_EXCLUDE"),
+            min_file_age_seconds=_optional_int("MIN_FILE_AGE_SECONDS", 60),
+        ),
+        "minio": MinIOResource(
+            endpoint_url=dg.EnvVar("MINIO_ENDPOINT_URL"),
+            access_key=dg.EnvVar("MINIO_ACCESS_KEY"),
+            secret_key=dg.EnvVar("MINIO_SECRET_KEY"),
+            # BUCKET_NAME is the seed's name for it.
+            bucket=_optional("MINIO_BUCKET", _optional("BUCKET_NAME", "sftp-minio-assets")),
+            prefix=_optional("MINIO_PREFIX", ""),
+            region=_optional("MINIO_REGION", "us-east-1"),
+        ),
+        "transfer_log": TransferLogResource(
+            url=dg.EnvVar("TRANSFER_DB_URL"),
+            max_stale_lock_minutes=_optional_int("MAX_STALE_LOCK_MINUTES", 30),
+        ),
+        "transfer_settings": TransferSettings(
+            max_workers=_optional_int("MAX_WORKERS", 4),
+            local_dir=_optional("LOCAL_DIR"),
+        ),
+    }

@@ -1,0 +1,140 @@
+"""The S3 side (MinIO or any S3-compatible store), through s3fs: objects, multipart uploads, keys.
+
+Plain s3fs, no Dagster. Only standard S3 calls: the same code runs on MinIO and SeaweedFS.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import threading
+from contextlib import suppress
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+import s3fs
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    endpoint_url: str
+    access_key: str = field(repr=False)
+    secret_key: str = field(repr=False)
+    bucket: str
+    prefix: str = ""
+    region: str = "us-east-1"
+    max_connections: int = 32
+
+
+def object_key(prefix: str, source: str, path: str) -> str:
+    """prefix/source/path, normalised so that no remote path can leave the prefix.
+
+    `..`, `.`, empty segments and backslashes are dropped or made plain characters;
+    the result never starts with `/`.
+    """
+    parts = []
+    for segment in [*prefix.split("/"), source, *path.replace("\\", "/").split("/")]:
+        if segment in ("", ".", ".."):
+            continue
+        parts.append(segment)
+    return posixpath.join(*parts)
+
+
+class ObjectStore:
+    """One bucket; thread-safe (s3fs runs every call on its own event loop)."""
+
+    def __init__(self, settings: S3Settings):
+        self.settings = settings
+        self.bucket = settings.bucket
+        self.fs = s3fs.S3FileSystem(
+            key=settings.access_key,
+            secret=settings.secret_key,
+            endpoint_url=settings.endpoint_url,
+            client_kwargs={"region_name": settings.region},
+            config_kwargs={
+                # Real MinIO rejects botocore >= 1.36's default checksums (MissingContentMD5).
+                "request_checksum_calculation": "when_required",
+                "response_checksum_validation": "when_required",
+                "s3": {"addressing_style": "path"},
+                "max_pool_connections": settings.max_connections,
+            },
+            skip_instance_cache=True,
+        )
+        self._bucket_ready = False
+        self._bucket_lock = threading.Lock()
+
+    def uri(self, key: str) -> str:
+        return f"s3://{self.bucket}/{key}"
+
+    def _call(self, method: str, **kwargs: Any) -> dict:
+        return self.fs.call_s3(method, Bucket=self.bucket, **kwargs)
+
+    def ensure_bucket(self) -> None:
+        """Create the bucket if it is missing; checked once, at the first write."""
+        with self._bucket_lock:
+            if self._bucket_ready:
+                return
+            try:
+                self._call("head_bucket")
+            except FileNotFoundError:
+                with suppress(FileExistsError):  # created by a concurrent worker
+                    self._call("create_bucket")
+            self._bucket_ready = True
+
+    def put(self, key: str, data: bytes, metadata: dict[str, str], tags: dict[str, str]) -> None:
+        """One request: the object appears whole or not at all."""
+        self.ensure_bucket()
+        self._call("put_object", Key=key, Body=data, Metadata=metadata, Tagging=_tagging(tags))
+
+    def create_multipart(self, key: str, metadata: dict[str, str]) -> str:
+        self.ensure_bucket()
+        return self._call("create_multipart_upload", Key=key, Metadata=metadata)["UploadId"]
+
+    def upload_part(self, key: str, upload_id: str, number: int, data: bytes | memoryview) -> str:
+        reply = self._call(
+            "upload_part", Key=key, UploadId=upload_id, PartNumber=number, Body=bytes(data)
+        )
+        return reply["ETag"]
+
+    def complete_multipart(self, key: str, upload_id: str, etags: list[str]) -> None:
+        parts = [{"PartNumber": n, "ETag": etag} for n, etag in enumerate(etags, start=1)]
+        self._call(
+            "complete_multipart_upload",
+            Key=key,
+            UploadId=upload_id,
+            MultipartUpload={"Parts": parts},
+        )
+
+    def abort_multipart(self, key: str, upload_id: str) -> None:
+        self._call("abort_multipart_upload", Key=key, UploadId=upload_id)
+
+    def set_tags(self, key: str, tags: dict[str, str]) -> None:
+        tag_set = [{"Key": k, "Value": v} for k, v in tags.items()]
+        self._call("put_object_tagging", Key=key, Tagging={"TagSet": tag_set})
+
+    def head(self, key: str) -> dict | None:
+        try:
+            return self._call("head_object", Key=key)
+        except FileNotFoundError:
+            return None
+
+    def tags(self, key: str) -> dict[str, str]:
+        reply = self._call("get_object_tagging", Key=key)
+        return {t["Key"]: t["Value"] for t in reply.get("TagSet", [])}
+
+    def list_keys(self, prefix: str = "") -> list[str]:
+        keys: list[str] = []
+        token: dict[str, str] = {}
+        while True:
+            reply = self._call("list_objects_v2", Prefix=prefix, **token)
+            keys += [o["Key"] for o in reply.get("Contents", [])]
+            if not reply.get("IsTruncated"):
+                return keys
+            token = {"ContinuationToken": reply["NextContinuationToken"]}
+
+    def list_multipart_uploads(self, prefix: str = "") -> list[dict]:
+        return self._call("list_multipart_uploads", Prefix=prefix).get("Uploads", [])
+
+
+def _tagging(tags: dict[str, str]) -> str:
+    return "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in tags.items())

@@ -1,0 +1,248 @@
+"""The SFTP side: connect with a verified host key, list a tree, read a file fast.
+
+Plain paramiko, no Dagster: the resources and the benchmark both build on it.
+"""
+
+from __future__ import annotations
+
+import base64
+import fnmatch
+import hashlib
+import io
+import logging
+import posixpath
+import socket
+import stat
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import paramiko
+
+log = logging.getLogger(__name__)
+
+# AES-GCM first: measured here ~15% faster than paramiko's default (aes128-ctr + HMAC).
+PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
+# paramiko's SFTPFile.read(n) rebuilds its buffer per chunk: reads above ~1 MiB turn quadratic.
+READ_CHUNK = 1024 * 1024
+
+
+class HostKeyError(paramiko.SSHException):
+    """The server's host key is unknown or does not match the pinned one: refuse to connect."""
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    path: str  # relative to the source root, POSIX separators
+    size: int
+    mtime: int  # seconds since the epoch, as the server reports it
+
+    @property
+    def signature(self) -> str:
+        """What changes when the file's content is replaced."""
+        return f"{self.size}:{self.mtime}"
+
+
+@dataclass(frozen=True)
+class SFTPSettings:
+    host: str
+    port: int = 22
+    username: str = ""
+    password: str | None = field(default=None, repr=False)
+    private_key: str | None = field(default=None, repr=False)  # a path, or the PEM text itself
+    known_hosts_path: str | None = None
+    host_key_sha256: str | None = None  # "SHA256:..." as `ssh-keygen -lf` prints it
+    allow_unknown_host: bool = False
+    root: str = "/"
+    timeout: float = 30.0
+
+    @property
+    def server(self) -> str:
+        """How errors and logs name the server (never with a secret)."""
+        return f"sftp://{self.username}@{self.host}:{self.port}"
+
+
+def fingerprint(key: paramiko.PKey) -> str:
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+def _load_private_key(value: str, password: str | None) -> paramiko.PKey:
+    text = value if "PRIVATE KEY-----" in value else Path(value).expanduser().read_text()
+    key_classes = (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey)
+    for key_class in key_classes:
+        try:
+            return key_class.from_private_key(io.StringIO(text), password=password)
+        except paramiko.SSHException:
+            continue
+    raise paramiko.SSHException(
+        "the private key is not an ed25519, ECDSA or RSA key paramiko can read"
+    )
+
+
+class SFTPConnector:
+    """Opens authenticated SFTP sessions to one server, host key verified."""
+
+    def __init__(self, settings: SFTPSettings):
+        self.settings = settings
+        self._known_keys: dict[str, paramiko.PKey] = {}
+        if settings.known_hosts_path:
+            host_keys = paramiko.HostKeys(str(Path(settings.known_hosts_path).expanduser()))
+            name = settings.host if settings.port == 22 else f"[{settings.host}]:{settings.port}"
+            self._known_keys = dict(host_keys.lookup(name) or {})
+        if not (self._known_keys or settings.host_key_sha256 or settings.allow_unknown_host):
+            raise HostKeyError(
+                f"{settings.server}: no known host key. Set SFTP_KNOWN_HOSTS_PATH to a known_hosts "
+                "file that lists this server, or SFTP_HOST_KEY_SHA256 to its fingerprint "
+                "(ssh-keyscan HOST | ssh-keygen -lf -)."
+            )
+
+    def connect(self) -> paramiko.SFTPClient:
+        s = self.settings
+        sock = socket.create_connection((s.host, s.port), timeout=s.timeout)
+        # paramiko never sets TCP_NODELAY; without it small files wait on Nagle (84 → 238 files/s).
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        transport = paramiko.Transport(sock)
+        try:
+            options = transport.get_security_options()
+            options.ciphers = PREFERRED_CIPHERS + tuple(
+                c for c in options.ciphers if c not in PREFERRED_CIPHERS
+            )
+            if self._known_keys:
+                # Ask only for the key types we can check, or the server may pick another one.
+                options.key_types = (
+                    tuple(t for t in options.key_types if t in self._known_keys)
+                    or options.key_types
+                )
+            transport.start_client(timeout=s.timeout)
+            self._verify_host_key(transport.get_remote_server_key())
+            self._authenticate(transport)
+            sftp = paramiko.SFTPClient.from_transport(transport)
+            assert sftp is not None
+            sftp.get_channel().settimeout(s.timeout)
+            return sftp
+        except BaseException:
+            transport.close()
+            raise
+
+    def _verify_host_key(self, key: paramiko.PKey) -> None:
+        s = self.settings
+        seen = fingerprint(key)
+        if self._known_keys:
+            expected = self._known_keys.get(key.get_name())
+            if expected is None or expected.asbytes() != key.asbytes():
+                raise HostKeyError(
+                    f"{s.server}: host key {seen} does not match {s.known_hosts_path}. "
+                    "If the server's key was changed on purpose, update the known_hosts file; "
+                    "otherwise someone may be intercepting the connection."
+                )
+        elif s.host_key_sha256:
+            if seen != s.host_key_sha256.strip():
+                raise HostKeyError(
+                    f"{s.server}: host key {seen} does not match SFTP_HOST_KEY_SHA256 "
+                    f"{s.host_key_sha256}. Update the pinned fingerprint only if the server's key "
+                    "was changed on purpose."
+                )
+        else:
+            log.warning("%s: accepting unverified host key %s (allow_unknown_host)", s.server, seen)
+
+    def _authenticate(self, transport: paramiko.Transport) -> None:
+        s = self.settings
+        if s.private_key:
+            transport.auth_publickey(s.username, _load_private_key(s.private_key, s.password))
+        elif s.password is not None:
+            transport.auth_password(s.username, s.password)
+        else:
+            raise paramiko.AuthenticationException(
+                f"{s.server}: no credentials; set SFTP_PRIVATE_KEY_PATH or SFTP_PASSWORD"
+            )
+
+
+class SFTPPool:
+    """One SFTP session per thread, opened on first use and kept for the pool's life.
+
+    A handshake costs ~100 ms: reusing sessions is what makes thousands of small files fast.
+    """
+
+    def __init__(self, connector: SFTPConnector):
+        self.connector = connector
+        self._local = threading.local()
+        self._all: list[paramiko.SFTPClient] = []
+        self._lock = threading.Lock()
+
+    def get(self) -> paramiko.SFTPClient:
+        sftp = getattr(self._local, "sftp", None)
+        if sftp is None or not sftp.get_channel().get_transport().is_active():
+            sftp = self.connector.connect()
+            self._local.sftp = sftp
+            with self._lock:
+                self._all.append(sftp)
+        return sftp
+
+    def discard(self) -> None:
+        """Drop this thread's session after an error, so the next use reconnects."""
+        sftp = getattr(self._local, "sftp", None)
+        self._local.sftp = None
+        if sftp is not None:
+            sftp.get_channel().get_transport().close()
+
+    def close(self) -> None:
+        with self._lock:
+            sessions, self._all = self._all, []
+        for sftp in sessions:
+            sftp.get_channel().get_transport().close()
+
+
+@dataclass(frozen=True)
+class FileFilter:
+    include: tuple[str, ...] = ()  # globs on the relative path; empty means everything
+    exclude: tuple[str, ...] = ()
+
+    def accepts(self, path: str) -> bool:
+        if self.include and not any(fnmatch.fnmatchcase(path, p) for p in self.include):
+            return False
+        return not any(fnmatch.fnmatchcase(path, p) for p in self.exclude)
+
+
+@dataclass
+class Listing:
+    files: list[RemoteFile]
+    skipped: list[tuple[str, str]]  # (relative path, why)
+
+
+def list_tree(sftp: paramiko.SFTPClient, root: str) -> Listing:
+    """Every regular file below root, with size and mtime; symlinks are not followed."""
+    files: list[RemoteFile] = []
+    skipped: list[tuple[str, str]] = []
+    pending = [""]
+    while pending:
+        rel_dir = pending.pop()
+        try:
+            entries = sftp.listdir_attr(posixpath.join(root, rel_dir) if rel_dir else root)
+        except PermissionError:
+            skipped.append((rel_dir or ".", "directory not readable"))
+            continue
+        for entry in entries:
+            rel = posixpath.join(rel_dir, entry.filename) if rel_dir else entry.filename
+            mode = entry.st_mode or 0
+            if stat.S_ISDIR(mode):
+                pending.append(rel)
+            elif stat.S_ISREG(mode):
+                files.append(RemoteFile(rel, entry.st_size or 0, int(entry.st_mtime or 0)))
+            elif stat.S_ISLNK(mode):
+                skipped.append((rel, "symbolic link (not followed)"))
+            else:
+                skipped.append((rel, "not a regular file"))
+    files.sort(key=lambda f: f.path)
+    return Listing(files, skipped)
+
+
+def read_chunks(f: paramiko.SFTPFile, size: int) -> Iterator[bytes]:
+    """The file's bytes in order, with all reads pipelined (paramiko prefetch, uncapped).
+
+    Capping prefetch at 64 concurrent requests was measured here at 6 MB/s against 100 uncapped.
+    """
+    f.prefetch(size)
+    while chunk := f.read(READ_CHUNK):
+        yield chunk

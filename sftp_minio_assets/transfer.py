@@ -1,0 +1,275 @@
+"""Moving bytes: one remote file into one S3 object, hashed in flight, never half visible.
+
+Plain Python over `sftp.py` and `s3.py`, no Dagster. Memory stays bounded by
+part_size × (parts_in_flight + 1) whatever the file size: nothing is read ahead of the uploads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import suppress
+from dataclasses import dataclass
+
+import paramiko
+
+from .s3 import ObjectStore
+from .sftp import READ_CHUNK, read_chunks
+
+log = logging.getLogger(__name__)
+
+MIB = 1024 * 1024
+MAX_PARTS = 9_000  # S3 allows 10,000; keep room for a file that grows a little
+
+
+class TransferFailed(Exception):
+    """One stage of a transfer failed; `stage` says which side, `__cause__` what happened."""
+
+    def __init__(self, stage: str, message: str):
+        super().__init__(message)
+        self.stage = stage  # "read" (SFTP), "upload" (S3) or "verify"
+
+
+class SourceChanged(TransferFailed):
+    """The remote file changed while it was copied: the copy would be torn, so it is dropped."""
+
+    def __init__(self, message: str):
+        super().__init__("verify", message)
+
+
+@dataclass(frozen=True)
+class Tuning:
+    part_size: int = 16 * MIB  # S3 needs >= 5 MiB for all parts but the last
+    parts_in_flight: int = 4
+    local_dir: str | None = None  # set: the seed's SFTP -> local file -> S3 path
+
+
+@dataclass(frozen=True)
+class TransferResult:
+    size_bytes: int
+    sha256: str
+    download_seconds: float
+    upload_seconds: float
+    total_seconds: float
+
+    @property
+    def mb_per_second(self) -> float:
+        return self.size_bytes / MIB / self.total_seconds if self.total_seconds > 0 else 0.0
+
+
+class _Meter:
+    """Counts bytes, hashes them and times the source, as they stream past."""
+
+    def __init__(self, heartbeat: Callable[[], None] | None):
+        self.digest = hashlib.sha256()
+        self.size = 0
+        self.read_seconds = 0.0
+        self.upload_seconds = 0.0
+        self._heartbeat = heartbeat
+
+    def wrap(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        while True:
+            started = time.monotonic()
+            chunk = next(chunks, None)
+            self.read_seconds += time.monotonic() - started
+            if chunk is None:
+                return
+            self.digest.update(chunk)
+            self.size += len(chunk)
+            if self._heartbeat is not None:
+                self._heartbeat()
+            yield chunk
+
+
+def copy_file(
+    sftp: paramiko.SFTPClient,
+    remote_path: str,
+    store: ObjectStore,
+    key: str,
+    metadata: dict[str, str],
+    tuning: Tuning = Tuning(),
+    heartbeat: Callable[[], None] | None = None,
+) -> TransferResult:
+    """Copy remote_path to key; raises TransferFailed (and leaves no object) on any error."""
+    started = time.monotonic()
+    meter = _Meter(heartbeat)
+    try:
+        f = sftp.open(remote_path, "rb")
+        before = f.stat()
+    except (OSError, EOFError, paramiko.SSHException) as exc:
+        raise TransferFailed("read", f"cannot open: {_describe(exc)}") from exc
+    with f:
+
+        def check_unchanged() -> None:
+            after = f.stat()
+            if meter.size != before.st_size or (after.st_size, after.st_mtime) != (
+                before.st_size,
+                before.st_mtime,
+            ):
+                raise SourceChanged(
+                    f"the file changed while it was read ({before.st_size} bytes at open, "
+                    f"{meter.size} read, {after.st_size} now); it will be copied again once stable"
+                )
+
+        if tuning.local_dir:
+            _copy_via_local_file(
+                f, before.st_size, store, key, metadata, tuning, meter, check_unchanged
+            )
+        else:
+            chunks = meter.wrap(_reading(read_chunks(f, before.st_size)))
+            _upload(store, key, chunks, metadata, tuning, meter, check_unchanged, before.st_size)
+    _verify(store, key, meter.size)
+    return TransferResult(
+        size_bytes=meter.size,
+        sha256=meter.digest.hexdigest(),
+        download_seconds=meter.read_seconds,
+        upload_seconds=meter.upload_seconds,
+        total_seconds=time.monotonic() - started,
+    )
+
+
+def _copy_via_local_file(f, size, store, key, metadata, tuning, meter, check_unchanged) -> None:
+    os.makedirs(tuning.local_dir, exist_ok=True)
+    with tempfile.TemporaryFile(dir=tuning.local_dir) as local:
+        for chunk in meter.wrap(_reading(read_chunks(f, size))):
+            local.write(chunk)
+        check_unchanged()
+        local.seek(0)
+        from_disk = iter(lambda: local.read(READ_CHUNK), b"")
+        _upload(store, key, from_disk, metadata, tuning, meter, lambda: None, size)
+
+
+def _reading(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """SFTP errors surface as TransferFailed("read")."""
+    try:
+        yield from chunks
+    except (OSError, EOFError, paramiko.SSHException) as exc:
+        raise TransferFailed("read", f"reading failed: {_describe(exc)}") from exc
+
+
+def _upload(
+    store: ObjectStore,
+    key: str,
+    chunks: Iterator[bytes],
+    metadata: dict[str, str],
+    tuning: Tuning,
+    meter: _Meter,
+    before_commit: Callable[[], None],
+    size_hint: int,
+) -> None:
+    """A single PUT for small files, else a multipart upload with bounded parts in flight.
+
+    Either way the object becomes visible only at the last call, after before_commit.
+    """
+    # S3 allows 10,000 parts: very large files get larger parts.
+    part_size = max(tuning.part_size, -(-size_hint // MAX_PARTS))
+    pending: list[bytes] = []
+    pending_size = 0
+    for chunk in chunks:
+        pending.append(chunk)
+        pending_size += len(chunk)
+        if pending_size >= part_size:
+            break
+    else:
+        data = b"".join(pending)
+        before_commit()
+        with _upload_stage(meter, "PUT"):
+            store.put(key, data, metadata, {"sha256": meter.digest.hexdigest()})
+        return
+
+    with _upload_stage(meter, "starting the multipart upload"):
+        upload_id = store.create_multipart(key, metadata)
+    try:
+        etags = _upload_parts(store, key, upload_id, pending, chunks, part_size, tuning, meter)
+        before_commit()
+        with _upload_stage(meter, "completing the multipart upload"):
+            store.complete_multipart(key, upload_id, etags)
+    except BaseException:
+        with suppress(Exception):
+            store.abort_multipart(key, upload_id)
+        raise
+    with _upload_stage(meter, "tagging"):
+        store.set_tags(key, {"sha256": meter.digest.hexdigest()})
+
+
+def _upload_parts(store, key, upload_id, pending, chunks, part_size, tuning, meter) -> list[str]:
+    slots = threading.BoundedSemaphore(tuning.parts_in_flight)
+    futures: list[Future[str]] = []
+    errors: list[Future[str]] = []
+
+    def on_done(future: Future[str]) -> None:
+        if future.exception() is not None:
+            errors.append(future)
+        slots.release()
+
+    with ThreadPoolExecutor(tuning.parts_in_flight, thread_name_prefix="s3-part") as pool:
+
+        def send(data: bytes) -> None:
+            waited = time.monotonic()
+            slots.acquire()
+            meter.upload_seconds += time.monotonic() - waited
+            if errors:  # stop reading as soon as a part fails
+                slots.release()
+                _raise_upload_error(errors[0])
+            future = pool.submit(store.upload_part, key, upload_id, len(futures) + 1, data)
+            future.add_done_callback(on_done)
+            futures.append(future)
+
+        # Parts end on chunk boundaries (a little over part_size): one copy per byte, no slicing.
+        buffered = sum(map(len, pending))
+        for chunk in chunks:
+            if buffered >= part_size:
+                send(b"".join(pending))
+                pending, buffered = [], 0
+            pending.append(chunk)
+            buffered += len(chunk)
+        if pending or not futures:
+            send(b"".join(pending))
+        waited = time.monotonic()
+        for future in futures:
+            if future.exception() is not None:
+                _raise_upload_error(future)
+        meter.upload_seconds += time.monotonic() - waited
+    return [future.result() for future in futures]
+
+
+def _raise_upload_error(future: Future) -> None:
+    exc = future.exception()
+    raise TransferFailed("upload", f"uploading a part failed: {_describe(exc)}") from exc
+
+
+class _upload_stage:
+    """Times an S3 call and turns its errors into TransferFailed("upload")."""
+
+    def __init__(self, meter: _Meter, what: str):
+        self.meter, self.what = meter, what
+
+    def __enter__(self) -> None:
+        self.started = time.monotonic()
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        self.meter.upload_seconds += time.monotonic() - self.started
+        if exc is not None and not isinstance(exc, TransferFailed) and isinstance(exc, Exception):
+            raise TransferFailed("upload", f"{self.what} failed: {_describe(exc)}") from exc
+        return False
+
+
+def _verify(store: ObjectStore, key: str, size: int) -> None:
+    try:
+        head = store.head(key)
+    except Exception as exc:
+        raise TransferFailed("verify", f"reading back the object failed: {_describe(exc)}") from exc
+    if head is None or head["ContentLength"] != size:
+        found = "no object" if head is None else f"{head['ContentLength']} bytes"
+        raise TransferFailed("verify", f"the object has {found} after upload, expected {size}")
+
+
+def _describe(exc: BaseException | None) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

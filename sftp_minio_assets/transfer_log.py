@@ -1,0 +1,269 @@
+"""The `file_transfer_log` table: the seed's distributed lock and history, in SQL.
+
+Every statement is here, parameterized. Claiming is one INSERT ... ON CONFLICT, so that of
+N concurrent workers exactly one wins a file; finishing is fenced by the claim's attempt number,
+so a worker whose claim was taken over can no longer overwrite the new owner's row.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import psycopg
+from psycopg.rows import dict_row
+
+from .transfer import TransferResult
+
+MIGRATIONS = [
+    # The seed's table, with filename widened to TEXT (paths exceed 255 characters).
+    """
+    CREATE TABLE IF NOT EXISTS file_transfer_log (
+        id BIGSERIAL PRIMARY KEY,
+        filename TEXT NOT NULL,
+        worker_id VARCHAR(100),
+        transfer_start_time TIMESTAMPTZ,
+        transfer_end_time TIMESTAMPTZ,
+        file_size_mb DECIMAL(12, 2),
+        download_duration DECIMAL(10, 2),
+        upload_duration DECIMAL(10, 2),
+        total_duration DECIMAL(10, 2),
+        status VARCHAR(20) NOT NULL,
+        error_message TEXT,
+        created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+        updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
+    )
+    """,
+    # A table made by the seed's DAG: keep its rows, lift its limits.
+    "ALTER TABLE file_transfer_log ALTER COLUMN filename TYPE TEXT",
+    "ALTER TABLE file_transfer_log DROP CONSTRAINT IF EXISTS file_transfer_log_filename_key",
+    """
+    ALTER TABLE file_transfer_log
+        ADD COLUMN IF NOT EXISTS source TEXT NOT NULL DEFAULT 'default',
+        ADD COLUMN IF NOT EXISTS size_bytes BIGINT,
+        ADD COLUMN IF NOT EXISTS remote_mtime TIMESTAMPTZ,
+        ADD COLUMN IF NOT EXISTS object_key TEXT,
+        ADD COLUMN IF NOT EXISTS sha256 CHAR(64),
+        ADD COLUMN IF NOT EXISTS attempts INTEGER NOT NULL DEFAULT 0,
+        ADD COLUMN IF NOT EXISTS heartbeat_at TIMESTAMPTZ,
+        ADD COLUMN IF NOT EXISTS run_id TEXT
+    """,
+    """
+    CREATE UNIQUE INDEX IF NOT EXISTS file_transfer_log_source_filename
+        ON file_transfer_log (source, filename)
+    """,
+    """
+    CREATE INDEX IF NOT EXISTS file_transfer_log_status_heartbeat
+        ON file_transfer_log (status, heartbeat_at)
+    """,
+]
+
+# Serialises concurrent migrations (several workers starting at once).
+MIGRATION_LOCK = 0x5F7A_11F0
+
+CLAIM = """
+INSERT INTO file_transfer_log AS t (
+    source, filename, worker_id, run_id, status, attempts, transfer_start_time, heartbeat_at,
+    size_bytes, file_size_mb, remote_mtime, object_key)
+VALUES (
+    %(source)s, %(filename)s, %(worker_id)s, %(run_id)s, 'IN_PROGRESS', 1, now(), now(),
+    %(size_bytes)s, round(%(size_bytes)s / 1048576.0, 2), %(remote_mtime)s, %(object_key)s)
+ON CONFLICT (source, filename) DO UPDATE SET
+    worker_id = EXCLUDED.worker_id, run_id = EXCLUDED.run_id, status = 'IN_PROGRESS',
+    attempts = t.attempts + 1, transfer_start_time = now(), transfer_end_time = NULL,
+    heartbeat_at = now(), updated_at = now(), error_message = NULL,
+    size_bytes = EXCLUDED.size_bytes, file_size_mb = EXCLUDED.file_size_mb,
+    remote_mtime = EXCLUDED.remote_mtime, object_key = EXCLUDED.object_key, sha256 = NULL,
+    download_duration = NULL, upload_duration = NULL, total_duration = NULL
+WHERE t.status = 'FAILED'
+   OR (t.status = 'IN_PROGRESS'
+       AND t.heartbeat_at < now() - make_interval(secs => %(stale_seconds)s))
+   OR (t.status = 'COMPLETED' AND (t.size_bytes IS DISTINCT FROM EXCLUDED.size_bytes
+                                   OR t.remote_mtime IS DISTINCT FROM EXCLUDED.remote_mtime))
+RETURNING id, attempts
+"""
+
+HEARTBEAT = """
+UPDATE file_transfer_log SET heartbeat_at = now()
+WHERE id = %(id)s AND attempts = %(attempts)s AND status = 'IN_PROGRESS'
+"""
+
+COMPLETE = """
+UPDATE file_transfer_log SET
+    status = 'COMPLETED', transfer_end_time = now(), updated_at = now(), heartbeat_at = now(),
+    size_bytes = %(size_bytes)s, file_size_mb = round(%(size_bytes)s / 1048576.0, 2),
+    sha256 = %(sha256)s, download_duration = %(download)s, upload_duration = %(upload)s,
+    total_duration = %(total)s, error_message = NULL
+WHERE id = %(id)s AND attempts = %(attempts)s AND status = 'IN_PROGRESS'
+"""
+
+FAIL = """
+UPDATE file_transfer_log SET
+    status = 'FAILED', transfer_end_time = now(), updated_at = now(), error_message = %(error)s,
+    total_duration = extract(epoch FROM now() - transfer_start_time)
+WHERE id = %(id)s AND attempts = %(attempts)s AND status = 'IN_PROGRESS'
+"""
+
+# A failure before any claim (the file vanished before it could be read): record it, but never
+# over a live claim or a finished transfer.
+FAIL_UNCLAIMED = """
+INSERT INTO file_transfer_log AS t (
+    source, filename, worker_id, run_id, status, attempts, transfer_start_time,
+    transfer_end_time, error_message)
+VALUES (%(source)s, %(filename)s, %(worker_id)s, %(run_id)s, 'FAILED', 1, now(), now(), %(error)s)
+ON CONFLICT (source, filename) DO UPDATE SET
+    worker_id = EXCLUDED.worker_id, run_id = EXCLUDED.run_id, status = 'FAILED',
+    attempts = t.attempts + 1, transfer_start_time = now(), transfer_end_time = now(),
+    updated_at = now(), error_message = EXCLUDED.error_message
+WHERE t.status = 'FAILED'
+   OR (t.status = 'IN_PROGRESS'
+       AND t.heartbeat_at < now() - make_interval(secs => %(stale_seconds)s))
+"""
+
+SWEEP_STALE = """
+UPDATE file_transfer_log SET
+    status = 'FAILED', updated_at = now(),
+    error_message = format('claim by worker %%s expired: no heartbeat since %%s '
+                           '(the worker stopped or crashed); the file will be transferred again',
+                           worker_id, heartbeat_at)
+WHERE status = 'IN_PROGRESS' AND source = %(source)s
+  AND heartbeat_at < now() - make_interval(secs => %(stale_seconds)s)
+"""
+
+GET = "SELECT * FROM file_transfer_log WHERE source = %(source)s AND filename = %(filename)s"
+
+STATES = """
+SELECT filename, status, size_bytes, extract(epoch FROM remote_mtime)::bigint AS mtime
+FROM file_transfer_log WHERE source = %(source)s
+"""
+
+
+@dataclass(frozen=True)
+class Claim:
+    id: int
+    attempts: int
+
+
+class ClaimLost(Exception):
+    """Our claim was taken over (we were presumed dead); the new owner's row stands."""
+
+
+class TransferLog:
+    """The table, over one psycopg connection per thread (autocommit)."""
+
+    def __init__(self, dsn: str, stale_minutes: float = 30):
+        # SQLAlchemy-style URLs ("postgresql+psycopg2://") are accepted for convenience.
+        scheme, sep, rest = dsn.partition("://")
+        self._dsn = f"{scheme.split('+')[0]}{sep}{rest}" if sep else dsn
+        self.stale_minutes = stale_minutes
+        self._local = threading.local()
+        self._all: list[psycopg.Connection] = []
+        self._lock = threading.Lock()
+
+    def _connection(self) -> psycopg.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None or conn.closed or conn.broken:
+            conn = psycopg.connect(self._dsn, autocommit=True, row_factory=dict_row)
+            self._local.conn = conn
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    def _execute(self, sql: str, params: dict | None = None) -> psycopg.Cursor:
+        return self._connection().execute(sql, params)
+
+    def migrate(self) -> None:
+        with self._connection().transaction() as tx:
+            tx.connection.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+            for statement in MIGRATIONS:
+                tx.connection.execute(statement)
+
+    def claim(
+        self,
+        source: str,
+        filename: str,
+        *,
+        size_bytes: int,
+        remote_mtime: int,
+        object_key: str,
+        worker_id: str,
+        run_id: str | None,
+    ) -> Claim | None:
+        """The claim if this worker may transfer the file now; None if another holds it or the
+        same content is already COMPLETED."""
+        row = self._execute(
+            CLAIM,
+            {
+                "source": source,
+                "filename": filename,
+                "worker_id": worker_id,
+                "run_id": run_id,
+                "size_bytes": size_bytes,
+                "remote_mtime": datetime.fromtimestamp(remote_mtime, UTC),
+                "object_key": object_key,
+                "stale_seconds": self.stale_minutes * 60,
+            },
+        ).fetchone()
+        return Claim(row["id"], row["attempts"]) if row else None
+
+    def heartbeat(self, claim: Claim) -> None:
+        if self._execute(HEARTBEAT, {"id": claim.id, "attempts": claim.attempts}).rowcount != 1:
+            raise ClaimLost(f"claim {claim.id} (attempt {claim.attempts}) was taken over")
+
+    def complete(self, claim: Claim, result: TransferResult) -> None:
+        params = {
+            "id": claim.id,
+            "attempts": claim.attempts,
+            "size_bytes": result.size_bytes,
+            "sha256": result.sha256,
+            "download": round(result.download_seconds, 2),
+            "upload": round(result.upload_seconds, 2),
+            "total": round(result.total_seconds, 2),
+        }
+        if self._execute(COMPLETE, params).rowcount != 1:
+            raise ClaimLost(f"claim {claim.id} (attempt {claim.attempts}) was taken over")
+
+    def fail(self, claim: Claim, error: str) -> None:
+        self._execute(FAIL, {"id": claim.id, "attempts": claim.attempts, "error": error})
+
+    def fail_unclaimed(
+        self, source: str, filename: str, error: str, *, worker_id: str, run_id: str | None
+    ) -> None:
+        self._execute(
+            FAIL_UNCLAIMED,
+            {
+                "source": source,
+                "filename": filename,
+                "worker_id": worker_id,
+                "run_id": run_id,
+                "error": error,
+                "stale_seconds": self.stale_minutes * 60,
+            },
+        )
+
+    def sweep_stale(self, source: str) -> int:
+        """Turn claims of dead workers into FAILED rows; returns how many."""
+        return self._execute(
+            SWEEP_STALE, {"source": source, "stale_seconds": self.stale_minutes * 60}
+        ).rowcount
+
+    def get(self, source: str, filename: str) -> dict | None:
+        return self._execute(GET, {"source": source, "filename": filename}).fetchone()
+
+    def states(self, source: str) -> dict[str, tuple[str, str | None]]:
+        """filename -> (status, "size:mtime" signature of the last claimed content)."""
+        rows = self._execute(STATES, {"source": source}).fetchall()
+        return {
+            r["filename"]: (
+                r["status"],
+                None if r["size_bytes"] is None else f"{r['size_bytes']}:{r['mtime']}",
+            )
+            for r in rows
+        }
+
+    def close(self) -> None:
+        with self._lock:
+            connections, self._all = self._all, []
+        for conn in connections:
+            conn.close()

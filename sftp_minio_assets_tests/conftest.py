@@ -1,0 +1,120 @@
+"""Real servers for the whole session (sshd, SeaweedFS S3, PostgreSQL), fresh state per test."""
+
+import hashlib
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from sftp_minio_assets.local_stack import LocalStack
+from sftp_minio_assets.resources import (
+    MinIOResource,
+    SFTPResource,
+    TransferLogResource,
+    TransferSettings,
+)
+from sftp_minio_assets.s3 import ObjectStore, S3Settings
+from sftp_minio_assets.transfer_log import TransferLog
+
+
+@pytest.fixture(scope="session")
+def stack():
+    # Its own temporary directory: pytest's is private to root, and PostgreSQL runs as postgres.
+    with LocalStack() as running:
+        yield running
+
+
+@dataclass
+class Env:
+    """One test's world: its own SFTP root, bucket and transfer-log database."""
+
+    stack: LocalStack
+    root: Path
+    bucket: str
+    db_url: str
+
+    def write(self, path: str, data: bytes, age_seconds: float = 3600) -> Path:
+        """A remote file, with an mtime far enough in the past to pass the stability gate."""
+        target = self.root / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+        mtime = target.stat().st_mtime - age_seconds
+        os.utime(target, (mtime, mtime))
+        return target
+
+    def sftp(self, **overrides) -> SFTPResource:
+        ssh = self.stack.ssh
+        settings = dict(
+            host=ssh.host,
+            port=ssh.port,
+            username=ssh.username,
+            private_key=str(ssh.private_key_path),
+            known_hosts_path=str(ssh.known_hosts_path),
+            root=str(self.root),
+            min_file_age_seconds=0,
+        )
+        return SFTPResource(**{**settings, **overrides})
+
+    def minio(self, **overrides) -> MinIOResource:
+        s3 = self.stack.s3
+        settings = dict(
+            endpoint_url=s3.endpoint_url,
+            access_key=s3.access_key,
+            secret_key=s3.secret_key,
+            bucket=self.bucket,
+        )
+        return MinIOResource(**{**settings, **overrides})
+
+    def resources(self, **transfer_settings) -> dict:
+        return {
+            "sftp": self.sftp(),
+            "minio": self.minio(),
+            "transfer_log": TransferLogResource(url=self.db_url),
+            "transfer_settings": TransferSettings(**transfer_settings),
+        }
+
+    @property
+    def store(self) -> ObjectStore:
+        s3 = self.stack.s3
+        store = ObjectStore(S3Settings(s3.endpoint_url, s3.access_key, s3.secret_key, self.bucket))
+        store.ensure_bucket()
+        return store
+
+    @property
+    def log(self) -> TransferLog:
+        transfer_log = TransferLog(self.db_url)
+        transfer_log.migrate()
+        return transfer_log
+
+    def rows(self) -> dict[str, dict]:
+        with self.log._connection().execute("SELECT * FROM file_transfer_log") as cursor:
+            return {row["filename"]: row for row in cursor.fetchall()}
+
+    def object_sha256(self, key: str) -> str:
+        body = self.store.fs.cat_file(f"{self.bucket}/{key}")
+        return hashlib.sha256(body).hexdigest()
+
+
+@pytest.fixture
+def env(stack) -> Env:
+    name = uuid.uuid4().hex[:12]
+    root = stack.ssh.root / name
+    root.mkdir()
+    return Env(stack, root, f"test-{name}", stack.postgres.create_database(f"log_{name}"))
+
+
+@pytest.fixture
+def instance():
+    with dg.instance_for_test() as test_instance:
+        yield test_instance
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,234 @@
+"""Materializing partitions through a real Dagster instance against real SFTP, S3 and Postgres."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import dagster as dg
+import pytest
+
+from sftp_minio_assets.assets import files
+from sftp_minio_assets.partitions import encode_key
+
+from .conftest import sha256_file
+
+PARTITIONS = "files_default"
+
+
+def materialize(env, instance, paths, **transfer_settings) -> dg.ExecuteInProcessResult:
+    """One run over the given files, as the sensor or the UI would launch it."""
+    keys = [encode_key(path) for path in paths]
+    known = set(instance.get_dynamic_partitions(PARTITIONS))
+    instance.add_dynamic_partitions(PARTITIONS, [key for key in keys if key not in known])
+    if len(keys) == 1:
+        options = {"partition_key": keys[0]}
+    else:
+        options = {
+            "tags": {
+                "dagster/asset_partition_range_start": keys[0],
+                "dagster/asset_partition_range_end": keys[-1],
+            }
+        }
+    return dg.materialize(
+        [files],
+        instance=instance,
+        resources=env.resources(**transfer_settings),
+        raise_on_error=False,
+        **options,
+    )
+
+
+def statuses(instance, paths):
+    keys = [encode_key(path) for path in paths]
+    by_key = instance.get_status_by_partition(
+        files.key, keys, dg.DynamicPartitionsDefinition(name=PARTITIONS)
+    )
+    return {
+        path: (by_key[key].value if by_key[key] else None)
+        for path, key in zip(paths, keys, strict=True)
+    }
+
+
+def materializations(result) -> dict[str, dict]:
+    return {
+        event.partition: {
+            k: v.value for k, v in event.event_specific_data.materialization.metadata.items()
+        }
+        for event in result.get_asset_materialization_events()
+    }
+
+
+def test_files_land_byte_for_byte_with_a_log_row_each(env, instance):
+    paths = {
+        "empty.bin": b"",
+        "dir with space/naïve café, ünïcode….txt": "ça marche\n".encode() * 100,
+        "nested/a/b/c.csv": os.urandom(100_000),
+        "big/forty.bin": os.urandom(40 * 1024 * 1024),  # several multipart parts
+    }
+    for path, data in paths.items():
+        env.write(path, data)
+
+    result = materialize(env, instance, list(paths))
+
+    assert result.success
+    assert set(statuses(instance, list(paths)).values()) == {"MATERIALIZED"}
+    metadata = materializations(result)
+    rows = env.rows()
+    for path in paths:
+        source_sha = sha256_file(env.root / path)
+        key = f"default/{path}"
+        assert env.object_sha256(key) == source_sha, path
+        meta = metadata[encode_key(path)]
+        assert meta["sha256"] == source_sha
+        assert meta["bytes"] == len(paths[path])
+        assert meta["object_uri"] == f"s3://{env.bucket}/{key}"
+        row = rows[path]
+        assert row["status"] == "COMPLETED"
+        assert row["sha256"] == source_sha
+        assert row["size_bytes"] == len(paths[path])
+        assert float(row["file_size_mb"]) == round(len(paths[path]) / 2**20, 2)
+        assert row["transfer_start_time"] <= row["transfer_end_time"]
+        assert 0 <= row["download_duration"] <= row["total_duration"]
+        assert 0 <= row["upload_duration"] <= row["total_duration"]
+        assert row["worker_id"] and row["run_id"] == result.run_id
+        assert row["attempts"] == 1
+        assert row["error_message"] is None
+        assert row["object_key"] == key
+    # The streamed multipart file carries its sha256 as a tag, like the small ones.
+    assert env.store.tags("default/big/forty.bin")["sha256"] == sha256_file(
+        env.root / "big/forty.bin"
+    )
+
+
+def test_an_unchanged_file_is_skipped_and_a_changed_one_copied_again(env, instance):
+    env.write("report.csv", b"v1")
+    assert materialize(env, instance, ["report.csv"]).success
+
+    again = materialize(env, instance, ["report.csv"])
+    assert again.success
+    assert materializations(again)["report.csv"]["outcome"].startswith("skipped")
+    assert env.rows()["report.csv"]["attempts"] == 1
+
+    env.write("report.csv", b"version two", age_seconds=60)
+    changed = materialize(env, instance, ["report.csv"])
+    assert changed.success
+    assert materializations(changed)["report.csv"]["outcome"] == "transferred"
+    assert env.store.fs.cat_file(f"{env.bucket}/default/report.csv") == b"version two"
+    assert env.rows()["report.csv"]["attempts"] == 2
+
+
+def test_a_vanished_file_fails_its_partition_only_and_a_rerun_fixes_it(env, instance):
+    env.write("present.txt", b"here")
+    paths = ["missing.txt", "present.txt"]  # listed, then deleted before the run
+
+    result = materialize(env, instance, paths)
+
+    assert not result.success
+    assert statuses(instance, paths) == {"missing.txt": "FAILED", "present.txt": "MATERIALIZED"}
+    row = env.rows()["missing.txt"]
+    assert row["status"] == "FAILED"
+    server = f"sftp://{env.stack.ssh.username}@{env.stack.ssh.host}:{env.stack.ssh.port}"
+    assert f"{server}{env.root}/missing.txt" in row["error_message"]
+    assert "deleted or renamed" in row["error_message"]
+    assert env.store.head("default/missing.txt") is None
+
+    env.write("missing.txt", b"restored")
+    rerun = materialize(env, instance, ["missing.txt"])
+    assert rerun.success
+    assert statuses(instance, paths) == {
+        "missing.txt": "MATERIALIZED",
+        "present.txt": "MATERIALIZED",
+    }
+    assert env.rows()["missing.txt"]["status"] == "COMPLETED"
+    assert env.store.fs.cat_file(f"{env.bucket}/default/missing.txt") == b"restored"
+
+
+def test_s3_down_leaves_failed_rows_and_no_object_then_a_rerun_succeeds(env, instance):
+    paths = ["one.bin", "two.bin"]
+    for path in paths:
+        env.write(path, os.urandom(20 * 1024 * 1024))
+    env.store.ensure_bucket()  # the bucket exists before the outage
+    env.stack.s3.stop()
+    try:
+        result = materialize(env, instance, paths)
+    finally:
+        env.stack.s3.start()
+
+    assert not result.success
+    assert set(statuses(instance, paths).values()) == {"FAILED"}
+    for path in paths:
+        row = env.rows()[path]
+        assert row["status"] == "FAILED"
+        assert f"s3://{env.bucket}/default/{path}" in row["error_message"]
+        assert "S3 endpoint" in row["error_message"]
+    assert env.store.list_keys() == []
+
+    rerun = materialize(env, instance, paths)
+    assert rerun.success
+    assert sorted(env.store.list_keys()) == [f"default/{p}" for p in paths]
+    assert env.store.list_multipart_uploads() == []
+    for path in paths:
+        assert env.object_sha256(f"default/{path}") == sha256_file(env.root / path)
+
+
+def test_local_dir_mode_copies_through_a_temporary_file(env, instance, tmp_path):
+    env.write("via-disk.bin", os.urandom(3 * 1024 * 1024))
+    result = materialize(env, instance, ["via-disk.bin"], local_dir=str(tmp_path / "spool"))
+    assert result.success
+    assert env.object_sha256("default/via-disk.bin") == sha256_file(env.root / "via-disk.bin")
+    assert list((tmp_path / "spool").iterdir()) == []  # nothing left behind
+
+
+MEMORY_PROBE = textwrap.dedent(
+    """
+    import json, resource, sys
+    from sftp_minio_assets.resources import MinIOResource, SFTPResource
+    from sftp_minio_assets.transfer import Tuning, copy_file
+    sftp_args, s3_args, path = json.loads(sys.argv[1])
+    sftp, store = SFTPResource(**sftp_args), MinIOResource(**s3_args).store
+    client = sftp.pool.get()
+    copy_file(client, sftp_args["root"] + "/warmup.bin", store, "warmup.bin", {})
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    result = copy_file(client, sftp_args["root"] + "/" + path, store, path, {})
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"before_kib": before, "after_kib": after, "sha256": result.sha256}))
+    """
+)
+
+
+@pytest.mark.parametrize("size_mib", [200])
+def test_a_large_file_streams_in_bounded_memory(env, size_mib):
+    env.write("warmup.bin", os.urandom(40 * 1024 * 1024))
+    path = env.write("large.bin", b"")
+    with open(path, "wb") as f:
+        for _ in range(size_mib):
+            f.write(os.urandom(1024 * 1024))
+    sftp, minio = env.sftp(), env.minio()
+    args = [
+        {
+            k: v
+            for k, v in sftp.__dict__.items()
+            if k in ("host", "port", "username", "private_key", "known_hosts_path", "root")
+        },
+        {
+            k: v
+            for k, v in minio.__dict__.items()
+            if k in ("endpoint_url", "access_key", "secret_key", "bucket")
+        },
+        "large.bin",
+    ]
+    import json
+
+    out = subprocess.run(
+        [sys.executable, "-c", MEMORY_PROBE, json.dumps(args)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    probe = json.loads(out.strip().splitlines()[-1])
+    assert probe["sha256"] == sha256_file(path)
+    assert env.object_sha256("large.bin") == probe["sha256"]
+    grown_mib = (probe["after_kib"] - probe["before_kib"]) / 1024
+    # The warm-up already reached the steady state of buffers: a 200 MiB file adds next to nothing.
+    assert grown_mib < size_mib / 4, f"peak RSS grew by {grown_mib:.0f} MiB"

@@ -1,0 +1,79 @@
+"""The sensor against the real SFTP server and transfer log, evaluated as the daemon would."""
+
+import dagster as dg
+
+from sftp_minio_assets.assets import files
+from sftp_minio_assets.partitions import encode_key
+from sftp_minio_assets.resources import TransferLogResource
+from sftp_minio_assets.sensors import build_new_files_sensor
+
+from .test_assets import PARTITIONS, materialize
+
+sensor = build_new_files_sensor("default", files)
+
+
+def tick(env, instance, cursor, **sftp_overrides) -> dg.SensorResult:
+    """One evaluation; its partition requests are applied to the instance, as the daemon does."""
+    resources = {
+        "sftp": env.sftp(**sftp_overrides),
+        "transfer_log": TransferLogResource(url=env.db_url),
+    }
+    with dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources) as context:
+        result = sensor(context)
+    for request in result.dynamic_partitions_requests:
+        instance.add_dynamic_partitions(PARTITIONS, list(request.partition_keys))
+    return result
+
+
+def requested(result) -> list[str]:
+    return sorted(request.partition_key for request in result.run_requests)
+
+
+def test_discovery_new_unchanged_changed_filtered_young_and_nested(env, instance):
+    env.write("a.csv", b"a")
+    env.write("deep/er/b.csv", b"b")
+    env.write("skip.tmp", b"filtered out")
+    env.write("young.csv", b"still being written", age_seconds=0)
+    rules = dict(exclude=["*.tmp"], min_file_age_seconds=600)
+
+    first = tick(env, instance, None, **rules)
+    assert requested(first) == ["a.csv", "deep/er/b.csv"]
+    assert sorted(instance.get_dynamic_partitions(PARTITIONS)) == ["a.csv", "deep/er/b.csv"]
+    assert first.cursor
+
+    quiet = tick(env, instance, first.cursor, **rules)
+    assert requested(quiet) == []
+    assert "nothing new" in quiet.skip_reason.skip_message
+
+    assert materialize(env, instance, ["a.csv", "deep/er/b.csv"]).success
+    after_copy = tick(env, instance, quiet.cursor, **rules)
+    assert requested(after_copy) == []
+
+    env.write("a.csv", b"a, second version", age_seconds=900)
+    env.write("young.csv", b"now complete", age_seconds=900)
+    changed = tick(env, instance, after_copy.cursor, **rules)
+    assert requested(changed) == ["a.csv", "young.csv"]
+    # a.csv keeps its partition: only young.csv is new.
+    assert sorted(instance.get_dynamic_partitions(PARTITIONS)) == [
+        "a.csv",
+        "deep/er/b.csv",
+        "young.csv",
+    ]
+
+
+def test_a_fresh_cursor_does_not_request_completed_files_again(env, instance):
+    env.write("done.txt", b"done")
+    tick(env, instance, None)
+    assert materialize(env, instance, ["done.txt"]).success
+    assert requested(tick(env, instance, None)) == []
+
+
+def test_awkward_names_become_reversible_partition_keys(env, instance):
+    env.write("a,b.txt", b"comma")
+    env.write("wait....txt", b"dots")
+    result = tick(env, instance, None)
+    keys = requested(result)
+    assert keys == sorted([encode_key("a,b.txt"), encode_key("wait....txt")])
+    assert all("," not in key and "..." not in key for key in keys)
+    assert materialize(env, instance, ["a,b.txt", "wait....txt"]).success
+    assert env.store.fs.cat_file(f"{env.bucket}/default/a,b.txt") == b"comma"
