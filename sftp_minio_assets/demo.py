@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -53,11 +54,15 @@ def run_once(stack) -> None:
 
     from sftp_minio_assets.definitions import defs
 
+    # get_sensor_def warns that it no longer resolves resources: they are passed below.
+    warnings.filterwarnings("ignore", message=".*get_sensor_def.*")
     with dg.DagsterInstance.get() as instance:
         sensor = defs.get_sensor_def("new_files_default")
         started = time.monotonic()
-        context = dg.build_sensor_context(instance=instance, definitions=defs)
-        tick = sensor(context)
+        with dg.build_sensor_context(
+            instance=instance, definitions=defs, resources=defs.resources
+        ) as context:
+            tick = sensor(context)
         for request in tick.dynamic_partitions_requests:
             instance.add_dynamic_partitions(request.partitions_def_name, request.partition_keys)
         print(f"sensor tick: {len(tick.run_requests)} files requested")
