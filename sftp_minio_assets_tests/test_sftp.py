@@ -1,0 +1,39 @@
+"""Connecting to the real sshd: host keys are verified, never silently accepted."""
+
+import paramiko
+import pytest
+
+from sftp_minio_assets.sftp import HostKeyError, SFTPConnector
+
+
+def test_a_pinned_fingerprint_is_enough_to_connect(env):
+    sftp = env.sftp(known_hosts_path=None, host_key_sha256=env.stack.ssh.host_key_sha256)
+    env.write("hello.txt", b"hi")
+    assert [f.path for f in sftp.list_files().files] == ["hello.txt"]
+
+
+def test_a_wrong_host_key_refuses_to_connect(env, tmp_path):
+    other = paramiko.Ed25519Key.from_private_key_file(str(env.stack.ssh.private_key_path))
+    known_hosts = tmp_path / "known_hosts"
+    ssh = env.stack.ssh
+    known_hosts.write_text(f"[{ssh.host}]:{ssh.port} {other.get_name()} {other.get_base64()}\n")
+    with pytest.raises(HostKeyError, match="does not match"):
+        env.sftp(known_hosts_path=str(known_hosts)).list_files()
+    with pytest.raises(HostKeyError, match="does not match SFTP_HOST_KEY_SHA256"):
+        env.sftp(known_hosts_path=None, host_key_sha256="SHA256:" + "A" * 43).list_files()
+
+
+def test_no_host_key_setting_is_a_clear_error_unless_explicitly_allowed(env):
+    with pytest.raises(HostKeyError, match="SFTP_KNOWN_HOSTS_PATH"):
+        SFTPConnector(env.sftp(known_hosts_path=None).settings())
+    env.write("x.txt", b"x")
+    allowed = env.sftp(known_hosts_path=None, allow_unknown_host=True)
+    assert [f.path for f in allowed.list_files().files] == ["x.txt"]
+
+
+def test_a_wrong_key_is_an_authentication_error(env, tmp_path):
+    stranger = tmp_path / "stranger"
+    key = paramiko.RSAKey.generate(2048)
+    key.write_private_key_file(str(stranger))
+    with pytest.raises(paramiko.AuthenticationException):
+        env.sftp(private_key=str(stranger)).list_files()
