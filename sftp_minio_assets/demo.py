@@ -7,11 +7,13 @@ python -m sftp_minio_assets.demo dev   # the same stack under `dagster dev`, for
 import argparse
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 import warnings
+from contextlib import suppress
 from pathlib import Path
 
 import pandas as pd
@@ -98,48 +100,54 @@ def print_summary(db_url: str) -> None:
         print(table.to_string(index=False))
 
 
+def _exit_on_sigterm(*_) -> None:
+    raise SystemExit(143)  # unwinds the with-blocks below, so every server is stopped
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("mode", choices=["run", "dev"])
     parser.add_argument("--port", type=int, default=3000, help="webserver port (dev)")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
 
     from sftp_minio_assets.local_stack import LocalStack
 
     base = Path(tempfile.mkdtemp(prefix="sftp-minio-assets-"))
-    with LocalStack(base) as stack:
-        seed_files(stack.ssh.root)
-        env = configure(stack, base / "dagster_home")
-        print(f"local stack up in {base}:")
-        sftp = f"{env['SFTP_USERNAME']}@{env['SFTP_HOST']}:{env['SFTP_PORT']}"
-        print(f"  SFTP  {sftp} {env['SFTP_ROOT']}")
-        print(f"  S3    {env['MINIO_ENDPOINT_URL']} bucket {env['MINIO_BUCKET']}")
-        print(f"  PG    {stack.postgres.host}:{stack.postgres.port}\n")
-        if args.mode == "run":
-            run_once(stack)
-        else:
-            print(f"Dagster UI on http://127.0.0.1:{args.port} (Ctrl-C stops everything)")
-            dev = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "dagster",
-                    "dev",
-                    "-w",
-                    str(PROJECT / "workspace.yaml"),
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    str(args.port),
-                ],
-                cwd=PROJECT,
-            )
-            try:
-                dev.wait()
-            except KeyboardInterrupt:
-                dev.terminate()
-                dev.wait()
-    shutil.rmtree(base, ignore_errors=True)
+    try:
+        with LocalStack(base) as stack:
+            seed_files(stack.ssh.root)
+            env = configure(stack, base / "dagster_home")
+            sftp = f"{env['SFTP_USERNAME']}@{env['SFTP_HOST']}:{env['SFTP_PORT']}"
+            print(f"local stack up in {base}:")
+            print(f"  SFTP  {sftp} {env['SFTP_ROOT']}")
+            print(f"  S3    {env['MINIO_ENDPOINT_URL']} bucket {env['MINIO_BUCKET']}")
+            print(f"  PG    {stack.postgres.host}:{stack.postgres.port}\n")
+            if args.mode == "run":
+                run_once(stack)
+            else:
+                run_dagster_dev(args.port)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def run_dagster_dev(port: int) -> None:
+    print(f"Dagster UI on http://127.0.0.1:{port} (Ctrl-C stops everything)", flush=True)
+    command = [sys.executable, "-m", "dagster", "dev", "-w", str(PROJECT / "workspace.yaml")]
+    dev = subprocess.Popen(
+        [*command, "-h", "127.0.0.1", "-p", str(port)], cwd=PROJECT, start_new_session=True
+    )
+    try:
+        dev.wait()
+    finally:
+        # SIGINT to the whole group: dagster dev, its webserver, daemon and code servers.
+        with suppress(ProcessLookupError):
+            os.killpg(dev.pid, signal.SIGINT)
+        try:
+            dev.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(dev.pid, signal.SIGKILL)
+            dev.wait()
 
 
 if __name__ == "__main__":

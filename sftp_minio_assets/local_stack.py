@@ -454,8 +454,9 @@ def main() -> None:
     with LocalStack() as stack:
         for name, value in stack.env().items():
             print(f"export {name}={shlex.quote(value)}")
-        print("# stack running; Ctrl-C stops it", flush=True)
-        stop.wait()
+        print("# stack running; Ctrl-C or SIGTERM stops it", flush=True)
+        while not stop.wait(1):
+            pass
 
 
 if __name__ == "__main__":
