@@ -8,20 +8,29 @@ naming every file that failed, so those partitions (and only those) show as fail
 
 import dagster as dg
 
-from .partitions import decode_key, partitions_for
+from .partitions import partitions_for
 from .resources import MinIOResource, SFTPResource, TransferLogResource, TransferSettings
 from .worker import Worker
 
 DEFAULT_SOURCE = "default"
 
 
-def build_files_asset(source: str = DEFAULT_SOURCE) -> dg.AssetsDefinition:
+# After the worker's own retries: the step again, for faults that outlast them.
+STEP_RETRY = dg.RetryPolicy(
+    max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
+)
+
+
+def build_files_asset(
+    source: str = DEFAULT_SOURCE, retry_policy: dg.RetryPolicy | None = STEP_RETRY
+) -> dg.AssetsDefinition:
     @dg.asset(
         name="files",
         key_prefix=[source],
         partitions_def=partitions_for(source),
         # Each partition is reported by hand, per file; there is no single output to store.
         output_required=False,
+        retry_policy=retry_policy,
         group_name="sftp_to_minio",
         kinds={"sftp", "s3"},
         description=f"Files of SFTP source `{source}`, one partition each, copied to MinIO.",
@@ -33,7 +42,7 @@ def build_files_asset(source: str = DEFAULT_SOURCE) -> dg.AssetsDefinition:
         transfer_log: TransferLogResource,
         transfer_settings: TransferSettings,
     ):
-        keys = {decode_key(key): key for key in context.partition_keys}
+        keys = list(context.partition_keys)
         worker = Worker(
             source=source,
             sftp_settings=sftp.settings(),
@@ -43,9 +52,10 @@ def build_files_asset(source: str = DEFAULT_SOURCE) -> dg.AssetsDefinition:
             tuning=transfer_settings.tuning,
             run_id=context.run.run_id,
             secrets=(sftp.password, minio.secret_key, minio.access_key),
+            retry=transfer_settings.retry,
         )
         failed = []
-        for outcome in worker.transfer_many(list(keys), transfer_settings.max_workers):
+        for outcome in worker.transfer_many(keys, transfer_settings.max_workers):
             if outcome.status == "failed":
                 context.log.error(outcome.message)
                 failed.append(outcome)
@@ -55,7 +65,7 @@ def build_files_asset(source: str = DEFAULT_SOURCE) -> dg.AssetsDefinition:
                 context.log.info(outcome.message)
                 yield dg.AssetMaterialization(
                     asset_key=context.asset_key,
-                    partition=keys[outcome.path],
+                    partition=outcome.key,
                     metadata=outcome.metadata,
                 )
         if failed:
@@ -63,7 +73,10 @@ def build_files_asset(source: str = DEFAULT_SOURCE) -> dg.AssetsDefinition:
             more = f"\n... and {len(failed) - 20} more" if len(failed) > 20 else ""
             raise dg.Failure(
                 description=f"{len(failed)} of {len(keys)} files failed:\n{listed}{more}",
-                metadata={"failed_files": [outcome.path for outcome in failed]},
+                metadata={"failed_partitions": [outcome.key for outcome in failed]},
+                # Dagster's RetryPolicy retries the step only when a retry can help; the files
+                # done meanwhile are skipped then, as already transferred.
+                allow_retries=not all(outcome.permanent for outcome in failed),
             )
 
     return files

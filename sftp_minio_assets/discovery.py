@@ -18,7 +18,7 @@ from .sftp import FileFilter, RemoteFile
 @dataclass(frozen=True)
 class Plan:
     requests: list[tuple[str, RemoteFile]]  # (partition key, file), in listing order
-    cursor: dict[str, str]  # path -> signature requested and not yet COMPLETED
+    cursor: dict[str, str]  # partition key -> signature requested and not yet COMPLETED
     ignored: list[tuple[str, str]]  # (path, why) for files that can never be requested as is
     waiting: int  # files held back by the stability gate (MIN_FILE_AGE_SECONDS)
 
@@ -43,19 +43,19 @@ def plan_transfers(
         if now - file.mtime < min_age_seconds:
             waiting += 1
             continue
-        status, done_signature = states.get(file.path, (None, None))
-        if status == "COMPLETED" and done_signature == file.signature:
-            continue
-        if requested.get(file.path) == file.signature:
-            cursor[file.path] = file.signature
-            continue
-        if len(requests) >= max_requests:
-            continue  # next tick
         try:
             key = encode_key(file.path)
         except KeyTooLong as exc:
             ignored.append((file.path, str(exc)))
             continue
+        status, done_signature = states.get(key, (None, None))
+        if status == "COMPLETED" and done_signature == file.signature:
+            continue
+        if requested.get(key) == file.signature:
+            cursor[key] = file.signature
+            continue
+        if len(requests) >= max_requests:
+            continue  # next tick
         requests.append((key, file))
-        cursor[file.path] = file.signature
+        cursor[key] = file.signature
     return Plan(requests, cursor, ignored, waiting)

@@ -1,4 +1,4 @@
-"""What a failure means for the user: one message naming the file, the server, and what to do."""
+"""What a failure means for the user: permanent or worth retrying, and what to do about it."""
 
 from __future__ import annotations
 
@@ -12,19 +12,46 @@ from .sftp import HostKeyError
 from .transfer import SourceChanged, TransferFailed
 
 
-def advice(exc: BaseException) -> str:
-    """What to do about exc, judged by its type (never by its text)."""
-    cause = exc.__cause__ if isinstance(exc, TransferFailed) and exc.__cause__ else exc
+class NotAFile(Exception):
+    """The path is a directory or a special file now."""
+
+
+def root_cause(exc: BaseException) -> BaseException:
+    return exc.__cause__ if isinstance(exc, TransferFailed) and exc.__cause__ else exc
+
+
+def is_permanent(exc: BaseException) -> bool:
+    """True when retrying cannot help until someone changes something (judged by type)."""
+    cause = root_cause(exc)
     if isinstance(exc, SourceChanged):
-        return "Wait until the writer has finished (see MIN_FILE_AGE_SECONDS), then rerun."
+        return False  # the writer will finish; the next attempt sees a stable file
+    if isinstance(cause, (HostKeyError, paramiko.AuthenticationException, NotAFile)):
+        return True
+    # On either side, a missing file or bucket, a refused read or write; anything else
+    # (connection resets, time-outs, S3 5xx, a restarting database) is worth another try.
+    return isinstance(cause, (FileNotFoundError, PermissionError))
+
+
+def advice(exc: BaseException) -> str:
+    """What to do about exc."""
+    cause = root_cause(exc)
+    upload = isinstance(exc, TransferFailed) and exc.stage in ("upload", "verify")
+    if isinstance(exc, SourceChanged):
+        return "Wait until the writer has finished (see MIN_FILE_AGE_SECONDS); it is retried."
     if isinstance(cause, HostKeyError):
         return "Fix the host key setting (SFTP_KNOWN_HOSTS_PATH / SFTP_HOST_KEY_SHA256)."
     if isinstance(cause, paramiko.AuthenticationException):
         return "Check SFTP_USERNAME and SFTP_PRIVATE_KEY_PATH / SFTP_PASSWORD, then rerun."
-    if isinstance(exc, TransferFailed) and exc.stage in ("upload", "verify"):
+    if isinstance(cause, NotAFile):
+        return "Only regular files are copied; nothing to do if this is expected."
+    if upload and isinstance(cause, PermissionError):
+        return "The S3 store refused the write: check MINIO_ACCESS_KEY/SECRET_KEY and the policy."
+    if upload and isinstance(cause, FileNotFoundError):
+        return "The bucket does not exist and could not be created: check MINIO_BUCKET."
+    if upload:
         return (
-            "Check that the S3 endpoint is up, the credentials are valid and the bucket is "
-            "writable, then rerun the failed partitions."
+            "Check that the S3 endpoint is up and reachable; the partition is retried, "
+            "and can be rerun from the UI."
         )
     if isinstance(cause, FileNotFoundError):
         return (
@@ -34,9 +61,9 @@ def advice(exc: BaseException) -> str:
     if isinstance(cause, PermissionError):
         return "Grant the SFTP user read access to the file, then rerun the failed partition."
     if isinstance(cause, psycopg.Error):
-        return "Check that the transfer-log database (TRANSFER_DB_URL) is reachable, then rerun."
+        return "Check that the transfer-log database (TRANSFER_DB_URL) is reachable; retried."
     if isinstance(cause, (socket.error, EOFError, paramiko.SSHException, TimeoutError)):
-        return "Check that the SFTP server is up and reachable, then rerun the failed partitions."
+        return "Check that the SFTP server is up and reachable; the partition is retried."
     return "Rerun the failed partition; if it fails again, report this message."
 
 

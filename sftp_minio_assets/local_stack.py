@@ -2,8 +2,8 @@
 
 Used by the tests, the demo and `make dev`. Each server is a child process in its own process
 group, on free ports, inside one base directory; each can be stopped and started again on the
-same ports and data (fault injection). Stdlib only, plus psycopg and botocore to wait for
-readiness.
+same ports and data (fault injection). Stdlib only at import time; psycopg and botocore (both
+project dependencies) are imported lazily to probe readiness and create databases.
 
     python -m sftp_minio_assets.local_stack    # start, print `export` lines, wait for Ctrl-C
 """
@@ -11,49 +11,193 @@ readiness.
 from __future__ import annotations
 
 import atexit
+import contextlib
+import errno
+import fcntl
 import getpass
 import json
 import os
+import random
 import secrets
 import shlex
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import suppress
 from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+__all__ = ["LocalStack", "PostgresServer", "S3Server", "SshServer", "free_port", "main"]
 
 HOST = "127.0.0.1"
+# weed derives some gRPC addresses as HTTP port + 10000 whatever its flags say.
+GRPC_OFFSET = 10000
+LOG_TAIL_LINES = 40
+
+_lock = threading.Lock()
 _given_ports: set[int] = set()
+_port_locks: dict[int, int] = {}  # port -> fd holding the cross-process reservation
 _running: set[_Server] = set()
 
 
-def free_port() -> int:
-    while True:
+# --- ports -----------------------------------------------------------------------------------
+
+
+def _port_range() -> range:
+    # Stay below the kernel's ephemeral range: there an outgoing connection can take a stopped
+    # server's port before it comes back, and fault-injection restarts need the same port.
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    if low - 12000 < 2 * GRPC_OFFSET:
+        return range(10000, 50000)
+    return range(12000, min(low, 50000))
+
+
+def _bindable(port: int) -> bool:
+    # weed also test-binds the wildcard address before using a port.
+    for address in (HOST, "0.0.0.0"):
         with socket.socket() as s:
-            s.bind((HOST, 0))
-            port = s.getsockname()[1]
-        if port not in _given_ports and port < 50000:
-            _given_ports.add(port)
-            return port
+            try:
+                s.bind((address, port))
+            except OSError:
+                return False
+    return True
+
+
+def _reserve(port: int) -> bool:
+    """Hold a lock on the port for this process's lifetime, so a concurrent stack skips it.
+
+    flock dies with the process, so a crashed run never leaks a reservation.
+    """
+    directory = Path(tempfile.gettempdir()) / "sftp-minio-assets-ports"
+    path = directory / str(port)
+    try:
+        directory.mkdir(mode=0o1777, exist_ok=True)
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
+    except OSError:
+        return True  # no shared directory: in-process uniqueness still holds
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # The releasing holder unlinks the file: a lock on a stale inode reserves nothing.
+        if os.fstat(fd).st_ino != os.stat(path).st_ino:
+            raise BlockingIOError(errno.EAGAIN, "stale")
+    except OSError:
+        os.close(fd)
+        return False
+    _port_locks[port] = fd
+    return True
+
+
+def _release(ports: list[int]) -> None:
+    with _lock:
+        for port in ports:
+            fd = _port_locks.pop(port, None)
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(Path(tempfile.gettempdir()) / "sftp-minio-assets-ports" / str(port))
+                os.close(fd)
+
+
+def free_port(offset: int = 0) -> int:
+    """A free loopback port, never handed out twice; with `offset`, port + offset is free too."""
+    ports = _port_range()
+    with _lock:
+        for _ in range(2000):
+            port = random.randrange(ports.start, ports.stop - offset)
+            wanted = [port, port + offset] if offset else [port]
+            if any(p in _given_ports for p in wanted) or not all(map(_bindable, wanted)):
+                continue
+            reserved = [p for p in wanted if _reserve(p)]
+            if len(reserved) == len(wanted):
+                _given_ports.update(wanted)
+                return port
+            for p in reserved:
+                os.close(_port_locks.pop(p))
+    raise RuntimeError(f"no free port in {ports}")
+
+
+# --- processes -------------------------------------------------------------------------------
+
+
+def _signal_reset() -> list[str]:
+    """A prefix that execs the server with SIGINT/SIGTERM at their defaults.
+
+    A process started from a background job can inherit them as ignored. A preexec_fn would
+    do the same but is unsafe while other threads run (we start servers from threads).
+    """
+    env = shutil.which("env")
+    if env and subprocess.run([env, "--default-signal=INT,TERM", "true"]).returncode == 0:
+        return [env, "--default-signal=INT,TERM"]
+    return []
+
+
+_SIGNAL_RESET: list[str] | None = None
 
 
 def _default_signals() -> None:
-    # A process started from a background job can inherit SIGINT/SIGTERM as ignored.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-def _run(cmd: list[str]) -> subprocess.CompletedProcess:
-    done = subprocess.run(cmd, capture_output=True, text=True)
+def _run(cmd: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, **kwargs)
     if done.returncode != 0:
-        raise RuntimeError(f"{shlex.join(cmd)} failed:\n{done.stdout}{done.stderr}")
+        raise RuntimeError(
+            f"{shlex.join(cmd)} failed ({done.returncode}):\n{done.stdout}{done.stderr}"
+        )
     return done
+
+
+def _proc_stat(pid: int) -> tuple[str, int, int] | None:
+    """(state, ppid, pgid) of a process, None once it is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except (OSError, ValueError):
+        return None
+    fields = raw[raw.rindex(")") + 2 :].split()  # the command name may contain spaces
+    return fields[0], int(fields[1]), int(fields[2])
+
+
+def _descendants(pid: int) -> dict[int, int]:
+    """Every process below `pid`, with its depth (1 = child)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (info := _proc_stat(int(entry))) is not None:
+            children.setdefault(info[1], []).append(int(entry))
+    found: dict[int, int] = {}
+    level, depth = [pid], 0
+    while level:
+        depth += 1
+        level = [child for parent in level for child in children.get(parent, [])]
+        found.update((child, depth) for child in level)
+    return found
+
+
+def _gone(pid: int) -> bool:
+    info = _proc_stat(pid)
+    # A zombie adopted by process 1 is never reaped here: it is as gone as it will get.
+    return info is None or (info[0] == "Z" and info[1] == 1)
+
+
+def _wait_gone(pids: list[int], timeout: float) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while (left := [p for p in pids if not _gone(p)]) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return left
+
+
+def _kill(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, sig)
 
 
 class _Server:
@@ -62,87 +206,131 @@ class _Server:
     name = "server"
     stop_signal = signal.SIGTERM
 
-    def __init__(self, base: Path):
+    def __init__(self, base: Path) -> None:
         self.base = base
         self.log_path = base / f"{self.name}.log"
-        self._process: subprocess.Popen | None = None
+        self.ports: list[int] = []
+        self._process: subprocess.Popen[bytes] | None = None
+        self._lock = threading.RLock()
 
-    def command(self) -> list[str]:
+    # Subclass hooks.
+    def _command(self) -> list[str]:
         raise NotImplementedError
 
-    def environment(self) -> dict[str, str] | None:
+    def _environment(self) -> dict[str, str] | None:
         return None
 
-    def ready(self) -> bool:
+    def _prepare(self) -> None:
+        """One-time set-up before the first start (runs in the starting thread)."""
+
+    def _ready(self) -> bool:
         raise NotImplementedError
 
+    def _before_signal(self, pid: int) -> None:
+        """Called with the running leader's PID just before it is asked to stop."""
+
+    def _after_stop(self) -> None:
+        """Called once the process is reaped."""
+
     def start(self, timeout: float = 60) -> None:
-        if self.is_running():
-            return
-        cmd = self.command()
-        with open(self.log_path, "ab") as log:
-            self._process = subprocess.Popen(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=_default_signals,
-                env=self.environment(),
+        """Start the server and return once it really serves; RuntimeError with its log if not."""
+        global _SIGNAL_RESET
+        with self._lock:
+            if self.is_running():
+                return
+            self._prepare()
+            if _SIGNAL_RESET is None:
+                _SIGNAL_RESET = _signal_reset()
+            cmd = self._command()
+            with open(self.log_path, "ab") as log:
+                offset = log.tell()
+                log.write(f"--- {time.strftime('%H:%M:%S')} {shlex.join(cmd)}\n".encode())
+                log.flush()
+                self._process = subprocess.Popen(
+                    [*_SIGNAL_RESET, *cmd],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    cwd=self.base,
+                    env=self._environment(),
+                    start_new_session=True,
+                    preexec_fn=None if _SIGNAL_RESET else _default_signals,
+                )
+            _running.add(self)
+            problem: BaseException | None = None
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and self._process.poll() is None:
+                try:
+                    if self._ready():
+                        return
+                except Exception as exc:  # not up yet: keep the reason for the error message
+                    problem = exc
+                time.sleep(0.05)
+            code = self._process.poll()
+            self.stop()
+            with open(self.log_path, "rb") as log:
+                log.seek(offset)
+                lines = log.read().decode(errors="replace").splitlines()[-LOG_TAIL_LINES:]
+            status = f"exited with {code}" if code is not None else f"not ready after {timeout}s"
+            raise RuntimeError(
+                f"{self.name} {status}: {shlex.join(cmd)}\n"
+                f"last readiness error: {problem!r}\n"
+                f"--- last lines of {self.log_path}:\n" + "\n".join(lines)
             )
-        _running.add(self)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                break
-            try:
-                if self.ready():
-                    return
-            except Exception:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        tail = "".join(self.log_path.read_text(errors="replace").splitlines(True)[-40:])
-        raise RuntimeError(f"{self.name} did not start: {shlex.join(cmd)}\n{tail}")
 
     def stop(self, timeout: float = 10) -> None:
-        process, self._process = self._process, None
-        _running.discard(self)
-        if process is None:
-            return
-        if process.poll() is None:
-            try:
-                os.killpg(process.pid, self.stop_signal)
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
+        """Stop the server (SIGKILL after `timeout`) and reap it; a no-op when not running."""
+        with self._lock:
+            process, self._process = self._process, None
+            _running.discard(self)
+            if process is None:
+                return
+            if process.poll() is None:
+                self._before_signal(process.pid)
+                _kill(process.pid, self.stop_signal)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(timeout)
+            # Whatever is left of the group goes too; and always reap, as process 1 here does not.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        process.wait()  # process 1 here does not reap orphans
-        # Children that outlived their leader (none expected) go with the group.
-        with suppress(ProcessLookupError, PermissionError):
-            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            self._after_stop()
 
     def is_running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
     @property
     def pid(self) -> int | None:
-        return self._process.pid if self._process else None
+        """PID of the server process while it runs."""
+        return self._process.pid if self.is_running() and self._process else None
+
+    def pids(self) -> list[int]:
+        """The server process and all its descendants."""
+        pid = self.pid
+        return [] if pid is None else [pid, *_descendants(pid)]
+
+    def _tcp_open(self, port: int) -> bool:
+        with contextlib.suppress(OSError), socket.create_connection((HOST, port), timeout=1):
+            return True
+        return False
+
+
+# --- sshd ------------------------------------------------------------------------------------
 
 
 class SshServer(_Server):
-    """OpenSSH sshd with its own host key, key authentication for the invoking user."""
+    """OpenSSH sshd with its own host key; key authentication for the invoking user; no chroot."""
 
     name = "sshd"
 
-    def __init__(self, base: Path):
+    def __init__(self, base: Path) -> None:
         super().__init__(base)
-        self.dir = base / "ssh"
-        self.dir.mkdir(parents=True, exist_ok=True)
         self.host = HOST
         self.port = free_port()
+        self.ports = [self.port]
         self.username = getpass.getuser()
+        self.dir = base / "ssh"
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.root = base / "sftp-root"
         self.root.mkdir(parents=True, exist_ok=True)
         self.root.chmod(0o755)
@@ -150,44 +338,81 @@ class SshServer(_Server):
         self.private_key_path = self.dir / "client_ed25519"
         for key in (host_key, self.private_key_path):
             _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "", "-f", str(key)])
+            key.chmod(0o600)
         authorized = self.dir / "authorized_keys"
         authorized.write_text(Path(f"{self.private_key_path}.pub").read_text())
-        public = Path(f"{host_key}.pub").read_text().split()
+        kind, blob = Path(f"{host_key}.pub").read_text().split()[:2]
         self.known_hosts_path = self.dir / "known_hosts"
-        self.known_hosts_path.write_text(f"[{HOST}]:{self.port} {public[0]} {public[1]}\n")
+        self.known_hosts_path.write_text(f"[{HOST}]:{self.port} {kind} {blob}\n")
         self.host_key_sha256 = _run(["ssh-keygen", "-lf", f"{host_key}.pub"]).stdout.split()[1]
         self.config_path = self.dir / "sshd_config"
-        self.config_path.write_text(
-            "\n".join(
-                [
-                    f"ListenAddress {HOST}",
-                    f"Port {self.port}",
-                    f"HostKey {host_key}",
-                    f"AuthorizedKeysFile {authorized}",
-                    f"PidFile {self.dir / 'sshd.pid'}",
-                    "Subsystem sftp internal-sftp",
-                    "UsePAM no",
-                    "StrictModes no",
-                    "PasswordAuthentication no",
-                    "KbdInteractiveAuthentication no",
-                    "PermitRootLogin prohibit-password",
-                    f"AllowUsers {self.username}",
-                    "MaxStartups 200:30:400",
-                    "MaxSessions 200",
-                    "LogLevel ERROR",
-                    "",
-                ]
-            )
-        )
+        settings = [
+            f"ListenAddress {HOST}",
+            f"Port {self.port}",
+            f"HostKey {host_key}",
+            f"AuthorizedKeysFile {authorized}",
+            f"PidFile {self.dir / 'sshd.pid'}",
+            "Subsystem sftp internal-sftp",
+            "UsePAM no",
+            "StrictModes no",
+            "PubkeyAuthentication yes",
+            "PasswordAuthentication no",
+            "KbdInteractiveAuthentication no",
+            "PermitRootLogin prohibit-password",
+            f"AllowUsers {self.username}",
+            # Tests open many connections at once.
+            "MaxStartups 200:30:400",
+            "MaxSessions 200",
+            "UseDNS no",
+            "LogLevel INFO",
+        ]
+        self.config_path.write_text("\n".join(settings) + "\n")
 
-    def command(self) -> list[str]:
-        if os.geteuid() == 0:
-            Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+    def _command(self) -> list[str]:
         return ["/usr/sbin/sshd", "-D", "-e", "-f", str(self.config_path)]
 
-    def ready(self) -> bool:
+    def _prepare(self) -> None:
+        if os.geteuid() == 0:  # privilege separation directory, required when run as root
+            Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+
+    def _ready(self) -> bool:
         with socket.create_connection((HOST, self.port), timeout=1) as s:
             return s.recv(16).startswith(b"SSH-2.0")
+
+    def _before_signal(self, pid: int) -> None:
+        # Each connection runs in its own session, out of reach of killpg; once the listener is
+        # gone nobody here would reap them. End them first so a stop really cuts transfers.
+        _kill(pid, signal.SIGSTOP)  # accept nothing new meanwhile
+        try:
+            tree = _descendants(pid)
+            for depth in sorted(set(tree.values()), reverse=True):
+                level = [p for p, d in tree.items() if d == depth]
+                for p in level:
+                    _kill(p, signal.SIGTERM)
+                if depth > 1:  # their parents still run and reap them
+                    for p in _wait_gone(level, 2):
+                        _kill(p, signal.SIGKILL)
+        finally:
+            _kill(pid, signal.SIGCONT)
+        children = [p for p, d in tree.items() if d == 1]
+        for p in _wait_gone(children, 2):
+            _kill(p, signal.SIGKILL)
+
+
+# --- PostgreSQL ------------------------------------------------------------------------------
+
+
+def _postgres_bin() -> Path:
+    candidates = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name), reverse=True
+    )
+    for candidate in candidates:
+        if (candidate / "postgres").exists():
+            return candidate
+    found = shutil.which("postgres")
+    if found:
+        return Path(found).parent
+    raise RuntimeError("PostgreSQL server binaries not found: apt-get install postgresql")
 
 
 class PostgresServer(_Server):
@@ -196,58 +421,69 @@ class PostgresServer(_Server):
     name = "postgres"
     stop_signal = signal.SIGINT  # fast shutdown: do not wait for clients
 
-    def __init__(self, base: Path):
+    def __init__(self, base: Path, dbname: str = "transfer_log") -> None:
         super().__init__(base)
         self.bin = _postgres_bin()
         self.host = HOST
         self.port = free_port()
+        self.ports = [self.port]
         self.user = "transfer"
-        self.password = secrets.token_urlsafe(16)
-        self.dbname = "transfer_log"
+        self.password = secrets.token_urlsafe(18)
+        self.dbname = dbname
         self.data = base / "pgdata"
         self.sockets = base / "pgsock"
-        self.sockets.mkdir(exist_ok=True)
-        self.data.mkdir(mode=0o700)
-        pwfile = base / "pgpass.tmp"
-        pwfile.write_text(self.password)
-        for path in (self.sockets, self.data, pwfile):
-            self._own(path)
-        _run(
-            [
-                *self._as_owner(),
-                str(self.bin / "initdb"),
-                "-D",
-                str(self.data),
-                "-U",
-                self.user,
-                f"--pwfile={pwfile}",
-                "--auth-local=trust",
-                "--auth-host=scram-sha-256",
-                "-E",
-                "UTF8",
-                "--no-locale",
-                "--no-sync",
-            ]
-        )
-        pwfile.unlink()
 
     @property
     def dsn(self) -> str:
         return self.dsn_for(self.dbname)
 
     def dsn_for(self, dbname: str) -> str:
+        """DSN of another database on this server."""
         return f"postgresql://{self.user}:{self.password}@{HOST}:{self.port}/{dbname}"
 
     def _as_owner(self) -> list[str]:
+        # initdb and postgres refuse to run as root.
         if os.geteuid() != 0:
             return []
         return ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups", "--"]
 
-    def _own(self, path: Path) -> None:
-        if os.geteuid() == 0:
-            shutil.chown(path, "postgres", "postgres")
+    def _prepare(self) -> None:
+        if (self.data / "PG_VERSION").exists():
+            return
+        root = os.geteuid() == 0
+        if root:
+            blocked = [p for p in self.data.parents if not os.stat(p).st_mode & stat.S_IXOTH]
+            if blocked:
+                raise RuntimeError(
+                    f"PostgreSQL runs as the postgres user, which cannot traverse {blocked[0]}: "
+                    "choose a base directory whose parents are world-traversable"
+                )
+        self.sockets.mkdir(exist_ok=True)
+        self.data.mkdir(mode=0o700)
+        pwfile = self.base / "pgpass.tmp"
+        pwfile.touch(mode=0o600)
+        pwfile.write_text(self.password)
+        if root:
+            for path in (self.sockets, self.data, pwfile):
+                shutil.chown(path, "postgres", "postgres")
+        try:
+            initdb = [
+                *self._as_owner(),
+                str(self.bin / "initdb"),
+                f"--pgdata={self.data}",
+                f"--username={self.user}",
+                f"--pwfile={pwfile}",
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                "--encoding=UTF8",
+                "--no-locale",
+                "--no-sync",  # throwaway data: skip the fsync pass
+            ]
+            _run(initdb, cwd=self.base)
+        finally:
+            pwfile.unlink()
 
-    def command(self) -> list[str]:
+    def _command(self) -> list[str]:
         settings = {
             "listen_addresses": HOST,
             "port": self.port,
@@ -260,40 +496,63 @@ class PostgresServer(_Server):
         flags = [arg for k, v in settings.items() for arg in ("-c", f"{k}={v}")]
         return [*self._as_owner(), str(self.bin / "postgres"), "-D", str(self.data), *flags]
 
-    def ready(self) -> bool:
+    def _ready(self) -> bool:
         import psycopg
 
         with psycopg.connect(self.dsn_for("postgres"), connect_timeout=2):
             return True
 
     def start(self, timeout: float = 60) -> None:
-        super().start(timeout)
-        for name in (self.dbname, "dagster"):
-            self.create_database(name, exist_ok=True)
+        with self._lock:
+            super().start(timeout)
+            for name in (self.dbname, "dagster"):
+                self.create_database(name, exist_ok=True)
 
     def create_database(self, name: str, exist_ok: bool = False) -> str:
+        """Create database `name` (owned by `user`) and return its DSN."""
         import psycopg
         from psycopg import sql
 
         with psycopg.connect(self.dsn_for("postgres"), autocommit=True) as conn:
-            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
-            if not (exist_ok and exists.fetchone()):
+            found = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+            if not (exist_ok and found):
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         return self.dsn_for(name)
+
+
+# --- SeaweedFS -------------------------------------------------------------------------------
 
 
 class S3Server(_Server):
     """SeaweedFS `weed mini`: master, volume, filer and S3 in one process, on loopback only."""
 
     name = "seaweedfs"
+    # Ports weed opens; the rest (iceberg, lance, webdav, metrics, debug) stay off.
+    PORT_FLAGS = (
+        "master.port",
+        "master.port.grpc",
+        "volume.port",
+        "volume.port.grpc",
+        "filer.port",
+        "filer.port.grpc",
+        "s3.port.grpc",
+        "webdav.port",  # disabled, but weed still insists on checking it
+    )
 
-    def __init__(self, base: Path):
+    def __init__(self, base: Path) -> None:
         super().__init__(base)
         self.weed = shutil.which("weed") or str(Path(sys.executable).with_name("weed"))
-        self.access_key = "ak" + secrets.token_hex(8)
-        self.secret_key = secrets.token_urlsafe(24)
+        self.access_key = "AK" + secrets.token_hex(9).upper()
+        self.secret_key = secrets.token_urlsafe(30)
         self.port = free_port()
         self.endpoint_url = f"http://{HOST}:{self.port}"
+        self.port_flags = {flag: free_port() for flag in self.PORT_FLAGS}
+        self.port_flags["s3.port"] = self.port
+        # The admin's own worker dials admin.port + 10000 regardless of admin.port.grpc.
+        admin = free_port(offset=GRPC_OFFSET)
+        self.port_flags["admin.port"] = admin
+        self.port_flags["admin.port.grpc"] = admin + GRPC_OFFSET
+        self.ports = sorted(self.port_flags.values())
         self.dir = base / "weed"
         for sub in ("data", "tmp", "logs"):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
@@ -303,29 +562,12 @@ class S3Server(_Server):
             "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
             "actions": ["Admin", "Read", "Write", "List", "Tagging"],
         }
-        self.config_path.write_text(json.dumps({"identities": [identity]}))
-        self.config_path.chmod(0o600)
-        # weed derives unset ports (grpc = port + 10000): give every one of them explicitly.
-        self.ports = {
-            flag: free_port()
-            for flag in (
-                "master.port",
-                "master.port.grpc",
-                "volume.port",
-                "volume.port.grpc",
-                "filer.port",
-                "filer.port.grpc",
-                "s3.port.grpc",
-                "s3.port.iceberg",
-                "s3.port.lance",
-                "admin.port",
-                "admin.port.grpc",
-                "webdav.port",
-            )
-        }
+        self.config_path.touch(mode=0o600)
+        self.config_path.write_text(json.dumps({"identities": [identity]}, indent=2))
+        self._client: Any = None
 
-    def command(self) -> list[str]:
-        flags = [f"-{flag}={port}" for flag, port in self.ports.items()]
+    def _command(self) -> list[str]:
+        ports = [f"-{flag}={port}" for flag, port in self.port_flags.items()]
         return [
             self.weed,
             f"-logdir={self.dir / 'logs'}",
@@ -333,20 +575,42 @@ class S3Server(_Server):
             f"-dir={self.dir / 'data'}",
             f"-ip={HOST}",
             f"-ip.bind={HOST}",
-            f"-s3.port={self.port}",
             f"-s3.config={self.config_path}",
             f"-filer.localSocket={self.dir / 'filer.sock'}",
             f"-s3.localSocket={self.dir / 's3.sock'}",
+            *ports,
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
             "-webdav=false",
             "-admin.ui=false",
             "-master.telemetry=false",
-            *flags,
+            # Small volumes: every bucket is a collection with its own volumes, and the volume
+            # count is capped by free space / volume size.
+            "-master.volumeSizeLimitMB=64",
+            "-volume.preStopSeconds=0",  # single node: nobody to hand over to, stop faster
         ]
 
-    def environment(self) -> dict[str, str]:
-        return {**os.environ, "TMPDIR": str(self.dir / "tmp")}
+    def _environment(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "S3_"))}
+        # AWS_* would add an identity; HOME and the cwd are where weed looks for config files.
+        env.update(TMPDIR=str(self.dir / "tmp"), HOME=str(self.dir))
+        return env
 
-    def client(self):
+    def _grpc_sockets(self) -> list[Path]:
+        # weed hard-codes these under /tmp, whatever TMPDIR says.
+        return [
+            Path(f"/tmp/seaweedfs-{name}-grpc-{self.port_flags[f'{name}.port.grpc']}.sock")
+            for name in ("master", "volume", "filer", "s3", "admin")
+        ]
+
+    def _after_stop(self) -> None:
+        for path in self._grpc_sockets():
+            with contextlib.suppress(OSError):
+                if stat.S_ISSOCK(path.lstat().st_mode) and path.lstat().st_uid == os.geteuid():
+                    path.unlink()
+
+    def client(self) -> Any:
+        """A botocore S3 client for this server (path-style, no flexible checksums)."""
         import botocore.session
         from botocore.config import Config
 
@@ -366,61 +630,90 @@ class S3Server(_Server):
             ),
         )
 
-    def ready(self) -> bool:
-        # The first write can fail until the volume server has registered: write one for real.
-        client = self.client()
-        already = (client.exceptions.BucketAlreadyOwnedByYou, client.exceptions.BucketAlreadyExists)
-        with suppress(*already):  # a restart on the same data
-            client.create_bucket(Bucket="readiness-probe")
-        client.put_object(Bucket="readiness-probe", Key="probe", Body=b"ok")
-        client.delete_object(Bucket="readiness-probe", Key="probe")
+    def _ready(self) -> bool:
+        if not self._tcp_open(self.port):
+            return False
+        if self._client is None:
+            self._client = self.client()
+        client = self._client
+        # Until the volume server has registered with the master, reads work but writes fail.
+        bucket = f"readiness-probe-{secrets.token_hex(4)}"
+        client.create_bucket(Bucket=bucket)
+        try:
+            client.put_object(Bucket=bucket, Key="probe", Body=b"ok")
+            if client.get_object(Bucket=bucket, Key="probe")["Body"].read() != b"ok":
+                return False
+            client.delete_object(Bucket=bucket, Key="probe")
+        finally:
+            with contextlib.suppress(Exception):
+                client.delete_bucket(Bucket=bucket)
         return True
 
 
-def _postgres_bin() -> Path:
-    for candidate in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
-        if (candidate / "postgres").exists():
-            return candidate
-    found = shutil.which("postgres")
-    if found:
-        return Path(found).parent
-    raise RuntimeError("PostgreSQL server binaries not found: apt-get install postgresql")
+# --- the stack -------------------------------------------------------------------------------
 
 
 class LocalStack:
     """The three servers, started together and always stopped together."""
 
-    def __init__(self, base_dir: Path | None = None):
+    def __init__(self, base_dir: Path | None = None) -> None:
         self._owns_base = base_dir is None
-        self.base = Path(base_dir or tempfile.mkdtemp(prefix="sftp-minio-stack-"))
+        self.base = Path(
+            tempfile.mkdtemp(prefix="sftp-minio-stack-") if base_dir is None else base_dir
+        )
         self.base.mkdir(parents=True, exist_ok=True)
         self.base.chmod(0o755)  # the postgres user must reach its data directory
-        self.ssh: SshServer
-        self.s3: S3Server
-        self.postgres: PostgresServer
+        self._servers: list[_Server] = []
+        try:
+            self.ssh = SshServer(self.base)
+            self._servers.append(self.ssh)
+            self.s3 = S3Server(self.base)
+            self._servers.append(self.s3)
+            self.postgres = PostgresServer(self.base)
+            self._servers.append(self.postgres)
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def servers(self) -> list[_Server]:
+        return list(self._servers)
 
     def __enter__(self) -> LocalStack:
         try:
-            self.ssh = SshServer(self.base)
-            self.s3 = S3Server(self.base)
-            self.postgres = PostgresServer(self.base)
-            with ThreadPoolExecutor(3) as pool:
-                for future in [pool.submit(s.start) for s in (self.ssh, self.s3, self.postgres)]:
-                    future.result()
+            with ThreadPoolExecutor(len(self._servers), thread_name_prefix="local-stack") as pool:
+                futures = [pool.submit(server.start) for server in self._servers]
+            errors = [e for f in futures if (e := f.exception()) is not None]
+            if errors:
+                for other in errors[1:]:
+                    errors[0].add_note(f"also: {other}")
+                raise errors[0]
         except BaseException:
-            self.__exit__(None, None, None)
+            self.close()
             raise
         return self
 
-    def __exit__(self, *exc_info) -> None:
-        for name in ("ssh", "s3", "postgres"):
-            server = getattr(self, name, None)
-            if server is not None:
-                server.stop()
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop every server (in parallel), release their ports, remove a base we created."""
+        with ThreadPoolExecutor(max(1, len(self._servers))) as pool:
+            for future in [pool.submit(server.stop) for server in self._servers]:
+                with contextlib.suppress(Exception):
+                    future.result()
+        for server in self._servers:
+            _release(server.ports)
         if self._owns_base:
             shutil.rmtree(self.base, ignore_errors=True)
 
     def env(self, bucket: str = "sftp-minio-assets") -> dict[str, str]:
+        """Environment variables that point the project at this stack."""
         return {
             "SFTP_HOST": self.ssh.host,
             "SFTP_PORT": str(self.ssh.port),
@@ -444,19 +737,26 @@ class LocalStack:
 @atexit.register
 def _stop_all() -> None:
     for server in list(_running):
-        server.stop()
+        with contextlib.suppress(Exception):
+            server.stop()
 
 
 def main() -> None:
+    """Start the stack, print `export` lines for it, run until SIGINT/SIGTERM."""
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    started = time.monotonic()
     with LocalStack() as stack:
         for name, value in stack.env().items():
             print(f"export {name}={shlex.quote(value)}")
-        print("# stack running; Ctrl-C or SIGTERM stops it", flush=True)
-        while not stop.wait(1):
-            pass
+        elapsed = time.monotonic() - started
+        print(f"# local stack up in {elapsed:.1f}s in {stack.base}; Ctrl-C stops it", flush=True)
+        while not stop.wait(0.5):
+            for server in stack.servers:
+                if not server.is_running():
+                    print(f"# {server.name} died; see {server.log_path}", file=sys.stderr)
+                    return
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from .s3 import ObjectStore, S3Settings
 from .sftp import FileFilter, Listing, SFTPConnector, SFTPPool, SFTPSettings, list_tree
 from .transfer import MIB, Tuning
 from .transfer_log import TransferLog
+from .worker import Retry
 
 
 class SFTPResource(dg.ConfigurableResource):
@@ -29,6 +30,9 @@ class SFTPResource(dg.ConfigurableResource):
         default=False, description="Accept any host key (logged). Never in production."
     )
     root: str = "/"
+    follow_symlinks: bool = Field(
+        default=False, description="Follow links whose target is inside root; else skip them."
+    )
     include: list[str] = Field(default_factory=list, description="Globs on the relative path.")
     exclude: list[str] = Field(default_factory=list)
     min_file_age_seconds: int = Field(
@@ -61,7 +65,7 @@ class SFTPResource(dg.ConfigurableResource):
         return self._pool
 
     def list_files(self) -> Listing:
-        return list_tree(self.pool.get(), self.root)
+        return list_tree(self.pool.get(), self.root, self.follow_symlinks)
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         if self._pool is not None:
@@ -128,6 +132,14 @@ class TransferSettings(dg.ConfigurableResource):
     )
     part_size_mb: int = Field(default=16, ge=5, description="S3 multipart part size.")
     parts_in_flight: int = Field(default=4, ge=1, description="Parts uploaded at once per file.")
+    retries: int = Field(
+        default=3, ge=0, description="Retries of a transient fault per file, before the step's."
+    )
+    retry_base_seconds: float = Field(default=1.0, description="First backoff; doubles each time.")
+
+    @property
+    def retry(self) -> Retry:
+        return Retry(attempts=self.retries + 1, base_seconds=self.retry_base_seconds)
 
     @property
     def tuning(self) -> Tuning:
@@ -141,6 +153,10 @@ def _optional(name: str, default=None):
 
 def _optional_int(name: str, default: int):
     return dg.EnvVar.int(name) if os.environ.get(name) else default
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def _globs(name: str) -> list[str]:
@@ -158,9 +174,9 @@ def resources_from_env() -> dict[str, dg.ConfigurableResource]:
             private_key=_optional("SFTP_PRIVATE_KEY_PATH"),
             known_hosts_path=_optional("SFTP_KNOWN_HOSTS_PATH"),
             host_key_sha256=_optional("SFTP_HOST_KEY_SHA256"),
-            allow_unknown_host=os.environ.get("SFTP_ALLOW_UNKNOWN_HOST", "").lower()
-            in ("1", "true", "yes"),
+            allow_unknown_host=_flag("SFTP_ALLOW_UNKNOWN_HOST"),
             root=_optional("SFTP_ROOT", "/"),
+            follow_symlinks=_flag("SFTP_FOLLOW_SYMLINKS"),
             include=_globs("SFTP_INCLUDE"),
             exclude=_globs("SFTP_EXCLUDE"),
             min_file_age_seconds=_optional_int("MIN_FILE_AGE_SECONDS", 60),
@@ -181,5 +197,6 @@ def resources_from_env() -> dict[str, dg.ConfigurableResource]:
         "transfer_settings": TransferSettings(
             max_workers=_optional_int("MAX_WORKERS", 4),
             local_dir=_optional("LOCAL_DIR"),
+            retries=_optional_int("TRANSFER_RETRIES", 3),
         ),
     }

@@ -8,6 +8,7 @@ import dagster as dg
 from .discovery import plan_transfers
 from .partitions import partitions_for
 from .resources import SFTPResource, TransferLogResource
+from .sftp import display
 
 # The daemon checks every requested key (~15 ms each on Postgres): cap the work of one tick.
 MAX_REQUESTS_PER_TICK = 1000
@@ -42,7 +43,7 @@ def build_new_files_sensor(source: str, files_asset: dg.AssetsDefinition) -> dg.
             max_requests=MAX_REQUESTS_PER_TICK,
         )
         for path, why in listing.skipped + plan.ignored:
-            context.log.warning(f"{sftp.settings().server}: skipped {path!r}: {why}")
+            context.log.warning(f"{sftp.settings().server}: skipped {display(path)!r}: {why}")
         known = set(context.instance.get_dynamic_partitions(partitions.name))
         new_keys = [key for key, _ in plan.requests if key not in known]
         return dg.SensorResult(

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import paramiko
+from paramiko.sftp import CMD_CLOSE, CMD_HANDLE, CMD_NAME, CMD_OPENDIR, CMD_READDIR, SFTPError
 
 log = logging.getLogger(__name__)
 
@@ -211,27 +212,88 @@ class Listing:
     skipped: list[tuple[str, str]]  # (relative path, why)
 
 
-def list_tree(sftp: paramiko.SFTPClient, root: str) -> Listing:
-    """Every regular file below root, with size and mtime; symlinks are not followed."""
+def display(path: str) -> str:
+    """A path for messages: undecodable bytes shown as \\xNN."""
+    return remote_bytes(path).decode("utf-8", "backslashreplace")
+
+
+def remote_bytes(path: str) -> bytes:
+    """Paths are str with undecodable bytes kept as surrogates (like os.fsdecode); paramiko
+    takes bytes paths as they are."""
+    return path.encode("utf-8", "surrogateescape")
+
+
+def _listdir(sftp: paramiko.SFTPClient, path: str) -> list[tuple[str, paramiko.SFTPAttributes]]:
+    """listdir_attr, but names that are not UTF-8 come back (as surrogates) instead of raising:
+    paramiko decodes names strictly, and one such file would stop the whole listing."""
+    kind, msg = sftp._request(CMD_OPENDIR, remote_bytes(path))
+    if kind != CMD_HANDLE:
+        raise SFTPError("Expected handle")
+    handle = msg.get_binary()
+    entries = []
+    try:
+        while True:
+            try:
+                kind, msg = sftp._request(CMD_READDIR, handle)
+            except EOFError:
+                break
+            if kind != CMD_NAME:
+                raise SFTPError("Expected name response")
+            for _ in range(msg.get_int()):
+                name = msg.get_string().decode("utf-8", "surrogateescape")
+                msg.get_string()  # longname
+                attrs = paramiko.SFTPAttributes._from_msg(msg)
+                if name not in (".", ".."):
+                    entries.append((name, attrs))
+    finally:
+        sftp._request(CMD_CLOSE, handle)
+    return entries
+
+
+def list_tree(sftp: paramiko.SFTPClient, root: str, follow_symlinks: bool = False) -> Listing:
+    """Every regular file below root, with size and mtime.
+
+    Symbolic links are skipped, or with follow_symlinks followed when their target lies inside
+    root (a link can never bring in a file from outside it); each directory is walked once.
+    """
     files: list[RemoteFile] = []
     skipped: list[tuple[str, str]] = []
+    real_root = sftp.normalize(remote_bytes(root))
+    seen_dirs = {real_root}
     pending = [""]
     while pending:
         rel_dir = pending.pop()
         try:
-            entries = sftp.listdir_attr(posixpath.join(root, rel_dir) if rel_dir else root)
+            entries = _listdir(sftp, posixpath.join(root, rel_dir) if rel_dir else root)
         except PermissionError:
-            skipped.append((rel_dir or ".", "directory not readable"))
+            skipped.append((rel_dir or ".", "directory not readable by the SFTP user"))
             continue
-        for entry in entries:
-            rel = posixpath.join(rel_dir, entry.filename) if rel_dir else entry.filename
-            mode = entry.st_mode or 0
+        for name, attrs in entries:
+            rel = posixpath.join(rel_dir, name) if rel_dir else name
+            mode = attrs.st_mode or 0
+            if stat.S_ISLNK(mode):
+                if not follow_symlinks:
+                    skipped.append((rel, "symbolic link (SFTP_FOLLOW_SYMLINKS is off)"))
+                    continue
+                try:
+                    target = sftp.normalize(remote_bytes(posixpath.join(root, rel)))
+                    attrs = sftp.stat(remote_bytes(target))
+                except (OSError, UnicodeDecodeError):
+                    skipped.append((rel, "broken symbolic link"))
+                    continue
+                if target != real_root and not target.startswith(real_root.rstrip("/") + "/"):
+                    skipped.append((rel, f"symbolic link to {target}, outside the root"))
+                    continue
+                mode = attrs.st_mode or 0
+                if stat.S_ISDIR(mode):
+                    if target in seen_dirs:
+                        skipped.append((rel, "symbolic link to a directory already listed"))
+                        continue
+                    seen_dirs.add(target)
             if stat.S_ISDIR(mode):
                 pending.append(rel)
             elif stat.S_ISREG(mode):
-                files.append(RemoteFile(rel, entry.st_size or 0, int(entry.st_mtime or 0)))
-            elif stat.S_ISLNK(mode):
-                skipped.append((rel, "symbolic link (not followed)"))
+                files.append(RemoteFile(rel, attrs.st_size or 0, int(attrs.st_mtime or 0)))
             else:
                 skipped.append((rel, "not a regular file"))
     files.sort(key=lambda f: f.path)

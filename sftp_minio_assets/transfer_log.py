@@ -79,6 +79,8 @@ ON CONFLICT (source, filename) DO UPDATE SET
 WHERE t.status = 'FAILED'
    OR (t.status = 'IN_PROGRESS'
        AND t.heartbeat_at < now() - make_interval(secs => %(stale_seconds)s))
+   -- our own claim, left IN_PROGRESS when the database went away under us: take it again
+   OR (t.status = 'IN_PROGRESS' AND t.worker_id = EXCLUDED.worker_id)
    OR (t.status = 'COMPLETED' AND (t.size_bytes IS DISTINCT FROM EXCLUDED.size_bytes
                                    OR t.remote_mtime IS DISTINCT FROM EXCLUDED.remote_mtime))
 RETURNING id, attempts
@@ -252,7 +254,7 @@ class TransferLog:
         return self._execute(GET, {"source": source, "filename": filename}).fetchone()
 
     def states(self, source: str) -> dict[str, tuple[str, str | None]]:
-        """filename -> (status, "size:mtime" signature of the last claimed content)."""
+        """filename (the partition key) -> (status, "size:mtime" of the last claimed content)."""
         rows = self._execute(STATES, {"source": source}).fetchall()
         return {
             r["filename"]: (

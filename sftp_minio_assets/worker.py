@@ -1,37 +1,59 @@
 """What a worker does for one file: claim it in the log, copy it, record how it went.
 
 Plain Python, no Dagster: the asset runs `Worker.transfer` on a thread pool, one call per file.
+Transient faults (a reset connection, a restarting server) are retried here, with exponential
+backoff and jitter, each attempt a new claim; permanent ones (file gone, access refused, wrong
+credentials or host key) fail at once.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import posixpath
+import random
 import socket
+import stat
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import quote
 
-from .errors import advice, redact
+from .errors import NotAFile, advice, is_permanent, redact
+from .partitions import decode_key
 from .s3 import ObjectStore, object_key
-from .sftp import SFTPPool, SFTPSettings
+from .sftp import SFTPPool, SFTPSettings, display, remote_bytes
 from .transfer import Tuning, copy_file
 from .transfer_log import Claim, TransferLog
 
-HEARTBEAT_SECONDS = 30.0
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Retry:
+    attempts: int = 4  # per file and run, the first included
+    base_seconds: float = 1.0
+    max_seconds: float = 30.0
+
+    def delay(self, failures: int) -> float:
+        """Exponential backoff with ±50% jitter, so that workers do not retry in lockstep."""
+        return min(self.max_seconds, self.base_seconds * 2 ** (failures - 1)) * random.uniform(
+            0.5, 1.5
+        )
 
 
 @dataclass(frozen=True)
 class Outcome:
-    path: str
+    key: str  # the partition key, which is also the log's filename
     # busy: another worker holds the file right now; its run reports it.
     status: Literal["transferred", "skipped", "busy", "failed"]
     message: str
     metadata: dict[str, object] = field(default_factory=dict)
+    permanent: bool = False  # failed, and retrying cannot help
 
 
 def worker_id() -> str:
@@ -51,6 +73,7 @@ class Worker:
         tuning: Tuning,
         run_id: str | None = None,
         secrets: tuple[str | None, ...] = (),
+        retry: Retry = Retry(),
     ):
         self.source = source
         self.sftp_settings = sftp_settings
@@ -60,41 +83,66 @@ class Worker:
         self.tuning = tuning
         self.run_id = run_id
         self.secrets = secrets
+        self.retry = retry
+        # A live transfer refreshes its claim well within the stale window.
+        self.heartbeat_seconds = min(30.0, transfer_log.stale_minutes * 60 / 4)
 
-    def transfer_many(self, paths: list[str], max_workers: int) -> Iterator[Outcome]:
+    def transfer_many(self, keys: list[str], max_workers: int) -> Iterator[Outcome]:
         """Outcomes in the order the files finish, max_workers at a time."""
         with ThreadPoolExecutor(max_workers, thread_name_prefix="transfer") as pool:
-            futures = [pool.submit(self.transfer, path) for path in paths]
+            futures = [pool.submit(self.transfer, key) for key in keys]
             for future in as_completed(futures):
                 yield future.result()
 
-    def transfer(self, path: str) -> Outcome:
+    def transfer(self, key: str) -> Outcome:
+        """Attempts until the file is copied, skipped, or failed for good (or retries run out)."""
+        failures = 0
+        while True:
+            outcome = self._attempt(key)
+            if outcome.status != "failed" or outcome.permanent:
+                return outcome
+            failures += 1
+            if failures >= self.retry.attempts:
+                return outcome
+            delay = self.retry.delay(failures)
+            log.warning("%s (attempt %d; retrying in %.1f s)", outcome.message, failures, delay)
+            time.sleep(delay)
+
+    def _attempt(self, key: str) -> Outcome:
+        path = decode_key(key)
         remote_path = posixpath.join(self.sftp_settings.root, path)
-        key = object_key(self.store.settings.prefix, self.source, path)
-        where = f"{self.sftp_settings.server}{_absolute(remote_path)} -> {self.store.uri(key)}"
+        object_name = object_key(self.store.settings.prefix, self.source, path)
+        where = (
+            f"{self.sftp_settings.server}{display(_absolute(remote_path))} -> "
+            f"{self.store.uri(display(object_name))}"
+        )
         me = worker_id()
         claim: Claim | None = None
         try:
-            attrs = self.pool.get().stat(remote_path)
+            attrs = self.pool.get().stat(remote_bytes(remote_path))
+            if not stat.S_ISREG(attrs.st_mode or 0):
+                raise NotAFile(f"{display(path)} is not a regular file any more")
             claim = self.log.claim(
                 self.source,
-                path,
+                key,
                 size_bytes=attrs.st_size or 0,
                 remote_mtime=int(attrs.st_mtime or 0),
-                object_key=key,
+                object_key=object_name,
                 worker_id=me,
                 run_id=self.run_id,
             )
             if claim is None:
-                return self._not_claimed(path, where)
+                return self._not_claimed(key, where)
+            if claim.attempts > 1:
+                self._abort_leftover_uploads(object_name)
             result = copy_file(
                 self.pool.get(),
-                remote_path,
+                remote_bytes(remote_path),
                 self.store,
-                key,
+                object_name,
                 metadata={
                     "source": self.source,
-                    "source-path": quote(path),
+                    "source-path": quote(remote_bytes(path)),
                     "source-mtime": str(int(attrs.st_mtime or 0)),
                 },
                 tuning=self.tuning,
@@ -102,13 +150,15 @@ class Worker:
             )
             self.log.complete(claim, result)
         except Exception as exc:
-            if not isinstance(exc.__cause__ or exc, (FileNotFoundError, PermissionError)):
+            if not is_permanent(exc):
                 self.pool.discard()  # the session may be broken: reconnect next time
             message = redact(f"{where}: {exc} {advice(exc)}", self.secrets)
-            self._record_failure(path, claim, message, me)
-            return Outcome(path, "failed", message, {"error": message, "worker": me})
+            self._record_failure(key, claim, message, me)
+            return Outcome(
+                key, "failed", message, {"error": message, "worker": me}, is_permanent(exc)
+            )
         return Outcome(
-            path,
+            key,
             "transferred",
             f"{where}: {result.size_bytes} bytes in {result.total_seconds:.2f} s "
             f"({result.mb_per_second:.1f} MB/s)",
@@ -120,23 +170,34 @@ class Worker:
                 "total_seconds": round(result.total_seconds, 3),
                 "mb_per_second": round(result.mb_per_second, 2),
                 "sha256": result.sha256,
-                "object_uri": self.store.uri(key),
+                "object_uri": self.store.uri(object_name),
                 "worker": me,
                 "attempt": claim.attempts,
             },
         )
 
-    def _record_failure(self, path: str, claim: Claim | None, message: str, me: str) -> None:
-        if claim is None:
-            self.log.fail_unclaimed(self.source, path, message, worker_id=me, run_id=self.run_id)
-        else:
-            self.log.fail(claim, message)
+    def _abort_leftover_uploads(self, object_name: str) -> None:
+        """A previous attempt that died mid-upload left its multipart upload open; we hold the
+        claim now, so any open upload of this key is a leftover."""
+        with suppress(Exception):
+            for upload in self.store.list_multipart_uploads(object_name):
+                if upload["Key"] == object_name:
+                    self.store.abort_multipart(object_name, upload["UploadId"])
 
-    def _not_claimed(self, path: str, where: str) -> Outcome:
-        row = self.log.get(self.source, path) or {}
+    def _record_failure(self, key: str, claim: Claim | None, message: str, me: str) -> None:
+        try:
+            if claim is None:
+                self.log.fail_unclaimed(self.source, key, message, worker_id=me, run_id=self.run_id)
+            else:
+                self.log.fail(claim, message)
+        except Exception as exc:  # the log itself is down: the claim goes stale, then is retried
+            log.warning("could not record the failure of %s in the transfer log: %s", key, exc)
+
+    def _not_claimed(self, key: str, where: str) -> Outcome:
+        row = self.log.get(self.source, key) or {}
         if row.get("status") == "COMPLETED":
             return Outcome(
-                path,
+                key,
                 "skipped",
                 f"{where}: already transferred and unchanged, skipped",
                 {
@@ -148,11 +209,10 @@ class Worker:
                 },
             )
         return Outcome(
-            path,
+            key,
             "busy",
             f"{where}: being transferred by {row.get('worker_id')} (run {row.get('run_id')}), "
             "skipped here",
-            {},
         )
 
     def _heartbeat(self, claim: Claim):
@@ -160,7 +220,7 @@ class Worker:
 
         def beat() -> None:
             nonlocal last
-            if time.monotonic() - last >= HEARTBEAT_SECONDS:
+            if time.monotonic() - last >= self.heartbeat_seconds:
                 self.log.heartbeat(claim)
                 last = time.monotonic()
 
