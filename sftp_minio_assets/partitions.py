@@ -3,7 +3,8 @@
 Keys read as on the server (`/`, spaces, non-ASCII stay as they are). What Dagster's UI or its
 Postgres index cannot carry is percent-encoded, reversibly, here and only here: `%` itself,
 `,` (a list separator in partition selections), a third consecutive `.` (`...` is the range
-syntax) and control characters.
+syntax), control characters, and bytes that are not UTF-8 (kept in paths as surrogates, the
+way os.fsdecode does). The key is also the transfer log's `filename`.
 """
 
 from __future__ import annotations
@@ -27,8 +28,11 @@ def partitions_for(source: str) -> dg.DynamicPartitionsDefinition:
 def encode_key(path: str) -> str:
     out: list[str] = []
     for char in path:
-        if char in "%," or ord(char) < 0x20 or ord(char) == 0x7F:
-            out.append(f"%{ord(char):02X}")
+        code = ord(char)
+        if char in "%," or code < 0x20 or code == 0x7F:
+            out.append(f"%{code:02X}")
+        elif 0xDC80 <= code <= 0xDCFF:  # an undecodable byte
+            out.append(f"%{code - 0xDC00:02X}")
         elif char == "." and len(out) >= 2 and out[-1] == out[-2] == ".":
             out.append("%2E")
         else:
@@ -43,4 +47,4 @@ def encode_key(path: str) -> str:
 
 
 def decode_key(key: str) -> str:
-    return unquote(key)
+    return unquote(key, errors="surrogateescape")

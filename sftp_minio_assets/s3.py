@@ -6,13 +6,17 @@ Plain s3fs, no Dagster. Only standard S3 calls: the same code runs on MinIO and 
 from __future__ import annotations
 
 import posixpath
+import re
 import threading
+import time
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
 import s3fs
+
+_UNDECODABLE = re.compile("[\udc80-\udcff]")
 
 
 @dataclass(frozen=True)
@@ -29,14 +33,15 @@ class S3Settings:
 def object_key(prefix: str, source: str, path: str) -> str:
     """prefix/source/path, normalised so that no remote path can leave the prefix.
 
-    `..`, `.`, empty segments and backslashes are dropped or made plain characters;
-    the result never starts with `/`.
+    `..`, `.` and empty segments are dropped, so the result never starts with `/` nor climbs
+    out of the prefix. Backslashes are plain characters, as on the server (S3 has no
+    directories to escape). Bytes that are not UTF-8 (surrogates in path) become %XX.
     """
     parts = []
-    for segment in [*prefix.split("/"), source, *path.replace("\\", "/").split("/")]:
+    for segment in [*prefix.split("/"), source, *path.split("/")]:
         if segment in ("", ".", ".."):
             continue
-        parts.append(segment)
+        parts.append(_UNDECODABLE.sub(lambda m: f"%{ord(m.group()) - 0xDC00:02X}", segment))
     return posixpath.join(*parts)
 
 
@@ -134,6 +139,19 @@ class ObjectStore:
 
     def list_multipart_uploads(self, prefix: str = "") -> list[dict]:
         return self._call("list_multipart_uploads", Prefix=prefix).get("Uploads", [])
+
+    def abort_stale_uploads(self, prefix: str, older_than_seconds: float) -> int:
+        """Abort multipart uploads under prefix started long ago: leftovers of dead workers
+        (a live transfer aborts its own on error). Returns how many."""
+        deadline = time.time() - older_than_seconds
+        stale = [
+            upload
+            for upload in self.list_multipart_uploads(prefix)
+            if upload["Initiated"].timestamp() < deadline
+        ]
+        for upload in stale:
+            self.abort_multipart(upload["Key"], upload["UploadId"])
+        return len(stale)
 
 
 def _tagging(tags: dict[str, str]) -> str:

@@ -7,7 +7,8 @@ import dagster as dg
 
 from .discovery import plan_transfers
 from .partitions import partitions_for
-from .resources import SFTPResource, TransferLogResource
+from .resources import MinIOResource, SFTPResource, TransferLogResource
+from .s3 import object_key
 from .sftp import display
 
 # The daemon checks every requested key (~15 ms each on Postgres): cap the work of one tick.
@@ -27,12 +28,27 @@ def build_new_files_sensor(source: str, files_asset: dg.AssetsDefinition) -> dg.
     def new_files(
         context: dg.SensorEvaluationContext,
         sftp: SFTPResource,
+        minio: MinIOResource,
         transfer_log: TransferLogResource,
     ) -> dg.SensorResult:
         listing = sftp.list_files()
+        # The seed's "nettoyage automatique des verrous obsolètes", and of their uploads.
         swept = transfer_log.log.sweep_stale(source)
-        if swept:
-            context.log.warning(f"{swept} stale claims of dead workers were released")
+        try:
+            aborted = minio.store.abort_stale_uploads(
+                object_key(minio.prefix, source, "") + "/",
+                transfer_log.max_stale_lock_minutes * 60,
+            )
+        except FileNotFoundError:
+            aborted = 0  # no bucket yet, so no uploads either
+        except Exception as exc:  # S3 down: new files are still requested; their runs retry
+            context.log.warning(f"could not sweep stale multipart uploads: {exc}")
+            aborted = 0
+        if swept or aborted:
+            context.log.warning(
+                f"released {swept} stale claims and aborted {aborted} stale multipart uploads "
+                "of dead workers"
+            )
         plan = plan_transfers(
             listing.files,
             transfer_log.log.states(source),

@@ -13,6 +13,7 @@ AWKWARD = [
     "%2C.txt",
     "tab\there",
     "line\nbreak",
+    "caf\udce9 latin-1.txt",  # a byte that is not UTF-8, as os.fsdecode keeps it
 ]
 
 
@@ -39,7 +40,8 @@ def test_overlong_keys_are_refused():
         ("a/b.txt", "in/src/a/b.txt"),
         ("../../etc/passwd", "in/src/etc/passwd"),
         ("/abs/path", "in/src/abs/path"),
-        ("back\\..\\slash", "in/src/back/slash"),
+        ("back\\..\\slash", "in/src/back\\..\\slash"),  # one name on the server, one here
+        ("caf\udce9.txt", "in/src/caf%E9.txt"),  # not UTF-8: the byte, percent-encoded
         ("./x/./y", "in/src/x/y"),
     ],
 )

@@ -16,6 +16,7 @@ def tick(env, instance, cursor, **sftp_overrides) -> dg.SensorResult:
     """One evaluation; its partition requests are applied to the instance, as the daemon does."""
     resources = {
         "sftp": env.sftp(**sftp_overrides),
+        "minio": env.minio(),
         "transfer_log": TransferLogResource(url=env.db_url),
     }
     with dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources) as context:
