@@ -16,7 +16,7 @@ from urllib.parse import quote
 
 import s3fs
 
-_UNDECODABLE = re.compile("[\udc80-\udcff]")
+_UNSAFE_IN_KEYS = re.compile("[%\\\\\x00-\x1f\x7f\udc80-\udcff]")
 
 
 @dataclass(frozen=True)
@@ -34,15 +34,21 @@ def object_key(prefix: str, source: str, path: str) -> str:
     """prefix/source/path, normalised so that no remote path can leave the prefix.
 
     `..`, `.` and empty segments are dropped, so the result never starts with `/` nor climbs
-    out of the prefix. Backslashes are plain characters, as on the server (S3 has no
-    directories to escape). Bytes that are not UTF-8 (surrogates in path) become %XX.
+    out of the prefix. Within a name, `%`, backslashes (which some S3 servers turn into `/`),
+    control characters and bytes that are not UTF-8 (surrogates in path) become %XX, so that
+    two remote names never share an object; everything else is kept as it is.
     """
     parts = []
     for segment in [*prefix.split("/"), source, *path.split("/")]:
         if segment in ("", ".", ".."):
             continue
-        parts.append(_UNDECODABLE.sub(lambda m: f"%{ord(m.group()) - 0xDC00:02X}", segment))
+        parts.append(_UNSAFE_IN_KEYS.sub(_percent, segment))
     return posixpath.join(*parts)
+
+
+def _percent(match: re.Match) -> str:
+    code = ord(match.group())
+    return f"%{code - 0xDC00 if code >= 0xDC80 else code:02X}"
 
 
 class ObjectStore:

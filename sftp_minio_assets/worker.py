@@ -23,11 +23,13 @@ from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import quote
 
+import psycopg
+
 from .errors import NotAFile, advice, is_permanent, redact
 from .partitions import decode_key
 from .s3 import ObjectStore, object_key
 from .sftp import SFTPPool, SFTPSettings, display, remote_bytes
-from .transfer import Tuning, copy_file
+from .transfer import TransferResult, Tuning, copy_file
 from .transfer_log import Claim, TransferLog
 
 log = logging.getLogger(__name__)
@@ -148,7 +150,7 @@ class Worker:
                 tuning=self.tuning,
                 heartbeat=self._heartbeat(claim),
             )
-            self.log.complete(claim, result)
+            self._complete(claim, result)
         except Exception as exc:
             if not is_permanent(exc):
                 self.pool.discard()  # the session may be broken: reconnect next time
@@ -175,6 +177,16 @@ class Worker:
                 "attempt": claim.attempts,
             },
         )
+
+    def _complete(self, claim: Claim, result: TransferResult) -> None:
+        """The object is in place: insist on recording it rather than copying it again."""
+        for failures in range(1, self.retry.attempts + 1):
+            try:
+                return self.log.complete(claim, result)
+            except psycopg.OperationalError:
+                if failures == self.retry.attempts:
+                    raise
+                time.sleep(self.retry.delay(failures))
 
     def _abort_leftover_uploads(self, object_name: str) -> None:
         """A previous attempt that died mid-upload left its multipart upload open; we hold the
@@ -221,8 +233,11 @@ class Worker:
         def beat() -> None:
             nonlocal last
             if time.monotonic() - last >= self.heartbeat_seconds:
-                self.log.heartbeat(claim)
                 last = time.monotonic()
+                try:
+                    self.log.heartbeat(claim)
+                except psycopg.OperationalError as exc:  # the log restarts: keep copying
+                    log.warning("heartbeat of claim %s not recorded: %s", claim.id, exc)
 
         return beat
 

@@ -19,6 +19,8 @@ from sftp_minio_assets.resources import (
 from sftp_minio_assets.s3 import ObjectStore, S3Settings
 from sftp_minio_assets.transfer_log import TransferLog
 
+PROJECT = Path(__file__).resolve().parents[1]
+
 
 @pytest.fixture(scope="session")
 def stack():
@@ -68,12 +70,21 @@ class Env:
         )
         return MinIOResource(**{**settings, **overrides})
 
-    def resources(self, **transfer_settings) -> dict:
+    def resources(self, stale_minutes: float = 30, **transfer_settings) -> dict:
         return {
             "sftp": self.sftp(),
             "minio": self.minio(),
-            "transfer_log": TransferLogResource(url=self.db_url),
+            "transfer_log": TransferLogResource(
+                url=self.db_url, max_stale_lock_minutes=stale_minutes
+            ),
             "transfer_settings": TransferSettings(**transfer_settings),
+        }
+
+    def resource_config(self, stale_minutes: float = 30, **transfer_settings) -> dict:
+        """The same, as plain values for a run in another process (run_partitions.py)."""
+        return {
+            name: resource.model_dump()
+            for name, resource in self.resources(stale_minutes, **transfer_settings).items()
         }
 
     @property

@@ -20,6 +20,9 @@ files = build_files_asset(retry_policy=None)
 
 def materialize(env, instance, paths, **transfer_settings) -> dg.ExecuteInProcessResult:
     """One run over the given files, as the sensor or the UI would launch it."""
+    if instance is None:
+        with dg.instance_for_test() as temporary:
+            return materialize(env, temporary, paths, **transfer_settings)
     keys = [encode_key(path) for path in paths]
     known = set(instance.get_dynamic_partitions(PARTITIONS))
     instance.add_dynamic_partitions(PARTITIONS, [key for key in keys if key not in known])

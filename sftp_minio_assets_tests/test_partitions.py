@@ -40,7 +40,8 @@ def test_overlong_keys_are_refused():
         ("a/b.txt", "in/src/a/b.txt"),
         ("../../etc/passwd", "in/src/etc/passwd"),
         ("/abs/path", "in/src/abs/path"),
-        ("back\\..\\slash", "in/src/back\\..\\slash"),  # one name on the server, one here
+        ("back\\..\\slash", "in/src/back%5C..%5Cslash"),  # one name on the server, one here
+        ("100%\n.txt", "in/src/100%25%0A.txt"),
         ("caf\udce9.txt", "in/src/caf%E9.txt"),  # not UTF-8: the byte, percent-encoded
         ("./x/./y", "in/src/x/y"),
     ],
