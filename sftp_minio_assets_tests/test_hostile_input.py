@@ -1,0 +1,91 @@
+"""Awkward names, links and special files: each is copied faithfully or skipped with a reason."""
+
+import os
+import time
+
+from sftp_minio_assets.discovery import plan_transfers
+from sftp_minio_assets.partitions import decode_key
+from sftp_minio_assets.s3 import object_key
+from sftp_minio_assets.sftp import FileFilter
+
+from .conftest import sha256_file
+from .test_assets import materialize
+from .test_sensors import requested, tick
+
+TRANSFERABLE = [
+    "with space.txt",
+    "quote'single.txt",
+    'quote"double.txt',
+    "new\nline.txt",
+    "tab\there.txt",
+    "100%.txt",
+    "hash#tag.txt",
+    "what?.txt",
+    "a,b.txt",
+    "dots....txt",
+    "back\\slash.txt",
+    "-leading-dash.txt",
+    "日本語/ファイル.txt",
+    "latin1-caf\udce9.txt",  # the byte 0xE9 alone: not UTF-8
+    "zero.bin",
+    "looks-like-a.csv/inner.txt",  # a directory named like a file
+    "deep/" + "/".join(["d" * 150] * 5) + "/f.txt",  # 770 bytes
+]
+TOO_LONG = "/".join(["x" * 250] * 5) + "/f.txt"
+
+
+def seed(env) -> None:
+    for index, path in enumerate(TRANSFERABLE):
+        env.write(path, b"" if path == "zero.bin" else f"{index}:{path!r}\n".encode() * 100)
+    env.write(TOO_LONG, b"too long for a partition key and an S3 key")
+    os.symlink("with space.txt", env.root / "link-inside.txt")
+    os.symlink("/etc/hostname", env.root / "link-outside.txt")
+    os.symlink(".", env.root / "loop")
+
+
+def test_every_transferable_name_round_trips_byte_for_byte(env, instance):
+    seed(env)
+    first = tick(env, instance, None)
+    keys = requested(first)
+    assert sorted(decode_key(key) for key in keys) == sorted(TRANSFERABLE)
+
+    result = materialize(env, instance, [decode_key(key) for key in keys])
+
+    assert result.success
+    for path in TRANSFERABLE:
+        key = object_key("", "default", path)
+        assert env.object_sha256(key) == sha256_file(env.root / path), repr(path)
+    assert len(env.store.list_keys()) == len(TRANSFERABLE)  # no two names share an object
+
+
+def test_links_are_skipped_by_default_and_followed_only_inside_the_root(env):
+    seed(env)
+    skipped = env.sftp().list_files().skipped
+    reasons = dict(skipped)
+    assert "SFTP_FOLLOW_SYMLINKS is off" in reasons["link-inside.txt"]
+    assert "SFTP_FOLLOW_SYMLINKS is off" in reasons["link-outside.txt"]
+    assert "SFTP_FOLLOW_SYMLINKS is off" in reasons["loop"]
+
+    following = env.sftp(follow_symlinks=True).list_files()
+    paths = [f.path for f in following.files]
+    assert "link-inside.txt" in paths
+    assert "link-outside.txt" not in paths
+    assert "outside the root" in dict(following.skipped)["link-outside.txt"]
+    assert not any(path.startswith("loop/") for path in paths)  # walked once, no cycle
+
+
+def test_an_overlong_path_is_skipped_with_its_reason_and_the_sensor_goes_on(env, instance):
+    seed(env)
+    result = tick(env, instance, None)
+    assert TOO_LONG not in [decode_key(key) for key in requested(result)]
+    assert len(requested(result)) == len(TRANSFERABLE)
+    plan = plan_transfers(
+        env.sftp().list_files().files,
+        {},
+        {},
+        now=time.time(),
+        min_age_seconds=0,
+        file_filter=FileFilter(),
+        max_requests=1000,
+    )
+    assert [(path, "more than 1024" in why) for path, why in plan.ignored] == [(TOO_LONG, True)]
