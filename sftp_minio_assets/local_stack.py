@@ -73,18 +73,26 @@ def _bindable(port: int) -> bool:
     return True
 
 
-def _reserve(port: int) -> bool:
-    """Hold a lock on the port for this process's lifetime, so a concurrent stack skips it.
+def _reservation(port: int) -> Path:
+    return Path(tempfile.gettempdir()) / "sftp-minio-assets-ports" / str(port)
 
-    flock dies with the process, so a crashed run never leaks a reservation.
+
+def _reserve(port: int) -> bool:
+    """Lock the port until released, so that a concurrent stack in another process skips it.
+
+    A stopped server's port is free for anyone to bind until it restarts; the lock is what
+    keeps it ours. flock dies with the process: a crashed run never leaks a reservation.
     """
-    directory = Path(tempfile.gettempdir()) / "sftp-minio-assets-ports"
-    path = directory / str(port)
+    path = _reservation(port)
     try:
-        directory.mkdir(mode=0o1777, exist_ok=True)
+        path.parent.mkdir(exist_ok=True)
+        if path.parent.stat().st_uid == os.geteuid():
+            path.parent.chmod(0o1777)  # shared by every user, like /tmp (mkdir obeys the umask)
         fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
     except OSError:
-        return True  # no shared directory: in-process uniqueness still holds
+        # Unreadable: someone else's reservation. Uncreatable: no sharing, but in-process
+        # uniqueness still holds.
+        return not path.exists()
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         # The releasing holder unlinks the file: a lock on a stale inode reserves nothing.
@@ -97,14 +105,18 @@ def _reserve(port: int) -> bool:
     return True
 
 
+def _unreserve(port: int) -> None:
+    fd = _port_locks.pop(port, None)
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            os.unlink(_reservation(port))
+        os.close(fd)
+
+
 def _release(ports: list[int]) -> None:
     with _lock:
         for port in ports:
-            fd = _port_locks.pop(port, None)
-            if fd is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(Path(tempfile.gettempdir()) / "sftp-minio-assets-ports" / str(port))
-                os.close(fd)
+            _unreserve(port)
 
 
 def free_port(offset: int = 0) -> int:
@@ -121,7 +133,7 @@ def free_port(offset: int = 0) -> int:
                 _given_ports.update(wanted)
                 return port
             for p in reserved:
-                os.close(_port_locks.pop(p))
+                _unreserve(p)
     raise RuntimeError(f"no free port in {ports}")
 
 
@@ -182,6 +194,41 @@ def _descendants(pid: int) -> dict[int, int]:
     return found
 
 
+def _children(pid: int) -> list[int]:
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    found: list[int] = []
+    for task in tasks:
+        with contextlib.suppress(OSError):
+            found += map(int, Path(f"/proc/{pid}/task/{task}/children").read_text().split())
+    return found
+
+
+def _end_tree(pid: int, deadline: float) -> None:
+    """SIGKILL `pid` and all below it, leaves first, so that every parent reaps its children.
+
+    A process is stopped while we list its children, so it cannot fork one we would miss.
+    """
+    while time.monotonic() < deadline:
+        _kill(pid, signal.SIGSTOP)
+        kids = _children(pid)
+        if not kids:
+            break
+        _kill(pid, signal.SIGCONT)  # it has to run to reap them
+        for kid in kids:
+            if not _zombie(kid):
+                _end_tree(kid, deadline)
+        _wait_gone(kids, 1)
+    _kill(pid, signal.SIGKILL)
+
+
+def _zombie(pid: int) -> bool:
+    info = _proc_stat(pid)
+    return info is not None and info[0] == "Z"
+
+
 def _gone(pid: int) -> bool:
     info = _proc_stat(pid)
     # A zombie adopted by process 1 is never reaped here: it is as gone as it will get.
@@ -191,7 +238,7 @@ def _gone(pid: int) -> bool:
 def _wait_gone(pids: list[int], timeout: float) -> list[int]:
     deadline = time.monotonic() + timeout
     while (left := [p for p in pids if not _gone(p)]) and time.monotonic() < deadline:
-        time.sleep(0.02)
+        time.sleep(0.01)
     return left
 
 
@@ -226,8 +273,9 @@ class _Server:
     def _ready(self) -> bool:
         raise NotImplementedError
 
-    def _before_signal(self, pid: int) -> None:
-        """Called with the running leader's PID just before it is asked to stop."""
+    def _signal_stop(self, pid: int) -> None:
+        """Ask the running server to stop."""
+        _kill(pid, self.stop_signal)
 
     def _after_stop(self) -> None:
         """Called once the process is reaped."""
@@ -286,8 +334,7 @@ class _Server:
             if process is None:
                 return
             if process.poll() is None:
-                self._before_signal(process.pid)
-                _kill(process.pid, self.stop_signal)
+                self._signal_stop(process.pid)
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     process.wait(timeout)
             # Whatever is left of the group goes too; and always reap, as process 1 here does not.
@@ -329,6 +376,7 @@ class SshServer(_Server):
         self.port = free_port()
         self.ports = [self.port]
         self.username = getpass.getuser()
+        self._marker = secrets.token_hex(8)
         self.dir = base / "ssh"
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.root = base / "sftp-root"
@@ -379,34 +427,46 @@ class SshServer(_Server):
         with socket.create_connection((HOST, self.port), timeout=1) as s:
             return s.recv(16).startswith(b"SSH-2.0")
 
-    def _before_signal(self, pid: int) -> None:
-        # Each connection runs in its own session, out of reach of killpg; once the listener is
-        # gone nobody here would reap them. End them first so a stop really cuts transfers.
-        _kill(pid, signal.SIGSTOP)  # accept nothing new meanwhile
+    def _environment(self) -> dict[str, str]:
+        # Every process sshd forks keeps this environment: how _after_stop finds strays.
+        return {**os.environ, "LOCAL_STACK_SSHD": self._marker}
+
+    def _signal_stop(self, pid: int) -> None:
+        # Each connection runs in its own session, out of reach of killpg, and once the listener
+        # is gone nobody here would reap them. End them first, so a stop really cuts transfers.
+        deadline = time.monotonic() + 5
+        _kill(pid, signal.SIGSTOP)  # accept no new connection meanwhile
         try:
-            tree = _descendants(pid)
-            for depth in sorted(set(tree.values()), reverse=True):
-                level = [p for p, d in tree.items() if d == depth]
-                for p in level:
-                    _kill(p, signal.SIGTERM)
-                if depth > 1:  # their parents still run and reap them
-                    for p in _wait_gone(level, 2):
-                        _kill(p, signal.SIGKILL)
+            while (kids := _children(pid)) and time.monotonic() < deadline:
+                live = [kid for kid in kids if not _zombie(kid)]
+                if not live:
+                    break  # zombies: the listener reaps them once continued
+                for kid in live:
+                    _end_tree(kid, deadline)
         finally:
+            # SIGTERM while still stopped: on SIGCONT sshd reaps its children (SIGCHLD) and
+            # exits before it accepts the connections queued meanwhile.
+            _kill(pid, signal.SIGTERM)
             _kill(pid, signal.SIGCONT)
-        children = [p for p, d in tree.items() if d == 1]
-        for p in _wait_gone(children, 2):
-            _kill(p, signal.SIGKILL)
+
+    def _after_stop(self) -> None:
+        # A connection accepted just before SIGSTOP can still fork after SIGCONT.
+        token = f"LOCAL_STACK_SSHD={self._marker}".encode()
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                with contextlib.suppress(OSError):
+                    if token in Path(f"/proc/{entry}/environ").read_bytes().split(b"\0"):
+                        _kill(int(entry), signal.SIGKILL)
 
 
 # --- PostgreSQL ------------------------------------------------------------------------------
 
 
 def _postgres_bin() -> Path:
-    candidates = sorted(
-        Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name), reverse=True
-    )
-    for candidate in candidates:
+    def version(path: Path) -> list[int]:
+        return [int(part) for part in path.parent.name.split(".") if part.isdigit()]
+
+    for candidate in sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=version, reverse=True):
         if (candidate / "postgres").exists():
             return candidate
     found = shutil.which("postgres")
@@ -609,32 +669,33 @@ class S3Server(_Server):
                 if stat.S_ISSOCK(path.lstat().st_mode) and path.lstat().st_uid == os.geteuid():
                     path.unlink()
 
-    def client(self) -> Any:
+    def client(self, **config: Any) -> Any:
         """A botocore S3 client for this server (path-style, no flexible checksums)."""
         import botocore.session
         from botocore.config import Config
 
+        settings = {
+            "s3": {"addressing_style": "path"},
+            "request_checksum_calculation": "when_required",
+            "response_checksum_validation": "when_required",
+            **config,
+        }
         return botocore.session.get_session().create_client(
             "s3",
             endpoint_url=self.endpoint_url,
             aws_access_key_id=self.access_key,
             aws_secret_access_key=self.secret_key,
             region_name="us-east-1",
-            config=Config(
-                s3={"addressing_style": "path"},
-                request_checksum_calculation="when_required",
-                response_checksum_validation="when_required",
-                retries={"max_attempts": 1},
-                connect_timeout=2,
-                read_timeout=10,
-            ),
+            config=Config(**settings),
         )
 
     def _ready(self) -> bool:
         if not self._tcp_open(self.port):
             return False
         if self._client is None:
-            self._client = self.client()
+            self._client = self.client(
+                retries={"max_attempts": 1}, connect_timeout=2, read_timeout=10
+            )
         client = self._client
         # Until the volume server has registered with the master, reads work but writes fail.
         bucket = f"readiness-probe-{secrets.token_hex(4)}"
@@ -747,16 +808,19 @@ def main() -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     started = time.monotonic()
+    died: list[_Server] = []
     with LocalStack() as stack:
         for name, value in stack.env().items():
             print(f"export {name}={shlex.quote(value)}")
         elapsed = time.monotonic() - started
         print(f"# local stack up in {elapsed:.1f}s in {stack.base}; Ctrl-C stops it", flush=True)
-        while not stop.wait(0.5):
-            for server in stack.servers:
-                if not server.is_running():
-                    print(f"# {server.name} died; see {server.log_path}", file=sys.stderr)
-                    return
+        while not died and not stop.wait(0.5):
+            died = [server for server in stack.servers if not server.is_running()]
+        for server in died:
+            tail = server.log_path.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
+            print(f"{server.name} died:", *tail, sep="\n", file=sys.stderr)
+    if died:
+        sys.exit(1)
 
 
 if __name__ == "__main__":
