@@ -30,6 +30,8 @@ def build_files_asset(
         partitions_def=partitions_for(source),
         # Each partition is reported by hand, per file; there is no single output to store.
         output_required=False,
+        # Backfills from the UI (e.g. "materialize failed") batch files too.
+        backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=100),
         retry_policy=retry_policy,
         group_name="sftp_to_minio",
         kinds={"sftp", "s3"},

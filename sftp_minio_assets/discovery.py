@@ -59,3 +59,17 @@ def plan_transfers(
         requests.append((key, file))
         cursor[key] = file.signature
     return Plan(requests, cursor, ignored, waiting)
+
+
+def batches(
+    new: list[str], known: list[str], max_per_run: int, parallel_runs: int
+) -> list[list[str]]:
+    """How requested keys are grouped into runs.
+
+    New keys (added together, so consecutive partitions) go in batches: a run costs seconds
+    of start-up, a file in a run milliseconds. Batches are small enough for parallel_runs runs
+    to share the work, and at most max_per_run. Keys that already had a partition (a changed
+    file) are not consecutive: one run each.
+    """
+    size = max(1, min(max_per_run, -(-len(new) // parallel_runs)))
+    return [new[i : i + size] for i in range(0, len(new), size)] + [[key] for key in known]

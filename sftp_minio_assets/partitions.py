@@ -9,6 +9,7 @@ way os.fsdecode does). The key is also the transfer log's `filename`.
 
 from __future__ import annotations
 
+import hashlib
 from urllib.parse import unquote
 
 import dagster as dg
@@ -48,3 +49,26 @@ def encode_key(path: str) -> str:
 
 def decode_key(key: str) -> str:
     return unquote(key, errors="surrogateescape")
+
+
+# Dagster reads a run's partitions from these tags, as its UI's backfills set them
+# (RunRequest.partition_key_range). A range is taken in the partitions' insertion order.
+RANGE_START_TAG = "dagster/asset_partition_range_start"
+RANGE_END_TAG = "dagster/asset_partition_range_end"
+
+
+def run_request_for(keys: list[str], signatures: list[str]) -> dg.RunRequest:
+    """One run over keys, which must be consecutive partitions (as added in one request).
+
+    The run key names the content requested, so a changed file gets a new run and an
+    unchanged one never a second. test_batching fails if an upgrade changes the tags' meaning.
+    """
+    if len(keys) == 1:
+        return dg.RunRequest(run_key=f"{keys[0]}@{signatures[0]}", partition_key=keys[0])
+    content = hashlib.sha256(
+        "\n".join(f"{k}@{s}" for k, s in zip(keys, signatures, strict=True)).encode()
+    )
+    return dg.RunRequest(
+        run_key=f"{keys[0]}...{len(keys)} files@{content.hexdigest()[:16]}",
+        tags={RANGE_START_TAG: keys[0], RANGE_END_TAG: keys[-1]},
+    )

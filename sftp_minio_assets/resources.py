@@ -132,6 +132,12 @@ class TransferSettings(dg.ConfigurableResource):
     )
     part_size_mb: int = Field(default=16, ge=5, description="S3 multipart part size.")
     parts_in_flight: int = Field(default=4, ge=1, description="Parts uploaded at once per file.")
+    max_partitions_per_run: int = Field(
+        default=100, ge=1, description="Files in one run launched by the sensor, at most."
+    )
+    parallel_runs: int = Field(
+        default=4, ge=1, description="Runs a batch of new files is spread over (see dagster.yaml)."
+    )
     retries: int = Field(
         default=3, ge=0, description="Retries of a transient fault per file, before the step's."
     )
@@ -198,5 +204,7 @@ def resources_from_env() -> dict[str, dg.ConfigurableResource]:
             max_workers=_optional_int("MAX_WORKERS", 4),
             local_dir=_optional("LOCAL_DIR"),
             retries=_optional_int("TRANSFER_RETRIES", 3),
+            max_partitions_per_run=_optional_int("MAX_PARTITIONS_PER_RUN", 100),
+            parallel_runs=_optional_int("PARALLEL_RUNS", 4),
         ),
     }

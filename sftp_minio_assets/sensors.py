@@ -1,13 +1,17 @@
-"""The sensor: list the source, add a partition per new file, request a run per file to copy."""
+"""The sensor: list the source, add a partition per new file, request runs to copy them.
+
+New files go in batches of consecutive partitions (one run copies many files on its thread
+pool); a trickle gets one run per file.
+"""
 
 import json
 import time
 
 import dagster as dg
 
-from .discovery import plan_transfers
-from .partitions import partitions_for
-from .resources import MinIOResource, SFTPResource, TransferLogResource
+from .discovery import batches, plan_transfers
+from .partitions import partitions_for, run_request_for
+from .resources import MinIOResource, SFTPResource, TransferLogResource, TransferSettings
 from .s3 import object_key
 from .sftp import display
 
@@ -30,6 +34,7 @@ def build_new_files_sensor(source: str, files_asset: dg.AssetsDefinition) -> dg.
         sftp: SFTPResource,
         minio: MinIOResource,
         transfer_log: TransferLogResource,
+        transfer_settings: TransferSettings,
     ) -> dg.SensorResult:
         listing = sftp.list_files()
         # The seed's "nettoyage automatique des verrous obsolètes", and of their uploads.
@@ -62,11 +67,15 @@ def build_new_files_sensor(source: str, files_asset: dg.AssetsDefinition) -> dg.
             context.log.warning(f"{sftp.settings().server}: skipped {display(path)!r}: {why}")
         known = set(context.instance.get_dynamic_partitions(partitions.name))
         new_keys = [key for key, _ in plan.requests if key not in known]
+        signatures = {key: file.signature for key, file in plan.requests}
+        runs = batches(
+            new_keys,
+            [key for key, _ in plan.requests if key in known],
+            transfer_settings.max_partitions_per_run,
+            transfer_settings.parallel_runs,
+        )
         return dg.SensorResult(
-            run_requests=[
-                dg.RunRequest(run_key=f"{key}@{file.signature}", partition_key=key)
-                for key, file in plan.requests
-            ],
+            run_requests=[run_request_for(keys, [signatures[k] for k in keys]) for keys in runs],
             dynamic_partitions_requests=[partitions.build_add_request(new_keys)]
             if new_keys
             else [],

@@ -46,7 +46,7 @@ def seed(env) -> None:
 def test_every_transferable_name_round_trips_byte_for_byte(env, instance):
     seed(env)
     first = tick(env, instance, None)
-    keys = requested(first)
+    keys = requested(first, instance)
     assert sorted(decode_key(key) for key in keys) == sorted(TRANSFERABLE)
 
     result = materialize(env, instance, [decode_key(key) for key in keys])
@@ -77,8 +77,8 @@ def test_links_are_skipped_by_default_and_followed_only_inside_the_root(env):
 def test_an_overlong_path_is_skipped_with_its_reason_and_the_sensor_goes_on(env, instance):
     seed(env)
     result = tick(env, instance, None)
-    assert TOO_LONG not in [decode_key(key) for key in requested(result)]
-    assert len(requested(result)) == len(TRANSFERABLE)
+    assert TOO_LONG not in [decode_key(key) for key in requested(result, instance)]
+    assert len(requested(result, instance)) == len(TRANSFERABLE)
     plan = plan_transfers(
         env.sftp().list_files().files,
         {},

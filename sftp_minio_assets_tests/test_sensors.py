@@ -4,7 +4,6 @@ import dagster as dg
 
 from sftp_minio_assets.assets import files
 from sftp_minio_assets.partitions import encode_key
-from sftp_minio_assets.resources import TransferLogResource
 from sftp_minio_assets.sensors import build_new_files_sensor
 
 from .test_assets import PARTITIONS, materialize
@@ -14,11 +13,7 @@ sensor = build_new_files_sensor("default", files)
 
 def tick(env, instance, cursor, **sftp_overrides) -> dg.SensorResult:
     """One evaluation; its partition requests are applied to the instance, as the daemon does."""
-    resources = {
-        "sftp": env.sftp(**sftp_overrides),
-        "minio": env.minio(),
-        "transfer_log": TransferLogResource(url=env.db_url),
-    }
+    resources = {**env.resources(), "sftp": env.sftp(**sftp_overrides)}
     with dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources) as context:
         result = sensor(context)
     for request in result.dynamic_partitions_requests:
@@ -26,8 +21,17 @@ def tick(env, instance, cursor, **sftp_overrides) -> dg.SensorResult:
     return result
 
 
-def requested(result) -> list[str]:
-    return sorted(request.partition_key for request in result.run_requests)
+def keys_of(request: dg.RunRequest, instance) -> list[str]:
+    """The partitions a run request covers: one key, or a range in the partitions' order."""
+    if request.partition_key:
+        return [request.partition_key]
+    span = request.partition_key_range
+    order = list(instance.get_dynamic_partitions(PARTITIONS))
+    return order[order.index(span.start) : order.index(span.end) + 1]
+
+
+def requested(result, instance) -> list[str]:
+    return sorted(key for request in result.run_requests for key in keys_of(request, instance))
 
 
 def test_discovery_new_unchanged_changed_filtered_young_and_nested(env, instance):
@@ -38,22 +42,22 @@ def test_discovery_new_unchanged_changed_filtered_young_and_nested(env, instance
     rules = dict(exclude=["*.tmp"], min_file_age_seconds=600)
 
     first = tick(env, instance, None, **rules)
-    assert requested(first) == ["a.csv", "deep/er/b.csv"]
+    assert requested(first, instance) == ["a.csv", "deep/er/b.csv"]
     assert sorted(instance.get_dynamic_partitions(PARTITIONS)) == ["a.csv", "deep/er/b.csv"]
     assert first.cursor
 
     quiet = tick(env, instance, first.cursor, **rules)
-    assert requested(quiet) == []
+    assert requested(quiet, instance) == []
     assert "nothing new" in quiet.skip_reason.skip_message
 
     assert materialize(env, instance, ["a.csv", "deep/er/b.csv"]).success
     after_copy = tick(env, instance, quiet.cursor, **rules)
-    assert requested(after_copy) == []
+    assert requested(after_copy, instance) == []
 
     env.write("a.csv", b"a, second version", age_seconds=900)
     env.write("young.csv", b"now complete", age_seconds=900)
     changed = tick(env, instance, after_copy.cursor, **rules)
-    assert requested(changed) == ["a.csv", "young.csv"]
+    assert requested(changed, instance) == ["a.csv", "young.csv"]
     # a.csv keeps its partition: only young.csv is new.
     assert sorted(instance.get_dynamic_partitions(PARTITIONS)) == [
         "a.csv",
@@ -66,15 +70,41 @@ def test_a_fresh_cursor_does_not_request_completed_files_again(env, instance):
     env.write("done.txt", b"done")
     tick(env, instance, None)
     assert materialize(env, instance, ["done.txt"]).success
-    assert requested(tick(env, instance, None)) == []
+    assert requested(tick(env, instance, None), instance) == []
 
 
 def test_awkward_names_become_reversible_partition_keys(env, instance):
     env.write("a,b.txt", b"comma")
     env.write("wait....txt", b"dots")
     result = tick(env, instance, None)
-    keys = requested(result)
+    keys = requested(result, instance)
     assert keys == sorted([encode_key("a,b.txt"), encode_key("wait....txt")])
     assert all("," not in key and "..." not in key for key in keys)
     assert materialize(env, instance, ["a,b.txt", "wait....txt"]).success
     assert env.store.fs.cat_file(f"{env.bucket}/default/a,b.txt") == b"comma"
+
+
+def test_new_files_go_in_batches_of_consecutive_partitions_and_a_trickle_alone(env, instance):
+    paths = [f"drop/{i:02d}.csv" for i in range(10)]
+    for path in paths:
+        env.write(path, path.encode())
+    result = tick(env, instance, None)
+    batches = [keys_of(request, instance) for request in result.run_requests]
+    assert [len(batch) for batch in batches] == [3, 3, 3, 1]  # spread over 4 parallel runs
+    assert sorted(key for batch in batches for key in batch) == paths
+
+    for request, batch in zip(result.run_requests, batches, strict=True):
+        run = dg.materialize(
+            [files],
+            instance=instance,
+            resources=env.resources(),
+            tags=request.tags,
+            partition_key=request.partition_key,
+        )
+        # The tags carry the batch to context.partition_keys: this breaks loudly if an
+        # upgrade of Dagster changes how range tags are read.
+        assert sorted(e.partition for e in run.get_asset_materialization_events()) == batch
+
+    env.write("drop/late.csv", b"one more")
+    trickle = tick(env, instance, result.cursor)
+    assert [r.partition_key for r in trickle.run_requests] == ["drop/late.csv"]
