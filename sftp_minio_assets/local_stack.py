@@ -17,6 +17,7 @@ import fcntl
 import getpass
 import json
 import os
+import pwd
 import random
 import secrets
 import shlex
@@ -365,8 +366,36 @@ class _Server:
 # --- sshd ------------------------------------------------------------------------------------
 
 
+# As root, SFTP sessions run as this unprivileged user, so that file permissions mean what they
+# mean for a real SFTP account (root reads everything, and a revoked permission would not show).
+SFTP_USER = "sftpminio"
+
+
+def _sftp_user() -> str:
+    if os.geteuid() != 0:
+        return getpass.getuser()
+    try:
+        pwd.getpwnam(SFTP_USER)
+    except KeyError:
+        _run(
+            [
+                "useradd",
+                "--system",
+                "--no-create-home",
+                "--home-dir",
+                "/nonexistent",
+                "--shell",
+                "/bin/sh",
+                SFTP_USER,
+            ]
+        )
+    # No password, but not locked ("!"): sshd refuses locked accounts even for key logins.
+    _run(["usermod", "--password", "*", SFTP_USER])
+    return SFTP_USER
+
+
 class SshServer(_Server):
-    """OpenSSH sshd with its own host key; key authentication for the invoking user; no chroot."""
+    """OpenSSH sshd with its own host key; key authentication for one user; no chroot."""
 
     name = "sshd"
 
@@ -375,13 +404,17 @@ class SshServer(_Server):
         self.host = HOST
         self.port = free_port()
         self.ports = [self.port]
-        self.username = getpass.getuser()
+        self.username = _sftp_user()
         self._marker = secrets.token_hex(8)
         self.dir = base / "ssh"
-        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # Traversable, not listable: sshd reads authorized_keys as the SFTP user.
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.chmod(0o711)
         self.root = base / "sftp-root"
         self.root.mkdir(parents=True, exist_ok=True)
         self.root.chmod(0o755)
+        if os.geteuid() == 0:
+            shutil.chown(self.root, SFTP_USER)  # the SFTP user may write (archive, delete) too
         host_key = self.dir / "host_ed25519"
         self.private_key_path = self.dir / "client_ed25519"
         for key in (host_key, self.private_key_path):
@@ -389,6 +422,7 @@ class SshServer(_Server):
             key.chmod(0o600)
         authorized = self.dir / "authorized_keys"
         authorized.write_text(Path(f"{self.private_key_path}.pub").read_text())
+        authorized.chmod(0o644)
         kind, blob = Path(f"{host_key}.pub").read_text().split()[:2]
         self.known_hosts_path = self.dir / "known_hosts"
         self.known_hosts_path.write_text(f"[{HOST}]:{self.port} {kind} {blob}\n")

@@ -75,8 +75,18 @@ def accepts(port: int) -> bool:
 
 
 def alive(pid: int) -> bool:
-    """Running or a zombie nobody reaped: both count as left behind."""
-    return Path(f"/proc/{pid}").exists()
+    """Running, or a zombie that a living parent of ours still has to reap.
+
+    A zombie handed to process 1 is not: process 1 here never reaps, so an sshd session
+    process (running as the unprivileged SFTP user) whose monitor was killed stays listed,
+    holding nothing but its PID.
+    """
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    state, parent = fields[0], int(fields[1])
+    return not (state == "Z" and parent == 1)
 
 
 def stack_pids(stack: LocalStack) -> list[int]:
