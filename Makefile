@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: install system-deps demo dev test lint format
+.PHONY: install system-deps bench-deps demo dev test bench bench-quick lint format
 
 install: system-deps $(VENV)/.installed
 
@@ -19,6 +19,12 @@ system-deps:
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
+
+# rclone (the reference the benchmark compares with) and OpenSSH's sftp client.
+bench-deps:
+	@command -v rclone >/dev/null && command -v sftp >/dev/null || { \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends rclone openssh-client; }
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +40,12 @@ dev: install
 
 test: install
 	$(BIN)/python -m pytest
+
+bench: install bench-deps
+	$(BIN)/python -m benchmarks.run
+
+bench-quick: install bench-deps
+	$(BIN)/python -m benchmarks.run --quick
 
 lint: install
 	$(BIN)/ruff check .

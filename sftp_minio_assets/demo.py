@@ -51,32 +51,43 @@ def configure(stack, home: Path) -> dict[str, str]:
     return env
 
 
-def run_once(stack) -> None:
+def tick_once(instance):
+    """One evaluation of the sensor, its new partitions added, as the daemon does."""
     import dagster as dg
 
     from sftp_minio_assets.definitions import defs
 
     # get_sensor_def warns that it no longer resolves resources: they are passed below.
     warnings.filterwarnings("ignore", message=".*get_sensor_def.*")
+    sensor = defs.get_sensor_def("new_files_default")
+    with dg.build_sensor_context(
+        instance=instance, definitions=defs, resources=defs.resources
+    ) as context:
+        tick = sensor(context)
+    for request in tick.dynamic_partitions_requests:
+        instance.add_dynamic_partitions(request.partitions_def_name, request.partition_keys)
+    return tick
+
+
+def run_once() -> None:
+    import dagster as dg
+
+    from sftp_minio_assets.definitions import defs
+
     with dg.DagsterInstance.get() as instance:
-        sensor = defs.get_sensor_def("new_files_default")
         started = time.monotonic()
-        with dg.build_sensor_context(
-            instance=instance, definitions=defs, resources=defs.resources
-        ) as context:
-            tick = sensor(context)
-        for request in tick.dynamic_partitions_requests:
-            instance.add_dynamic_partitions(request.partitions_def_name, request.partition_keys)
-        print(f"sensor tick: {len(tick.run_requests)} files requested")
+        tick = tick_once(instance)
+        print(f"sensor tick: {len(tick.run_requests)} runs requested")
         job = defs.resolve_implicit_global_asset_job_def()
         for request in tick.run_requests:
             result = job.execute_in_process(
-                instance=instance, partition_key=request.partition_key, raise_on_error=False
+                instance=instance,
+                partition_key=request.partition_key,
+                tags=request.tags,
+                raise_on_error=False,
             )
-            print(
-                f"  run {result.run_id[:8]} {request.partition_key}: "
-                f"{'ok' if result.success else 'FAILED'}"
-            )
+            what = request.partition_key or request.partition_key_range
+            print(f"  run {result.run_id[:8]} {what}: {'ok' if result.success else 'FAILED'}")
         print(f"all runs done in {time.monotonic() - started:.1f} s\n")
     print_summary(os.environ["TRANSFER_DB_URL"])
 
@@ -124,7 +135,7 @@ def main() -> None:
             print(f"  S3    {env['MINIO_ENDPOINT_URL']} bucket {env['MINIO_BUCKET']}")
             print(f"  PG    {stack.postgres.host}:{stack.postgres.port}\n")
             if args.mode == "run":
-                run_once(stack)
+                run_once()
             else:
                 run_dagster_dev(args.port)
     finally:

@@ -1,0 +1,295 @@
+"""Benchmark: this pipeline against `rclone copy` (and OpenSSH `sftp` as the read ceiling).
+
+    python -m benchmarks.run            # full: 1 GiB, 1,000 x 64 KiB, 10,000 x 4 KiB; 3 rounds
+    python -m benchmarks.run --quick    # small sizes, 1 round: under two minutes (run by CI)
+
+Everything runs on one local stack (sshd, SeaweedFS, PostgreSQL), the tools alternating within
+each round. The pipeline is timed from the sensor's first tick to the last COMPLETED row: one
+tick in-process against a Postgres-backed Dagster instance, then each run it requests as its
+own `dagster asset materialize` process, PARALLEL_RUNS at a time, as the run coordinator would.
+Prints a table of medians and ratios to rclone, and writes the same as JSON.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+
+from sftp_minio_assets.local_stack import LocalStack
+from sftp_minio_assets.partitions import RANGE_END_TAG, RANGE_START_TAG
+
+PROJECT = Path(__file__).resolve().parents[1]
+PARALLEL_RUNS = 4
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    files: int
+    size: int
+
+
+FULL = [
+    Workload("1 x 1 GiB", 1, 1024**3),
+    Workload("1,000 x 64 KiB", 1000, 64 * 1024),
+    Workload("10,000 x 4 KiB", 10_000, 4 * 1024),
+]
+QUICK = [
+    Workload("1 x 64 MiB", 1, 64 * 1024**2),
+    Workload("200 x 64 KiB", 200, 64 * 1024),
+    Workload("500 x 4 KiB", 500, 4 * 1024),
+]
+
+
+def seed(root: Path, workload: Workload) -> Path:
+    folder = root / workload.name.replace(" ", "").replace(",", "")
+    chunk = os.urandom(min(workload.size, 16 * 1024**2))
+    for index in range(workload.files):
+        target = folder / f"{index // 1000:03d}" / f"file-{index:05d}.bin"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(target, "wb") as f:
+            left = workload.size
+            while left:
+                f.write(chunk[: min(left, len(chunk))])
+                left -= min(left, len(chunk))
+    past = time.time() - 3600
+    for path in folder.rglob("*"):
+        os.utime(path, (past, past))
+    return folder
+
+
+def run_pipeline(stack: LocalStack, folder: Path, round_id: str) -> dict:
+    """Sensor tick -> runs -> all COMPLETED, against a fresh log and Dagster database."""
+    env = {
+        **os.environ,
+        **stack.env(bucket=f"bench-{round_id}"),
+        "SFTP_ROOT": str(folder),
+        "MIN_FILE_AGE_SECONDS": "0",
+        "TRANSFER_DB_URL": stack.postgres.create_database(f"log_{round_id}"),
+        "DAGSTER_PG_DB": f"dagster_{round_id}",
+        "DAGSTER_HOME": str(stack.base / f"home-{round_id}"),
+        "PARALLEL_RUNS": str(PARALLEL_RUNS),
+    }
+    stack.postgres.create_database(f"dagster_{round_id}")
+    Path(env["DAGSTER_HOME"]).mkdir()
+    shutil.copy(PROJECT / "dagster.yaml", Path(env["DAGSTER_HOME"]) / "dagster.yaml")
+    started = time.monotonic()
+    tick = subprocess.run(
+        [sys.executable, "-m", "benchmarks.tick"],
+        env=env,
+        cwd=PROJECT,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    requests = json.loads(tick.stdout.strip().splitlines()[-1])
+    ticked = time.monotonic()
+    peak_kib = 0
+    pending = list(requests)
+    running: list[subprocess.Popen] = []
+    while pending or running:
+        while pending and len(running) < PARALLEL_RUNS:
+            running.append(_launch(pending.pop(0), env))
+        pid, status, usage = os.wait4(-1, 0)
+        finished = next(p for p in running if p.pid == pid)
+        running.remove(finished)
+        finished.returncode = os.waitstatus_to_exitcode(status)
+        peak_kib = max(peak_kib, usage.ru_maxrss)
+    elapsed = time.monotonic() - started
+    with psycopg.connect(env["TRANSFER_DB_URL"]) as conn:
+        done, first, last = conn.execute(
+            "SELECT count(*) FILTER (WHERE status = 'COMPLETED'), "
+            "extract(epoch FROM min(transfer_start_time)), "
+            "extract(epoch FROM max(transfer_end_time)) FROM file_transfer_log"
+        ).fetchone()
+    return {
+        "seconds": elapsed,
+        "completed": done,
+        "runs": len(requests),
+        "tick_seconds": ticked - started,
+        "transfer_window_seconds": float(last - first) if first else 0.0,
+        "peak_rss_mib": peak_kib / 1024,
+    }
+
+
+def _launch(request: dict, env: dict) -> subprocess.Popen:
+    if request.get("partition_key"):
+        selection = ["--partition", request["partition_key"]]
+    else:
+        span = f"{request['tags'][RANGE_START_TAG]}...{request['tags'][RANGE_END_TAG]}"
+        selection = ["--partition-range", span]
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dagster",
+            "asset",
+            "materialize",
+            "-m",
+            "sftp_minio_assets.definitions",
+            "--select",
+            "default/files",
+            *selection,
+        ],
+        env=env,
+        cwd=PROJECT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def run_rclone(stack: LocalStack, folder: Path, round_id: str) -> dict:
+    ssh, s3 = stack.ssh, stack.s3
+    env = {
+        **os.environ,
+        "RCLONE_CONFIG_SRC_TYPE": "sftp",
+        "RCLONE_CONFIG_SRC_HOST": ssh.host,
+        "RCLONE_CONFIG_SRC_PORT": str(ssh.port),
+        "RCLONE_CONFIG_SRC_USER": ssh.username,
+        "RCLONE_CONFIG_SRC_KEY_FILE": str(ssh.private_key_path),
+        "RCLONE_CONFIG_SRC_KNOWN_HOSTS_FILE": str(ssh.known_hosts_path),
+        "RCLONE_CONFIG_DST_TYPE": "s3",
+        "RCLONE_CONFIG_DST_PROVIDER": "Other",
+        "RCLONE_CONFIG_DST_ENDPOINT": s3.endpoint_url,
+        "RCLONE_CONFIG_DST_ACCESS_KEY_ID": s3.access_key,
+        "RCLONE_CONFIG_DST_SECRET_ACCESS_KEY": s3.secret_key,
+        "RCLONE_CONFIG_DST_FORCE_PATH_STYLE": "true",
+    }
+    bucket = f"rclone-{round_id}"
+    started = time.monotonic()
+    subprocess.run(
+        ["rclone", "copy", f"src:{folder}", f"dst:{bucket}/default", "--s3-no-check-bucket"],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    return {"seconds": time.monotonic() - started}
+
+
+def run_sftp_read(stack: LocalStack, folder: Path) -> dict:
+    ssh = stack.ssh
+    target = next(p for p in folder.rglob("*.bin"))
+    started = time.monotonic()
+    subprocess.run(
+        [
+            "sftp",
+            "-q",
+            "-i",
+            str(ssh.private_key_path),
+            "-P",
+            str(ssh.port),
+            "-o",
+            f"UserKnownHostsFile={ssh.known_hosts_path}",
+            "-o",
+            "BatchMode=yes",
+            "-c",
+            "aes128-gcm@openssh.com",
+            "-b",
+            "-",
+            f"{ssh.username}@{ssh.host}",
+        ],
+        input=f'get "{target}" /dev/null\n'.encode(),
+        check=True,
+        capture_output=True,
+    )
+    return {"seconds": time.monotonic() - started}
+
+
+def make_bucket(stack: LocalStack, name: str) -> None:
+    stack.s3.client().create_bucket(Bucket=name)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--rounds", type=int)
+    parser.add_argument("--json", default=str(PROJECT / "benchmarks" / "results" / "latest.json"))
+    args = parser.parse_args()
+    workloads, rounds = (QUICK, 1) if args.quick else (FULL, 3)
+    rounds = args.rounds or rounds
+    results: dict[str, dict[str, list[dict]]] = {}
+    with LocalStack() as stack:
+        for workload in workloads:
+            folder = seed(stack.ssh.root, workload)
+            tools = results.setdefault(workload.name, {"pipeline": [], "rclone": []})
+            for round_number in range(rounds):
+                round_id = uuid.uuid4().hex[:8]
+                make_bucket(stack, f"rclone-{round_id}")
+                order = ["pipeline", "rclone"] if round_number % 2 == 0 else ["rclone", "pipeline"]
+                for tool in order:
+                    if tool == "pipeline":
+                        outcome = run_pipeline(stack, folder, round_id)
+                        assert outcome["completed"] == workload.files, outcome
+                    else:
+                        outcome = run_rclone(stack, folder, round_id)
+                    tools[tool].append(outcome)
+                    print(
+                        f"{workload.name:>16}  round {round_number + 1}  {tool:<8} "
+                        f"{outcome['seconds']:7.2f} s",
+                        flush=True,
+                    )
+                if workload.files == 1:
+                    tools.setdefault("sftp get", []).append(run_sftp_read(stack, folder))
+            shutil.rmtree(folder)
+    report(results, workloads, args.json)
+
+
+def report(results: dict, workloads: list[Workload], json_path: str) -> None:
+    rows = []
+    for workload in workloads:
+        tools = results[workload.name]
+        median = {
+            tool: statistics.median(r["seconds"] for r in runs) for tool, runs in tools.items()
+        }
+        pipeline = tools["pipeline"]
+        row = {
+            "workload": workload.name,
+            "pipeline_s": median["pipeline"],
+            "rclone_s": median["rclone"],
+            "ratio_to_rclone": median["pipeline"] / median["rclone"],
+            "pipeline_MBps": workload.files * workload.size / 2**20 / median["pipeline"],
+            "runs": statistics.median(r["runs"] for r in pipeline),
+            "peak_rss_mib": max(r["peak_rss_mib"] for r in pipeline),
+            "dagster_ms_per_file": 1000
+            * statistics.median(r["seconds"] - r["transfer_window_seconds"] for r in pipeline)
+            / workload.files,
+        }
+        if "sftp get" in median:
+            row["sftp_get_s"] = median["sftp get"]
+            row["share_of_sftp_read_ceiling"] = median["sftp get"] / median["pipeline"]
+        rows.append(row)
+    columns = [
+        "workload",
+        "pipeline_s",
+        "rclone_s",
+        "ratio_to_rclone",
+        "pipeline_MBps",
+        "sftp_get_s",
+        "share_of_sftp_read_ceiling",
+        "runs",
+        "peak_rss_mib",
+        "dagster_ms_per_file",
+    ]
+    print("\n| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
+    for row in rows:
+        cells = [row.get(c, "") for c in columns]
+        print(
+            "| " + " | ".join(f"{c:.2f}" if isinstance(c, float) else str(c) for c in cells) + " |"
+        )
+    Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+    Path(json_path).write_text(json.dumps({"rows": rows, "raw": results}, indent=2))
+    print(f"\nJSON: {json_path}")
+
+
+if __name__ == "__main__":
+    main()
