@@ -6,7 +6,8 @@
 Everything runs on one local stack (sshd, SeaweedFS, PostgreSQL), the tools alternating within
 each round. The pipeline is timed from the sensor's first tick to the last COMPLETED row: one
 tick in-process against a Postgres-backed Dagster instance, then each run it requests as its
-own `dagster asset materialize` process, PARALLEL_RUNS at a time, as the run coordinator would.
+own process (benchmarks/launch.py, as a run worker), PARALLEL_RUNS at a time, as the queued
+run coordinator would.
 Prints a table of medians and ratios to rclone, and writes the same as JSON.
 """
 
@@ -25,7 +26,6 @@ from pathlib import Path
 import psycopg
 
 from sftp_minio_assets.local_stack import LocalStack
-from sftp_minio_assets.partitions import RANGE_END_TAG, RANGE_START_TAG
 
 PROJECT = Path(__file__).resolve().parents[1]
 PARALLEL_RUNS = 4
@@ -87,10 +87,11 @@ def run_pipeline(stack: LocalStack, folder: Path, round_id: str) -> dict:
         [sys.executable, "-m", "benchmarks.tick"],
         env=env,
         cwd=PROJECT,
-        check=True,
         capture_output=True,
         text=True,
     )
+    if tick.returncode != 0:
+        raise RuntimeError(f"the sensor tick failed:\n{tick.stderr[-3000:]}")
     requests = json.loads(tick.stdout.strip().splitlines()[-1])
     ticked = time.monotonic()
     peak_kib = 0
@@ -122,35 +123,21 @@ def run_pipeline(stack: LocalStack, folder: Path, round_id: str) -> dict:
 
 
 def _launch(request: dict, env: dict) -> subprocess.Popen:
-    if request.get("partition_key"):
-        selection = ["--partition", request["partition_key"]]
-    else:
-        span = f"{request['tags'][RANGE_START_TAG]}...{request['tags'][RANGE_END_TAG]}"
-        selection = ["--partition-range", span]
     return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "dagster",
-            "asset",
-            "materialize",
-            "-m",
-            "sftp_minio_assets.definitions",
-            "--select",
-            "default/files",
-            *selection,
-        ],
+        [sys.executable, "-m", "benchmarks.launch", json.dumps(request)],
         env=env,
         cwd=PROJECT,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=open(Path(env["DAGSTER_HOME"]) / "runs.log", "ab"),  # noqa: SIM115
     )
 
 
 def run_rclone(stack: LocalStack, folder: Path, round_id: str) -> dict:
     ssh, s3 = stack.ssh, stack.s3
+    # A CA bundle in the environment makes rclone's S3 client refuse its own transport.
+    inherited = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
     env = {
-        **os.environ,
+        **inherited,
         "RCLONE_CONFIG_SRC_TYPE": "sftp",
         "RCLONE_CONFIG_SRC_HOST": ssh.host,
         "RCLONE_CONFIG_SRC_PORT": str(ssh.port),
@@ -166,12 +153,14 @@ def run_rclone(stack: LocalStack, folder: Path, round_id: str) -> dict:
     }
     bucket = f"rclone-{round_id}"
     started = time.monotonic()
-    subprocess.run(
+    copy = subprocess.run(
         ["rclone", "copy", f"src:{folder}", f"dst:{bucket}/default", "--s3-no-check-bucket"],
         env=env,
-        check=True,
         capture_output=True,
+        text=True,
     )
+    if copy.returncode != 0:
+        raise RuntimeError(f"rclone failed:\n{copy.stderr[-3000:]}")
     return {"seconds": time.monotonic() - started}
 
 

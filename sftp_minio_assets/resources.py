@@ -130,16 +130,16 @@ class TransferSettings(dg.ConfigurableResource):
     local_dir: str | None = Field(
         default=None, description="Set: SFTP -> local file -> S3 (the seed's path); else stream."
     )
-    part_size_mb: int = Field(default=16, ge=5, description="S3 multipart part size.")
-    parts_in_flight: int = Field(default=4, ge=1, description="Parts uploaded at once per file.")
+    part_size_mb: int = Field(default=16, description="S3 multipart part size.")
+    parts_in_flight: int = Field(default=4, description="Parts uploaded at once per file.")
     max_partitions_per_run: int = Field(
-        default=100, ge=1, description="Files in one run launched by the sensor, at most."
+        default=100, description="Files in one run launched by the sensor, at most."
     )
     parallel_runs: int = Field(
-        default=4, ge=1, description="Runs a batch of new files is spread over (see dagster.yaml)."
+        default=4, description="Runs a batch of new files is spread over (see dagster.yaml)."
     )
     retries: int = Field(
-        default=3, ge=0, description="Retries of a transient fault per file, before the step's."
+        default=3, description="Retries of a transient fault per file, before the step's."
     )
     retry_base_seconds: float = Field(default=1.0, description="First backoff; doubles each time.")
 

@@ -26,7 +26,16 @@ def test_definitions_run_from_environment_variables_alone(env, monkeypatch):
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("SFTP_ROOT", str(env.root))
     monkeypatch.setenv("TRANSFER_DB_URL", env.db_url)
-    monkeypatch.setenv("MIN_FILE_AGE_SECONDS", "0")
+    # Numeric settings from the environment (EnvVar.int) must load too.
+    for name, value in [
+        ("MIN_FILE_AGE_SECONDS", "0"),
+        ("MAX_WORKERS", "2"),
+        ("PARALLEL_RUNS", "2"),
+        ("TRANSFER_RETRIES", "1"),
+        ("MAX_PARTITIONS_PER_RUN", "10"),
+        ("MAX_STALE_LOCK_MINUTES", "5"),
+    ]:
+        monkeypatch.setenv(name, value)
     env.write("from-env.txt", b"configured by environment")
     code = (
         "from sftp_minio_assets.definitions import defs\n"
