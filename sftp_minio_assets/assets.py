@@ -6,6 +6,8 @@ naming every file that failed, so those partitions (and only those) show as fail
 "materialize failed" in the UI reruns exactly them.
 """
 
+import logging
+
 import dagster as dg
 
 from .partitions import partitions_for
@@ -13,6 +15,15 @@ from .resources import MinIOResource, SFTPResource, TransferLogResource, Transfe
 from .worker import Worker
 
 DEFAULT_SOURCE = "default"
+
+# One line per file on the run's stderr, which Dagster captures and shows with the run.
+log = logging.getLogger("sftp_minio_assets.transfers")
+if not log.handlers:
+    _handler = logging.StreamHandler()
+    _handler.setFormatter(logging.Formatter("%(asctime)s %(threadName)s %(message)s"))
+    log.addHandler(_handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
 
 
 # After the worker's own retries: the step again, for faults that outlast them.
@@ -61,15 +72,17 @@ def build_files_asset(
             if outcome.status == "failed":
                 context.log.error(outcome.message)
                 failed.append(outcome)
-            elif outcome.status == "busy":
-                context.log.info(outcome.message)
-            else:
-                context.log.info(outcome.message)
+                continue
+            # Per-file detail goes to the run's captured output (the seed's per-worker log):
+            # an event per file would double Dagster's cost of a small file.
+            log.info(outcome.message)
+            if outcome.status != "busy":
                 yield dg.AssetMaterialization(
-                    asset_key=context.asset_key,
-                    partition=outcome.key,
-                    metadata=outcome.metadata,
+                    asset_key=context.asset_key, partition=outcome.key, metadata=outcome.metadata
                 )
+        context.log.info(
+            f"{len(keys) - len(failed)} of {len(keys)} files copied or already in the bucket"
+        )
         if failed:
             listed = "\n".join(f"- {outcome.message}" for outcome in failed[:20])
             more = f"\n... and {len(failed) - 20} more" if len(failed) > 20 else ""
