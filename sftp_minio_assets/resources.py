@@ -198,7 +198,8 @@ def resources_from_env() -> dict[str, dg.ConfigurableResource]:
         ),
         "transfer_log": TransferLogResource(
             url=dg.EnvVar("TRANSFER_DB_URL"),
-            max_stale_lock_minutes=_optional_int("MAX_STALE_LOCK_MINUTES", 30),
+            # A float (tests use seconds): EnvVar.int would not fit the field.
+            max_stale_lock_minutes=float(os.environ.get("MAX_STALE_LOCK_MINUTES") or 30),
         ),
         "transfer_settings": TransferSettings(
             max_workers=_optional_int("MAX_WORKERS", 4),
