@@ -34,9 +34,10 @@ def stack():
 # --- helpers ---------------------------------------------------------------------------------
 
 
-def ssh_connect(stack: LocalStack) -> paramiko.SSHClient:
+def ssh_connect(stack: LocalStack, trust_host: bool = True) -> paramiko.SSHClient:
     client = paramiko.SSHClient()
-    client.load_host_keys(str(stack.ssh.known_hosts_path))
+    if trust_host:
+        client.load_host_keys(str(stack.ssh.known_hosts_path))
     client.set_missing_host_key_policy(paramiko.RejectPolicy())
     client.connect(
         stack.ssh.host,
@@ -172,18 +173,8 @@ def test_sftp_with_key_auth_and_a_verified_host_key(stack):
 
 
 def test_sftp_rejects_an_unknown_host_key(stack):
-    client = paramiko.SSHClient()
-    client.set_missing_host_key_policy(paramiko.RejectPolicy())
     with pytest.raises(paramiko.SSHException):
-        client.connect(
-            stack.ssh.host,
-            stack.ssh.port,
-            username=stack.ssh.username,
-            key_filename=str(stack.ssh.private_key_path),
-            look_for_keys=False,
-            allow_agent=False,
-        )
-    client.close()
+        ssh_connect(stack, trust_host=False)
 
 
 def test_many_concurrent_sftp_sessions(stack):
