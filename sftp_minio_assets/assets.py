@@ -20,7 +20,7 @@ DEFAULT_SOURCE = "default"
 log = logging.getLogger("sftp_minio_assets.transfers")
 if not log.handlers:
     _handler = logging.StreamHandler()
-    _handler.setFormatter(logging.Formatter("%(asctime)s %(threadName)s %(message)s"))
+    _handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
     log.addHandler(_handler)
     log.setLevel(logging.INFO)
     log.propagate = False
