@@ -61,7 +61,7 @@ def run_request_for(keys: list[str], signatures: list[str]) -> dg.RunRequest:
     """One run over keys, which must be consecutive partitions (as added in one request).
 
     The run key names the content requested, so a changed file gets a new run and an
-    unchanged one never a second. test_batching fails if an upgrade changes the tags' meaning.
+    unchanged one never a second. test_sensors fails if an upgrade changes the tags' meaning.
     """
     if len(keys) == 1:
         return dg.RunRequest(run_key=f"{keys[0]}@{signatures[0]}", partition_key=keys[0])

@@ -78,7 +78,7 @@ class MinIOResource(dg.ConfigurableResource):
     endpoint_url: str
     access_key: str
     secret_key: str
-    bucket: str
+    bucket: str = "sftp-minio-assets"
     prefix: str = ""
     region: str = "us-east-1"
 
@@ -152,13 +152,24 @@ class TransferSettings(dg.ConfigurableResource):
         return Tuning(self.part_size_mb * MIB, self.parts_in_flight, self.local_dir)
 
 
-def _optional(name: str, default=None):
-    """EnvVar when set (so the UI shows where a value comes from), else the default."""
-    return dg.EnvVar(name) if os.environ.get(name) else default
+def _optional(name: str):
+    """EnvVar when set (so the UI shows where a value comes from), else None: the field's
+    default applies (see _given)."""
+    return dg.EnvVar(name) if os.environ.get(name) else None
 
 
-def _optional_int(name: str, default: int):
-    return dg.EnvVar.int(name) if os.environ.get(name) else default
+def _optional_int(name: str):
+    return dg.EnvVar.int(name) if os.environ.get(name) else None
+
+
+def _optional_float(name: str):
+    # A plain value: EnvVar.int would not fit a float field, and there is no EnvVar.float.
+    return float(os.environ[name]) if os.environ.get(name) else None
+
+
+def _given(**values):
+    """The values that are set; each field's default, stated once on the class, covers the rest."""
+    return {name: value for name, value in values.items() if value is not None}
 
 
 def _flag(name: str) -> bool:
@@ -174,38 +185,43 @@ def resources_from_env() -> dict[str, dg.ConfigurableResource]:
     return {
         "sftp": SFTPResource(
             host=dg.EnvVar("SFTP_HOST"),
-            port=_optional_int("SFTP_PORT", 22),
             username=dg.EnvVar("SFTP_USERNAME"),
-            password=_optional("SFTP_PASSWORD"),
-            private_key=_optional("SFTP_PRIVATE_KEY_PATH"),
-            known_hosts_path=_optional("SFTP_KNOWN_HOSTS_PATH"),
-            host_key_sha256=_optional("SFTP_HOST_KEY_SHA256"),
             allow_unknown_host=_flag("SFTP_ALLOW_UNKNOWN_HOST"),
-            root=_optional("SFTP_ROOT", "/"),
             follow_symlinks=_flag("SFTP_FOLLOW_SYMLINKS"),
             include=_globs("SFTP_INCLUDE"),
             exclude=_globs("SFTP_EXCLUDE"),
-            min_file_age_seconds=_optional_int("MIN_FILE_AGE_SECONDS", 60),
+            **_given(
+                port=_optional_int("SFTP_PORT"),
+                password=_optional("SFTP_PASSWORD"),
+                private_key=_optional("SFTP_PRIVATE_KEY_PATH"),
+                known_hosts_path=_optional("SFTP_KNOWN_HOSTS_PATH"),
+                host_key_sha256=_optional("SFTP_HOST_KEY_SHA256"),
+                root=_optional("SFTP_ROOT"),
+                min_file_age_seconds=_optional_int("MIN_FILE_AGE_SECONDS"),
+            ),
         ),
         "minio": MinIOResource(
             endpoint_url=dg.EnvVar("MINIO_ENDPOINT_URL"),
             access_key=dg.EnvVar("MINIO_ACCESS_KEY"),
             secret_key=dg.EnvVar("MINIO_SECRET_KEY"),
-            # BUCKET_NAME is the seed's name for it.
-            bucket=_optional("MINIO_BUCKET", _optional("BUCKET_NAME", "sftp-minio-assets")),
-            prefix=_optional("MINIO_PREFIX", ""),
-            region=_optional("MINIO_REGION", "us-east-1"),
+            **_given(
+                # BUCKET_NAME is the seed's name for it.
+                bucket=_optional("MINIO_BUCKET") or _optional("BUCKET_NAME"),
+                prefix=_optional("MINIO_PREFIX"),
+                region=_optional("MINIO_REGION"),
+            ),
         ),
         "transfer_log": TransferLogResource(
             url=dg.EnvVar("TRANSFER_DB_URL"),
-            # A float (tests use seconds): EnvVar.int would not fit the field.
-            max_stale_lock_minutes=float(os.environ.get("MAX_STALE_LOCK_MINUTES") or 30),
+            **_given(max_stale_lock_minutes=_optional_float("MAX_STALE_LOCK_MINUTES")),
         ),
         "transfer_settings": TransferSettings(
-            max_workers=_optional_int("MAX_WORKERS", 4),
-            local_dir=_optional("LOCAL_DIR"),
-            retries=_optional_int("TRANSFER_RETRIES", 3),
-            max_partitions_per_run=_optional_int("MAX_PARTITIONS_PER_RUN", 100),
-            parallel_runs=_optional_int("PARALLEL_RUNS", 4),
+            **_given(
+                max_workers=_optional_int("MAX_WORKERS"),
+                local_dir=_optional("LOCAL_DIR"),
+                retries=_optional_int("TRANSFER_RETRIES"),
+                max_partitions_per_run=_optional_int("MAX_PARTITIONS_PER_RUN"),
+                parallel_runs=_optional_int("PARALLEL_RUNS"),
+            )
         ),
     }

@@ -152,13 +152,12 @@ class Worker:
             )
             self._complete(claim, result)
         except Exception as exc:
-            if not is_permanent(exc):
+            permanent = is_permanent(exc)
+            if not permanent:
                 self.pool.discard()  # the session may be broken: reconnect next time
             message = redact(f"{where}: {exc} {advice(exc)}", self.secrets)
             self._record_failure(key, claim, message, me)
-            return Outcome(
-                key, "failed", message, {"error": message, "worker": me}, is_permanent(exc)
-            )
+            return Outcome(key, "failed", message, {"error": message, "worker": me}, permanent)
         return Outcome(
             key,
             "transferred",
