@@ -12,6 +12,7 @@ import os
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
 MAX_PARTS = 9_000  # S3 allows 10,000; keep room for a file that grows a little
+TOKEN = "transfer-token"  # object metadata: which attempt wrote the object
 
 
 class TransferFailed(Exception):
@@ -34,6 +36,8 @@ class TransferFailed(Exception):
     def __init__(self, stage: str, message: str):
         super().__init__(message)
         self.stage = stage  # "read" (SFTP), "upload" (S3) or "verify"
+        # Set when the failure came at or after the commit: the object may be in place.
+        self.committed: Committed | None = None
 
 
 class SourceChanged(TransferFailed):
@@ -48,6 +52,19 @@ class Tuning:
     part_size: int = 16 * MIB  # S3 needs >= 5 MiB for all parts but the last
     parts_in_flight: int = 4
     local_dir: str | None = None  # set: the seed's SFTP -> local file -> S3 path
+
+
+@dataclass(frozen=True)
+class Committed:
+    """What an attempt committed, or tried to. When the server goes away around the commit,
+    the client cannot tell whether the object landed; the next attempt looks for this one
+    (its token is in the object's metadata) before copying the file again."""
+
+    key: str
+    token: str
+    size: int
+    sha256: str
+    source_mtime: str
 
 
 @dataclass(frozen=True)
@@ -99,6 +116,7 @@ def copy_file(
     """Copy remote_path to key; raises TransferFailed (and leaves no object) on any error."""
     started = time.monotonic()
     meter = _Meter(heartbeat)
+    metadata = {**metadata, TOKEN: uuid.uuid4().hex}
     try:
         f = sftp.open(remote_path, "rb")
         before = f.stat()
@@ -124,7 +142,11 @@ def copy_file(
         else:
             chunks = meter.wrap(_reading(read_chunks(f, before.st_size)))
             _upload(store, key, chunks, metadata, tuning, meter, check_unchanged, before.st_size)
-    _verify(store, key, meter.size)
+    try:
+        _verify(store, key, meter.size)
+    except TransferFailed as exc:
+        exc.committed = _committed(key, metadata, meter)
+        raise
     return TransferResult(
         size_bytes=meter.size,
         sha256=meter.digest.hexdigest(),
@@ -179,7 +201,7 @@ def _upload(
     else:
         data = b"".join(pending)
         before_commit()
-        with _upload_stage(meter, "PUT"):
+        with _committing(key, metadata, meter), _upload_stage(meter, "PUT"):
             store.put(key, data, metadata, {"sha256": meter.digest.hexdigest()})
         return
 
@@ -188,13 +210,13 @@ def _upload(
     try:
         etags = _upload_parts(store, key, upload_id, pending, chunks, part_size, tuning, meter)
         before_commit()
-        with _upload_stage(meter, "completing the multipart upload"):
+        with _committing(key, metadata, meter), _upload_stage(meter, "completing the upload"):
             store.complete_multipart(key, upload_id, etags)
     except BaseException:
         with suppress(Exception):
             store.abort_multipart(key, upload_id)
         raise
-    with _upload_stage(meter, "tagging"):
+    with _committing(key, metadata, meter), _upload_stage(meter, "tagging"):
         store.set_tags(key, {"sha256": meter.digest.hexdigest()})
 
 
@@ -258,6 +280,42 @@ class _upload_stage:
         if exc is not None and not isinstance(exc, TransferFailed) and isinstance(exc, Exception):
             raise TransferFailed("upload", f"{self.what} failed: {_describe(exc)}") from exc
         return False
+
+
+class _committing:
+    """A failure here leaves the object perhaps in place: say what it would be."""
+
+    def __init__(self, key: str, metadata: dict[str, str], meter: _Meter):
+        self.key, self.metadata, self.meter = key, metadata, meter
+
+    def __enter__(self) -> None:
+        pass
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        if isinstance(exc, TransferFailed):
+            exc.committed = _committed(self.key, self.metadata, self.meter)
+        return False
+
+
+def _committed(key: str, metadata: dict[str, str], meter: _Meter) -> Committed:
+    return Committed(
+        key, metadata[TOKEN], meter.size, meter.digest.hexdigest(), metadata.get("source-mtime", "")
+    )
+
+
+def finish_commit(store: ObjectStore, committed: Committed) -> TransferResult | None:
+    """The result of an earlier attempt whose commit did land after all, else None.
+
+    Tags and verifies the object that attempt wrote, without copying the file again.
+    """
+    started = time.monotonic()
+    head = store.head(committed.key)
+    if head is None or head.get("Metadata", {}).get(TOKEN) != committed.token:
+        return None
+    store.set_tags(committed.key, {"sha256": committed.sha256})
+    _verify(store, committed.key, committed.size)
+    elapsed = time.monotonic() - started
+    return TransferResult(committed.size, committed.sha256, 0.0, elapsed, elapsed)
 
 
 def _verify(store: ObjectStore, key: str, size: int) -> None:

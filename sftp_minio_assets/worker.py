@@ -29,7 +29,7 @@ from .errors import NotAFile, advice, is_permanent, redact
 from .partitions import decode_key
 from .s3 import ObjectStore, object_key
 from .sftp import SFTPPool, SFTPSettings, display, remote_bytes
-from .transfer import TransferResult, Tuning, copy_file
+from .transfer import Committed, TransferFailed, TransferResult, Tuning, copy_file, finish_commit
 from .transfer_log import Claim, TransferLog
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,8 @@ class Outcome:
     message: str
     metadata: dict[str, object] = field(default_factory=dict)
     permanent: bool = False  # failed, and retrying cannot help
+    # failed around the commit: the object may have landed (see transfer.Committed)
+    committed: Committed | None = field(default=None, repr=False)
 
 
 def worker_id() -> str:
@@ -99,8 +101,10 @@ class Worker:
     def transfer(self, key: str) -> Outcome:
         """Attempts until the file is copied, skipped, or failed for good (or retries run out)."""
         failures = 0
+        committed = None
         while True:
-            outcome = self._attempt(key)
+            outcome = self._attempt(key, committed)
+            committed = outcome.committed or committed
             if outcome.status != "failed" or outcome.permanent:
                 return outcome
             failures += 1
@@ -110,7 +114,7 @@ class Worker:
             log.warning("%s (attempt %d; retrying in %.1f s)", outcome.message, failures, delay)
             time.sleep(delay)
 
-    def _attempt(self, key: str) -> Outcome:
+    def _attempt(self, key: str, committed: Committed | None = None) -> Outcome:
         path = decode_key(key)
         remote_path = posixpath.join(self.sftp_settings.root, path)
         object_name = object_key(self.store.settings.prefix, self.source, path)
@@ -137,7 +141,7 @@ class Worker:
                 return self._not_claimed(key, where)
             if claim.attempts > 1:
                 self._abort_leftover_uploads(object_name)
-            result = copy_file(
+            result = self._finish(committed, attrs) or copy_file(
                 self.pool.get(),
                 remote_bytes(remote_path),
                 self.store,
@@ -157,7 +161,14 @@ class Worker:
                 self.pool.discard()  # the session may be broken: reconnect next time
             message = redact(f"{where}: {exc} {advice(exc)}", self.secrets)
             self._record_failure(key, claim, message, me)
-            return Outcome(key, "failed", message, {"error": message, "worker": me}, permanent)
+            return Outcome(
+                key,
+                "failed",
+                message,
+                {"error": message, "worker": me},
+                permanent,
+                exc.committed if isinstance(exc, TransferFailed) else None,
+            )
         return Outcome(
             key,
             "transferred",
@@ -176,6 +187,15 @@ class Worker:
                 "attempt": claim.attempts,
             },
         )
+
+    def _finish(self, committed: Committed | None, attrs) -> TransferResult | None:
+        """An earlier attempt's object, if its commit landed and the file is still the same."""
+        if committed is None or (committed.size, committed.source_mtime) != (
+            attrs.st_size,
+            str(int(attrs.st_mtime or 0)),
+        ):
+            return None
+        return finish_commit(self.store, committed)
 
     def _complete(self, claim: Claim, result: TransferResult) -> None:
         """The object is in place: insist on recording it rather than copying it again."""

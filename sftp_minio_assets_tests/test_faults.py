@@ -11,6 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from sftp_minio_assets.transfer import TOKEN, Committed, Tuning, copy_file
+from sftp_minio_assets.worker import Worker
+
 from .conftest import PROJECT, sha256_file
 from .test_assets import materializations, materialize, statuses
 
@@ -182,3 +185,50 @@ def test_only_the_failed_partitions_are_rerun(env, instance):
     rows = env.rows()
     assert [rows[p]["attempts"] for p in paths] == [1, 1, 1, 1, 2, 2]
     assert {k for run in reruns for k in materializations(run)} == set(failed)
+
+
+def worker_for(env) -> Worker:
+    resources = env.resources()
+    return Worker(
+        source="default",
+        sftp_settings=resources["sftp"].settings(),
+        sftp_pool=resources["sftp"].pool,
+        store=resources["minio"].store,
+        transfer_log=resources["transfer_log"].log,
+        tuning=resources["transfer_settings"].tuning,
+    )
+
+
+def test_an_attempt_whose_commit_landed_unseen_is_finished_not_copied_again(env):
+    """The S3 server went away just after it committed the object (the client saw an error):
+    the retry finds the object by the attempt's token and only records it."""
+    enable_versioning(env)
+    worker = worker_for(env)
+    for name in ("landed.bin", "lost.bin"):
+        env.write(name, os.urandom(6 * 1024 * 1024))
+    mtime = str(int((env.root / "landed.bin").stat().st_mtime))
+    sent = copy_file(
+        worker.pool.get(),
+        str(env.root / "landed.bin"),
+        worker.store,
+        "default/landed.bin",
+        {"source-mtime": mtime},
+        Tuning(part_size=5 * 1024 * 1024),
+    )
+    token = env.store.head("default/landed.bin")["Metadata"][TOKEN]
+    landed = Committed("default/landed.bin", token, sent.size_bytes, sent.sha256, mtime)
+    lost_mtime = str(int((env.root / "lost.bin").stat().st_mtime))
+    lost = Committed("default/lost.bin", "another-attempt", 6 * 1024 * 1024, "0" * 64, lost_mtime)
+
+    outcomes = {
+        key: worker._attempt(key, c) for key, c in [("landed.bin", landed), ("lost.bin", lost)]
+    }
+
+    assert {o.status for o in outcomes.values()} == {"transferred"}
+    assert writes_per_key(env) == {"default/landed.bin": 1, "default/lost.bin": 1}
+    rows = env.rows()
+    assert (
+        rows["landed.bin"]["sha256"].strip() == sent.sha256 == sha256_file(env.root / "landed.bin")
+    )
+    assert env.store.tags("default/landed.bin") == {"sha256": sent.sha256}
+    assert rows["lost.bin"]["sha256"].strip() == sha256_file(env.root / "lost.bin")
