@@ -5,13 +5,15 @@
 
 Everything runs on one local stack (sshd, SeaweedFS, PostgreSQL), the tools alternating within
 each round. The pipeline is timed from the sensor's first tick to the last COMPLETED row: one
-tick in-process against a Postgres-backed Dagster instance, then each run it requests as its
-own process (benchmarks/launch.py, as a run worker), PARALLEL_RUNS at a time, as the queued
-run coordinator would.
+tick against a Postgres-backed Dagster instance, in this process with the code already loaded
+(as in a running code server), then each run it requests as its own process
+(benchmarks/launch.py, as the default run launcher starts a run worker), PARALLEL_RUNS at a
+time, as the queued run coordinator would.
 Prints a table of medians and ratios to rclone, and writes the same as JSON.
 """
 
 import argparse
+import importlib
 import json
 import os
 import shutil
@@ -83,16 +85,7 @@ def run_pipeline(stack: LocalStack, folder: Path, round_id: str) -> dict:
     Path(env["DAGSTER_HOME"]).mkdir()
     shutil.copy(PROJECT / "dagster.yaml", Path(env["DAGSTER_HOME"]) / "dagster.yaml")
     started = time.monotonic()
-    tick = subprocess.run(
-        [sys.executable, "-m", "benchmarks.tick"],
-        env=env,
-        cwd=PROJECT,
-        capture_output=True,
-        text=True,
-    )
-    if tick.returncode != 0:
-        raise RuntimeError(f"the sensor tick failed:\n{tick.stderr[-3000:]}")
-    requests = json.loads(tick.stdout.strip().splitlines()[-1])
+    requests = tick(env)
     ticked = time.monotonic()
     peak_kib = 0
     pending = list(requests)
@@ -120,6 +113,25 @@ def run_pipeline(stack: LocalStack, folder: Path, round_id: str) -> dict:
         "transfer_window_seconds": float(last - first) if first else 0.0,
         "peak_rss_mib": peak_kib / 1024,
     }
+
+
+def tick(env: dict[str, str]) -> list[dict]:
+    """One sensor tick with env as the code location's environment; its run requests."""
+    import dagster as dg
+
+    import sftp_minio_assets.definitions
+    from sftp_minio_assets.demo import tick_once
+
+    saved = dict(os.environ)
+    os.environ.update(env)
+    try:
+        importlib.reload(sftp_minio_assets.definitions)  # its resources read this environment
+        with dg.DagsterInstance.get() as instance:
+            result = tick_once(instance)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return [{"partition_key": r.partition_key, "tags": dict(r.tags)} for r in result.run_requests]
 
 
 def _launch(request: dict, env: dict) -> subprocess.Popen:
@@ -206,6 +218,8 @@ def main() -> None:
     workloads, rounds = (QUICK, 1) if args.quick else (FULL, 3)
     rounds = args.rounds or rounds
     results: dict[str, dict[str, list[dict]]] = {}
+    import sftp_minio_assets.sensors  # noqa: F401  loaded before the clock, as in a code server
+
     with LocalStack() as stack:
         for workload in workloads:
             folder = seed(stack.ssh.root, workload)

@@ -1,9 +1,11 @@
 """Connecting to the real sshd: host keys are verified, never silently accepted."""
 
+import os
+
 import paramiko
 import pytest
 
-from sftp_minio_assets.sftp import HostKeyError, SFTPConnector
+from sftp_minio_assets.sftp import HostKeyError, SFTPConnector, read_chunks
 
 
 def test_a_pinned_fingerprint_is_enough_to_connect(env):
@@ -37,3 +39,26 @@ def test_a_wrong_key_is_an_authentication_error(env, tmp_path):
     key.write_private_key_file(str(stranger))
     with pytest.raises(paramiko.AuthenticationException):
         env.sftp(private_key=str(stranger)).list_files()
+
+
+@pytest.mark.parametrize(
+    "window, request_size",
+    [(16, 255 * 1024), (1, 4096), (4, 1024 * 1024)],  # 1 MiB: more than sshd serves at once
+)
+def test_pipelined_reads_return_the_exact_bytes(env, window, request_size):
+    data = os.urandom(5 * 1024 * 1024 + 123)
+    env.write("read.bin", data)
+    sftp = env.sftp().pool.get()
+    with sftp.open(str(env.root / "read.bin"), "rb") as f:
+        assert b"".join(read_chunks(f, len(data), window, request_size)) == data
+    # Replies to the reads are all consumed: the session is still in step.
+    assert sftp.stat(str(env.root / "read.bin")).st_size == len(data)
+
+
+def test_reads_stop_at_the_end_of_a_file_that_shrank(env):
+    path = env.write("shrunk.bin", os.urandom(3 * 1024 * 1024))
+    sftp = env.sftp().pool.get()
+    with sftp.open(str(path), "rb") as f:
+        os.truncate(path, 1024 * 1024)
+        assert len(b"".join(read_chunks(f, 3 * 1024 * 1024))) == 1024 * 1024
+    assert sftp.stat(str(path)).st_size == 1024 * 1024
