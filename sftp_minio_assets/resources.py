@@ -133,7 +133,7 @@ class TransferSettings(dg.ConfigurableResource):
     part_size_mb: int = Field(default=16, description="S3 multipart part size.")
     parts_in_flight: int = Field(default=4, description="Parts uploaded at once per file.")
     max_partitions_per_run: int = Field(
-        default=100, description="Files in one run launched by the sensor, at most."
+        default=500, description="Files in one run launched by the sensor, at most."
     )
     parallel_runs: int = Field(
         default=4, description="Runs a batch of new files is spread over (see dagster.yaml)."
