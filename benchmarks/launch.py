@@ -1,6 +1,6 @@
 """One run of the requested partitions in this process, as a run worker would execute it.
 
-python -m benchmarks.launch '{"partition_key": ..., "tags": {...}}'
+python -m benchmarks.launch '{"job": ..., "partition_key": ..., "tags": {...}}'
 """
 
 import json
@@ -14,7 +14,7 @@ from sftp_minio_assets.definitions import defs
 def main() -> None:
     request = json.loads(sys.argv[1])
     with dg.DagsterInstance.get() as instance:
-        result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
+        result = defs.get_job_def(request["job"]).execute_in_process(
             instance=instance,
             partition_key=request["partition_key"],
             tags=request["tags"],

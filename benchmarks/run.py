@@ -127,8 +127,11 @@ def tick(env: dict[str, str]) -> list[dict]:
         with dg.DagsterInstance.get() as instance:
             return tick_once(instance)
 
-    result = with_environment(env, evaluate)
-    return [{"partition_key": r.partition_key, "tags": dict(r.tags)} for r in result.run_requests]
+    result, job = with_environment(env, evaluate)
+    return [
+        {"job": job.name, "partition_key": r.partition_key, "tags": dict(r.tags)}
+        for r in result.run_requests
+    ]
 
 
 def with_environment(env: dict[str, str], action):

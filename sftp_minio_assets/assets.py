@@ -12,6 +12,7 @@ import dagster as dg
 
 from .partitions import partitions_for
 from .resources import MinIOResource, SFTPResource, TransferLogResource, TransferSettings
+from .sources import sftp_key
 from .worker import Worker
 
 DEFAULT_SOURCE = "default"
@@ -47,14 +48,14 @@ def build_files_asset(
         group_name="sftp_to_minio",
         kinds={"sftp", "s3"},
         description=f"Files of SFTP source `{source}`, one partition each, copied to MinIO.",
+        # Each source has its own SFTPResource, under its own key.
+        required_resource_keys={sftp_key(source), "minio", "transfer_log", "transfer_settings"},
     )
-    def files(
-        context: dg.AssetExecutionContext,
-        sftp: SFTPResource,
-        minio: MinIOResource,
-        transfer_log: TransferLogResource,
-        transfer_settings: TransferSettings,
-    ):
+    def files(context: dg.AssetExecutionContext):
+        sftp: SFTPResource = getattr(context.resources, sftp_key(source))
+        minio: MinIOResource = context.resources.minio
+        transfer_log: TransferLogResource = context.resources.transfer_log
+        transfer_settings: TransferSettings = context.resources.transfer_settings
         keys = list(context.partition_keys)
         worker = Worker(
             source=source,
@@ -66,9 +67,11 @@ def build_files_asset(
             run_id=context.run.run_id,
             secrets=(sftp.password, minio.secret_key, minio.access_key),
             retry=transfer_settings.retry,
+            policy=sftp.policy(source),
         )
         failed = []
-        for outcome in worker.transfer_many(keys, transfer_settings.max_workers):
+        max_workers = sftp.max_workers or transfer_settings.max_workers
+        for outcome in worker.transfer_many(keys, max_workers):
             if outcome.status == "failed":
                 context.log.error(outcome.message)
                 failed.append(outcome)

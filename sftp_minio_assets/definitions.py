@@ -1,13 +1,34 @@
-"""The code location's table of contents."""
+"""The code location's table of contents: per source, its asset, sensor, checks and dry run;
+then the statistics and the alerts, shared by all sources."""
 
 import dagster as dg
 
-from .assets import DEFAULT_SOURCE, files
-from .resources import resources_from_env
+from .alerts import alert_on_recovery, alert_on_repeated_failures
+from .assets import build_files_asset
+from .checks import build_file_checks
+from .dry_run import build_dry_run_job
+from .resources import shared_resources_from_env
 from .sensors import build_new_files_sensor
+from .sources import sftp_key, sources_from_env
+from .stats import build_health_schedule, transfer_stats
+
+sources = sources_from_env()
+files_assets = {name: build_files_asset(name) for name in sources}
 
 defs = dg.Definitions(
-    assets=[files],
-    sensors=[build_new_files_sensor(DEFAULT_SOURCE, files)],
-    resources=resources_from_env(),
+    assets=[*files_assets.values(), transfer_stats],
+    asset_checks=[
+        check for name, asset in files_assets.items() for check in build_file_checks(asset, name)
+    ],
+    jobs=[build_dry_run_job(name) for name in sources],
+    schedules=[build_health_schedule(list(files_assets.values()))],
+    sensors=[
+        *(build_new_files_sensor(name, asset) for name, asset in files_assets.items()),
+        alert_on_repeated_failures,
+        alert_on_recovery,
+    ],
+    resources={
+        **shared_resources_from_env(),
+        **{sftp_key(name): source for name, source in sources.items()},
+    },
 )

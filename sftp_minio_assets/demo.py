@@ -51,44 +51,69 @@ def configure(stack, home: Path) -> dict[str, str]:
     return env
 
 
-def tick_once(instance):
-    """One evaluation of the sensor, its new partitions added, as the daemon does."""
+def tick_once(instance, source: str = "default"):
+    """One evaluation of a source's sensor, its new partitions added, as the daemon does.
+
+    Returns the tick and the job its run requests are for.
+    """
     import dagster as dg
 
     from sftp_minio_assets.definitions import defs
 
     # get_sensor_def warns that it no longer resolves resources: they are passed below.
     warnings.filterwarnings("ignore", message=".*get_sensor_def.*")
-    sensor = defs.get_sensor_def("new_files_default")
+    sensor = defs.get_sensor_def(f"new_files_{source}")
     with dg.build_sensor_context(
         instance=instance, definitions=defs, resources=defs.resources
     ) as context:
         tick = sensor(context)
+    apply_partition_requests(instance, tick)
+    return tick, defs.get_job_def(sensor.job_name)
+
+
+def apply_partition_requests(instance, tick) -> None:
+    """Add and delete the partitions a tick asks for, as the daemon does."""
+    import dagster as dg
+
     for request in tick.dynamic_partitions_requests:
-        instance.add_dynamic_partitions(request.partitions_def_name, request.partition_keys)
-    return tick
+        if isinstance(request, dg.AddDynamicPartitionsRequest):
+            instance.add_dynamic_partitions(request.partitions_def_name, request.partition_keys)
+        else:
+            for key in request.partition_keys:
+                instance.delete_dynamic_partition(request.partitions_def_name, key)
 
 
 def run_once() -> None:
     import dagster as dg
 
-    from sftp_minio_assets.definitions import defs
+    from sftp_minio_assets.definitions import defs, sources
 
     with dg.DagsterInstance.get() as instance:
         started = time.monotonic()
-        tick = tick_once(instance)
-        print(f"sensor tick: {len(tick.run_requests)} runs requested")
-        job = defs.resolve_implicit_global_asset_job_def()
-        for request in tick.run_requests:
-            result = job.execute_in_process(
-                instance=instance,
-                partition_key=request.partition_key,
-                tags=request.tags,
-                raise_on_error=False,
-            )
-            what = request.partition_key or request.partition_key_range
-            print(f"  run {result.run_id[:8]} {what}: {'ok' if result.success else 'FAILED'}")
+        for source in sources:
+            tick, job = tick_once(instance, source)
+            print(f"source {source}: sensor tick, {len(tick.run_requests)} runs requested")
+            for request in tick.run_requests:
+                result = job.execute_in_process(
+                    instance=instance,
+                    partition_key=request.partition_key,
+                    tags=request.tags,
+                    raise_on_error=False,
+                )
+                what = request.partition_key or request.partition_key_range
+                print(f"  run {result.run_id[:8]} {what}: {'ok' if result.success else 'FAILED'}")
         print(f"all runs done in {time.monotonic() - started:.1f} s\n")
+        stats = defs.get_job_def("transfer_health").execute_in_process(instance=instance)
+        checks = [e.asset_check_evaluation_data for e in stats.get_asset_check_evaluations()]
+        print(
+            "asset checks: "
+            + ", ".join(
+                f"{c.asset_key.to_user_string()} {c.check_name} "
+                f"{'passed' if c.passed else 'FAILED'}"
+                for c in checks
+            )
+            + "\n"
+        )
     print_summary(os.environ["TRANSFER_DB_URL"])
 
 

@@ -57,18 +57,26 @@ RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
 
 
-def run_request_for(keys: list[str], signatures: list[str]) -> dg.RunRequest:
+# Every run carries its source's name: dagster.yaml can limit concurrent runs per source.
+SOURCE_TAG = "sftp_minio_assets/source"
+
+
+def run_request_for(keys: list[str], signatures: list[str], source: str) -> dg.RunRequest:
     """One run over keys, which must be consecutive partitions (as added in one request).
 
     The run key names the content requested, so a changed file gets a new run and an
     unchanged one never a second. test_sensors fails if an upgrade changes the tags' meaning.
     """
     if len(keys) == 1:
-        return dg.RunRequest(run_key=f"{keys[0]}@{signatures[0]}", partition_key=keys[0])
+        return dg.RunRequest(
+            run_key=f"{keys[0]}@{signatures[0]}",
+            partition_key=keys[0],
+            tags={SOURCE_TAG: source},
+        )
     content = hashlib.sha256(
         "\n".join(f"{k}@{s}" for k, s in zip(keys, signatures, strict=True)).encode()
     )
     return dg.RunRequest(
         run_key=f"{keys[0]}...{len(keys)} files@{content.hexdigest()[:16]}",
-        tags={RANGE_START_TAG: keys[0], RANGE_END_TAG: keys[-1]},
+        tags={RANGE_START_TAG: keys[0], RANGE_END_TAG: keys[-1], SOURCE_TAG: source},
     )

@@ -5,6 +5,7 @@ so that a batch of files shares SSH sessions, S3 connections and database connec
 """
 
 import os
+from typing import Literal
 
 import dagster as dg
 from pydantic import Field, PrivateAttr
@@ -13,7 +14,7 @@ from .s3 import ObjectStore, S3Settings
 from .sftp import FileFilter, Listing, SFTPConnector, SFTPPool, SFTPSettings, list_tree
 from .transfer import MIB, Tuning
 from .transfer_log import TransferLog
-from .worker import Retry
+from .worker import Retry, SourcePolicy
 
 
 class SFTPResource(dg.ConfigurableResource):
@@ -37,6 +38,22 @@ class SFTPResource(dg.ConfigurableResource):
     exclude: list[str] = Field(default_factory=list)
     min_file_age_seconds: int = Field(
         default=60, description="Files modified more recently are left for a later tick."
+    )
+    # What to do with the files: where they go, how, and what becomes of the original.
+    destination_prefix: str | None = Field(
+        default=None, description="Key prefix under MINIO_PREFIX; default: the source's name."
+    )
+    max_workers: int | None = Field(
+        default=None, description="Files copied at once per run; default: MAX_WORKERS."
+    )
+    compression: Literal["none", "gzip", "zstd"] = Field(
+        default="none", description="Compress in flight; the object key gets .gz or .zst."
+    )
+    after_copy: Literal["keep", "delete", "move"] = Field(
+        default="keep", description="What becomes of the remote file once its copy is verified."
+    )
+    archive_dir: str | None = Field(
+        default=None, description="Where after_copy: move puts files, outside root."
     )
 
     _pool: SFTPPool | None = PrivateAttr(default=None)
@@ -63,6 +80,14 @@ class SFTPResource(dg.ConfigurableResource):
         if self._pool is None:
             self._pool = SFTPPool(SFTPConnector(self.settings()))
         return self._pool
+
+    def policy(self, source: str) -> SourcePolicy:
+        return SourcePolicy(
+            destination=self.destination_prefix or source,
+            compression=self.compression,
+            after_copy=self.after_copy,
+            archive_dir=self.archive_dir,
+        )
 
     def list_files(self) -> Listing:
         return list_tree(self.pool.get(), self.root, self.follow_symlinks)
@@ -142,6 +167,10 @@ class TransferSettings(dg.ConfigurableResource):
         default=3, description="Retries of a transient fault per file, before the step's."
     )
     retry_base_seconds: float = Field(default=1.0, description="First backoff; doubles each time.")
+    partition_retention_days: float = Field(
+        default=30,
+        description="Partitions of files COMPLETED longer ago are deleted (the log keeps them).",
+    )
 
     @property
     def retry(self) -> Retry:
@@ -150,6 +179,15 @@ class TransferSettings(dg.ConfigurableResource):
     @property
     def tuning(self) -> Tuning:
         return Tuning(self.part_size_mb * MIB, self.parts_in_flight, self.local_dir)
+
+
+class AlertSettings(dg.ConfigurableResource):
+    """Where alerts on repeated errors go (see alerts.py)."""
+
+    webhook_url: str | None = Field(
+        default=None, description="Slack-compatible incoming webhook; unset: alerts are logged."
+    )
+    after_failures: int = Field(default=3, description="Failures in a row that raise an alert.")
 
 
 def _optional(name: str):
@@ -180,26 +218,33 @@ def _globs(name: str) -> list[str]:
     return [p.strip() for p in os.environ.get(name, "").split(",") if p.strip()]
 
 
-def resources_from_env() -> dict[str, dg.ConfigurableResource]:
-    """The resources as the environment variables in the README configure them."""
-    return {
-        "sftp": SFTPResource(
-            host=dg.EnvVar("SFTP_HOST"),
-            username=dg.EnvVar("SFTP_USERNAME"),
-            allow_unknown_host=_flag("SFTP_ALLOW_UNKNOWN_HOST"),
-            follow_symlinks=_flag("SFTP_FOLLOW_SYMLINKS"),
-            include=_globs("SFTP_INCLUDE"),
-            exclude=_globs("SFTP_EXCLUDE"),
-            **_given(
-                port=_optional_int("SFTP_PORT"),
-                password=_optional("SFTP_PASSWORD"),
-                private_key=_optional("SFTP_PRIVATE_KEY_PATH"),
-                known_hosts_path=_optional("SFTP_KNOWN_HOSTS_PATH"),
-                host_key_sha256=_optional("SFTP_HOST_KEY_SHA256"),
-                root=_optional("SFTP_ROOT"),
-                min_file_age_seconds=_optional_int("MIN_FILE_AGE_SECONDS"),
-            ),
+def source_from_env() -> SFTPResource:
+    """The single source that the SFTP_* variables describe (named `default`)."""
+    return SFTPResource(
+        host=dg.EnvVar("SFTP_HOST"),
+        username=dg.EnvVar("SFTP_USERNAME"),
+        allow_unknown_host=_flag("SFTP_ALLOW_UNKNOWN_HOST"),
+        follow_symlinks=_flag("SFTP_FOLLOW_SYMLINKS"),
+        include=_globs("SFTP_INCLUDE"),
+        exclude=_globs("SFTP_EXCLUDE"),
+        **_given(
+            port=_optional_int("SFTP_PORT"),
+            password=_optional("SFTP_PASSWORD"),
+            private_key=_optional("SFTP_PRIVATE_KEY_PATH"),
+            known_hosts_path=_optional("SFTP_KNOWN_HOSTS_PATH"),
+            host_key_sha256=_optional("SFTP_HOST_KEY_SHA256"),
+            root=_optional("SFTP_ROOT"),
+            min_file_age_seconds=_optional_int("MIN_FILE_AGE_SECONDS"),
+            compression=os.environ.get("COMPRESSION") or None,
+            after_copy=os.environ.get("AFTER_COPY") or None,
+            archive_dir=_optional("ARCHIVE_DIR"),
         ),
+    )
+
+
+def shared_resources_from_env() -> dict[str, dg.ConfigurableResource]:
+    """The resources every source shares, as the environment variables in the README set them."""
+    return {
         "minio": MinIOResource(
             endpoint_url=dg.EnvVar("MINIO_ENDPOINT_URL"),
             access_key=dg.EnvVar("MINIO_ACCESS_KEY"),
@@ -222,6 +267,13 @@ def resources_from_env() -> dict[str, dg.ConfigurableResource]:
                 retries=_optional_int("TRANSFER_RETRIES"),
                 max_partitions_per_run=_optional_int("MAX_PARTITIONS_PER_RUN"),
                 parallel_runs=_optional_int("PARALLEL_RUNS"),
+                partition_retention_days=_optional_float("PARTITION_RETENTION_DAYS"),
+            )
+        ),
+        "alerts": AlertSettings(
+            **_given(
+                webhook_url=_optional("ALERT_WEBHOOK_URL"),
+                after_failures=_optional_int("ALERT_AFTER_FAILURES"),
             )
         ),
     }

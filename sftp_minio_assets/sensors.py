@@ -14,6 +14,7 @@ from .partitions import partitions_for, run_request_for
 from .resources import MinIOResource, SFTPResource, TransferLogResource, TransferSettings
 from .s3 import object_key
 from .sftp import display
+from .sources import sftp_key
 
 # Files requested by one tick, at most: the rest waits for the next tick. New files travel in
 # batches (one run request each), so even the cap costs the daemon only ~20 requests.
@@ -25,24 +26,25 @@ def build_new_files_sensor(source: str, files_asset: dg.AssetsDefinition) -> dg.
 
     @dg.sensor(
         name=f"new_files_{source}",
-        target=files_asset,
+        # Without the asset checks: they look at many files, and run on their own schedule.
+        target=dg.AssetSelection.assets(files_asset).without_checks(),
         minimum_interval_seconds=30,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=f"Requests a copy of each new or changed file of SFTP source `{source}`.",
+        required_resource_keys={sftp_key(source), "minio", "transfer_log", "transfer_settings"},
     )
-    def new_files(
-        context: dg.SensorEvaluationContext,
-        sftp: SFTPResource,
-        minio: MinIOResource,
-        transfer_log: TransferLogResource,
-        transfer_settings: TransferSettings,
-    ) -> dg.SensorResult:
+    def new_files(context: dg.SensorEvaluationContext, **_invoked) -> dg.SensorResult:
+        # (_invoked: a direct call, as in tests, also passes the resources by name)
+        sftp: SFTPResource = getattr(context.resources, sftp_key(source))
+        minio: MinIOResource = context.resources.minio
+        transfer_log: TransferLogResource = context.resources.transfer_log
+        transfer_settings: TransferSettings = context.resources.transfer_settings
         listing = sftp.list_files()
         # The seed's "nettoyage automatique des verrous obsolètes", and of their uploads.
         swept = transfer_log.log.sweep_stale(source)
         try:
             aborted = minio.store.abort_stale_uploads(
-                object_key(minio.prefix, source, "") + "/",
+                object_key(minio.prefix, sftp.policy(source).destination, "") + "/",
                 transfer_log.max_stale_lock_minutes * 60,
             )
         except FileNotFoundError:
@@ -68,6 +70,7 @@ def build_new_files_sensor(source: str, files_asset: dg.AssetsDefinition) -> dg.
             context.log.warning(f"{sftp.settings().server}: skipped {display(path)!r}: {why}")
         known = set(context.instance.get_dynamic_partitions(partitions.name))
         new_keys = [key for key, _ in plan.requests if key not in known]
+        expired = _expired(transfer_log, source, transfer_settings, known, plan.cursor)
         signatures = {key: file.signature for key, file in plan.requests}
         runs = batches(
             new_keys,
@@ -76,10 +79,13 @@ def build_new_files_sensor(source: str, files_asset: dg.AssetsDefinition) -> dg.
             transfer_settings.parallel_runs,
         )
         return dg.SensorResult(
-            run_requests=[run_request_for(keys, [signatures[k] for k in keys]) for keys in runs],
-            dynamic_partitions_requests=[partitions.build_add_request(new_keys)]
-            if new_keys
-            else [],
+            run_requests=[
+                run_request_for(keys, [signatures[k] for k in keys], source) for keys in runs
+            ],
+            dynamic_partitions_requests=[
+                *([partitions.build_add_request(new_keys)] if new_keys else []),
+                *([partitions.build_delete_request(expired)] if expired else []),
+            ],
             cursor=json.dumps(plan.cursor, sort_keys=True),
             skip_reason=None
             if plan.requests
@@ -87,3 +93,25 @@ def build_new_files_sensor(source: str, files_asset: dg.AssetsDefinition) -> dg.
         )
 
     return new_files
+
+
+def _expired(
+    transfer_log: TransferLogResource,
+    source: str,
+    settings: TransferSettings,
+    known: set[str],
+    requested: dict[str, str],
+) -> list[str]:
+    """Partitions of files COMPLETED more than PARTITION_RETENTION_DAYS ago, to delete.
+
+    Their rows stay in the log (history, statistics, and the reason the file is not copied
+    again); the UI loses their partition history. Keeps each asset far below the ~100k
+    partitions Dagster advises.
+    """
+    if settings.partition_retention_days <= 0:
+        return []
+    return [
+        key
+        for key in transfer_log.log.expired(source, settings.partition_retention_days)
+        if key in known and key not in requested
+    ]

@@ -13,12 +13,14 @@ import tempfile
 import threading
 import time
 import uuid
+import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass
 
 import paramiko
+import zstandard
 
 from .s3 import ObjectStore
 from .sftp import READ_CHUNK, read_chunks
@@ -52,6 +54,10 @@ class Tuning:
     part_size: int = 16 * MIB  # S3 needs >= 5 MiB for all parts but the last
     parts_in_flight: int = 4
     local_dir: str | None = None  # set: the seed's SFTP -> local file -> S3 path
+    compression: str = "none"  # or "gzip", "zstd": applied in flight
+
+
+SUFFIXES = {"none": "", "gzip": ".gz", "zstd": ".zst"}
 
 
 @dataclass(frozen=True)
@@ -65,15 +71,17 @@ class Committed:
     size: int
     sha256: str
     source_mtime: str
+    compressed: bool = False
 
 
 @dataclass(frozen=True)
 class TransferResult:
-    size_bytes: int
-    sha256: str
+    size_bytes: int  # of the remote file
+    sha256: str  # of the remote file's bytes
     download_seconds: float
     upload_seconds: float
     total_seconds: float
+    stored_bytes: int | None = None  # of the object, when compressed
 
     @property
     def mb_per_second(self) -> float:
@@ -122,6 +130,9 @@ def copy_file(
         before = f.stat()
     except (OSError, EOFError, paramiko.SSHException) as exc:
         raise TransferFailed("read", f"cannot open: {_describe(exc)}") from exc
+    stored = _Counter()
+    if tuning.compression != "none":
+        metadata.update({"compression": tuning.compression, "original-size": str(before.st_size)})
     with f:
 
         def check_unchanged() -> None:
@@ -135,15 +146,15 @@ def copy_file(
                     f"{meter.size} read, {after.st_size} now); it will be copied again once stable"
                 )
 
+        chunks = stored.wrap(
+            _compressed(meter.wrap(_reading(read_chunks(f, before.st_size))), tuning.compression)
+        )
         if tuning.local_dir:
-            _copy_via_local_file(
-                f, before.st_size, store, key, metadata, tuning, meter, check_unchanged
-            )
+            _copy_via_local_file(chunks, store, key, metadata, tuning, meter, check_unchanged)
         else:
-            chunks = meter.wrap(_reading(read_chunks(f, before.st_size)))
             _upload(store, key, chunks, metadata, tuning, meter, check_unchanged, before.st_size)
     try:
-        _verify(store, key, meter.size)
+        _verify(store, key, stored.size)
     except TransferFailed as exc:
         exc.committed = _committed(key, metadata, meter)
         raise
@@ -153,15 +164,46 @@ def copy_file(
         download_seconds=meter.read_seconds,
         upload_seconds=meter.upload_seconds,
         total_seconds=time.monotonic() - started,
+        stored_bytes=stored.size if tuning.compression != "none" else None,
     )
 
 
-def _copy_via_local_file(f, size, store, key, metadata, tuning, meter, check_unchanged) -> None:
+class _Counter:
+    """Counts the bytes that go into the object (after compression)."""
+
+    def __init__(self) -> None:
+        self.size = 0
+
+    def wrap(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        for chunk in chunks:
+            self.size += len(chunk)
+            yield chunk
+
+
+def _compressed(chunks: Iterator[bytes], compression: str) -> Iterator[bytes]:
+    """The stream, gzip- or zstd-compressed on the way (a standard .gz / .zst file)."""
+    if compression == "none":
+        yield from chunks
+        return
+    if compression == "gzip":
+        compressor = zlib.compressobj(6, zlib.DEFLATED, 31)  # 31: gzip header and trailer
+    elif compression == "zstd":
+        compressor = zstandard.ZstdCompressor(level=3).compressobj()
+    else:
+        raise ValueError(f"unknown compression {compression!r}: none, gzip or zstd")
+    for chunk in chunks:
+        if out := compressor.compress(chunk):
+            yield out
+    yield compressor.flush()
+
+
+def _copy_via_local_file(chunks, store, key, metadata, tuning, meter, check_unchanged) -> None:
     os.makedirs(tuning.local_dir, exist_ok=True)
     with tempfile.TemporaryFile(dir=tuning.local_dir) as local:
-        for chunk in meter.wrap(_reading(read_chunks(f, size))):
+        for chunk in chunks:
             local.write(chunk)
         check_unchanged()
+        size = local.tell()
         local.seek(0)
         from_disk = iter(lambda: local.read(READ_CHUNK), b"")
         _upload(store, key, from_disk, metadata, tuning, meter, lambda: None, size)
@@ -299,7 +341,12 @@ class _committing:
 
 def _committed(key: str, metadata: dict[str, str], meter: _Meter) -> Committed:
     return Committed(
-        key, metadata[TOKEN], meter.size, meter.digest.hexdigest(), metadata.get("source-mtime", "")
+        key,
+        metadata[TOKEN],
+        meter.size,
+        meter.digest.hexdigest(),
+        metadata.get("source-mtime", ""),
+        compressed="compression" in metadata,
     )
 
 
@@ -312,10 +359,20 @@ def finish_commit(store: ObjectStore, committed: Committed) -> TransferResult | 
     head = store.head(committed.key)
     if head is None or head.get("Metadata", {}).get(TOKEN) != committed.token:
         return None
+    # The token proves the object is the one that attempt committed, whole (commits are atomic).
     store.set_tags(committed.key, {"sha256": committed.sha256})
-    _verify(store, committed.key, committed.size)
+    stored = head["ContentLength"]
+    if not committed.compressed:
+        _verify(store, committed.key, committed.size)
     elapsed = time.monotonic() - started
-    return TransferResult(committed.size, committed.sha256, 0.0, elapsed, elapsed)
+    return TransferResult(
+        committed.size,
+        committed.sha256,
+        0.0,
+        elapsed,
+        elapsed,
+        stored_bytes=stored if committed.compressed else None,
+    )
 
 
 def _verify(store: ObjectStore, key: str, size: int) -> None:

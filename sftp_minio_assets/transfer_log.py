@@ -50,6 +50,19 @@ MIGRATIONS = [
         ADD COLUMN IF NOT EXISTS run_id TEXT
     """,
     """
+    ALTER TABLE file_transfer_log
+        ADD COLUMN IF NOT EXISTS stored_bytes BIGINT,
+        ADD COLUMN IF NOT EXISTS source_action TEXT,
+        ADD COLUMN IF NOT EXISTS consecutive_failures INTEGER NOT NULL DEFAULT 0
+    """,
+    # Open alerts on repeated errors (alerts.py): one row per file or source until it recovers.
+    """
+    CREATE TABLE IF NOT EXISTS transfer_alerts (
+        subject TEXT PRIMARY KEY,
+        opened_at TIMESTAMPTZ NOT NULL DEFAULT now()
+    )
+    """,
+    """
     CREATE UNIQUE INDEX IF NOT EXISTS file_transfer_log_source_filename
         ON file_transfer_log (source, filename)
     """,
@@ -75,7 +88,8 @@ ON CONFLICT (source, filename) DO UPDATE SET
     heartbeat_at = now(), updated_at = now(), error_message = NULL,
     size_bytes = EXCLUDED.size_bytes, file_size_mb = EXCLUDED.file_size_mb,
     remote_mtime = EXCLUDED.remote_mtime, object_key = EXCLUDED.object_key, sha256 = NULL,
-    download_duration = NULL, upload_duration = NULL, total_duration = NULL
+    download_duration = NULL, upload_duration = NULL, total_duration = NULL,
+    stored_bytes = NULL, source_action = NULL
 WHERE t.status = 'FAILED'
    OR (t.status = 'IN_PROGRESS'
        AND t.heartbeat_at < now() - make_interval(secs => %(stale_seconds)s))
@@ -96,14 +110,16 @@ UPDATE file_transfer_log SET
     status = 'COMPLETED', transfer_end_time = now(), updated_at = now(), heartbeat_at = now(),
     size_bytes = %(size_bytes)s, file_size_mb = round(%(size_bytes)s / 1048576.0, 2),
     sha256 = %(sha256)s, download_duration = %(download)s, upload_duration = %(upload)s,
-    total_duration = %(total)s, error_message = NULL
+    total_duration = %(total)s, error_message = NULL, stored_bytes = %(stored_bytes)s,
+    consecutive_failures = 0
 WHERE id = %(id)s AND attempts = %(attempts)s AND status = 'IN_PROGRESS'
 """
 
 FAIL = """
 UPDATE file_transfer_log SET
     status = 'FAILED', transfer_end_time = now(), updated_at = now(), error_message = %(error)s,
-    total_duration = extract(epoch FROM now() - transfer_start_time)
+    total_duration = extract(epoch FROM now() - transfer_start_time),
+    consecutive_failures = consecutive_failures + 1
 WHERE id = %(id)s AND attempts = %(attempts)s AND status = 'IN_PROGRESS'
 """
 
@@ -117,7 +133,8 @@ VALUES (%(source)s, %(filename)s, %(worker_id)s, %(run_id)s, 'FAILED', 1, now(),
 ON CONFLICT (source, filename) DO UPDATE SET
     worker_id = EXCLUDED.worker_id, run_id = EXCLUDED.run_id, status = 'FAILED',
     attempts = t.attempts + 1, transfer_start_time = now(), transfer_end_time = now(),
-    updated_at = now(), error_message = EXCLUDED.error_message
+    updated_at = now(), error_message = EXCLUDED.error_message,
+    consecutive_failures = t.consecutive_failures + 1
 WHERE t.status = 'FAILED'
    OR (t.status = 'IN_PROGRESS'
        AND t.heartbeat_at < now() - make_interval(secs => %(stale_seconds)s))
@@ -125,7 +142,7 @@ WHERE t.status = 'FAILED'
 
 SWEEP_STALE = """
 UPDATE file_transfer_log SET
-    status = 'FAILED', updated_at = now(),
+    status = 'FAILED', updated_at = now(), consecutive_failures = consecutive_failures + 1,
     error_message = format('claim by worker %%s expired: no heartbeat since %%s '
                            '(the worker stopped or crashed); the file will be transferred again',
                            worker_id, heartbeat_at)
@@ -138,6 +155,89 @@ GET = "SELECT * FROM file_transfer_log WHERE source = %(source)s AND filename = 
 STATES = """
 SELECT filename, status, size_bytes, extract(epoch FROM remote_mtime)::bigint AS mtime
 FROM file_transfer_log WHERE source = %(source)s
+"""
+
+
+SOURCE_ACTION = """
+UPDATE file_transfer_log SET source_action = %(action)s, updated_at = now()
+WHERE id = %(id)s AND attempts = %(attempts)s
+"""
+
+# Files COMPLETED before the retention horizon: their partitions can go (the rows stay).
+EXPIRED = """
+SELECT filename FROM file_transfer_log
+WHERE source = %(source)s AND status = 'COMPLETED'
+  AND transfer_end_time < now() - make_interval(secs => %(seconds)s)
+"""
+
+FAILING_FILES = """
+SELECT source, filename, consecutive_failures, error_message FROM file_transfer_log
+WHERE status = 'FAILED' AND consecutive_failures >= %(threshold)s
+"""
+
+# Sources whose last `threshold` finished transfers all failed.
+FAILING_SOURCES = """
+SELECT source, (array_agg(error_message ORDER BY transfer_end_time DESC))[1] AS error_message
+FROM (
+    SELECT source, status, error_message, transfer_end_time,
+           row_number() OVER (PARTITION BY source ORDER BY transfer_end_time DESC) AS recent
+    FROM file_transfer_log WHERE status IN ('COMPLETED', 'FAILED')
+) last
+WHERE recent <= %(threshold)s
+GROUP BY source
+HAVING count(*) = %(threshold)s AND bool_and(status = 'FAILED')
+"""
+
+# Open alerts whose subject is fine again: the file COMPLETED, or the source's last transfer.
+RECOVERED = """
+SELECT a.subject FROM transfer_alerts a
+WHERE EXISTS (
+    SELECT 1 FROM file_transfer_log t
+    WHERE a.subject = 'file ' || t.source || '/' || t.filename AND t.status = 'COMPLETED')
+OR EXISTS (
+    SELECT 1 FROM (
+        SELECT DISTINCT ON (source) source, status FROM file_transfer_log
+        WHERE status IN ('COMPLETED', 'FAILED')
+        ORDER BY source, transfer_end_time DESC
+    ) latest
+    WHERE a.subject = 'source ' || latest.source AND latest.status = 'COMPLETED')
+"""
+
+OPEN_ALERT = """
+INSERT INTO transfer_alerts (subject) VALUES (%(subject)s)
+ON CONFLICT (subject) DO NOTHING RETURNING subject
+"""
+
+CLOSE_ALERT = "DELETE FROM transfer_alerts WHERE subject = %(subject)s RETURNING subject"
+
+# Claims that outlived the stale window, and files that keep failing (asset checks).
+STUCK = """
+SELECT source, filename, worker_id, heartbeat_at FROM file_transfer_log
+WHERE source = %(source)s AND status = 'IN_PROGRESS'
+  AND heartbeat_at < now() - make_interval(secs => %(stale_seconds)s)
+ORDER BY heartbeat_at
+"""
+
+REPEATEDLY_FAILED = """
+SELECT source, filename, consecutive_failures, error_message FROM file_transfer_log
+WHERE source = %(source)s AND status = 'FAILED' AND consecutive_failures > %(threshold)s
+ORDER BY consecutive_failures DESC
+"""
+
+# The most recent COMPLETED files of a source, for the bucket check.
+RECENT_COMPLETED = """
+SELECT filename, object_key, size_bytes, stored_bytes, sha256 FROM file_transfer_log
+WHERE source = %(source)s AND status = 'COMPLETED'
+ORDER BY transfer_end_time DESC LIMIT %(limit)s
+"""
+
+# Everything the statistics need (stats.py), newest first.
+HISTORY = """
+SELECT source, filename, worker_id, status, size_bytes, stored_bytes, download_duration,
+       upload_duration, total_duration, transfer_start_time, transfer_end_time, heartbeat_at,
+       attempts, consecutive_failures, now() AS now
+FROM file_transfer_log
+WHERE updated_at >= now() - make_interval(days => %(days)s)
 """
 
 
@@ -222,6 +322,7 @@ class TransferLog:
             "download": round(result.download_seconds, 2),
             "upload": round(result.upload_seconds, 2),
             "total": round(result.total_seconds, 2),
+            "stored_bytes": result.stored_bytes,
         }
         if self._execute(COMPLETE, params).rowcount != 1:
             raise ClaimLost(f"claim {claim.id} (attempt {claim.attempts}) was taken over")
@@ -263,6 +364,43 @@ class TransferLog:
             )
             for r in rows
         }
+
+    def record_source_action(self, claim: Claim, action: str) -> None:
+        self._execute(SOURCE_ACTION, {"id": claim.id, "attempts": claim.attempts, "action": action})
+
+    def expired(self, source: str, days: float) -> list[str]:
+        rows = self._execute(EXPIRED, {"source": source, "seconds": days * 86400}).fetchall()
+        return [r["filename"] for r in rows]
+
+    def failing_files(self, threshold: int) -> list[dict]:
+        return self._execute(FAILING_FILES, {"threshold": threshold}).fetchall()
+
+    def failing_sources(self, threshold: int) -> list[dict]:
+        return self._execute(FAILING_SOURCES, {"threshold": threshold}).fetchall()
+
+    def recovered_alerts(self) -> list[str]:
+        return [r["subject"] for r in self._execute(RECOVERED).fetchall()]
+
+    def open_alert(self, subject: str) -> bool:
+        """True if this call opened it (False: it was open already)."""
+        return self._execute(OPEN_ALERT, {"subject": subject}).fetchone() is not None
+
+    def close_alert(self, subject: str) -> bool:
+        return self._execute(CLOSE_ALERT, {"subject": subject}).fetchone() is not None
+
+    def stuck(self, source: str) -> list[dict]:
+        params = {"source": source, "stale_seconds": self.stale_minutes * 60}
+        return self._execute(STUCK, params).fetchall()
+
+    def repeatedly_failed(self, source: str, threshold: int) -> list[dict]:
+        params = {"source": source, "threshold": threshold}
+        return self._execute(REPEATEDLY_FAILED, params).fetchall()
+
+    def recent_completed(self, source: str, limit: int) -> list[dict]:
+        return self._execute(RECENT_COMPLETED, {"source": source, "limit": limit}).fetchall()
+
+    def history(self, days: int) -> list[dict]:
+        return self._execute(HISTORY, {"days": days}).fetchall()
 
     def close(self) -> None:
         with self._lock:

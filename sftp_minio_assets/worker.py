@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 from urllib.parse import quote
 
@@ -29,7 +29,15 @@ from .errors import NotAFile, advice, is_permanent, redact
 from .partitions import decode_key
 from .s3 import ObjectStore, object_key
 from .sftp import SFTPPool, SFTPSettings, display, remote_bytes
-from .transfer import Committed, TransferFailed, TransferResult, Tuning, copy_file, finish_commit
+from .transfer import (
+    SUFFIXES,
+    Committed,
+    TransferFailed,
+    TransferResult,
+    Tuning,
+    copy_file,
+    finish_commit,
+)
 from .transfer_log import Claim, TransferLog
 
 log = logging.getLogger(__name__)
@@ -60,6 +68,16 @@ class Outcome:
     committed: Committed | None = field(default=None, repr=False)
 
 
+@dataclass(frozen=True)
+class SourcePolicy:
+    """What a source does with its files, besides copying them."""
+
+    destination: str  # key prefix under the bucket's prefix
+    compression: str = "none"
+    after_copy: Literal["keep", "delete", "move"] = "keep"
+    archive_dir: str | None = None
+
+
 def worker_id() -> str:
     """host:pid:thread, as the seed's per-worker logs named them."""
     name = threading.current_thread().name
@@ -78,8 +96,11 @@ class Worker:
         run_id: str | None = None,
         secrets: tuple[str | None, ...] = (),
         retry: Retry = Retry(),
+        policy: SourcePolicy | None = None,
     ):
         self.source = source
+        self.policy = policy or SourcePolicy(destination=source)
+        tuning = replace(tuning, compression=self.policy.compression)
         self.sftp_settings = sftp_settings
         self.pool = sftp_pool
         self.store = store
@@ -117,7 +138,10 @@ class Worker:
     def _attempt(self, key: str, committed: Committed | None = None) -> Outcome:
         path = decode_key(key)
         remote_path = posixpath.join(self.sftp_settings.root, path)
-        object_name = object_key(self.store.settings.prefix, self.source, path)
+        object_name = (
+            object_key(self.store.settings.prefix, self.policy.destination, path)
+            + SUFFIXES[self.policy.compression]
+        )
         where = (
             f"{self.sftp_settings.server}{display(_absolute(remote_path))} -> "
             f"{self.store.uri(display(object_name))}"
@@ -169,11 +193,13 @@ class Worker:
                 permanent,
                 exc.committed if isinstance(exc, TransferFailed) else None,
             )
+        action = self._after_copy(remote_path, attrs, claim)
+        stored = "" if result.stored_bytes is None else f", {result.stored_bytes} stored"
         return Outcome(
             key,
             "transferred",
-            f"{where}: {result.size_bytes} bytes in {result.total_seconds:.2f} s "
-            f"({result.mb_per_second:.1f} MB/s)",
+            f"{where}: {result.size_bytes} bytes{stored} in {result.total_seconds:.2f} s "
+            f"({result.mb_per_second:.1f} MB/s); source file {action}",
             {
                 "outcome": "transferred",
                 "bytes": result.size_bytes,
@@ -185,8 +211,47 @@ class Worker:
                 "object_uri": self.store.uri(object_name),
                 "worker": me,
                 "attempt": claim.attempts,
+                "source_file": action,
+                **({} if result.stored_bytes is None else {"stored_bytes": result.stored_bytes}),
             },
         )
+
+    def _after_copy(self, remote_path: str, copied, claim: Claim) -> str:
+        """Keep, delete or archive the remote file once its copy is verified and recorded.
+
+        Never loses it: a file that changed since it was copied stays, and so does one whose
+        deletion or move fails. Returns what happened, also recorded in the log.
+        """
+        action = self.policy.after_copy
+        if action == "keep":
+            return "kept"
+        sftp = self.pool.get()
+        try:
+            now = sftp.stat(remote_bytes(remote_path))
+            if (now.st_size, now.st_mtime) != (copied.st_size, copied.st_mtime):
+                done = "kept: it changed after it was copied; the next tick copies it again"
+            elif action == "delete":
+                sftp.remove(remote_bytes(remote_path))
+                done = "deleted"
+            else:
+                target = posixpath.join(
+                    self.policy.archive_dir, posixpath.relpath(remote_path, self.sftp_settings.root)
+                )
+                _makedirs(sftp, posixpath.dirname(target))
+                sftp.posix_rename(remote_bytes(remote_path), remote_bytes(target))
+                done = f"moved to {display(target)}"
+        except Exception as exc:
+            done = redact(
+                f"kept: could not {action} it ({exc}); check the account's rights on the "
+                "server; the copy is complete and will not be redone",
+                self.secrets,
+            )
+            log.warning("%s%s: %s", self.sftp_settings.server, display(remote_path), done)
+        try:
+            self.log.record_source_action(claim, done)
+        except psycopg.Error as exc:
+            log.warning("could not record the source action of claim %s: %s", claim.id, exc)
+        return done
 
     def _finish(self, committed: Committed | None, attrs) -> TransferResult | None:
         """An earlier attempt's object, if its commit landed and the file is still the same."""
@@ -259,6 +324,26 @@ class Worker:
                     log.warning("heartbeat of claim %s not recorded: %s", claim.id, exc)
 
         return beat
+
+
+def _makedirs(sftp, path: str) -> None:
+    """mkdir -p over SFTP."""
+    missing = []
+    while path not in ("", "/"):
+        try:
+            sftp.stat(remote_bytes(path))
+            break
+        except FileNotFoundError:
+            missing.append(path)
+            path = posixpath.dirname(path)
+    for directory in reversed(missing):
+        try:
+            sftp.mkdir(remote_bytes(directory))
+        except OSError as exc:
+            try:
+                sftp.stat(remote_bytes(directory))  # made meanwhile by another worker
+            except OSError:
+                raise OSError(f"cannot create {display(directory)}: {exc}") from exc
 
 
 def _absolute(path: str) -> str:

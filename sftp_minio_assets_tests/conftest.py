@@ -72,7 +72,7 @@ class Env:
 
     def resources(self, stale_minutes: float = 30, **transfer_settings) -> dict:
         return {
-            "sftp": self.sftp(),
+            "sftp_default": self.sftp(),
             "minio": self.minio(),
             "transfer_log": TransferLogResource(
                 url=self.db_url, max_stale_lock_minutes=stale_minutes

@@ -19,7 +19,7 @@ from sftp_minio_assets.resources import (
 )
 
 CLASSES = {
-    "sftp": SFTPResource,
+    "sftp_default": SFTPResource,
     "minio": MinIOResource,
     "transfer_log": TransferLogResource,
     "transfer_settings": TransferSettings,

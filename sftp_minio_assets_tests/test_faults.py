@@ -191,8 +191,8 @@ def worker_for(env) -> Worker:
     resources = env.resources()
     return Worker(
         source="default",
-        sftp_settings=resources["sftp"].settings(),
-        sftp_pool=resources["sftp"].pool,
+        sftp_settings=resources["sftp_default"].settings(),
+        sftp_pool=resources["sftp_default"].pool,
         store=resources["minio"].store,
         transfer_log=resources["transfer_log"].log,
         tuning=resources["transfer_settings"].tuning,

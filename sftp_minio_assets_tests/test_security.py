@@ -48,7 +48,7 @@ def test_wrong_host_key_and_wrong_password_fail_at_once_saying_what_to_fix(env, 
         "AAAAC3NzaC1lZDI1NTE5AAAAIGg0bmJ2b1Z0c2xNc1ZQb0tYbUZ5cVBqR0ZzVnJ0a2Jq\n"
     )
     result = run_with(
-        env, instance, ["a.txt", "b.txt"], sftp=env.sftp(known_hosts_path=str(impostor))
+        env, instance, ["a.txt", "b.txt"], sftp_default=env.sftp(known_hosts_path=str(impostor))
     )
     assert not result.success
     rows = env.rows()
@@ -58,7 +58,7 @@ def test_wrong_host_key_and_wrong_password_fail_at_once_saying_what_to_fix(env, 
         assert "SFTP_KNOWN_HOSTS_PATH" in rows[path]["error_message"]
 
     wrong_password = env.sftp(private_key=None, password=WRONG_PASSWORD)
-    result = run_with(env, instance, ["a.txt", "b.txt"], sftp=wrong_password)
+    result = run_with(env, instance, ["a.txt", "b.txt"], sftp_default=wrong_password)
     assert not result.success
     rows = env.rows()
     for path in ("a.txt", "b.txt"):

@@ -3,6 +3,7 @@
 import dagster as dg
 
 from sftp_minio_assets.assets import files
+from sftp_minio_assets.demo import apply_partition_requests
 from sftp_minio_assets.partitions import encode_key
 from sftp_minio_assets.sensors import build_new_files_sensor
 
@@ -13,11 +14,10 @@ sensor = build_new_files_sensor("default", files)
 
 def tick(env, instance, cursor, **sftp_overrides) -> dg.SensorResult:
     """One evaluation; its partition requests are applied to the instance, as the daemon does."""
-    resources = {**env.resources(), "sftp": env.sftp(**sftp_overrides)}
+    resources = {**env.resources(), "sftp_default": env.sftp(**sftp_overrides)}
     with dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources) as context:
         result = sensor(context)
-    for request in result.dynamic_partitions_requests:
-        instance.add_dynamic_partitions(PARTITIONS, list(request.partition_keys))
+    apply_partition_requests(instance, result)
     return result
 
 

@@ -1,0 +1,111 @@
+"""Alerts on repeated errors (the seed's "alertes en cas d'erreurs répétées").
+
+When one file fails ALERT_AFTER_FAILURES times in a row, or a source's last
+ALERT_AFTER_FAILURES transfers all failed, one message is posted to ALERT_WEBHOOK_URL
+(Slack-compatible JSON, `{"text": ...}`) and logged. No storm: an alert stays open, silent,
+until the file or source recovers, which posts one recovery message. Open alerts are rows of
+the transfer log's `transfer_alerts` table, so restarts and several daemons agree.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import urllib.request
+from dataclasses import dataclass
+
+import dagster as dg
+
+from .errors import redact
+from .resources import AlertSettings, TransferLogResource
+from .transfer_log import TransferLog
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Alert:
+    subject: str  # "file <source>/<key>" or "source <source>"
+    text: str
+    recovered: bool = False
+
+
+def evaluate(transfer_log: TransferLog, threshold: int) -> list[Alert]:
+    """Open alerts for new repeated failures, close those that recovered; what to send."""
+    alerts: list[Alert] = []
+    for row in transfer_log.failing_files(threshold):
+        subject = f"file {row['source']}/{row['filename']}"
+        if transfer_log.open_alert(subject):
+            alerts.append(
+                Alert(
+                    subject,
+                    f":rotating_light: sftp-minio-assets: {subject} failed "
+                    f"{row['consecutive_failures']} times in a row. Last error: "
+                    f"{row['error_message']}",
+                )
+            )
+    for source in transfer_log.failing_sources(threshold):
+        subject = f"source {source['source']}"
+        if transfer_log.open_alert(subject):
+            alerts.append(
+                Alert(
+                    subject,
+                    f":rotating_light: sftp-minio-assets: the last {threshold} transfers of "
+                    f"{subject} all failed. Last error: {source['error_message']}",
+                )
+            )
+    for subject in transfer_log.recovered_alerts():
+        if transfer_log.close_alert(subject):
+            alerts.append(
+                Alert(subject, f":white_check_mark: sftp-minio-assets: {subject} recovered.", True)
+            )
+    return alerts
+
+
+def send(alert: Alert, webhook_url: str | None, secrets: tuple[str | None, ...] = ()) -> None:
+    """Log the alert, and post it to the webhook when one is configured."""
+    text = redact(alert.text, secrets)
+    (log.info if alert.recovered else log.error)(text)
+    if not webhook_url:
+        return
+    request = urllib.request.Request(
+        webhook_url,
+        data=json.dumps({"text": text}).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as reply:
+        reply.read()
+
+
+def _check(context, transfer_log: TransferLogResource, alerts: AlertSettings) -> None:
+    for alert in evaluate(transfer_log.log, alerts.after_failures):
+        try:
+            send(alert, alerts.webhook_url)
+        except OSError as exc:  # the receiver is down: the alert stays open, and logged
+            context.log.error(f"could not post the alert to the webhook: {exc}; {alert.text}")
+        else:
+            context.log.warning(alert.text)
+
+
+@dg.run_failure_sensor(
+    name="alert_on_repeated_failures",
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="After a failed run: alert when a file or a source keeps failing.",
+)
+def alert_on_repeated_failures(
+    context: dg.RunFailureSensorContext, transfer_log: TransferLogResource, alerts: AlertSettings
+) -> None:
+    _check(context, transfer_log, alerts)
+
+
+@dg.run_status_sensor(
+    name="alert_on_recovery",
+    run_status=dg.DagsterRunStatus.SUCCESS,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="After a successful run: one message for each alert whose subject recovered.",
+)
+def alert_on_recovery(
+    context: dg.RunStatusSensorContext, transfer_log: TransferLogResource, alerts: AlertSettings
+) -> None:
+    _check(context, transfer_log, alerts)

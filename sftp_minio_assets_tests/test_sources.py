@@ -1,0 +1,209 @@
+"""Several sources from a YAML file: each with its own asset, partitions, sensor and policy
+(compression, what becomes of the source file), against the real servers."""
+
+import gzip
+import hashlib
+import os
+import shutil
+import textwrap
+
+import dagster as dg
+import pytest
+import yaml
+import zstandard
+
+from sftp_minio_assets.assets import build_files_asset
+from sftp_minio_assets.demo import apply_partition_requests
+from sftp_minio_assets.partitions import SOURCE_TAG
+from sftp_minio_assets.resources import SFTPResource
+from sftp_minio_assets.sensors import build_new_files_sensor
+from sftp_minio_assets.sources import SourcesError, load_sources, sftp_key
+
+
+def write_sources(tmp_path, text: str):
+    path = tmp_path / "sources.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_a_sources_file_names_each_source_and_keeps_secrets_in_variables(tmp_path, monkeypatch):
+    monkeypatch.setenv("PARTNER_PASSWORD", "s3cr3t-from-env")
+    path = write_sources(
+        tmp_path,
+        """
+        sources:
+          partner:
+            host: sftp.partner.example
+            username: ingest
+            password: {env: PARTNER_PASSWORD}
+            host_key_sha256: "SHA256:abc"
+            root: /outgoing
+            include: ["*.csv"]
+            destination_prefix: partner-a
+            max_workers: 2
+            compression: zstd
+            after_copy: move
+            archive_dir: /archive
+          legacy:
+            host: legacy.example
+            username: batch
+            private_key_path: /secrets/legacy_ed25519
+            known_hosts_path: /etc/ssh/ssh_known_hosts
+        """,
+    )
+    sources = load_sources(path)
+    assert set(sources) == {"partner", "legacy"}
+    partner = sources["partner"]
+    assert partner.policy("partner").destination == "partner-a"
+    assert (partner.compression, partner.after_copy, partner.max_workers) == ("zstd", "move", 2)
+    assert sources["legacy"].policy("legacy").destination == "legacy"
+    assert sources["legacy"].private_key == "/secrets/legacy_ed25519"
+    # The secret is a reference, resolved only when the resource is used.
+    assert "s3cr3t-from-env" not in repr(partner.model_dump())
+
+
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        ("password: hunter2", "must be a reference to an environment variable"),
+        ("colour: blue", "unknown settings ['colour']"),
+        ("after_copy: move", "after_copy: move needs archive_dir"),
+        ("{after_copy: move, archive_dir: /data/in/done}", "is inside root"),
+        ("compression: lzma", "compression"),
+    ],
+)
+def test_a_wrong_sources_file_is_refused_naming_the_file_the_source_and_the_fix(
+    tmp_path, entry, message
+):
+    settings = entry[1:-1].split(", ") if entry.startswith("{") else [entry]
+    lines = "".join(f"\n    {setting}" for setting in settings)
+    path = tmp_path / "sources.yaml"
+    path.write_text(
+        f"sources:\n  broken:\n    host: h\n    username: u\n    root: /data/in{lines}\n"
+    )
+    with pytest.raises(SourcesError) as error:
+        load_sources(path)
+    assert str(path) in str(error.value) and "'broken'" in str(error.value)
+    assert message in str(error.value)
+
+
+def two_sources(env, tmp_path):
+    """Two sources on the test's sshd: `plain` archives its files, `packed` compresses."""
+    ssh = env.stack.ssh
+    for folder in ("a", "b", "archive"):  # where the SFTP account may delete and create
+        (env.root / folder).mkdir()
+        shutil.chown(env.root / folder, user=ssh.username)
+    common = {
+        "host": ssh.host,
+        "port": ssh.port,
+        "username": ssh.username,
+        "private_key_path": str(ssh.private_key_path),
+        "known_hosts_path": str(ssh.known_hosts_path),
+        "min_file_age_seconds": 0,
+    }
+    sources = {
+        "plain": {
+            **common,
+            "root": str(env.root / "a"),
+            "after_copy": "move",
+            "archive_dir": str(env.root / "archive"),
+        },
+        "packed": {
+            **common,
+            "root": str(env.root / "b"),
+            "destination_prefix": "packed-here",
+            "compression": "gzip",
+            "after_copy": "delete",
+        },
+    }
+    return load_sources(write_sources(tmp_path, yaml.safe_dump({"sources": sources})))
+
+
+def run_source(env, instance, name, source) -> bool:
+    """One tick of the source's sensor, then the runs it requests; True if all succeed."""
+    asset = build_files_asset(name, retry_policy=None)
+    sensor = build_new_files_sensor(name, asset)
+    resources = {**env.resources(), sftp_key(name): source}
+    with dg.build_sensor_context(instance=instance, resources=resources) as context:
+        tick = sensor(context)
+    apply_partition_requests(instance, tick)
+    assert tick.run_requests
+    results = []
+    for request in tick.run_requests:
+        assert request.tags[SOURCE_TAG] == name
+        options = (
+            {"partition_key": request.partition_key}
+            if request.partition_key
+            else {"tags": dict(request.tags)}
+        )
+        results.append(
+            dg.materialize(
+                [asset], instance=instance, resources=resources, raise_on_error=False, **options
+            )
+        )
+    return all(result.success for result in results)
+
+
+def test_two_sources_each_with_its_partitions_policy_and_destination(env, instance, tmp_path):
+    sources = two_sources(env, tmp_path)
+    text = b"id,amount\n" + b"".join(b"%d,%d.50\n" % (i, i) for i in range(50_000))
+    env.write("a/report.csv", text)
+    env.write("b/report.csv", text)
+    env.write("b/big.bin", os.urandom(7 * 1024 * 1024))  # multipart, through gzip
+
+    assert run_source(env, instance, "plain", sources["plain"])
+    assert run_source(env, instance, "packed", sources["packed"])
+
+    assert instance.get_dynamic_partitions("files_plain") == ["report.csv"]
+    assert sorted(instance.get_dynamic_partitions("files_packed")) == ["big.bin", "report.csv"]
+    store = env.store
+    assert store.fs.cat_file(f"{env.bucket}/plain/report.csv") == text
+    packed = store.fs.cat_file(f"{env.bucket}/packed-here/report.csv.gz")
+    assert gzip.decompress(packed) == text and len(packed) < len(text) / 2
+    head = store.head("packed-here/report.csv.gz")
+    assert head["Metadata"]["original-size"] == str(len(text))
+    assert head["Metadata"]["compression"] == "gzip"
+    assert store.tags("packed-here/report.csv.gz")["sha256"] == hashlib.sha256(text).hexdigest()
+
+    # The log keeps both sizes, and what became of each source file.
+    with env.log._connection().execute(
+        "SELECT source, filename, size_bytes, stored_bytes, source_action, sha256 "
+        "FROM file_transfer_log"
+    ) as cursor:
+        rows = {(r["source"], r["filename"]): r for r in cursor.fetchall()}
+    assert rows[("packed", "report.csv")]["stored_bytes"] == len(packed)
+    assert rows[("packed", "report.csv")]["size_bytes"] == len(text)
+    assert rows[("plain", "report.csv")]["stored_bytes"] is None
+    assert rows[("plain", "report.csv")]["source_action"].startswith("moved to ")
+    assert rows[("packed", "big.bin")]["source_action"] == "deleted"
+    assert (env.root / "archive" / "report.csv").read_bytes() == text
+    assert not (env.root / "a" / "report.csv").exists()
+    assert list((env.root / "b").iterdir()) == []
+
+
+def test_zstd_objects_decompress_to_the_original(env, instance, tmp_path):
+    packed = two_sources(env, tmp_path)["packed"]
+    source = SFTPResource(**{**packed.model_dump(), "compression": "zstd", "after_copy": "keep"})
+    data = os.urandom(1024) * 3000
+    env.write("b/data.bin", data)
+    assert run_source(env, instance, "packed", source)
+    stored = env.store.fs.cat_file(f"{env.bucket}/packed-here/data.bin.zst")
+    assert zstandard.ZstdDecompressor().decompressobj().decompress(stored) == data
+    assert (env.root / "b" / "data.bin").exists()  # kept
+
+
+def test_a_source_file_that_cannot_be_moved_stays_and_the_copy_stands(env, instance, tmp_path):
+    sources = two_sources(env, tmp_path)
+    env.write("a/stuck.csv", b"x,y\n1,2\n")
+    archive = env.root / "archive"
+    archive.chmod(0o555)  # the SFTP account may not write there
+    try:
+        succeeded = run_source(env, instance, "plain", sources["plain"])
+    finally:
+        archive.chmod(0o755)
+    assert succeeded
+    row = env.rows()["stuck.csv"]
+    assert row["status"] == "COMPLETED"
+    assert row["source_action"].startswith("kept: could not move it")
+    assert (env.root / "a" / "stuck.csv").exists()
+    assert env.store.fs.cat_file(f"{env.bucket}/plain/stuck.csv") == b"x,y\n1,2\n"
