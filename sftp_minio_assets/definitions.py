@@ -10,18 +10,19 @@ from .dry_run import build_dry_run_job
 from .resources import shared_resources_from_env
 from .sensors import build_new_files_sensor
 from .sources import sftp_key, sources_from_env
-from .stats import build_health_schedule, transfer_stats
+from .stats import build_health_job, build_health_schedule, transfer_stats
 
 sources = sources_from_env()
 files_assets = {name: build_files_asset(name) for name in sources}
+health = build_health_job(list(files_assets.values()))
 
 defs = dg.Definitions(
     assets=[*files_assets.values(), transfer_stats],
     asset_checks=[
         check for name, asset in files_assets.items() for check in build_file_checks(asset, name)
     ],
-    jobs=[build_dry_run_job(name) for name in sources],
-    schedules=[build_health_schedule(list(files_assets.values()))],
+    jobs=[health, *(build_dry_run_job(name) for name in sources)],
+    schedules=[build_health_schedule(health)],
     sensors=[
         *(build_new_files_sensor(name, asset) for name, asset in files_assets.items()),
         alert_on_repeated_failures,

@@ -17,21 +17,24 @@ from contextlib import suppress
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 PROJECT = Path(__file__).resolve().parents[1]
 
 
 def seed_files(root: Path) -> None:
-    """A few files such as a data team drops on its server."""
+    """A few files such as data teams drop on their servers, for two sources."""
     samples = {
-        "incoming/2026-11-29/sales.csv": pd.DataFrame(
+        # Source `partner`: CSV exports and reports, compressed with gzip on the way.
+        "partner/incoming/2026-11-29/sales.csv": pd.DataFrame(
             {"store": range(1, 2001), "amount": [i * 1.5 for i in range(2000)]}
         )
         .to_csv(index=False)
         .encode(),
-        "incoming/2026-11-29/empty.marker": b"",
-        "incoming/rapports/relevé de caisse été.txt": "Total: 42 €\n".encode(),
-        "archives/images/blob.bin": os.urandom(48 * 1024 * 1024),
+        "partner/incoming/2026-11-29/empty.marker": b"",
+        "partner/rapports/relevé de caisse été.txt": "Total: 42 €\n".encode(),
+        # Source `scanner`: large binary files, archived on the server once copied.
+        "scanner/images/blob.bin": os.urandom(48 * 1024 * 1024),
     }
     past = time.time() - 3600
     for path, data in samples.items():
@@ -41,10 +44,39 @@ def seed_files(root: Path) -> None:
         os.utime(target, (past, past))
 
 
-def configure(stack, home: Path) -> dict[str, str]:
+def write_sources_file(stack, path: Path) -> None:
+    """The two sources of the demo, on the stack's sshd (see sources.py for the format)."""
+    ssh = stack.ssh
+    server = {
+        "host": ssh.host,
+        "port": ssh.port,
+        "username": ssh.username,
+        "private_key_path": str(ssh.private_key_path),
+        "known_hosts_path": str(ssh.known_hosts_path),
+        "min_file_age_seconds": 0,
+    }
+    sources = {
+        "partner": {**server, "root": str(ssh.root / "partner"), "compression": "gzip"},
+        "scanner": {
+            **server,
+            "root": str(ssh.root / "scanner"),
+            "after_copy": "move",
+            "archive_dir": str(ssh.root / "scanner-archive"),
+            "max_workers": 2,
+        },
+    }
+    path.write_text(yaml.safe_dump({"sources": sources}, sort_keys=False, allow_unicode=True))
+    for folder in (ssh.root / "partner", ssh.root / "scanner"):
+        for directory in [folder, *(p for p in folder.rglob("*") if p.is_dir())]:
+            shutil.chown(directory, user=ssh.username)  # the SFTP account moves files out
+
+
+def configure(stack, home: Path, sources_file: Path | None = None) -> dict[str, str]:
     """Environment for the code location and a Postgres-backed Dagster instance in home."""
     env = stack.env()
     env.update(MIN_FILE_AGE_SECONDS="0", DAGSTER_HOME=str(home))
+    if sources_file is not None:
+        env["SOURCES_FILE"] = str(sources_file)
     home.mkdir(parents=True, exist_ok=True)
     shutil.copy(PROJECT / "dagster.yaml", home / "dagster.yaml")
     os.environ.update(env)
@@ -104,7 +136,7 @@ def run_once() -> None:
                 print(f"  run {result.run_id[:8]} {what}: {'ok' if result.success else 'FAILED'}")
         print(f"all runs done in {time.monotonic() - started:.1f} s\n")
         stats = defs.get_job_def("transfer_health").execute_in_process(instance=instance)
-        checks = [e.asset_check_evaluation_data for e in stats.get_asset_check_evaluations()]
+        checks = stats.get_asset_check_evaluations()
         print(
             "asset checks: "
             + ", ".join(
@@ -121,11 +153,10 @@ def print_summary(db_url: str) -> None:
     import psycopg
 
     query = """
-        SELECT filename, status, size_bytes, file_size_mb, download_duration, upload_duration,
-               total_duration, round(size_bytes / 1048576.0 / nullif(total_duration, 0), 1)
-                   AS mb_per_s,
-               left(sha256, 12) AS sha256, attempts, worker_id
-        FROM file_transfer_log ORDER BY filename
+        SELECT source, filename, status, size_bytes, stored_bytes, total_duration,
+               round(size_bytes / 1048576.0 / nullif(total_duration, 0), 1) AS mb_per_s,
+               left(sha256, 12) AS sha256, attempts, source_action, worker_id
+        FROM file_transfer_log ORDER BY source, filename
     """
     with psycopg.connect(db_url) as conn, conn.cursor() as cursor:
         cursor.execute(query)
@@ -153,10 +184,11 @@ def main() -> None:
     try:
         with LocalStack(base) as stack:
             seed_files(stack.ssh.root)
-            env = configure(stack, base / "dagster_home")
+            write_sources_file(stack, base / "sources.yaml")
+            env = configure(stack, base / "dagster_home", base / "sources.yaml")
             sftp = f"{env['SFTP_USERNAME']}@{env['SFTP_HOST']}:{env['SFTP_PORT']}"
             print(f"local stack up in {base}:")
-            print(f"  SFTP  {sftp} {env['SFTP_ROOT']}")
+            print(f"  SFTP  {sftp} {env['SFTP_ROOT']} (sources: {env['SOURCES_FILE']})")
             print(f"  S3    {env['MINIO_ENDPOINT_URL']} bucket {env['MINIO_BUCKET']}")
             print(f"  PG    {stack.postgres.host}:{stack.postgres.port}\n")
             if args.mode == "run":

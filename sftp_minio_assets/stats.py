@@ -95,13 +95,17 @@ def transfer_stats(transfer_log: TransferLogResource) -> dg.MaterializeResult:
     return dg.MaterializeResult(metadata={**summary["totals"], **tables})
 
 
-def build_health_schedule(files_assets: list[dg.AssetsDefinition]) -> dg.ScheduleDefinition:
-    """Every 15 minutes: the statistics, and the asset checks of every source's files."""
-    job = dg.define_asset_job(
+def build_health_job(files_assets: list[dg.AssetsDefinition]):
+    """The statistics, and the asset checks of every source's files."""
+    return dg.define_asset_job(
         "transfer_health",
         selection=dg.AssetSelection.assets(transfer_stats)
         | dg.AssetSelection.checks_for_assets(*files_assets),
     )
+
+
+def build_health_schedule(job) -> dg.ScheduleDefinition:
+    """Every 15 minutes."""
     return dg.ScheduleDefinition(
         job=job,
         cron_schedule="*/15 * * * *",

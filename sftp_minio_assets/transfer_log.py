@@ -128,8 +128,9 @@ WHERE id = %(id)s AND attempts = %(attempts)s AND status = 'IN_PROGRESS'
 FAIL_UNCLAIMED = """
 INSERT INTO file_transfer_log AS t (
     source, filename, worker_id, run_id, status, attempts, transfer_start_time,
-    transfer_end_time, error_message)
-VALUES (%(source)s, %(filename)s, %(worker_id)s, %(run_id)s, 'FAILED', 1, now(), now(), %(error)s)
+    transfer_end_time, error_message, consecutive_failures)
+VALUES (
+    %(source)s, %(filename)s, %(worker_id)s, %(run_id)s, 'FAILED', 1, now(), now(), %(error)s, 1)
 ON CONFLICT (source, filename) DO UPDATE SET
     worker_id = EXCLUDED.worker_id, run_id = EXCLUDED.run_id, status = 'FAILED',
     attempts = t.attempts + 1, transfer_start_time = now(), transfer_end_time = now(),

@@ -1,0 +1,213 @@
+"""Operations: alerts on repeated errors, statistics, asset checks, retention, dry run."""
+
+import json
+import os
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import dagster as dg
+import pytest
+
+from sftp_minio_assets.alerts import alert_on_recovery, alert_on_repeated_failures
+from sftp_minio_assets.assets import files
+from sftp_minio_assets.checks import build_file_checks
+from sftp_minio_assets.demo import apply_partition_requests
+from sftp_minio_assets.dry_run import build_dry_run_job
+from sftp_minio_assets.resources import AlertSettings
+from sftp_minio_assets.stats import summarize, transfer_stats
+
+from .test_assets import PARTITIONS, materialize
+from .test_sensors import sensor
+
+
+def tick_with(env, instance, cursor, **transfer_settings) -> dg.SensorResult:
+    resources = env.resources(**transfer_settings)
+    with dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources) as context:
+        result = sensor(context)
+    apply_partition_requests(instance, result)
+    return result
+
+
+class Receiver:
+    """A local HTTP server that records the JSON posted to it, as a Slack webhook would."""
+
+    def __init__(self):
+        received = self.received = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                received.append(json.loads(body))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = HTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def run_status_sensor(sensor, env, instance, result, receiver):
+    """Evaluate a run status sensor on a finished run, as the daemon would."""
+    event = result.get_run_success_event() if result.success else result.get_run_failure_event()
+    with dg.build_run_status_sensor_context(
+        sensor_name=sensor.name,
+        dagster_event=event,
+        dagster_instance=instance,
+        dagster_run=result.dagster_run,
+        resources={
+            "transfer_log": env.resources()["transfer_log"],
+            "alerts": AlertSettings(webhook_url=receiver.url, after_failures=2),
+        },
+    ) as context:
+        sensor(context if result.success else context.for_run_failure())
+
+
+def test_repeated_failures_alert_once_per_file_and_source_then_once_on_recovery(env, instance):
+    missing = ["missing-1.csv", "missing-2.csv"]
+    with Receiver() as receiver:
+        sent = []
+        for _ in range(3):  # the files are missing: three failed runs in a row
+            result = materialize(env, instance, missing, retries=0)
+            assert not result.success
+            run_status_sensor(alert_on_repeated_failures, env, instance, result, receiver)
+            sent.append([message["text"] for message in receiver.received])
+        # Run 1: the source's last 2 transfers failed. Run 2: each file failed twice.
+        # Run 3: nothing new, the alerts are open.
+        assert [len(texts) for texts in sent] == [1, 3, 3], sent
+        assert "the last 2 transfers of source default all failed" in sent[0][0]
+        for name in missing:
+            [text] = [t for t in sent[1] if f"file default/{name} failed 2 times in a row" in t]
+            assert name in text.split("Last error:")[1]  # says which file, and why
+
+        for name in missing:
+            env.write(name, b"here now")
+        result = materialize(env, instance, missing)
+        assert result.success
+        run_status_sensor(alert_on_recovery, env, instance, result, receiver)
+        recovered = sorted(m["text"] for m in receiver.received[3:])
+        assert recovered == [
+            f":white_check_mark: sftp-minio-assets: {subject} recovered."
+            for subject in ("file default/missing-1.csv", "file default/missing-2.csv",
+                            "source default")
+        ]  # fmt: skip
+        run_status_sensor(alert_on_recovery, env, instance, result, receiver)
+        assert len(receiver.received) == 6  # recovered once
+
+
+def test_statistics_per_source_worker_and_hour_and_active_workers(env, instance):
+    for i in range(3):
+        env.write(f"s{i}.bin", os.urandom(2 * 1024 * 1024))
+    assert materialize(env, instance, [f"s{i}.bin" for i in range(3)]).success
+    assert not materialize(env, instance, ["absent.bin"], retries=0).success
+    claim = env.log.claim(
+        "default", "in-flight.bin", size_bytes=1, remote_mtime=0, object_key="k",
+        worker_id="host:1:transfer_0", run_id=None,
+    )  # fmt: skip
+    assert claim is not None
+
+    summary = summarize(env.log.history(7))
+    totals = summary["totals"]
+    assert totals["files_transferred"] == 3
+    assert totals["bytes_transferred"] == 3 * 2 * 1024 * 1024
+    assert totals["files_failed"] == 1 and totals["active_transfers"] == 1
+    assert totals["mean_mb_per_s"] > 0 and totals["p95_mb_per_s"] >= totals["mean_mb_per_s"] * 0.5
+    assert summary["per_source"].loc["default", "files"] == 3
+    assert summary["per_source"].loc["default", "failed"] == 1
+    assert list(summary["active_workers"]["filename"]) == ["in-flight.bin"]
+
+    result = dg.materialize([transfer_stats], resources=env.resources(), instance=instance)
+    metadata = result.asset_materializations_for_node("transfer_stats")[0].metadata
+    assert metadata["files_transferred"].value == 3
+    assert "in-flight.bin" in metadata["active_workers"].value
+    assert "| default  |       3 |" in metadata["per_source"].value
+
+
+def test_checks_find_a_changed_object_and_a_stuck_claim(env, instance):
+    objects_match_log, no_stuck = build_file_checks(files, "default")
+    for name in ("good.csv", "tampered.csv"):
+        env.write(name, name.encode() * 100)
+    assert materialize(env, instance, ["good.csv", "tampered.csv"]).success
+    resources = {**env.resources(stale_minutes=1 / 60), "alerts": AlertSettings()}
+
+    def evaluate(check):
+        result = dg.materialize(
+            [files, check],
+            selection=dg.AssetSelection.checks(check),
+            resources=resources,
+            instance=instance,
+        )
+        [evaluation] = result.get_asset_check_evaluations()
+        return evaluation
+
+    assert evaluate(objects_match_log).passed
+    env.store.put("default/tampered.csv", b"not what was copied", {}, {})
+    evaluation = evaluate(objects_match_log)
+    assert not evaluation.passed
+    assert "tampered.csv" in evaluation.metadata["details"].value
+    assert "good.csv" not in evaluation.metadata["details"].value
+
+    assert evaluate(no_stuck).passed
+    env.log.claim(
+        "default", "abandoned.bin", size_bytes=1, remote_mtime=0, object_key="k",
+        worker_id="dead:1:transfer_0", run_id=None,
+    )  # fmt: skip
+    with env.log._connection() as conn:
+        conn.execute("UPDATE file_transfer_log SET heartbeat_at = now() - interval '1 hour'")
+    evaluation = evaluate(no_stuck)
+    assert not evaluation.passed and "abandoned.bin" in evaluation.metadata["details"].value
+
+
+@pytest.mark.parametrize("retention_days, deleted", [(30, False), (0.0001, True)])
+def test_retention_deletes_partitions_of_long_completed_files_not_their_history(
+    env, instance, retention_days, deleted
+):
+    env.write("old.csv", b"old")
+    env.write("new.csv", b"new")
+    assert materialize(env, instance, ["old.csv"]).success
+    with env.log._connection() as conn:
+        conn.execute(
+            "UPDATE file_transfer_log SET transfer_end_time = now() - interval '1 day' "
+            "WHERE filename = 'old.csv'"
+        )
+    result = tick_with(env, instance, None, partition_retention_days=retention_days)
+    partitions = instance.get_dynamic_partitions(PARTITIONS)
+    assert ("old.csv" not in partitions) == deleted
+    assert "new.csv" in partitions
+    assert env.rows()["old.csv"]["status"] == "COMPLETED"  # the history stays
+    # A deleted partition is not added back: the file is done and unchanged.
+    again = tick_with(env, instance, result.cursor, partition_retention_days=retention_days)
+    assert ("old.csv" not in instance.get_dynamic_partitions(PARTITIONS)) == deleted
+    assert again.run_requests == []
+
+
+def test_dry_run_lists_what_would_be_copied_and_where_without_moving_a_byte(env, instance):
+    env.write("done.csv", b"done")
+    assert materialize(env, instance, ["done.csv"]).success
+    env.write("reports/new.csv", b"new")
+    env.write("young.csv", b"still being written", age_seconds=0)
+    before = env.store.list_keys()
+
+    result = build_dry_run_job("default").execute_in_process(
+        resources={**env.resources(), "sftp_default": env.sftp(min_file_age_seconds=60)},
+        instance=instance,
+    )
+    assert result.success
+    [output] = [e for e in result.all_events if e.event_type_value == "STEP_OUTPUT"]
+    metadata = output.event_specific_data.metadata
+    assert metadata["would_copy"].value == 1 and metadata["too_recent"].value == 1
+    assert f"s3://{env.bucket}/default/reports/new.csv" in metadata["files"].value
+    assert "done.csv" not in metadata["files"].value
+    assert env.store.list_keys() == before
+    assert "reports/new.csv" not in env.rows()
+    assert instance.get_dynamic_partitions(PARTITIONS) == ["done.csv"]
