@@ -1,0 +1,18 @@
+# The code location's image: the same image serves the gRPC code server, the webserver, the
+# daemon and (with the Docker or Kubernetes run launcher) every run worker.
+FROM python:3.11-slim
+
+ENV PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1 DAGSTER_HOME=/opt/dagster/home
+WORKDIR /opt/dagster/app
+
+COPY pyproject.toml README.md ./
+COPY sftp_minio_assets ./sftp_minio_assets
+RUN pip install . \
+ && mkdir -p "$DAGSTER_HOME"
+COPY workspace.yaml ./
+COPY deploy/dagster.queued.yaml "$DAGSTER_HOME/dagster.yaml"
+
+# The code server; webserver and daemon override the command (see docker-compose.yml).
+EXPOSE 4000
+CMD ["dagster", "code-server", "start", "-h", "0.0.0.0", "-p", "4000", \
+     "-m", "sftp_minio_assets.definitions", "--location-name", "sftp_minio_assets"]

@@ -1,0 +1,55 @@
+"""The deployment files: what can be checked without a Docker engine."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from .conftest import PROJECT
+
+
+def test_the_compose_file_parses_and_wires_every_service():
+    compose = yaml.safe_load((PROJECT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert set(services) == {"postgres", "minio", "sftp", "codeserver", "webserver", "daemon"}
+    for name in ("codeserver", "webserver", "daemon"):
+        assert services[name]["image"] == "sftp-minio-assets:latest"
+        assert services[name]["environment"]["TRANSFER_DB_URL"].startswith("postgresql://")
+    for mount in services["webserver"]["volumes"] + services["postgres"]["volumes"]:
+        assert (PROJECT / mount.split(":")[0]).exists(), mount
+    dockerfile = (PROJECT / "Dockerfile").read_text()
+    for copied in ("pyproject.toml", "sftp_minio_assets", "deploy/dagster.queued.yaml"):
+        assert copied in dockerfile and (PROJECT / copied).exists()
+
+
+def test_the_queued_scale_out_instance_loads_with_its_per_source_limits(stack, tmp_path):
+    """deploy/dagster.queued.yaml as a real instance against the stack's PostgreSQL."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text((PROJECT / "deploy/dagster.queued.yaml").read_text())
+    code = (
+        "import dagster as dg\n"
+        "with dg.DagsterInstance.get() as instance:\n"
+        "    limits = instance.run_coordinator.get_run_queue_config().tag_concurrency_limits\n"
+        "    print(limits[0]['key'], limits[0]['limit'])\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, **stack.env(), "DAGSTER_HOME": str(home)},
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["sftp_minio_assets/source", "3"]
+
+
+def test_the_launcher_variants_are_valid_yaml_naming_the_project_image():
+    for name in ("dagster.docker.yaml", "dagster.k8s.yaml"):
+        config = yaml.safe_load(Path(PROJECT / "deploy" / name).read_text())
+        launcher = config["run_launcher"]
+        assert launcher["class"] in ("DockerRunLauncher", "K8sRunLauncher")
+        image = launcher["config"].get("image") or launcher["config"]["job_image"]
+        assert "sftp-minio-assets" in image
+        assert config["run_coordinator"]["class"] == "QueuedRunCoordinator"
