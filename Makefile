@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: install system-deps bench-deps demo dev test bench bench-quick lint format
+.PHONY: install system-deps browser-deps bench-deps demo dev test bench bench-quick lint format
 
 install: system-deps $(VENV)/.installed
 
@@ -19,6 +19,13 @@ system-deps:
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
+
+# Debian's Chromium and its driver, for the test that drives the Dagster UI (test_ui.py).
+browser-deps:
+	@[ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] || { \
+		echo "installing: chromium chromium-driver"; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium chromium-driver; }
 
 # rclone (the reference the benchmark compares with) and OpenSSH's sftp client.
 bench-deps:
@@ -38,7 +45,7 @@ demo: install
 dev: install
 	$(BIN)/python -m sftp_minio_assets.demo dev
 
-test: install
+test: install browser-deps
 	$(BIN)/python -m pytest
 
 bench: install bench-deps
