@@ -5,6 +5,7 @@ so that a batch of files shares SSH sessions, S3 connections and database connec
 """
 
 import os
+import posixpath
 from typing import Literal
 
 import dagster as dg
@@ -80,6 +81,24 @@ class SFTPResource(dg.ConfigurableResource):
         if self._pool is None:
             self._pool = SFTPPool(SFTPConnector(self.settings()))
         return self._pool
+
+    def policy_error(self) -> str | None:
+        """What is wrong with the after-copy settings together, if anything."""
+        if self.after_copy != "move":
+            return None
+        if not self.archive_dir:
+            return "after_copy: move needs archive_dir (ARCHIVE_DIR)"
+        root, archive = posixpath.normpath(self.root), posixpath.normpath(self.archive_dir)
+        if archive == root or archive.startswith(root.rstrip("/") + "/"):
+            return (
+                f"archive_dir {self.archive_dir} is inside root {self.root}: archived files "
+                "would be listed and copied again; choose a directory outside it"
+            )
+        return None
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        if error := self.policy_error():  # environment values are known only now
+            raise dg.Failure(f"SFTP source settings: {error}")
 
     def policy(self, source: str) -> SourcePolicy:
         return SourcePolicy(

@@ -28,7 +28,6 @@ make one source named `default`.
 """
 
 import os
-import posixpath
 import re
 from pathlib import Path
 
@@ -96,16 +95,8 @@ def _source(path: Path, name: object, entry: object) -> SFTPResource:
 
 def check_source(source: SFTPResource, where: str) -> None:
     """Settings that are each valid but wrong together."""
-    if source.after_copy == "move":
-        if not source.archive_dir:
-            raise SourcesError(f"{where}: after_copy: move needs archive_dir")
-        root = posixpath.normpath(source.root)
-        archive = posixpath.normpath(source.archive_dir)
-        if archive == root or archive.startswith(root.rstrip("/") + "/"):
-            raise SourcesError(
-                f"{where}: archive_dir {source.archive_dir} is inside root {source.root}: "
-                "archived files would be listed and copied again; choose a directory outside it"
-            )
+    if error := source.policy_error():
+        raise SourcesError(f"{where}: {error}")
 
 
 def _is_reference(value: object) -> bool:

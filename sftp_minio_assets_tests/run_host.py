@@ -28,7 +28,7 @@ def main() -> None:
             )
             failed_runs += not result.success
             for event in result.get_asset_materialization_events():
-                materialization = event.asset_materialization
+                materialization = event.event_specific_data.materialization
                 outcomes[materialization.partition] = materialization.metadata["outcome"].value
     print(json.dumps({"outcomes": outcomes, "failed_runs": failed_runs}))
 

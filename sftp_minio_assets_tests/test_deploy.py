@@ -53,3 +53,38 @@ def test_the_launcher_variants_are_valid_yaml_naming_the_project_image():
         image = launcher["config"].get("image") or launcher["config"]["job_image"]
         assert "sftp-minio-assets" in image
         assert config["run_coordinator"]["class"] == "QueuedRunCoordinator"
+
+
+def test_the_package_installs_as_the_image_installs_it_and_loads_its_definitions(tmp_path):
+    """`pip install .` as in the Dockerfile (dependencies taken from this environment), then the
+    definitions load from the installed copy, away from the source tree."""
+    wheels, site = tmp_path / "wheels", tmp_path / "site"
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "wheel", "--no-deps", "-w", str(wheels), str(PROJECT)], check=True)
+    [wheel] = wheels.glob("sftp_minio_assets-*.whl")
+    subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)], check=True)
+    code = (
+        "import sftp_minio_assets.definitions as d\n"
+        "print(d.__file__)\n"
+        "print(sorted(s.name for s in d.defs.sensors))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env={
+            **os.environ,
+            "PYTHONPATH": str(site),
+            "SFTP_HOST": "sftp",
+            "SFTP_USERNAME": "ingest",
+            "MINIO_ENDPOINT_URL": "http://minio:9000",
+            "MINIO_ACCESS_KEY": "minioadmin",
+            "MINIO_SECRET_KEY": "secret",
+            "TRANSFER_DB_URL": "postgresql://dagster@postgres/transfers",
+        },
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    installed, sensors = result.stdout.strip().splitlines()[-2:]
+    assert installed.startswith(str(site))
+    assert "new_files_default" in sensors and "alert_on_repeated_failures" in sensors

@@ -33,13 +33,14 @@ def test_two_instances_sharing_the_transfer_log_copy_each_file_exactly_once(env,
                     "DAGSTER_HOME": str(home),
                 },
                 stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
+                stderr=open(tmp_path / f"{name}.log", "w"),  # noqa: SIM115
                 text=True,
             )
         )
-    reports = [
-        json.loads(host.communicate(timeout=600)[0].strip().splitlines()[-1]) for host in hosts
-    ]
+    outputs = [host.communicate(timeout=600)[0] for host in hosts]
+    for name, output in zip(("host-a", "host-b"), outputs, strict=True):
+        assert output.strip(), (tmp_path / f"{name}.log").read_text()[-3000:]
+    reports = [json.loads(output.strip().splitlines()[-1]) for output in outputs]
 
     assert [report["failed_runs"] for report in reports] == [0, 0]
     transferred = [
