@@ -14,7 +14,7 @@ from sftp_minio_assets.definitions import defs
 def main() -> None:
     request = json.loads(sys.argv[1])
     with dg.DagsterInstance.get() as instance:
-        result = defs.get_job_def(request["job"]).execute_in_process(
+        result = defs.resolve_job_def(request["job"]).execute_in_process(
             instance=instance,
             partition_key=request["partition_key"],
             tags=request["tags"],

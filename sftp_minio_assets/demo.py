@@ -100,7 +100,7 @@ def tick_once(instance, source: str = "default"):
     ) as context:
         tick = sensor(context)
     apply_partition_requests(instance, tick)
-    return tick, defs.get_job_def(sensor.job_name)
+    return tick, defs.resolve_job_def(sensor.job_name)
 
 
 def apply_partition_requests(instance, tick) -> None:
@@ -135,7 +135,7 @@ def run_once() -> None:
                 what = request.partition_key or request.partition_key_range
                 print(f"  run {result.run_id[:8]} {what}: {'ok' if result.success else 'FAILED'}")
         print(f"all runs done in {time.monotonic() - started:.1f} s\n")
-        stats = defs.get_job_def("transfer_health").execute_in_process(instance=instance)
+        stats = defs.resolve_job_def("transfer_health").execute_in_process(instance=instance)
         checks = stats.get_asset_check_evaluations()
         print(
             "asset checks: "
