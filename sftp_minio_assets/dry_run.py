@@ -13,10 +13,8 @@ import pandas as pd
 from .discovery import plan_transfers
 from .partitions import decode_key
 from .resources import MinIOResource, SFTPResource, TransferLogResource
-from .s3 import object_key
 from .sftp import display
 from .sources import sftp_key
-from .transfer import SUFFIXES
 
 SHOWN = 200  # files listed in the report; the counts cover all of them
 
@@ -48,8 +46,7 @@ def build_dry_run_job(source: str) -> dg.JobDefinition:
                     "remote file": display(file.path),
                     "bytes": file.size,
                     "object": minio.store.uri(
-                        display(object_key(minio.prefix, policy.destination, decode_key(key)))
-                        + SUFFIXES[policy.compression]
+                        display(policy.object_name(minio.prefix, decode_key(key)))
                     ),
                 }
                 for key, file in result.requests

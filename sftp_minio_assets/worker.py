@@ -77,6 +77,10 @@ class SourcePolicy:
     after_copy: Literal["keep", "delete", "move"] = "keep"
     archive_dir: str | None = None
 
+    def object_name(self, bucket_prefix: str, path: str) -> str:
+        """The object a remote path (relative to the root) is copied to."""
+        return object_key(bucket_prefix, self.destination, path) + SUFFIXES[self.compression]
+
 
 def worker_id() -> str:
     """host:pid:thread, as the seed's per-worker logs named them."""
@@ -138,10 +142,7 @@ class Worker:
     def _attempt(self, key: str, committed: Committed | None = None) -> Outcome:
         path = decode_key(key)
         remote_path = posixpath.join(self.sftp_settings.root, path)
-        object_name = (
-            object_key(self.store.settings.prefix, self.policy.destination, path)
-            + SUFFIXES[self.policy.compression]
-        )
+        object_name = self.policy.object_name(self.store.settings.prefix, path)
         where = (
             f"{self.sftp_settings.server}{display(_absolute(remote_path))} -> "
             f"{self.store.uri(display(object_name))}"
