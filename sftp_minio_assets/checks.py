@@ -45,7 +45,8 @@ def build_file_checks(
         transfer_log: TransferLogResource, alerts: AlertSettings
     ) -> dg.AssetCheckResult:
         stuck = transfer_log.log.stuck(source)
-        failing = transfer_log.log.repeatedly_failed(source, alerts.after_failures)
+        # "more than" ALERT_AFTER_FAILURES: the alert itself fires at that many.
+        failing = transfer_log.log.failing_files(alerts.after_failures + 1, source)
         lines = [
             f"- `{r['filename']}`: IN_PROGRESS by {r['worker_id']}, no heartbeat since "
             f"{r['heartbeat_at']:%Y-%m-%d %H:%M:%S}"

@@ -89,14 +89,9 @@ def _source(path: Path, name: object, entry: object) -> SFTPResource:
         source = SFTPResource(**values)
     except Exception as exc:
         raise SourcesError(f"{where}: {exc}") from exc
-    check_source(source, where)
-    return source
-
-
-def check_source(source: SFTPResource, where: str) -> None:
-    """Settings that are each valid but wrong together."""
-    if error := source.policy_error():
+    if error := source.policy_error():  # settings each valid, but wrong together
         raise SourcesError(f"{where}: {error}")
+    return source
 
 
 def _is_reference(value: object) -> bool:

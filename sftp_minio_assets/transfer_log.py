@@ -171,9 +171,12 @@ WHERE source = %(source)s AND status = 'COMPLETED'
   AND transfer_end_time < now() - make_interval(secs => %(seconds)s)
 """
 
+# Files that failed at least `threshold` times in a row, of one source or of all.
 FAILING_FILES = """
 SELECT source, filename, consecutive_failures, error_message FROM file_transfer_log
 WHERE status = 'FAILED' AND consecutive_failures >= %(threshold)s
+  AND (%(source)s::text IS NULL OR source = %(source)s)
+ORDER BY consecutive_failures DESC
 """
 
 # Sources whose last `threshold` finished transfers all failed.
@@ -211,18 +214,12 @@ ON CONFLICT (subject) DO NOTHING RETURNING subject
 
 CLOSE_ALERT = "DELETE FROM transfer_alerts WHERE subject = %(subject)s RETURNING subject"
 
-# Claims that outlived the stale window, and files that keep failing (asset checks).
+# Claims that outlived the stale window (asset checks).
 STUCK = """
 SELECT source, filename, worker_id, heartbeat_at FROM file_transfer_log
 WHERE source = %(source)s AND status = 'IN_PROGRESS'
   AND heartbeat_at < now() - make_interval(secs => %(stale_seconds)s)
 ORDER BY heartbeat_at
-"""
-
-REPEATEDLY_FAILED = """
-SELECT source, filename, consecutive_failures, error_message FROM file_transfer_log
-WHERE source = %(source)s AND status = 'FAILED' AND consecutive_failures > %(threshold)s
-ORDER BY consecutive_failures DESC
 """
 
 # The most recent COMPLETED files of a source, for the bucket check.
@@ -373,8 +370,10 @@ class TransferLog:
         rows = self._execute(EXPIRED, {"source": source, "seconds": days * 86400}).fetchall()
         return [r["filename"] for r in rows]
 
-    def failing_files(self, threshold: int) -> list[dict]:
-        return self._execute(FAILING_FILES, {"threshold": threshold}).fetchall()
+    def failing_files(self, threshold: int, source: str | None = None) -> list[dict]:
+        """Files that failed at least `threshold` times in a row (of `source`, or all)."""
+        params = {"threshold": threshold, "source": source}
+        return self._execute(FAILING_FILES, params).fetchall()
 
     def failing_sources(self, threshold: int) -> list[dict]:
         return self._execute(FAILING_SOURCES, {"threshold": threshold}).fetchall()
@@ -392,10 +391,6 @@ class TransferLog:
     def stuck(self, source: str) -> list[dict]:
         params = {"source": source, "stale_seconds": self.stale_minutes * 60}
         return self._execute(STUCK, params).fetchall()
-
-    def repeatedly_failed(self, source: str, threshold: int) -> list[dict]:
-        params = {"source": source, "threshold": threshold}
-        return self._execute(REPEATEDLY_FAILED, params).fetchall()
 
     def recent_completed(self, source: str, limit: int) -> list[dict]:
         return self._execute(RECENT_COMPLETED, {"source": source, "limit": limit}).fetchall()
