@@ -47,23 +47,17 @@ def seed_files(root: Path) -> None:
 def write_sources_file(stack, path: Path) -> None:
     """The two sources of the demo, on the stack's sshd (see sources.py for the format)."""
     ssh = stack.ssh
-    server = {
-        "host": ssh.host,
-        "port": ssh.port,
-        "username": ssh.username,
-        "private_key_path": str(ssh.private_key_path),
-        "known_hosts_path": str(ssh.known_hosts_path),
-        "min_file_age_seconds": 0,
-    }
     sources = {
-        "partner": {**server, "root": str(ssh.root / "partner"), "compression": "gzip"},
-        "scanner": {
-            **server,
-            "root": str(ssh.root / "scanner"),
-            "after_copy": "move",
-            "archive_dir": str(ssh.root / "scanner-archive"),
-            "max_workers": 2,
-        },
+        "partner": ssh.source_settings(
+            ssh.root / "partner", min_file_age_seconds=0, compression="gzip"
+        ),
+        "scanner": ssh.source_settings(
+            ssh.root / "scanner",
+            min_file_age_seconds=0,
+            after_copy="move",
+            archive_dir=str(ssh.root / "scanner-archive"),
+            max_workers=2,
+        ),
     }
     path.write_text(yaml.safe_dump({"sources": sources}, sort_keys=False, allow_unicode=True))
     for folder in (ssh.root / "partner", ssh.root / "scanner"):
@@ -115,6 +109,16 @@ def apply_partition_requests(instance, tick) -> None:
                 instance.delete_dynamic_partition(request.partitions_def_name, key)
 
 
+def execute_request(job, instance, request):
+    """One run a sensor requested, in this process, as a run worker would execute it."""
+    return job.execute_in_process(
+        instance=instance,
+        partition_key=request.partition_key,
+        tags=request.tags,
+        raise_on_error=False,
+    )
+
+
 def run_once() -> None:
     import dagster as dg
 
@@ -126,12 +130,7 @@ def run_once() -> None:
             tick, job = tick_once(instance, source)
             print(f"source {source}: sensor tick, {len(tick.run_requests)} runs requested")
             for request in tick.run_requests:
-                result = job.execute_in_process(
-                    instance=instance,
-                    partition_key=request.partition_key,
-                    tags=request.tags,
-                    raise_on_error=False,
-                )
+                result = execute_request(job, instance, request)
                 what = request.partition_key or request.partition_key_range
                 print(f"  run {result.run_id[:8]} {what}: {'ok' if result.success else 'FAILED'}")
         print(f"all runs done in {time.monotonic() - started:.1f} s\n")

@@ -450,6 +450,18 @@ class SshServer(_Server):
         ]
         self.config_path.write_text("\n".join(settings) + "\n")
 
+    def source_settings(self, root: Path, **more) -> dict:
+        """A source of a sources file (sources.py) on this server, rooted at `root`."""
+        return {
+            "host": self.host,
+            "port": self.port,
+            "username": self.username,
+            "private_key_path": str(self.private_key_path),
+            "known_hosts_path": str(self.known_hosts_path),
+            "root": str(root),
+            **more,
+        }
+
     def _command(self) -> list[str]:
         return ["/usr/sbin/sshd", "-D", "-e", "-f", str(self.config_path)]
 

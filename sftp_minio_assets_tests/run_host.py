@@ -11,7 +11,7 @@ import json
 
 import dagster as dg
 
-from sftp_minio_assets.demo import tick_once
+from sftp_minio_assets.demo import execute_request, tick_once
 
 
 def main() -> None:
@@ -20,12 +20,7 @@ def main() -> None:
     with dg.DagsterInstance.get() as instance:
         tick, job = tick_once(instance)
         for request in tick.run_requests:
-            result = job.execute_in_process(
-                instance=instance,
-                partition_key=request.partition_key,
-                tags=request.tags,
-                raise_on_error=False,
-            )
+            result = execute_request(job, instance, request)
             failed_runs += not result.success
             for event in result.get_asset_materialization_events():
                 materialization = event.event_specific_data.materialization

@@ -93,28 +93,20 @@ def two_sources(env, tmp_path):
     for folder in ("a", "b", "archive"):  # where the SFTP account may delete and create
         (env.root / folder).mkdir()
         shutil.chown(env.root / folder, user=ssh.username)
-    common = {
-        "host": ssh.host,
-        "port": ssh.port,
-        "username": ssh.username,
-        "private_key_path": str(ssh.private_key_path),
-        "known_hosts_path": str(ssh.known_hosts_path),
-        "min_file_age_seconds": 0,
-    }
     sources = {
-        "plain": {
-            **common,
-            "root": str(env.root / "a"),
-            "after_copy": "move",
-            "archive_dir": str(env.root / "archive"),
-        },
-        "packed": {
-            **common,
-            "root": str(env.root / "b"),
-            "destination_prefix": "packed-here",
-            "compression": "gzip",
-            "after_copy": "delete",
-        },
+        "plain": ssh.source_settings(
+            env.root / "a",
+            min_file_age_seconds=0,
+            after_copy="move",
+            archive_dir=str(env.root / "archive"),
+        ),
+        "packed": ssh.source_settings(
+            env.root / "b",
+            min_file_age_seconds=0,
+            destination_prefix="packed-here",
+            compression="gzip",
+            after_copy="delete",
+        ),
     }
     return load_sources(write_sources(tmp_path, yaml.safe_dump({"sources": sources})))
 
