@@ -24,9 +24,15 @@ def summarize(rows: list[dict]) -> dict[str, pd.DataFrame | dict[str, float]]:
             "transfer_end_time", "heartbeat_at", "attempts", "consecutive_failures", "now",
         ],
     )  # fmt: skip
-    for column in ("size_bytes", "stored_bytes", "download_duration", "upload_duration"):
+    numbers = (
+        "size_bytes",
+        "stored_bytes",
+        "download_duration",
+        "upload_duration",
+        "total_duration",
+    )
+    for column in numbers:  # decimals and NULLs from PostgreSQL
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
-    frame["total_duration"] = pd.to_numeric(frame["total_duration"], errors="coerce")
     done = frame[frame["status"] == "COMPLETED"].copy()
     done["mb_per_s"] = (
         done["size_bytes"] / MIB / done["total_duration"].where(done["total_duration"] > 0)

@@ -11,21 +11,12 @@ import pytest
 from sftp_minio_assets.alerts import alert_on_recovery, alert_on_repeated_failures
 from sftp_minio_assets.assets import files
 from sftp_minio_assets.checks import build_file_checks
-from sftp_minio_assets.demo import apply_partition_requests
 from sftp_minio_assets.dry_run import build_dry_run_job
 from sftp_minio_assets.resources import AlertSettings
 from sftp_minio_assets.stats import summarize, transfer_stats
 
 from .test_assets import PARTITIONS, materialize
-from .test_sensors import sensor
-
-
-def tick_with(env, instance, cursor, **transfer_settings) -> dg.SensorResult:
-    resources = env.resources(**transfer_settings)
-    with dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources) as context:
-        result = sensor(context)
-    apply_partition_requests(instance, result)
-    return result
+from .test_sensors import tick
 
 
 class Receiver:
@@ -180,13 +171,14 @@ def test_retention_deletes_partitions_of_long_completed_files_not_their_history(
             "UPDATE file_transfer_log SET transfer_end_time = now() - interval '1 day' "
             "WHERE filename = 'old.csv'"
         )
-    result = tick_with(env, instance, None, partition_retention_days=retention_days)
+    retention = {"partition_retention_days": retention_days}
+    result = tick(env, instance, None, retention)
     partitions = instance.get_dynamic_partitions(PARTITIONS)
     assert ("old.csv" not in partitions) == deleted
     assert "new.csv" in partitions
     assert env.rows()["old.csv"]["status"] == "COMPLETED"  # the history stays
     # A deleted partition is not added back: the file is done and unchanged.
-    again = tick_with(env, instance, result.cursor, partition_retention_days=retention_days)
+    again = tick(env, instance, result.cursor, retention)
     assert ("old.csv" not in instance.get_dynamic_partitions(PARTITIONS)) == deleted
     assert again.run_requests == []
 

@@ -12,9 +12,12 @@ from .test_assets import PARTITIONS, materialize
 sensor = build_new_files_sensor("default", files)
 
 
-def tick(env, instance, cursor, **sftp_overrides) -> dg.SensorResult:
+def tick(env, instance, cursor, transfer_settings=None, **sftp_overrides) -> dg.SensorResult:
     """One evaluation; its partition requests are applied to the instance, as the daemon does."""
-    resources = {**env.resources(), "sftp_default": env.sftp(**sftp_overrides)}
+    resources = {
+        **env.resources(**(transfer_settings or {})),
+        "sftp_default": env.sftp(**sftp_overrides),
+    }
     with dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources) as context:
         result = sensor(context)
     apply_partition_requests(instance, result)
