@@ -55,6 +55,34 @@ def test_the_launcher_variants_are_valid_yaml_naming_the_project_image():
         assert config["run_coordinator"]["class"] == "QueuedRunCoordinator"
 
 
+INSTANCE_FILES = (
+    "dagster.yaml",
+    "deploy/dagster.queued.yaml",
+    "deploy/dagster.docker.yaml",
+    "deploy/dagster.k8s.yaml",
+)
+STORAGES = ("run_storage", "event_log_storage", "schedule_storage")
+
+
+def test_every_instance_keeps_its_event_log_on_the_pooled_storage():
+    """All Dagster processes of every variant store events through one kept connection
+    (instance_storage.py), with the same database settings for the three storages."""
+    for name in INSTANCE_FILES:
+        config = yaml.safe_load((PROJECT / name).read_text())
+        assert "storage" not in config, name  # cannot be mixed with the three entries below
+        event_log = config["event_log_storage"]
+        assert (event_log["module"], event_log["class"]) == (
+            "sftp_minio_assets.instance_storage",
+            "PooledPostgresEventLogStorage",
+        ), name
+        assert config["run_storage"]["class"] == "PostgresRunStorage", name
+        assert config["schedule_storage"]["class"] == "PostgresScheduleStorage", name
+        databases = [config[key]["config"]["postgres_db"] for key in STORAGES]
+        assert databases[0]["scheme"] == "postgresql+psycopg2", name
+        assert databases[0]["password"] == {"env": "DAGSTER_PG_PASSWORD"}, name
+        assert all(db == databases[0] for db in databases), name
+
+
 def test_the_package_installs_as_the_image_installs_it_and_loads_its_definitions(tmp_path):
     """`pip install .` as in the Dockerfile (dependencies taken from this environment), then the
     definitions load from the installed copy, away from the source tree."""

@@ -1,0 +1,143 @@
+"""The event log on a pool of connections: what it takes from dagster-postgres, and a real
+instance from the project's dagster.yaml storing events on the stack's PostgreSQL."""
+
+import ast
+import inspect
+import shutil
+import textwrap
+import time
+import uuid
+
+import dagster as dg
+import psycopg
+import pytest
+import sqlalchemy.pool as db_pool
+from dagster._core.storage.config import pg_config
+from dagster_postgres import PostgresEventLogStorage
+from sqlalchemy import event
+
+from sftp_minio_assets.instance_storage import PooledPostgresEventLogStorage
+
+from .conftest import PROJECT
+
+
+@pytest.fixture
+def instance_from_dagster_yaml(stack, tmp_path, monkeypatch):
+    """A Dagster instance from the project's dagster.yaml, on its own database of the stack."""
+    database = f"dagster_{uuid.uuid4().hex[:12]}"
+    stack.postgres.create_database(database)
+    for name, value in {**stack.env(), "DAGSTER_PG_DB": database}.items():
+        monkeypatch.setenv(name, value)
+    shutil.copy(PROJECT / "dagster.yaml", tmp_path / "dagster.yaml")
+    with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
+        yield instance, stack.postgres.dsn_for(database)
+
+
+def test_what_the_pool_relies_on_in_dagster_postgres_is_unchanged(stack):
+    """Fails on a dagster-postgres upgrade that changes what the subclass builds on: then read
+    dagster_postgres/event_log/event_log.py again and adapt (or drop) instance_storage.py."""
+    # The constructor the subclass calls, and the attributes it reads and replaces.
+    parameters = list(inspect.signature(PostgresEventLogStorage.__init__).parameters)
+    assert parameters == [
+        "self",
+        "postgres_url",
+        "should_autocreate_tables",
+        "inst_data",
+        "token_provider",
+    ]
+    shipped = PostgresEventLogStorage(stack.postgres.dsn.replace("://", "+psycopg2://", 1))
+    try:
+        # Still no pool as shipped: if this fails, dagster-postgres pools by itself now.
+        assert isinstance(shipped._engine.pool, db_pool.NullPool)
+        assert shipped.postgres_url and shipped._token_provider is None
+    finally:
+        shipped._engine.dispose()
+
+    # Every connection goes through `self._engine`: the only engines it creates are the one the
+    # subclass replaces (__init__), the webserver's (optimize_for_webserver, pooled too) and a
+    # throw-away one in a static helper the instance never calls.
+    source = textwrap.dedent(inspect.getsource(PostgresEventLogStorage))
+    creating = {
+        node.name
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.FunctionDef)
+        and any(
+            isinstance(call, ast.Call)
+            and getattr(call.func, "id", getattr(call.func, "attr", None))
+            in ("create_engine", "create_pg_engine")
+            for call in ast.walk(node)
+        )
+    }
+    assert creating == {"__init__", "optimize_for_webserver", "create_clean_storage"}
+    assert "self._engine" in inspect.getsource(PostgresEventLogStorage._connect)
+
+    # The same settings as dagster-postgres' storage, plus the pool's.
+    assert pg_config().keys() <= PooledPostgresEventLogStorage.config_type().keys()
+    overridden = {
+        name
+        for name, value in vars(PooledPostgresEventLogStorage).items()
+        if callable(value) or isinstance(value, classmethod)
+    }
+    assert overridden == {"__init__", "config_type", "from_config_value", "dispose"}
+    assert all(hasattr(PostgresEventLogStorage, name) for name in overridden)
+
+
+def test_dagster_yaml_stores_events_through_one_kept_connection(instance_from_dagster_yaml):
+    instance, dsn = instance_from_dagster_yaml
+    storage = instance.event_log_storage
+    assert isinstance(storage, PooledPostgresEventLogStorage)
+    pool = storage._engine.pool
+    assert isinstance(pool, db_pool.QueuePool)
+    assert pool.size() == 1 and pool._max_overflow >= 2 and pool._pre_ping
+    assert pool._recycle == 3600
+
+    connects, backends = [], set()
+    event.listen(storage._engine, "connect", lambda *_: connects.append(1))
+    event.listen(
+        storage._engine, "checkout", lambda dbapi, *_: backends.add(dbapi.get_backend_pid())
+    )
+    events = 50
+    asset_key = dg.AssetKey(["pooled", "files"])
+    started = time.monotonic()
+    for index in range(events):
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization(asset_key, partition=f"file-{index}")
+        )
+    elapsed = time.monotonic() - started
+
+    stored = instance.fetch_materializations(asset_key, limit=events + 1).records
+    assert len(stored) == events
+    # dagster-postgres as shipped: two new connections per event, 100 here.
+    assert len(connects) <= 2, f"{len(connects)} new connections for {events} events"
+    assert len(backends) <= 2
+    print(f"{events} events in {elapsed:.2f} s, {len(connects)} new connection(s)")
+
+    # The kept connection is a real, open session of this database until the instance ends.
+    with psycopg.connect(dsn) as conn:
+        open_backends = {
+            pid
+            for (pid,) in conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+            )
+        }
+    assert backends & open_backends
+    instance.dispose()
+    with psycopg.connect(dsn) as conn:
+        for _ in range(50):
+            still_open = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", (list(backends),)
+            ).fetchone()[0]
+            if not still_open:
+                break
+            time.sleep(0.1)
+    assert still_open == 0, "the pooled connection outlived the instance"
+
+
+def test_a_nested_connection_does_not_wait_for_the_pool(instance_from_dagster_yaml):
+    """Storing an event may check a table on a second connection while holding the first: with
+    a single connection per process it would wait for the pool's time-out (30 s)."""
+    storage = instance_from_dagster_yaml[0].event_log_storage
+    started = time.monotonic()
+    with storage.index_connection(), storage.index_connection():
+        assert storage.has_table("event_logs")
+    assert time.monotonic() - started < 5
