@@ -3,9 +3,10 @@
 import os
 import subprocess
 import sys
-from pathlib import Path
 
+import pytest
 import yaml
+from dagster._core.instance.config import dagster_instance_config
 
 from .conftest import PROJECT
 
@@ -24,16 +25,25 @@ def test_the_compose_file_parses_and_wires_every_service():
         assert copied in dockerfile and (PROJECT / copied).exists()
 
 
-def test_the_queued_scale_out_instance_loads_with_its_per_source_limits(stack, tmp_path):
-    """deploy/dagster.queued.yaml as a real instance against the stack's PostgreSQL."""
+@pytest.mark.parametrize("name", ["deploy/dagster.queued.yaml", "dagster.yaml"])
+def test_the_instances_of_the_default_launcher_load_with_limits_and_monitoring(
+    stack, tmp_path, name
+):
+    """The instance as a real one against the stack's PostgreSQL: per-source limits, and the
+    daemon's run monitoring on, with no resume (the default launcher cannot resume a run)."""
     home = tmp_path / "home"
     home.mkdir()
-    (home / "dagster.yaml").write_text((PROJECT / "deploy/dagster.queued.yaml").read_text())
+    (home / "dagster.yaml").write_text((PROJECT / name).read_text())
     code = (
         "import dagster as dg\n"
         "with dg.DagsterInstance.get() as instance:\n"
         "    limits = instance.run_coordinator.get_run_queue_config().tag_concurrency_limits\n"
         "    print(limits[0]['key'], limits[0]['limit'])\n"
+        "    print(instance.run_monitoring_enabled,\n"
+        "          'MONITORING' in instance.get_required_daemon_types(),\n"
+        "          instance.run_monitoring_start_timeout_seconds,\n"
+        "          instance.run_monitoring_cancel_timeout_seconds,\n"
+        "          instance.run_monitoring_max_resume_run_attempts)\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", code],
@@ -42,17 +52,27 @@ def test_the_queued_scale_out_instance_loads_with_its_per_source_limits(stack, t
         text=True,
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.split() == ["sftp_minio_assets/source", "3"]
+    limits, monitoring = result.stdout.strip().splitlines()[-2:]
+    assert limits.split() == ["sftp_minio_assets/source", "3"]
+    assert monitoring.split() == ["True", "True", "180", "180", "0"]
 
 
-def test_the_launcher_variants_are_valid_yaml_naming_the_project_image():
+def test_the_launcher_variants_are_valid_instances_naming_the_project_image():
     for name in ("dagster.docker.yaml", "dagster.k8s.yaml"):
-        config = yaml.safe_load(Path(PROJECT / "deploy" / name).read_text())
+        # Dagster's instance schema, keys included (the launchers are not installed here).
+        config, _ = dagster_instance_config(str(PROJECT / "deploy"), name)
         launcher = config["run_launcher"]
         assert launcher["class"] in ("DockerRunLauncher", "K8sRunLauncher")
         image = launcher["config"].get("image") or launcher["config"]["job_image"]
         assert "sftp-minio-assets" in image
         assert config["run_coordinator"]["class"] == "QueuedRunCoordinator"
+        # These launchers check run workers' health: a dead worker's run is resumed or failed.
+        monitoring = config["run_monitoring"]
+        assert monitoring["enabled"] is True
+        assert monitoring["max_resume_run_attempts"] > 0
+        assert monitoring["start_timeout_seconds"] > 0 and monitoring["cancel_timeout_seconds"] > 0
+        assert 0 < monitoring["poll_interval_seconds"] <= 120
+        assert config["run_retries"]["enabled"] is True
 
 
 INSTANCE_FILES = (
