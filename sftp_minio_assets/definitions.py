@@ -32,4 +32,7 @@ defs = dg.Definitions(
         **shared_resources_from_env(),
         **{sftp_key(name): source for name, source in sources.items()},
     },
+    # A run is one step that copies its files on threads: run it in the run worker's process,
+    # not in a second process that would load the code again.
+    executor=dg.in_process_executor,
 )

@@ -115,6 +115,7 @@ def test_the_package_installs_as_the_image_installs_it_and_loads_its_definitions
         "import sftp_minio_assets.definitions as d\n"
         "print(d.__file__)\n"
         "print(sorted(s.name for s in d.defs.sensors))\n"
+        "print(d.defs.resolve_implicit_global_asset_job_def().executor_def.name)\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", code],
@@ -133,6 +134,8 @@ def test_the_package_installs_as_the_image_installs_it_and_loads_its_definitions
         text=True,
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    installed, sensors = result.stdout.strip().splitlines()[-2:]
+    installed, sensors, executor = result.stdout.strip().splitlines()[-3:]
     assert installed.startswith(str(site))
     assert "new_files_default" in sensors and "alert_on_repeated_failures" in sensors
+    # A run's step runs in the run worker's process: no second process loading the code.
+    assert executor == "in_process"
