@@ -16,6 +16,16 @@ class NotAFile(Exception):
     """The path is a directory or a special file now."""
 
 
+class SettingsError(ValueError):
+    """A setting that can never work, refused when the code location loads; the message names
+    the environment variable (or the source and key) and what a valid value looks like."""
+
+
+class TransferLogUnavailable(psycopg.OperationalError):
+    """The transfer-log database cannot be reached or refuses the login; the message names
+    TRANSFER_DB_URL's server (never its password) and what to check."""
+
+
 def root_cause(exc: BaseException) -> BaseException:
     return exc.__cause__ if isinstance(exc, TransferFailed) and exc.__cause__ else exc
 

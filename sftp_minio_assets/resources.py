@@ -6,28 +6,115 @@ so that a batch of files shares SSH sessions, S3 connections and database connec
 
 import os
 import posixpath
-from typing import Literal
+from collections.abc import Callable
+from typing import Annotated, Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 import dagster as dg
-from pydantic import Field, PrivateAttr
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+from pydantic import Field, PrivateAttr, ValidationError, WrapValidator, model_validator
 
-from .s3 import ObjectStore, S3Settings
+from .errors import SettingsError, TransferLogUnavailable, redact
+from .s3 import ObjectStore, S3Settings, bucket_problem, key_segments
 from .sftp import FileFilter, Listing, SFTPConnector, SFTPPool, SFTPSettings, list_tree
 from .transfer import MIB, Tuning
 from .transfer_log import TransferLog
 from .worker import Retry, SourcePolicy
 
+# What dg.EnvVar and dg.EnvVar.int give: names, resolved by Dagster when the resource starts. A
+# field given one is checked then (Dagster builds the resource again from the values), and
+# where the variable is read at load (from_environment).
+ENV_VARS = (dg.EnvVar, type(dg.EnvVar.int("ANY")))
+
+
+def _check(problem: Callable[[Any], str | None]) -> WrapValidator:
+    """A field's check: problem(value) says what is wrong with a value, if anything."""
+
+    def check(value: object, handler: Callable[[object], Any]) -> Any:
+        if isinstance(value, ENV_VARS):
+            return handler(value)
+        value = handler(value)
+        if value is not None and (text := problem(value)):
+            raise ValueError(text)
+        return value
+
+    return WrapValidator(check)
+
+
+def _at_least(low: float) -> WrapValidator:
+    return _check(lambda value: None if value >= low else f"must be at least {low:g}")
+
+
+def _http_url(example: str) -> WrapValidator:
+    def problem(url: str) -> str | None:
+        try:
+            parts = urlsplit(url.strip())
+            valid = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+        except ValueError:  # a port that is not a number
+            return f"must be an http:// or https:// URL, e.g. {example}"
+        if not valid:
+            return f"must be an http:// or https:// URL, e.g. {example}"
+        if parts.username or parts.password:
+            return "must not carry credentials: they are settings of their own"
+        return None
+
+    return _check(problem)
+
+
+def _host(host: str) -> str | None:
+    if host.strip() and not any(c.isspace() or c in "/@" for c in host):
+        return None
+    return "must be a host name or address alone, e.g. sftp.example.com (no scheme, user or path)"
+
+
+def _database_url(url: str) -> str | None:
+    expected = "must be postgresql://user:password@host:port/database"
+    try:
+        port = conninfo_to_dict(_libpq_url(url)).get("port") or "5432"
+    except (psycopg.Error, ValueError):
+        return expected
+    if not url.startswith(("postgresql", "postgres")) or "://" not in url:
+        return expected
+    if not all(p.isdigit() and 0 < int(p) < 65536 for p in str(port).split(",")):
+        return f"{expected}, its port a number from 1 to 65535"
+    return None
+
+
+def _libpq_url(url: str) -> str:
+    """SQLAlchemy-style URLs (postgresql+psycopg2://) as libpq reads them."""
+    scheme, sep, rest = url.partition("://")
+    return f"{scheme.split('+')[0]}{sep}{rest}"
+
+
+def _database_server(url: str) -> str:
+    """How messages name the database: never with its password."""
+    info = conninfo_to_dict(_libpq_url(url))
+    host, port = info.get("host", "localhost"), info.get("port", "5432")
+    return f"postgresql://{info.get('user', '')}@{host}:{port}/{info.get('dbname', '')}"
+
 
 class SFTPResource(dg.ConfigurableResource):
     """One SFTP source: where it is, how to trust and log in to it, which files to take."""
 
-    host: str
-    port: int = 22
-    username: str
+    host: Annotated[str, _check(_host)]
+    port: Annotated[
+        int, _check(lambda port: None if 0 < port < 65536 else "must be a TCP port, 1 to 65535")
+    ] = 22
+    username: Annotated[str, _check(lambda name: None if name.strip() else "must not be empty")]
     password: str | None = Field(default=None, description="Password, or the key's passphrase.")
     private_key: str | None = Field(default=None, description="Key file path or PEM text.")
     known_hosts_path: str | None = None
-    host_key_sha256: str | None = Field(default=None, description='Pinned "SHA256:..." key.')
+    host_key_sha256: Annotated[
+        str | None,
+        _check(
+            lambda pin: (
+                None
+                if pin.strip().startswith("SHA256:")
+                else 'must be "SHA256:..." as ssh-keygen -lf prints it'
+            )
+        ),
+    ] = Field(default=None, description='Pinned "SHA256:..." key.')
     allow_unknown_host: bool = Field(
         default=False, description="Accept any host key (logged). Never in production."
     )
@@ -37,14 +124,19 @@ class SFTPResource(dg.ConfigurableResource):
     )
     include: list[str] = Field(default_factory=list, description="Globs on the relative path.")
     exclude: list[str] = Field(default_factory=list)
-    min_file_age_seconds: int = Field(
+    min_file_age_seconds: Annotated[int, _at_least(0)] = Field(
         default=60, description="Files modified more recently are left for a later tick."
     )
     # What to do with the files: where they go, how, and what becomes of the original.
-    destination_prefix: str | None = Field(
+    destination_prefix: Annotated[
+        str | None,
+        _check(
+            lambda prefix: None if key_segments(prefix) else "must name a folder, e.g. partner-a"
+        ),
+    ] = Field(
         default=None, description="Key prefix under MINIO_PREFIX; default: the source's name."
     )
-    max_workers: int | None = Field(
+    max_workers: Annotated[int | None, _at_least(1)] = Field(
         default=None, description="Files copied at once per run; default: MAX_WORKERS."
     )
     compression: Literal["none", "gzip", "zstd"] = Field(
@@ -96,9 +188,16 @@ class SFTPResource(dg.ConfigurableResource):
             )
         return None
 
-    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        if error := self.policy_error():  # environment values are known only now
-            raise dg.Failure(f"SFTP source settings: {error}")
+    @model_validator(mode="wrap")
+    @classmethod
+    def _after_copy_fits(cls, values: object, handler: Callable[[object], "SFTPResource"]):
+        source = handler(values)
+        unresolved = isinstance(values, dict) and any(
+            isinstance(values.get(name), ENV_VARS) for name in ("root", "archive_dir")
+        )
+        if not unresolved and (error := source.policy_error()):
+            raise ValueError(error)
+        return source
 
     def policy(self, source: str) -> SourcePolicy:
         return SourcePolicy(
@@ -109,7 +208,9 @@ class SFTPResource(dg.ConfigurableResource):
         )
 
     def list_files(self) -> Listing:
-        return list_tree(self.pool.get(), self.root, self.follow_symlinks)
+        """The files below root. Errors name the server and the setting to fix: RootUnavailable,
+        sftp.CredentialsError, sftp.HostKeyError, sftp.ServerUnreachable."""
+        return list_tree(self.pool.get(), self.root, self.follow_symlinks, self.settings().server)
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         if self._pool is not None:
@@ -119,10 +220,18 @@ class SFTPResource(dg.ConfigurableResource):
 class MinIOResource(dg.ConfigurableResource):
     """The destination bucket on MinIO or any S3-compatible store."""
 
-    endpoint_url: str
+    endpoint_url: Annotated[str, _http_url("MINIO_ENDPOINT_URL=http://minio:9000")]
     access_key: str
     secret_key: str
-    bucket: str = "sftp-minio-assets"
+    bucket: Annotated[
+        str,
+        _check(
+            lambda name: (
+                (problem := bucket_problem(name))
+                and f"{problem}, e.g. MINIO_BUCKET=sftp-minio-assets"
+            )
+        ),
+    ] = "sftp-minio-assets"
     prefix: str = ""
     region: str = "us-east-1"
 
@@ -148,17 +257,35 @@ class MinIOResource(dg.ConfigurableResource):
 class TransferLogResource(dg.ConfigurableResource):
     """The PostgreSQL `file_transfer_log` table: lock, history and statistics."""
 
-    url: str = Field(description="postgresql://user:password@host:port/database")
-    max_stale_lock_minutes: float = 30
+    url: Annotated[str, _check(_database_url)] = Field(
+        description="postgresql://user:password@host:port/database"
+    )
+    max_stale_lock_minutes: Annotated[
+        float, _check(lambda minutes: None if minutes > 0 else "must be more than 0")
+    ] = 30
 
     _log: TransferLog | None = PrivateAttr(default=None)
 
     @property
     def log(self) -> TransferLog:
-        """The log, its schema created or migrated on first use."""
+        """The log, its schema created or migrated on first use; TransferLogUnavailable if the
+        database cannot be used."""
         if self._log is None:
             transfer_log = TransferLog(self.url, self.max_stale_lock_minutes)
-            transfer_log.migrate()
+            try:
+                transfer_log.migrate()
+            except psycopg.OperationalError as exc:
+                transfer_log.close()
+                reason = " ".join(str(exc).split())
+                raise TransferLogUnavailable(
+                    redact(
+                        f"the transfer log {_database_server(self.url)} (TRANSFER_DB_URL) cannot "
+                        f"be used: {reason}. Check that the database is up and reachable from "
+                        "here, and the host, port, user, password and database of "
+                        "TRANSFER_DB_URL; the sensor tries again at its next tick.",
+                        [conninfo_to_dict(_libpq_url(self.url)).get("password")],
+                    )
+                ) from exc
             self._log = transfer_log
         return self._log
 
@@ -170,23 +297,33 @@ class TransferLogResource(dg.ConfigurableResource):
 class TransferSettings(dg.ConfigurableResource):
     """How files are moved: the seed's MAX_WORKERS and LOCAL_DIR, and the upload shape."""
 
-    max_workers: int = Field(default=4, description="Files transferred at once per run.")
+    max_workers: Annotated[int, _at_least(1)] = Field(
+        default=4, description="Files transferred at once per run."
+    )
     local_dir: str | None = Field(
         default=None, description="Set: SFTP -> local file -> S3 (the seed's path); else stream."
     )
-    part_size_mb: int = Field(default=16, description="S3 multipart part size.")
-    parts_in_flight: int = Field(default=4, description="Parts uploaded at once per file.")
-    max_partitions_per_run: int = Field(
+    part_size_mb: Annotated[
+        int,
+        # S3's limits on a part (but the last): 5 MiB to 5 GiB.
+        _check(lambda mb: None if 5 <= mb <= 5120 else "must be from 5 to 5120 (S3's part sizes)"),
+    ] = Field(default=16, description="S3 multipart part size.")
+    parts_in_flight: Annotated[int, _at_least(1)] = Field(
+        default=4, description="Parts uploaded at once per file."
+    )
+    max_partitions_per_run: Annotated[int, _at_least(1)] = Field(
         default=500, description="Files in one run launched by the sensor, at most."
     )
-    parallel_runs: int = Field(
+    parallel_runs: Annotated[int, _at_least(1)] = Field(
         default=4, description="Runs a batch of new files is spread over (see dagster.yaml)."
     )
-    retries: int = Field(
+    retries: Annotated[int, _at_least(0)] = Field(
         default=3, description="Retries of a transient fault per file, before the step's."
     )
-    retry_base_seconds: float = Field(default=1.0, description="First backoff; doubles each time.")
-    partition_retention_days: float = Field(
+    retry_base_seconds: Annotated[float, _at_least(0)] = Field(
+        default=1.0, description="First backoff; doubles each time."
+    )
+    partition_retention_days: Annotated[float, _at_least(0)] = Field(
         default=30,
         description="Partitions of files COMPLETED longer ago are deleted (the log keeps them).",
     )
@@ -203,34 +340,77 @@ class TransferSettings(dg.ConfigurableResource):
 class AlertSettings(dg.ConfigurableResource):
     """Where alerts on repeated errors go (see alerts.py)."""
 
-    webhook_url: str | None = Field(
+    webhook_url: Annotated[
+        str | None, _http_url("ALERT_WEBHOOK_URL=https://hooks.slack.com/services/...")
+    ] = Field(
         default=None, description="Slack-compatible incoming webhook; unset: alerts are logged."
     )
-    after_failures: int = Field(default=3, description="Failures in a row that raise an alert.")
+    after_failures: Annotated[int, _at_least(1)] = Field(
+        default=3, description="Failures in a row that raise an alert."
+    )
 
 
-def _optional(name: str):
-    """EnvVar when set (so the UI shows where a value comes from), else None: the field's
-    default applies (see _given)."""
-    return dg.EnvVar(name) if os.environ.get(name) else None
+R = TypeVar("R", bound=dg.ConfigurableResource)
+
+# Fields whose values no message repeats: secrets, and URLs that may carry one.
+UNECHOED = {
+    *("password", "private_key", "access_key", "secret_key"),
+    *("url", "endpoint_url", "webhook_url"),
+}
 
 
-def _optional_int(name: str):
-    return dg.EnvVar.int(name) if os.environ.get(name) else None
+def checked(cls: type[R], values: dict[str, object], name: Callable[[str], str]) -> R:
+    """cls(**values), or a SettingsError naming each wrong field as name(field) does."""
+    try:
+        return cls(**values)
+    except ValidationError as exc:
+        # Not chained: pydantic's own message repeats the values, secrets included.
+        problems = [_problem(error, name) for error in exc.errors()]
+    raise SettingsError("; ".join(problems))
 
 
-def _optional_float(name: str):
-    # A plain value: EnvVar.int would not fit a float field, and there is no EnvVar.float.
-    return float(os.environ[name]) if os.environ.get(name) else None
+def _problem(error: Any, name: Callable[[str], str]) -> str:
+    if error["type"] == "value_error":
+        text = str(error["ctx"]["error"])
+    elif error["type"] == "missing" or error["input"] is None:
+        text = "required, and not set"
+    else:
+        text = error["msg"]
+    # Settings wrong together (SFTPResource.policy_error) have no single field.
+    return f"{name(str(error['loc'][0]))}: {text}" if error["loc"] else text
 
 
-def _given(**values):
-    """The values that are set; each field's default, stated once on the class, covers the rest."""
-    return {name: value for name, value in values.items() if value is not None}
+def with_variables(plain: R, values: dict[str, object], variables: dict[str, str]) -> R:
+    """plain, checked, again, with each field read from an environment variable passed as
+    Dagster's EnvVar where the field's type has one: the UI shows where the value comes from,
+    and secrets stay out of the run's configuration."""
+    cls = type(plain)
+    from_variables = {}
+    for field, variable in variables.items():
+        annotation = cls.model_fields[field].annotation
+        if annotation in (str, str | None):
+            from_variables[field] = dg.EnvVar(variable)
+        elif annotation in (int, int | None):
+            from_variables[field] = dg.EnvVar.int(variable)
+        else:  # there is no EnvVar for floats, flags or choices: the value checked at load
+            from_variables[field] = getattr(plain, field)
+    return cls(**values, **from_variables)
 
 
-def _flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+def from_environment(cls: type[R], variables: dict[str, str], **values: object) -> R:
+    """cls with each field of `variables` read from the environment variable it names when that
+    is set (else the field's default applies, stated once on the class), and `values` as given.
+    Checked now, so that a value that can never work fails the load naming its variable."""
+    given = {field: name for field, name in variables.items() if os.environ.get(name)}
+
+    def name(field: str) -> str:
+        variable = variables.get(field, field)
+        if field in UNECHOED or field not in given:
+            return variable
+        return f"{variable}={os.environ[variable]!r}"
+
+    plain = checked(cls, {**values, **{f: os.environ[v] for f, v in given.items()}}, name)
+    return with_variables(plain, values, given)
 
 
 def _globs(name: str) -> list[str]:
@@ -239,60 +419,74 @@ def _globs(name: str) -> list[str]:
 
 def source_from_env() -> SFTPResource:
     """The single source that the SFTP_* variables describe (named `default`)."""
-    return SFTPResource(
-        host=dg.EnvVar("SFTP_HOST"),
-        username=dg.EnvVar("SFTP_USERNAME"),
-        allow_unknown_host=_flag("SFTP_ALLOW_UNKNOWN_HOST"),
-        follow_symlinks=_flag("SFTP_FOLLOW_SYMLINKS"),
+    return from_environment(
+        SFTPResource,
+        {
+            "host": "SFTP_HOST",
+            "port": "SFTP_PORT",
+            "username": "SFTP_USERNAME",
+            "password": "SFTP_PASSWORD",
+            "private_key": "SFTP_PRIVATE_KEY_PATH",
+            "known_hosts_path": "SFTP_KNOWN_HOSTS_PATH",
+            "host_key_sha256": "SFTP_HOST_KEY_SHA256",
+            "allow_unknown_host": "SFTP_ALLOW_UNKNOWN_HOST",
+            "root": "SFTP_ROOT",
+            "follow_symlinks": "SFTP_FOLLOW_SYMLINKS",
+            "min_file_age_seconds": "MIN_FILE_AGE_SECONDS",
+            "compression": "COMPRESSION",
+            "after_copy": "AFTER_COPY",
+            "archive_dir": "ARCHIVE_DIR",
+        },
         include=_globs("SFTP_INCLUDE"),
         exclude=_globs("SFTP_EXCLUDE"),
-        **_given(
-            port=_optional_int("SFTP_PORT"),
-            password=_optional("SFTP_PASSWORD"),
-            private_key=_optional("SFTP_PRIVATE_KEY_PATH"),
-            known_hosts_path=_optional("SFTP_KNOWN_HOSTS_PATH"),
-            host_key_sha256=_optional("SFTP_HOST_KEY_SHA256"),
-            root=_optional("SFTP_ROOT"),
-            min_file_age_seconds=_optional_int("MIN_FILE_AGE_SECONDS"),
-            compression=os.environ.get("COMPRESSION") or None,
-            after_copy=os.environ.get("AFTER_COPY") or None,
-            archive_dir=_optional("ARCHIVE_DIR"),
-        ),
     )
 
 
 def shared_resources_from_env() -> dict[str, dg.ConfigurableResource]:
-    """The resources every source shares, as the environment variables in the README set them."""
-    return {
-        "minio": MinIOResource(
-            endpoint_url=dg.EnvVar("MINIO_ENDPOINT_URL"),
-            access_key=dg.EnvVar("MINIO_ACCESS_KEY"),
-            secret_key=dg.EnvVar("MINIO_SECRET_KEY"),
-            **_given(
+    """The resources every source shares, as the environment variables in the README set them;
+    one SettingsError names every wrong variable."""
+    problems: list[str] = []
+
+    def build(cls: type[R], variables: dict[str, str], **values: object) -> R | None:
+        try:
+            return from_environment(cls, variables, **values)
+        except SettingsError as exc:
+            problems.append(str(exc))
+            return None
+
+    resources = {
+        "minio": build(
+            MinIOResource,
+            {
+                "endpoint_url": "MINIO_ENDPOINT_URL",
+                "access_key": "MINIO_ACCESS_KEY",
+                "secret_key": "MINIO_SECRET_KEY",
                 # BUCKET_NAME is the seed's name for it.
-                bucket=_optional("MINIO_BUCKET") or _optional("BUCKET_NAME"),
-                prefix=_optional("MINIO_PREFIX"),
-                region=_optional("MINIO_REGION"),
-            ),
+                "bucket": "MINIO_BUCKET" if os.environ.get("MINIO_BUCKET") else "BUCKET_NAME",
+                "prefix": "MINIO_PREFIX",
+                "region": "MINIO_REGION",
+            },
         ),
-        "transfer_log": TransferLogResource(
-            url=dg.EnvVar("TRANSFER_DB_URL"),
-            **_given(max_stale_lock_minutes=_optional_float("MAX_STALE_LOCK_MINUTES")),
+        "transfer_log": build(
+            TransferLogResource,
+            {"url": "TRANSFER_DB_URL", "max_stale_lock_minutes": "MAX_STALE_LOCK_MINUTES"},
         ),
-        "transfer_settings": TransferSettings(
-            **_given(
-                max_workers=_optional_int("MAX_WORKERS"),
-                local_dir=_optional("LOCAL_DIR"),
-                retries=_optional_int("TRANSFER_RETRIES"),
-                max_partitions_per_run=_optional_int("MAX_PARTITIONS_PER_RUN"),
-                parallel_runs=_optional_int("PARALLEL_RUNS"),
-                partition_retention_days=_optional_float("PARTITION_RETENTION_DAYS"),
-            )
+        "transfer_settings": build(
+            TransferSettings,
+            {
+                "max_workers": "MAX_WORKERS",
+                "local_dir": "LOCAL_DIR",
+                "retries": "TRANSFER_RETRIES",
+                "max_partitions_per_run": "MAX_PARTITIONS_PER_RUN",
+                "parallel_runs": "PARALLEL_RUNS",
+                "partition_retention_days": "PARTITION_RETENTION_DAYS",
+            },
         ),
-        "alerts": AlertSettings(
-            **_given(
-                webhook_url=_optional("ALERT_WEBHOOK_URL"),
-                after_failures=_optional_int("ALERT_AFTER_FAILURES"),
-            )
+        "alerts": build(
+            AlertSettings,
+            {"webhook_url": "ALERT_WEBHOOK_URL", "after_failures": "ALERT_AFTER_FAILURES"},
         ),
     }
+    if problems:
+        raise SettingsError("; ".join(problems))
+    return resources

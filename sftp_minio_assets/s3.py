@@ -17,6 +17,8 @@ from urllib.parse import quote
 import s3fs
 
 _UNSAFE_IN_KEYS = re.compile("[%\\\\\x00-\x1f\x7f\udc80-\udcff]")
+_BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_IP_ADDRESS = re.compile(r"^\d+\.\d+\.\d+\.\d+$")
 
 
 @dataclass(frozen=True)
@@ -38,12 +40,29 @@ def object_key(prefix: str, source: str, path: str) -> str:
     control characters and bytes that are not UTF-8 (surrogates in path) become %XX, so that
     two remote names never share an object; everything else is kept as it is.
     """
-    parts = []
-    for segment in [*prefix.split("/"), source, *path.split("/")]:
-        if segment in ("", ".", ".."):
-            continue
-        parts.append(_UNSAFE_IN_KEYS.sub(_percent, segment))
-    return posixpath.join(*parts)
+    segments = (*key_segments(prefix), *key_segments(source), *key_segments(path))
+    return posixpath.join(*(_UNSAFE_IN_KEYS.sub(_percent, segment) for segment in segments))
+
+
+def key_segments(path: str) -> tuple[str, ...]:
+    """The segments of path that object_key keeps: no empty, `.` or `..` one."""
+    return tuple(segment for segment in path.split("/") if segment not in ("", ".", ".."))
+
+
+def bucket_problem(name: str) -> str | None:
+    """Why name cannot be an S3 bucket's, if it cannot (the rules AWS and MinIO share)."""
+    if (
+        _BUCKET_NAME.match(name)
+        and ".." not in name
+        and not _IP_ADDRESS.match(name)
+        and not name.startswith("xn--")
+        and not name.endswith("-s3alias")
+    ):
+        return None
+    return (
+        "not a valid bucket name: 3 to 63 lowercase letters, digits, dots and hyphens, "
+        "starting and ending with a letter or digit, not an IP address"
+    )
 
 
 def _percent(match: re.Match) -> str:

@@ -53,6 +53,26 @@ class HostKeyError(paramiko.SSHException):
     """The server's host key is unknown or does not match the pinned one: refuse to connect."""
 
 
+class CredentialsError(paramiko.AuthenticationException):
+    """No login is possible with the settings: no credentials, an unreadable key file, a wrong
+    passphrase, or a login the server refused. The message names the server and the setting."""
+
+
+class ServerUnreachable(ConnectionError):
+    """No SSH session could be opened: the server is down, unreachable, or not an SSH server."""
+
+
+class RootUnavailable(OSError):
+    """The source's root cannot be listed: missing, not a directory, or not readable."""
+
+
+# How messages name a setting: the variable of the single source, or the key of a sources file.
+CREDENTIAL_SETTINGS = (
+    "SFTP_USERNAME and SFTP_PRIVATE_KEY_PATH / SFTP_PASSWORD "
+    "(a sources file: username, private_key_path, password)"
+)
+
+
 @dataclass(frozen=True)
 class RemoteFile:
     path: str  # relative to the source root, POSIX separators
@@ -89,17 +109,47 @@ def fingerprint(key: paramiko.PKey) -> str:
     return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
 
 
-def _load_private_key(value: str, password: str | None) -> paramiko.PKey:
-    text = value if "PRIVATE KEY-----" in value else Path(value).expanduser().read_text()
-    key_classes = (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey)
-    for key_class in key_classes:
+KEY_CLASSES = (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey)
+
+
+def _load_private_key(value: str, password: str | None, server: str) -> paramiko.PKey:
+    """The key, from a file or PEM text; CredentialsError says why it cannot be used."""
+    pem = "PRIVATE KEY-----" in value
+    key = "the private key (PEM text)" if pem else f"the private key {value}"
+    try:
+        text = value if pem else Path(value).expanduser().read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CredentialsError(
+            f"{server}: cannot read {key}: {getattr(exc, 'strerror', None) or exc}. Set "
+            "SFTP_PRIVATE_KEY_PATH (a sources file: private_key_path) to a readable key file."
+        ) from None
+    for key_class in KEY_CLASSES:
         try:
             return key_class.from_private_key(io.StringIO(text), password=password)
         except paramiko.SSHException:
             continue
-    raise paramiko.SSHException(
-        "the private key is not an ed25519, ECDSA or RSA key paramiko can read"
+    if not _is_encrypted(text):
+        raise CredentialsError(f"{server}: {key} is not an ed25519, ECDSA or RSA private key.")
+    if password is None:
+        raise CredentialsError(
+            f"{server}: {key} is encrypted and no passphrase is set: set SFTP_PASSWORD "
+            "(a sources file: password) to its passphrase."
+        )
+    raise CredentialsError(
+        f"{server}: {key} cannot be decrypted with the passphrase in SFTP_PASSWORD (a sources "
+        "file: password): the passphrase is wrong."
     )
+
+
+def _is_encrypted(text: str) -> bool:
+    for key_class in KEY_CLASSES:
+        try:
+            key_class.from_private_key(io.StringIO(text))
+        except paramiko.PasswordRequiredException:
+            return True
+        except paramiko.SSHException:
+            continue
+    return False
 
 
 class SFTPConnector:
@@ -121,7 +171,10 @@ class SFTPConnector:
 
     def connect(self) -> paramiko.SFTPClient:
         s = self.settings
-        sock = socket.create_connection((s.host, s.port), timeout=s.timeout)
+        try:
+            sock = socket.create_connection((s.host, s.port), timeout=s.timeout)
+        except OSError as exc:
+            raise self._unreachable(exc) from exc
         # paramiko never sets TCP_NODELAY; without it small files wait on Nagle (84 → 238 files/s).
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         transport = paramiko.Transport(sock)
@@ -136,7 +189,10 @@ class SFTPConnector:
                     tuple(t for t in options.key_types if t in self._known_keys)
                     or options.key_types
                 )
-            transport.start_client(timeout=s.timeout)
+            try:
+                transport.start_client(timeout=s.timeout)
+            except (paramiko.SSHException, EOFError, OSError) as exc:
+                raise self._unreachable(exc) from exc
             self._verify_host_key(transport.get_remote_server_key())
             self._authenticate(transport)
             sftp = paramiko.SFTPClient.from_transport(transport, window_size=CHANNEL_WINDOW)
@@ -146,6 +202,14 @@ class SFTPConnector:
         except BaseException:
             transport.close()
             raise
+
+    def _unreachable(self, exc: BaseException) -> ServerUnreachable:
+        reason = str(exc) or type(exc).__name__
+        return ServerUnreachable(
+            f"{self.settings.server}: cannot open an SSH session: {reason}. "
+            "Check that the server is up and reachable from here, and SFTP_HOST / SFTP_PORT "
+            "(a sources file: host, port)."
+        )
 
     def _verify_host_key(self, key: paramiko.PKey) -> None:
         s = self.settings
@@ -170,14 +234,31 @@ class SFTPConnector:
 
     def _authenticate(self, transport: paramiko.Transport) -> None:
         s = self.settings
-        if s.private_key:
-            transport.auth_publickey(s.username, _load_private_key(s.private_key, s.password))
-        elif s.password is not None:
-            transport.auth_password(s.username, s.password)
-        else:
-            raise paramiko.AuthenticationException(
-                f"{s.server}: no credentials; set SFTP_PRIVATE_KEY_PATH or SFTP_PASSWORD"
-            )
+        try:
+            if s.private_key:
+                key = _load_private_key(s.private_key, s.password, s.server)
+                method = "key"
+                transport.auth_publickey(s.username, key)
+            elif s.password is not None:
+                method = "password"
+                transport.auth_password(s.username, s.password)
+            else:
+                raise CredentialsError(
+                    f"{s.server}: no credentials; set SFTP_PRIVATE_KEY_PATH or SFTP_PASSWORD "
+                    "(a sources file: private_key_path or password)."
+                )
+        except paramiko.BadAuthenticationType as exc:
+            raise CredentialsError(
+                f"{s.server}: the server does not accept {method} logins (it accepts: "
+                f"{', '.join(exc.allowed_types)}). Check {CREDENTIAL_SETTINGS}."
+            ) from None
+        except CredentialsError:
+            raise
+        except paramiko.AuthenticationException:
+            raise CredentialsError(
+                f"{s.server}: the server refused the {method} login of {s.username!r}. "
+                f"Check {CREDENTIAL_SETTINGS}."
+            ) from None
 
 
 class SFTPPool:
@@ -270,15 +351,19 @@ def _listdir(sftp: paramiko.SFTPClient, path: str) -> list[tuple[str, paramiko.S
     return entries
 
 
-def list_tree(sftp: paramiko.SFTPClient, root: str, follow_symlinks: bool = False) -> Listing:
+def list_tree(
+    sftp: paramiko.SFTPClient, root: str, follow_symlinks: bool = False, server: str = ""
+) -> Listing:
     """Every regular file below root, with size and mtime.
 
     Symbolic links are skipped, or with follow_symlinks followed when their target lies inside
     root (a link can never bring in a file from outside it); each directory is walked once.
+    A root that cannot be listed raises RootUnavailable (naming server and root): it must not
+    look like a source with nothing new.
     """
     files: list[RemoteFile] = []
     skipped: list[tuple[str, str]] = []
-    real_root = sftp.normalize(remote_bytes(root))
+    real_root = _root(sftp, root, server)
     seen_dirs = {real_root}
     pending = [""]
     while pending:
@@ -286,7 +371,9 @@ def list_tree(sftp: paramiko.SFTPClient, root: str, follow_symlinks: bool = Fals
         try:
             entries = _listdir(sftp, posixpath.join(root, rel_dir) if rel_dir else root)
         except PermissionError:
-            skipped.append((rel_dir or ".", "directory not readable by the SFTP user"))
+            if not rel_dir:
+                raise _root_unavailable(server, root, "the SFTP user may not list it") from None
+            skipped.append((rel_dir, "directory not readable by the SFTP user"))
             continue
         for name, attrs in entries:
             rel = posixpath.join(rel_dir, name) if rel_dir else name
@@ -318,6 +405,27 @@ def list_tree(sftp: paramiko.SFTPClient, root: str, follow_symlinks: bool = Fals
                 skipped.append((rel, "not a regular file"))
     files.sort(key=lambda f: f.path)
     return Listing(files, skipped)
+
+
+def _root(sftp: paramiko.SFTPClient, root: str, server: str) -> str:
+    """root's real path, once it is known to be a directory."""
+    try:
+        real_root = sftp.normalize(remote_bytes(root))
+        mode = sftp.stat(remote_bytes(real_root)).st_mode or 0
+    except FileNotFoundError:
+        raise _root_unavailable(server, root, "it does not exist") from None
+    except PermissionError:
+        raise _root_unavailable(server, root, "the SFTP user may not reach it") from None
+    if not stat.S_ISDIR(mode):
+        raise _root_unavailable(server, root, "it is not a directory")
+    return real_root
+
+
+def _root_unavailable(server: str, root: str, why: str) -> RootUnavailable:
+    return RootUnavailable(
+        f"{server}: cannot list the root {display(root)}: {why}. Set SFTP_ROOT (a sources "
+        "file: root) to a directory the SFTP user may read, or grant it read and execute rights."
+    )
 
 
 def read_chunks(

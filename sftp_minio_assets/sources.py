@@ -11,7 +11,7 @@ root, filters, destination prefix, concurrency, compression and after-copy actio
         known_hosts_path: /etc/ssh/ssh_known_hosts
         root: /outgoing
         include: ["*.csv"]
-        prefix: partner-a          # objects under MINIO_PREFIX/partner-a/...
+        destination_prefix: partner-a   # objects under MINIO_PREFIX/partner-a/...
         max_workers: 2
         compression: gzip          # none (default), gzip or zstd
         after_copy: move           # keep (default), delete, or move to archive_dir
@@ -23,25 +23,28 @@ root, filters, destination prefix, concurrency, compression and after-copy actio
         host_key_sha256: "SHA256:..."
 
 Secrets (`password`, `private_key`) must be `{env: NAME}`: a literal secret in the file is
-refused. Any other value may be a reference too. Without SOURCES_FILE, the SFTP_* variables
-make one source named `default`.
+refused. Any other value may be a reference too. Every value, referenced ones included, is
+checked when the file is loaded, and so is the rule that no two sources write to the same
+objects. Without SOURCES_FILE, the SFTP_* variables make one source named `default`.
 """
 
+import itertools
 import os
 import re
 from pathlib import Path
 
-import dagster as dg
 import yaml
 
-from .resources import SFTPResource, source_from_env
+from .errors import SettingsError
+from .resources import SFTPResource, checked, source_from_env, with_variables
+from .s3 import key_segments
 
 NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
 SECRETS = ("password", "private_key")
 FIELDS = set(SFTPResource.model_fields) | {"private_key_path"}
 
 
-class SourcesError(ValueError):
+class SourcesError(SettingsError):
     """The sources file is wrong; the message names the file, the source and the fix."""
 
 
@@ -65,10 +68,15 @@ def load_sources(path: Path) -> dict[str, SFTPResource]:
     entries = (document or {}).get("sources") if isinstance(document, dict) else None
     if not isinstance(entries, dict) or not entries:
         raise SourcesError(f"{path}: expected a mapping `sources:` of named sources")
-    return {name: _source(path, name, entry) for name, entry in entries.items()}
+    checked_sources = {name: _source(path, name, entry) for name, entry in entries.items()}
+    _refuse_shared_destinations(
+        path, {name: plain.policy(name).destination for name, (plain, _) in checked_sources.items()}
+    )
+    return {name: source for name, (_, source) in checked_sources.items()}
 
 
-def _source(path: Path, name: object, entry: object) -> SFTPResource:
+def _source(path: Path, name: object, entry: object) -> tuple[SFTPResource, SFTPResource]:
+    """The source with its references resolved (checked), and as Dagster gets it."""
     where = f"{path}: source {name!r}"
     if not isinstance(name, str) or not NAME.match(name):
         raise SourcesError(f"{where}: names are letters, digits and _, starting with a letter")
@@ -77,26 +85,56 @@ def _source(path: Path, name: object, entry: object) -> SFTPResource:
     unknown = sorted(set(entry) - FIELDS)
     if unknown:
         raise SourcesError(f"{where}: unknown settings {unknown}; known: {sorted(FIELDS)}")
-    values = {}
-    for field, value in entry.items():
-        if field in SECRETS and not _is_reference(value):
+    keys, values, variables = {}, {}, {}
+    for key, value in entry.items():
+        field = "private_key" if key == "private_key_path" else key
+        keys[field] = key
+        if _is_reference(value):
+            if not os.environ.get(value["env"]):
+                raise SourcesError(
+                    f"{where}: `{key}` refers to the environment variable {value['env']}, "
+                    "which is not set"
+                )
+            variables[field] = value["env"]
+        elif key in SECRETS:
             raise SourcesError(
-                f"{where}: `{field}` must be a reference to an environment variable, "
-                f"`{field}: {{env: NAME}}`, never the secret itself"
+                f"{where}: `{key}` must be a reference to an environment variable, "
+                f"`{key}: {{env: NAME}}`, never the secret itself"
             )
-        values["private_key" if field == "private_key_path" else field] = _resolve(value)
+        else:
+            values[field] = value
+    resolved = {field: os.environ[variable] for field, variable in variables.items()}
     try:
-        source = SFTPResource(**values)
-    except Exception as exc:
-        raise SourcesError(f"{where}: {exc}") from exc
-    if error := source.policy_error():  # settings each valid, but wrong together
-        raise SourcesError(f"{where}: {error}")
-    return source
+        plain = checked(SFTPResource, {**values, **resolved}, _naming(keys, variables))
+    except SettingsError as exc:
+        raise SourcesError(f"{where}: {exc}") from None
+    return plain, with_variables(plain, values, variables)
+
+
+def _naming(keys: dict[str, str], variables: dict[str, str]):
+    """How an error names a field: the key as written, and the variable it refers to."""
+
+    def name(field: str) -> str:
+        variable = f" (environment variable {variables[field]})" if field in variables else ""
+        return f"`{keys.get(field, field)}`{variable}"
+
+    return name
+
+
+def _refuse_shared_destinations(path: Path, destinations: dict[str, str]) -> None:
+    """Objects are MINIO_PREFIX/destination/path: two sources whose destinations are equal, or
+    one inside the other, could write the same object, each overwriting the other's copy."""
+    for (a, at), (b, bt) in itertools.combinations(destinations.items(), 2):
+        a_folder, b_folder = key_segments(at), key_segments(bt)
+        shorter = min(len(a_folder), len(b_folder))
+        if a_folder[:shorter] == b_folder[:shorter]:
+            raise SourcesError(
+                f"{path}: sources {a!r} and {b!r} write to the same objects: their "
+                f"destination_prefix {'/'.join(a_folder)!r} and {'/'.join(b_folder)!r} (a "
+                "source's name when unset) are the same or one is inside the other; give each "
+                "source a destination_prefix of its own"
+            )
 
 
 def _is_reference(value: object) -> bool:
     return isinstance(value, dict) and set(value) == {"env"} and isinstance(value["env"], str)
-
-
-def _resolve(value: object) -> object:
-    return dg.EnvVar(value["env"]) if _is_reference(value) else value

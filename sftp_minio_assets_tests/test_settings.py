@@ -1,0 +1,381 @@
+"""Settings that can never work are refused when the code location loads, naming the variable
+(or the source and key); faults of servers that are down are reported by the sensor and the
+runs naming the server, the path or the setting, and what to do. Issue #10, one test per item.
+"""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+
+from sftp_minio_assets.assets import build_files_asset
+from sftp_minio_assets.demo import apply_partition_requests
+from sftp_minio_assets.errors import SettingsError, TransferLogUnavailable
+from sftp_minio_assets.resources import (
+    MinIOResource,
+    TransferLogResource,
+    TransferSettings,
+    shared_resources_from_env,
+    source_from_env,
+)
+from sftp_minio_assets.sensors import build_new_files_sensor
+from sftp_minio_assets.sftp import CredentialsError, RootUnavailable, ServerUnreachable
+from sftp_minio_assets.sources import SourcesError, load_sources
+
+PROJECT = Path(__file__).resolve().parents[1]
+# What definitions.py needs to load: none of these servers has to exist.
+VALID = {
+    "SFTP_HOST": "sftp.example.com",
+    "SFTP_USERNAME": "ingest",
+    "MINIO_ENDPOINT_URL": "http://127.0.0.1:1",
+    "MINIO_ACCESS_KEY": "minioadmin",
+    "MINIO_SECRET_KEY": "s3-secret-never-shown",
+    "TRANSFER_DB_URL": "postgresql://ingest:db-secret-never-shown@127.0.0.1:1/transfers",
+}
+SETTINGS = ("SFTP_", "MINIO_", "BUCKET_NAME", "TRANSFER_", "MAX_", "SOURCES_FILE", "ALERT_")
+
+
+def environment(**variables: str) -> dict[str, str]:
+    """This process's environment without any of the project's settings, then VALID, then
+    the given ones."""
+    kept = {k: v for k, v in os.environ.items() if not k.startswith(SETTINGS)}
+    return {**kept, **VALID, **variables}
+
+
+def validate(where: Path, **variables: str) -> subprocess.CompletedProcess:
+    """`dagster definitions validate`, as a user runs it, with the given environment (run in
+    `where`, on a temporary instance: the project's dagster.yaml wants its database)."""
+    return subprocess.run(
+        [sys.executable, "-m", "dagster", "definitions", "validate"]
+        + ["-m", "sftp_minio_assets.definitions"],
+        cwd=where,
+        env={**environment(**variables), "DAGSTER_HOME": "", "PYTHONPATH": str(PROJECT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def load_from(monkeypatch, **variables: str) -> None:
+    """What definitions.py calls at load, in this process."""
+    for name in list(os.environ):
+        if name.startswith(SETTINGS):
+            monkeypatch.delenv(name)
+    for name, value in {**VALID, **variables}.items():
+        monkeypatch.setenv(name, value)
+    shared_resources_from_env()
+    source_from_env()
+
+
+def write_sources(tmp_path: Path, sources: dict) -> Path:
+    path = tmp_path / "sources.yaml"
+    path.write_text(yaml.safe_dump({"sources": sources}))
+    return path
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tick(env, instance, source: str = "default", **resources) -> dg.SensorResult:
+    """One evaluation of the source's sensor with the test's resources, some replaced."""
+    sensor = build_new_files_sensor(source, build_files_asset(source))
+    all_resources = {**env.resources(), **resources}
+    with dg.build_sensor_context(instance=instance, resources=all_resources) as context:
+        result = sensor(context)
+    apply_partition_requests(instance, result)
+    return result
+
+
+def requested(result: dg.SensorResult) -> int:
+    return len(result.run_requests or [])
+
+
+# 1. Two sources that could write the same object are refused at load.
+
+
+@pytest.mark.parametrize(
+    "first, second",
+    [
+        ({"destination_prefix": "same"}, {"destination_prefix": "same"}),
+        ({"destination_prefix": "same"}, {"destination_prefix": "./same/"}),  # the same key
+        ({"destination_prefix": "partners"}, {"destination_prefix": "partners/b"}),  # inside
+        ({}, {"destination_prefix": "dupa"}),  # dupa's default is its name
+    ],
+)
+def test_two_sources_writing_the_same_objects_are_refused_naming_both(tmp_path, first, second):
+    path = write_sources(
+        tmp_path,
+        {
+            "dupa": {"host": "a.example", "username": "u", **first},
+            "dupb": {"host": "b.example", "username": "u", **second},
+        },
+    )
+    with pytest.raises(SourcesError) as error:
+        load_sources(path)
+    message = str(error.value)
+    assert "'dupa'" in message and "'dupb'" in message and "destination_prefix" in message
+
+
+def test_sources_with_distinct_destinations_load(tmp_path):
+    path = write_sources(
+        tmp_path,
+        {
+            "a": {"host": "a.example", "username": "u", "destination_prefix": "in/a"},
+            "ab": {"host": "b.example", "username": "u", "destination_prefix": "in/ab"},
+            "c": {"host": "c.example", "username": "u"},
+        },
+    )
+    assert set(load_sources(path)) == {"a", "ab", "c"}
+
+
+def test_the_code_location_with_two_sources_on_one_prefix_fails_validation(tmp_path):
+    path = write_sources(
+        tmp_path,
+        {
+            "dupa": {"host": "a.example", "username": "u", "destination_prefix": "same"},
+            "dupb": {"host": "b.example", "username": "u", "destination_prefix": "same"},
+        },
+    )
+    result = validate(tmp_path, SOURCES_FILE=str(path))
+    output = result.stdout + result.stderr
+    assert "Validation failed" in output, output[-3000:]
+    assert "'dupa' and 'dupb'" in output and "destination_prefix" in output
+
+
+# 2. MAX_WORKERS and a source's max_workers below 1 are refused at load, and at run time.
+
+
+@pytest.mark.parametrize("value", ["0", "-3"])
+def test_max_workers_below_one_is_refused_at_load(monkeypatch, value):
+    with pytest.raises(SettingsError, match=f"MAX_WORKERS='{value}': must be at least 1"):
+        load_from(monkeypatch, MAX_WORKERS=value)
+
+
+def test_a_sources_max_workers_below_one_is_refused_naming_the_source(tmp_path, monkeypatch):
+    path = write_sources(
+        tmp_path, {"partner_a": {"host": "a.example", "username": "u", "max_workers": 0}}
+    )
+    with pytest.raises(SourcesError, match="source 'partner_a': `max_workers`: must be at least 1"):
+        load_sources(path)
+    monkeypatch.setenv("PARTNER_A_WORKERS", "-3")
+    path = write_sources(
+        tmp_path,
+        {
+            "partner_a": {
+                "host": "a.example",
+                "username": "u",
+                "max_workers": {"env": "PARTNER_A_WORKERS"},
+            }
+        },
+    )
+    with pytest.raises(SourcesError) as error:
+        load_sources(path)
+    assert "`max_workers` (environment variable PARTNER_A_WORKERS): must be at least 1" in str(
+        error.value
+    )
+
+
+def test_max_workers_wrong_only_at_run_time_fails_the_run_at_once(env, instance, monkeypatch):
+    env.write("kept.txt", b"still here")
+    instance.add_dynamic_partitions("files_default", ["kept.txt"])
+    monkeypatch.setenv("MAX_WORKERS", "0")  # say the run's environment differs from the load's
+    started = time.monotonic()
+    result = dg.materialize(
+        [build_files_asset()],  # with the asset's step retry policy, as deployed
+        instance=instance,
+        partition_key="kept.txt",
+        resources={
+            **env.resources(),
+            "transfer_settings": TransferSettings(max_workers=dg.EnvVar.int("MAX_WORKERS")),
+        },
+        raise_on_error=False,
+    )
+    assert not result.success
+    assert time.monotonic() - started < 20  # no retries, no backoff
+    failure = "\n".join(str(event) for event in result.all_events if event.is_failure)
+    assert "max_workers" in failure and "must be at least 1" in failure
+    assert not any(event.event_type_value == "STEP_RESTARTED" for event in result.all_events)
+    assert env.rows() == {}  # nothing claimed, nothing lost
+    assert (env.root / "kept.txt").read_bytes() == b"still here"
+
+
+# 3. Every setting is checked at load, and the load needs no server.
+
+
+@pytest.mark.parametrize(
+    "variable, value, says",
+    [
+        ("MAX_WORKERS", "abc", "MAX_WORKERS='abc': Input should be a valid integer"),
+        ("MINIO_ENDPOINT_URL", "localhost:9000", "MINIO_ENDPOINT_URL: must be an http://"),
+        ("MINIO_ENDPOINT_URL", "http://", "MINIO_ENDPOINT_URL: must be an http://"),
+        ("MINIO_BUCKET", "My_Bucket", "MINIO_BUCKET='My_Bucket': not a valid bucket name"),
+        ("BUCKET_NAME", "ab", "BUCKET_NAME='ab': not a valid bucket name"),
+        ("TRANSFER_DB_URL", "mysql://u:pw@db/x", "TRANSFER_DB_URL: must be postgresql://"),
+        ("TRANSFER_DB_URL", "postgresql://u:pw@db:x/t", "TRANSFER_DB_URL: must be postgresql://"),
+        ("SFTP_PORT", "70000", "SFTP_PORT='70000': must be a TCP port"),
+        ("SFTP_HOST", "sftp://sftp.example.com", "SFTP_HOST='sftp://sftp.example.com': must be"),
+        ("SFTP_HOST", "", "SFTP_HOST: required, and not set"),
+        ("SFTP_ALLOW_UNKNOWN_HOST", "ture", "SFTP_ALLOW_UNKNOWN_HOST='ture'"),
+        ("COMPRESSION", "lzma", "COMPRESSION='lzma'"),
+        ("AFTER_COPY", "move", "after_copy: move needs archive_dir (ARCHIVE_DIR)"),
+        ("MIN_FILE_AGE_SECONDS", "-1", "MIN_FILE_AGE_SECONDS='-1': must be at least 0"),
+        ("MAX_STALE_LOCK_MINUTES", "0", "MAX_STALE_LOCK_MINUTES='0': must be more than 0"),
+        ("TRANSFER_RETRIES", "-1", "TRANSFER_RETRIES='-1': must be at least 0"),
+        ("PARALLEL_RUNS", "0", "PARALLEL_RUNS='0': must be at least 1"),
+        ("MAX_PARTITIONS_PER_RUN", "0", "MAX_PARTITIONS_PER_RUN='0': must be at least 1"),
+        ("PARTITION_RETENTION_DAYS", "-1", "PARTITION_RETENTION_DAYS='-1': must be at least 0"),
+        ("ALERT_AFTER_FAILURES", "0", "ALERT_AFTER_FAILURES='0': must be at least 1"),
+        ("ALERT_WEBHOOK_URL", "hooks.slack.com/x", "ALERT_WEBHOOK_URL: must be an http://"),
+    ],
+)
+def test_a_value_that_can_never_work_is_refused_at_load_naming_its_variable(
+    monkeypatch, variable, value, says
+):
+    with pytest.raises(SettingsError) as error:
+        load_from(monkeypatch, **{variable: value})
+    assert says in str(error.value)
+    assert "never-shown" not in str(error.value) and "pw@" not in str(error.value)
+
+
+def test_dagster_definitions_validate_refuses_a_wrong_value_and_needs_no_server(tmp_path):
+    # Every server named in VALID is down (port 1) or does not exist: still a valid location.
+    fine = validate(tmp_path)
+    assert "Validation successful" in fine.stdout + fine.stderr, fine.stderr[-3000:]
+    wrong = validate(tmp_path, MAX_WORKERS="abc", MINIO_ENDPOINT_URL="localhost:9000")
+    output = wrong.stdout + wrong.stderr
+    assert "Validation failed" in output and "MAX_WORKERS='abc'" in output
+    assert "MINIO_ENDPOINT_URL: must be an http:// or https:// URL" in output
+    assert "never-shown" not in output
+
+
+# 4. An invalid endpoint or bucket that reaches a run fails it at once, naming the variable.
+
+
+@pytest.mark.parametrize(
+    "variable, value, field",
+    [
+        ("MINIO_ENDPOINT_URL", "localhost:9000", "endpoint_url"),
+        ("MINIO_BUCKET", "Not_A_Bucket", "bucket"),
+    ],
+)
+def test_an_invalid_endpoint_or_bucket_fails_the_run_at_once(
+    env, instance, monkeypatch, variable, value, field
+):
+    env.write("waiting.txt", b"not lost")
+    instance.add_dynamic_partitions("files_default", ["waiting.txt"])
+    monkeypatch.setenv(variable, value)
+    started = time.monotonic()
+    result = dg.materialize(
+        [build_files_asset()],
+        instance=instance,
+        partition_key="waiting.txt",
+        resources={**env.resources(), "minio": env.minio(**{field: dg.EnvVar(variable)})},
+        raise_on_error=False,
+    )
+    assert not result.success
+    assert time.monotonic() - started < 20  # not retried as if the endpoint were down
+    failure = "\n".join(str(event) for event in result.all_events if event.is_failure)
+    assert variable in failure and "e.g." in failure
+    assert "reachable" not in failure
+    assert not any(event.event_type_value == "STEP_RESTARTED" for event in result.all_events)
+    assert env.rows() == {}
+    assert (env.root / "waiting.txt").read_bytes() == b"not lost"
+
+
+def test_invalid_endpoint_and_bucket_given_directly_are_refused():
+    with pytest.raises(Exception, match="MINIO_ENDPOINT_URL=http://minio:9000"):
+        MinIOResource(endpoint_url="minio:9000", access_key="a", secret_key="b")
+    with pytest.raises(Exception, match="MINIO_BUCKET=sftp-minio-assets"):
+        MinIOResource(endpoint_url="http://minio:9000", access_key="a", secret_key="b", bucket="x")
+
+
+# 5. The sensor's own errors name the server, the path or the setting, and what to do.
+
+
+def test_a_missing_root_fails_the_tick_naming_the_root_and_nothing_is_lost(env, instance):
+    env.write("report.csv", b"a,b")
+    with pytest.raises(RootUnavailable) as error:
+        tick(env, instance, sftp_default=env.sftp(root=str(env.root / "missing")))
+    message = str(error.value)
+    assert str(env.root / "missing") in message and "does not exist" in message
+    assert "SFTP_ROOT" in message and env.stack.ssh.host in message
+    assert instance.get_dynamic_partitions("files_default") == []
+    assert requested(tick(env, instance)) == 1  # fixed: the file is found
+
+
+def test_a_refused_login_fails_the_tick_naming_the_server_and_the_settings(env, instance):
+    password_login = env.sftp(private_key=None, password="not-the-password")
+    with pytest.raises(CredentialsError) as error:
+        tick(env, instance, sftp_default=password_login)
+    message = str(error.value)
+    ssh = env.stack.ssh
+    assert f"sftp://{ssh.username}@{ssh.host}:{ssh.port}" in message
+    assert "does not accept password logins" in message and "publickey" in message
+    assert "SFTP_PASSWORD" in message and "not-the-password" not in message
+
+
+def test_an_encrypted_key_without_or_with_a_wrong_passphrase_says_so(env, instance, tmp_path):
+    key = tmp_path / "id_ed25519"
+    shutil.copy(env.stack.ssh.private_key_path, key)
+    key.chmod(0o600)
+    subprocess.run(
+        ["ssh-keygen", "-q", "-p", "-P", "", "-N", "right-passphrase", "-f", str(key)], check=True
+    )
+    env.write("report.csv", b"a,b")
+    with pytest.raises(CredentialsError, match="is encrypted and no passphrase is set"):
+        tick(env, instance, sftp_default=env.sftp(private_key=str(key)))
+    wrong = env.sftp(private_key=str(key), password="wrong-passphrase")
+    with pytest.raises(CredentialsError) as error:
+        tick(env, instance, sftp_default=wrong)
+    assert "cannot be decrypted with the passphrase in SFTP_PASSWORD" in str(error.value)
+    assert str(key) in str(error.value) and "wrong-passphrase" not in str(error.value)
+    right = env.sftp(private_key=str(key), password="right-passphrase")
+    assert requested(tick(env, instance, sftp_default=right)) == 1
+
+
+def test_an_unreachable_sftp_server_fails_the_tick_naming_it(env, instance):
+    port = closed_port()
+    pinned = dict(known_hosts_path=None, host_key_sha256=env.stack.ssh.host_key_sha256)
+    with pytest.raises(ServerUnreachable) as error:
+        tick(env, instance, sftp_default=env.sftp(port=port, **pinned))
+    assert f":{port}" in str(error.value) and "SFTP_PORT" in str(error.value)
+
+
+def test_an_unreachable_transfer_log_fails_the_tick_naming_the_database(env, instance):
+    env.write("report.csv", b"a,b")
+    password = env.stack.postgres.password
+    url = f"postgresql://{env.stack.postgres.user}:{password}@127.0.0.1:{closed_port()}/x"
+    with pytest.raises(TransferLogUnavailable) as error:
+        tick(env, instance, transfer_log=TransferLogResource(url=url))
+    message = str(error.value)
+    assert "TRANSFER_DB_URL" in message and "127.0.0.1" in message and "up and reachable" in message
+    assert password not in message
+    assert instance.get_dynamic_partitions("files_default") == []
+
+
+# 6. A root the account cannot read is an error, not an idle source.
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs a root directory the SFTP user cannot read")
+def test_a_root_the_account_cannot_read_is_an_error_naming_it(env, instance):
+    if env.stack.ssh.username == "root":
+        pytest.skip("the SFTP user is root, who reads everything")
+    env.write("report.csv", b"a,b")
+    env.root.chmod(0o311)  # the SFTP user may pass through, not list
+    try:
+        with pytest.raises(RootUnavailable) as error:
+            tick(env, instance)
+    finally:
+        env.root.chmod(0o755)
+    assert str(env.root) in str(error.value) and "may not list it" in str(error.value)
+    assert requested(tick(env, instance)) == 1  # readable again: the file was not forgotten
