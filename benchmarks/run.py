@@ -1,22 +1,24 @@
 """Benchmark: this pipeline against `rclone copy` (and OpenSSH `sftp` as the read ceiling).
 
     python -m benchmarks.run            # full: 1 GiB, 1,000 x 64 KiB, 10,000 x 4 KiB; 3 rounds
-    python -m benchmarks.run --quick    # small sizes, 1 round: under two minutes (run by CI)
+    python -m benchmarks.run --quick    # small sizes, 1 round: about three minutes (run by CI)
 
 Everything runs on one local stack (sshd, SeaweedFS, PostgreSQL), the tools alternating within
-each round. The pipeline is timed from the sensor's first tick to the last COMPLETED row: one
-tick against a Postgres-backed Dagster instance, in this process with the code already loaded
-(as in a running code server), then each run it requests as its own process
-(benchmarks/launch.py, as the default run launcher starts a run worker), PARALLEL_RUNS at a
-time, as the queued run coordinator would.
+each round. The pipeline runs as deployed: a real `dagster-daemon` (sensor, queued run
+coordinator, default run launcher through the code server it starts) on the project's
+dagster.yaml, on the stack's PostgreSQL, the sensor ticking every SENSOR_INTERVAL seconds. Once
+the daemon's sensor has ticked on an empty root, the workload's tree is moved into the root
+("files appear"); the pipeline is timed from then to the last COMPLETED row of the log, so it
+includes the wait for the next tick (up to SENSOR_INTERVAL seconds).
 Prints a table of medians and ratios to rclone, and writes the same as JSON.
 """
 
 import argparse
-import importlib
+import contextlib
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -27,13 +29,15 @@ from pathlib import Path
 
 import dagster as dg
 import psycopg
+from dagster._core.scheduler.instigation import InstigatorType
+from dagster._core.storage.dagster_run import FINISHED_STATUSES
 
-import sftp_minio_assets.definitions
-from sftp_minio_assets.demo import tick_once
 from sftp_minio_assets.local_stack import LocalStack
 
 PROJECT = Path(__file__).resolve().parents[1]
-PARALLEL_RUNS = 4
+PARALLEL_RUNS = 4  # the sensor's runs per tick; dagster.yaml runs 4 at once
+SENSOR_INTERVAL = 5  # seconds between the sensor's ticks (30 by default)
+TIMEOUT_SECONDS = 1800
 
 
 @dataclass(frozen=True)
@@ -73,65 +77,138 @@ def seed(root: Path, workload: Workload) -> Path:
 
 
 def run_pipeline(stack: LocalStack, folder: Path, round_id: str) -> dict:
-    """Sensor tick -> runs -> all COMPLETED, against a fresh log and Dagster database."""
+    """Files appear under a running daemon's sensor -> all COMPLETED, on a fresh log and
+    Dagster database."""
+    root = stack.ssh.root / f"pipeline-{round_id}"
+    root.mkdir()
     env = {
         **os.environ,
         **stack.env(bucket=f"bench-{round_id}"),
-        "SFTP_ROOT": str(folder),
+        "SFTP_ROOT": str(root),
         "MIN_FILE_AGE_SECONDS": "0",
+        "SENSOR_INTERVAL_SECONDS": str(SENSOR_INTERVAL),
         "TRANSFER_DB_URL": stack.postgres.create_database(f"log_{round_id}"),
         "DAGSTER_PG_DB": f"dagster_{round_id}",
         "DAGSTER_HOME": str(stack.base / f"home-{round_id}"),
         "PARALLEL_RUNS": str(PARALLEL_RUNS),
     }
     stack.postgres.create_database(f"dagster_{round_id}")
-    Path(env["DAGSTER_HOME"]).mkdir()
-    shutil.copy(PROJECT / "dagster.yaml", Path(env["DAGSTER_HOME"]) / "dagster.yaml")
-    with_environment(env, lambda: dg.DagsterInstance.get().dispose())  # its schema, made once
-    started = time.monotonic()
-    requests = tick(env)
-    ticked = time.monotonic()
-    peak_kib = 0
-    pending = list(requests)
-    running: list[subprocess.Popen] = []
-    while pending or running:
-        while pending and len(running) < PARALLEL_RUNS:
-            running.append(_launch(pending.pop(0), env))
-        pid, status, usage = os.wait4(-1, 0)
-        finished = next(p for p in running if p.pid == pid)
-        running.remove(finished)
-        finished.returncode = os.waitstatus_to_exitcode(status)
-        peak_kib = max(peak_kib, usage.ru_maxrss)
-    elapsed = time.monotonic() - started
+    home = Path(env["DAGSTER_HOME"])
+    home.mkdir()
+    shutil.copy(PROJECT / "dagster.yaml", home / "dagster.yaml")
+    files = sum(1 for path in folder.rglob("*") if path.is_file())
+    with Daemon(env) as daemon, instance_of(env) as instance:
+        daemon.wait(lambda: _sensor_ticked(instance), "the sensor's first tick")
+        started = time.monotonic()
+        folder.rename(root / folder.name)
+        try:
+            with psycopg.connect(env["TRANSFER_DB_URL"], autocommit=True) as log:
+                peak_kib = daemon.wait(lambda: _completed(log) == files, f"{files} COMPLETED")
+            elapsed = time.monotonic() - started
+            daemon.wait(lambda: _all_runs_done(instance), "the last run to end")
+            runs = instance.get_runs_count()
+        finally:
+            (root / folder.name).rename(folder)
     with psycopg.connect(env["TRANSFER_DB_URL"]) as conn:
-        done, first, last = conn.execute(
-            "SELECT count(*) FILTER (WHERE status = 'COMPLETED'), "
-            "extract(epoch FROM min(transfer_start_time)), "
-            "extract(epoch FROM max(transfer_end_time)) FROM file_transfer_log"
+        first, last, retried = conn.execute(
+            "SELECT extract(epoch FROM min(transfer_start_time)), "
+            "extract(epoch FROM max(transfer_end_time)), sum(attempts - 1) FROM file_transfer_log"
         ).fetchone()
     return {
         "seconds": elapsed,
-        "completed": done,
-        "runs": len(requests),
-        "tick_seconds": ticked - started,
+        "completed": files,
+        "runs": runs,  # the sensor's, plus any retried by run_retries
+        "file_attempts_retried": int(retried),
         "transfer_window_seconds": float(last - first) if first else 0.0,
         "peak_rss_mib": peak_kib / 1024,
     }
 
 
-def tick(env: dict[str, str]) -> list[dict]:
-    """One sensor tick with env as the code location's environment; its run requests."""
+class Daemon:
+    """`dagster-daemon run` on the project's workspace, as test_ui.py starts it; the peak RSS of
+    the run workers it launches (through its code server) is sampled while waiting."""
 
-    def evaluate():
-        importlib.reload(sftp_minio_assets.definitions)  # its resources read this environment
-        with dg.DagsterInstance.get() as instance:
-            return tick_once(instance)
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.log_path = Path(env["DAGSTER_HOME"]) / "daemon.log"
+        self.peak_kib = 0
 
-    result, job = with_environment(env, evaluate)
-    return [
-        {"job": job.name, "partition_key": r.partition_key, "tags": dict(r.tags)}
-        for r in result.run_requests
-    ]
+    def __enter__(self) -> "Daemon":
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "dagster._daemon", "run", "-w", "workspace.yaml"],
+                cwd=PROJECT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        return self
+
+    def __exit__(self, *exc) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def wait(self, condition, what: str, timeout: float = TIMEOUT_SECONDS):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                break
+            self.sample_runs()
+            if condition():
+                return self.peak_kib
+            time.sleep(0.2)
+        tail = self.log_path.read_text(errors="replace").splitlines()[-40:]
+        raise RuntimeError(f"waiting for {what}: gave up\n" + "\n".join(tail))
+
+    def sample_runs(self) -> None:
+        """Record the peak RSS (VmHWM) of this round's run workers alive now: the code server
+        starts each as a `multiprocessing` spawn child, with this round's DAGSTER_HOME."""
+        home = f"DAGSTER_HOME={self.env['DAGSTER_HOME']}\0".encode()
+        for process in Path("/proc").glob("[0-9]*"):
+            with contextlib.suppress(OSError, StopIteration):
+                if b"spawn_main" in (process / "cmdline").read_bytes() and (
+                    home in (process / "environ").read_bytes()
+                ):
+                    status = (process / "status").read_text().splitlines()
+                    hwm = next(line for line in status if line.startswith("VmHWM"))
+                    self.peak_kib = max(self.peak_kib, int(hwm.split()[1]))
+
+
+@contextlib.contextmanager
+def instance_of(env: dict[str, str]):
+    instance = with_environment(env, lambda: dg.DagsterInstance.from_config(env["DAGSTER_HOME"]))
+    try:
+        yield instance
+    finally:
+        instance.dispose()
+
+
+def _sensor_ticked(instance: dg.DagsterInstance) -> bool:
+    for state in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR):
+        if state.instigator_name == "new_files_default" and instance.get_ticks(
+            state.instigator_origin_id, state.selector_id, limit=1
+        ):
+            return True
+    return False
+
+
+def _completed(log: psycopg.Connection) -> int:
+    try:
+        query = "SELECT count(*) FROM file_transfer_log WHERE status = 'COMPLETED'"
+        return log.execute(query).fetchone()[0]
+    except psycopg.errors.UndefinedTable:  # no run has started yet
+        return 0
+
+
+def _all_runs_done(instance: dg.DagsterInstance) -> bool:
+    unfinished = [s for s in dg.DagsterRunStatus if s not in FINISHED_STATUSES]
+    return instance.get_runs_count(dg.RunsFilter(statuses=unfinished)) == 0
 
 
 def with_environment(env: dict[str, str], action):
@@ -142,16 +219,6 @@ def with_environment(env: dict[str, str], action):
     finally:
         os.environ.clear()
         os.environ.update(saved)
-
-
-def _launch(request: dict, env: dict) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.launch", json.dumps(request)],
-        env=env,
-        cwd=PROJECT,
-        stdout=subprocess.DEVNULL,
-        stderr=open(Path(env["DAGSTER_HOME"]) / "runs.log", "ab"),  # noqa: SIM115
-    )
 
 
 def run_rclone(stack: LocalStack, folder: Path, round_id: str) -> dict:
