@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
+from contextlib import suppress
 from pathlib import Path
 
 import botocore.session
@@ -107,10 +108,15 @@ def listening(pids: list[int]) -> list[tuple[str, str, int]]:
     """(protocol, address, port) of every listening TCP / unconnected UDP socket of `pids`."""
     inodes = set()
     for pid in pids:
-        for fd in Path(f"/proc/{pid}/fd").iterdir():
-            target = os.readlink(fd) if fd.is_symlink() else ""
-            if target.startswith("socket:["):
-                inodes.add(target[8:-1])
+        try:
+            fds = list(Path(f"/proc/{pid}/fd").iterdir())
+        except FileNotFoundError:
+            continue  # a short-lived process (a PostgreSQL backend) ended meanwhile
+        for fd in fds:
+            with suppress(FileNotFoundError):
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
     found = []
     for proto, state in (("tcp", "0A"), ("tcp6", "0A"), ("udp", "07"), ("udp6", "07")):
         for line in Path(f"/proc/net/{proto}").read_text().splitlines()[1:]:
