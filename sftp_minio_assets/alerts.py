@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from .resources import AlertSettings, TransferLogResource
+from .resources import AlertSettings, TransferLogResource, TransferSettings
 from .transfer_log import TransferLog
 
 log = logging.getLogger(__name__)
@@ -29,30 +29,34 @@ class Alert:
     recovered: bool = False
 
 
-def evaluate(transfer_log: TransferLog, threshold: int) -> list[Alert]:
+def evaluate(transfer_log: TransferLog, threshold: int, retry_limit: int) -> list[Alert]:
     """Open alerts for new repeated failures, close those that recovered; what to send."""
-    alerts: list[Alert] = []
+    raised: list[tuple[str, str, str]] = []  # (subject, what happened, last error)
     for row in transfer_log.failing_files(threshold):
-        subject = f"file {row['source']}/{row['filename']}"
-        if transfer_log.open_alert(subject):
-            alerts.append(
-                Alert(
-                    subject,
-                    f":rotating_light: sftp-minio-assets: {subject} failed "
-                    f"{row['consecutive_failures']} times in a row. Last error: "
-                    f"{row['error_message']}",
-                )
-            )
-    for source in transfer_log.failing_sources(threshold):
-        subject = f"source {source['source']}"
-        if transfer_log.open_alert(subject):
-            alerts.append(
-                Alert(
-                    subject,
-                    f":rotating_light: sftp-minio-assets: the last {threshold} transfers of "
-                    f"{subject} all failed. Last error: {source['error_message']}",
-                )
-            )
+        file = f"file {row['source']}/{row['filename']}"
+        what = (
+            "failed, and waits for a fix: retrying cannot help. Fix the cause, then rerun the "
+            "failed partition."
+            if row["permanent"]
+            else f"failed {row['consecutive_failures']} times in a row."
+        )
+        raised.append((file, f"{file} {what}", row["error_message"]))
+    for row in transfer_log.out_of_retries(retry_limit):
+        file = f"{row['source']}/{row['filename']}"
+        what = (
+            f"file {file} still fails after {row['auto_retries']} automatic retries; it is not "
+            "retried again and waits for a rerun of its partition."
+        )
+        raised.append((f"retries of {file}", what, row["error_message"]))
+    for row in transfer_log.failing_sources(threshold):
+        subject = f"source {row['source']}"
+        what = f"the last {threshold} transfers of {subject} all failed."
+        raised.append((subject, what, row["error_message"]))
+    alerts = [
+        Alert(subject, f":rotating_light: sftp-minio-assets: {what} Last error: {error}")
+        for subject, what, error in raised
+        if transfer_log.open_alert(subject)
+    ]
     for subject in transfer_log.recovered_alerts():
         if transfer_log.close_alert(subject):
             alerts.append(
@@ -80,8 +84,14 @@ def send(alert: Alert, webhook_url: str | None) -> None:
         reply.read()
 
 
-def _check(context, transfer_log: TransferLogResource, alerts: AlertSettings) -> None:
-    for alert in evaluate(transfer_log.log, alerts.after_failures):
+def _check(
+    context,
+    transfer_log: TransferLogResource,
+    alerts: AlertSettings,
+    transfer_settings: TransferSettings,
+) -> None:
+    retry_limit = transfer_settings.auto_retry_limit
+    for alert in evaluate(transfer_log.log, alerts.after_failures, retry_limit):
         try:
             send(alert, alerts.webhook_url)
         except OSError as exc:  # the receiver is down: the alert stays open, and logged
@@ -96,9 +106,12 @@ def _check(context, transfer_log: TransferLogResource, alerts: AlertSettings) ->
     description="After a failed run: alert when a file or a source keeps failing.",
 )
 def alert_on_repeated_failures(
-    context: dg.RunFailureSensorContext, transfer_log: TransferLogResource, alerts: AlertSettings
+    context: dg.RunFailureSensorContext,
+    transfer_log: TransferLogResource,
+    alerts: AlertSettings,
+    transfer_settings: TransferSettings,
 ) -> None:
-    _check(context, transfer_log, alerts)
+    _check(context, transfer_log, alerts, transfer_settings)
 
 
 @dg.run_status_sensor(
@@ -108,6 +121,9 @@ def alert_on_repeated_failures(
     description="After a successful run: one message for each alert whose subject recovered.",
 )
 def alert_on_recovery(
-    context: dg.RunStatusSensorContext, transfer_log: TransferLogResource, alerts: AlertSettings
+    context: dg.RunStatusSensorContext,
+    transfer_log: TransferLogResource,
+    alerts: AlertSettings,
+    transfer_settings: TransferSettings,
 ) -> None:
-    _check(context, transfer_log, alerts)
+    _check(context, transfer_log, alerts, transfer_settings)

@@ -68,6 +68,7 @@ def build_files_asset(
             secrets=(sftp.password, minio.secret_key, minio.access_key),
             retry=transfer_settings.retry,
             policy=sftp.policy(source),
+            run_finished=lambda run_id: _finished(context.instance, run_id),
         )
         failed = []
         max_workers = sftp.max_workers or transfer_settings.max_workers
@@ -98,6 +99,11 @@ def build_files_asset(
             )
 
     return files
+
+
+def _finished(instance: dg.DagsterInstance, run_id: str) -> bool:
+    run = instance.get_run_by_id(run_id)
+    return run is not None and run.is_finished
 
 
 files = build_files_asset()

@@ -38,8 +38,9 @@ def build_file_checks(
     @dg.asset_check(
         asset=files_asset,
         name="no_stuck_or_failing_files",
-        description="No claim outlived the stale window, and no file failed more than "
-        "ALERT_AFTER_FAILURES times in a row.",
+        description="No claim outlived the stale window, no row has a status this project "
+        "does not write, and no file failed more than ALERT_AFTER_FAILURES times in a row or "
+        "for good.",
     )
     def no_stuck_or_failing_files(
         transfer_log: TransferLogResource, alerts: AlertSettings
@@ -50,6 +51,9 @@ def build_file_checks(
         lines = [
             f"- `{r['filename']}`: IN_PROGRESS by {r['worker_id']}, no heartbeat since "
             f"{r['heartbeat_at']:%Y-%m-%d %H:%M:%S}"
+            if r["status"] == "IN_PROGRESS"
+            else f"- `{r['filename']}`: status {r['status']!r} is not one this project writes "
+            "(edited by hand, or by another tool): it is taken for a failure and copied again"
             for r in stuck
         ] + [
             f"- `{r['filename']}`: failed {r['consecutive_failures']} times in a row: "

@@ -1,42 +1,73 @@
 """Which listed files need a transfer: the sensor's logic, as a plain function.
 
-A file is requested when it passed the filters and the stability gate and its content
-(size and mtime) is neither COMPLETED in the transfer log nor already requested. The
-cursor remembers what was requested and not yet seen COMPLETED, so a quiet tick requests
-nothing, and a failed file waits for a rerun instead of being requested at every tick.
+The transfer log is the sensor's memory, so a tick stores nothing that grows with the backlog.
+A file is requested when it passed the filters and the stability gate and:
+- it has no row yet (new), or its content (size and mtime) differs from the row's (changed);
+- or it FAILED with a fault that retrying can help, no unfinished run covers it, and its
+  backoff has passed: the n-th automatic retry waits AutoRetry.backoff_minutes[n] (the last
+  value repeats), up to AutoRetry.limit retries, after which it waits for a human (and an
+  alert says so). A permanent failure waits for a change of the file or a rerun.
+QUEUED (requested) and IN_PROGRESS (claimed) files are left to their runs; the sensor turns
+those whose run is gone into FAILED rows before planning.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 from .partitions import KeyTooLong, encode_key
 from .sftp import FileFilter, RemoteFile
+from .transfer_log import STATUSES, FileState
+
+
+@dataclass(frozen=True)
+class AutoRetry:
+    backoff_minutes: tuple[float, ...] = (0, 1, 5, 30, 60)
+    limit: int = 24
+
+    def due(self, state: FileState, now: float) -> bool:
+        if state.permanent or state.auto_retries >= self.limit:
+            return False
+        delays = self.backoff_minutes or (0,)
+        wait = delays[min(state.auto_retries, len(delays) - 1)] * 60
+        return now >= state.updated + wait
+
+
+@dataclass(frozen=True)
+class Request:
+    key: str
+    file: RemoteFile
+    retry: bool  # an automatic retry of a failure (else a new or changed file)
+    generation: int  # automatic retries of this content so far, this one included
 
 
 @dataclass(frozen=True)
 class Plan:
-    requests: list[tuple[str, RemoteFile]]  # (partition key, file), in listing order
-    cursor: dict[str, str]  # partition key -> signature requested and not yet COMPLETED
+    requests: list[Request]  # in listing order
     ignored: list[tuple[str, str]]  # (path, why) for files that can never be requested as is
     waiting: int  # files held back by the stability gate (MIN_FILE_AGE_SECONDS)
+    backing_off: int  # failed files waiting for their next automatic retry
+    given_up: list[str]  # failed files that wait for a human: permanent, or out of retries
+    unknown_status: list[str]  # rows with a status this project does not write
 
 
 def plan_transfers(
     files: Iterable[RemoteFile],
-    states: Mapping[str, tuple[str, str | None]],
-    requested: Mapping[str, str],
+    states: Mapping[str, FileState],
+    in_flight: Collection[str],
     *,
     now: float,
     min_age_seconds: float,
     file_filter: FileFilter,
     max_requests: int,
+    auto_retry: AutoRetry,
 ) -> Plan:
-    requests: list[tuple[str, RemoteFile]] = []
-    cursor: dict[str, str] = {}
+    requests: list[Request] = []
     ignored: list[tuple[str, str]] = []
-    waiting = 0
+    given_up: list[str] = []
+    unknown: list[str] = []
+    waiting = backing_off = 0
     for file in files:
         if not file_filter.accepts(file.path):
             continue
@@ -48,28 +79,54 @@ def plan_transfers(
         except KeyTooLong as exc:
             ignored.append((file.path, str(exc)))
             continue
-        status, done_signature = states.get(key, (None, None))
-        if status == "COMPLETED" and done_signature == file.signature:
+        state = states.get(key)
+        if state is not None and state.status not in STATUSES:
+            unknown.append(key)
+        if state is not None and state.status in ("IN_PROGRESS", "QUEUED"):
+            continue  # its run reports it; the sensor released claims of runs that are gone
+        if state is None or state.signature not in (None, file.signature):
+            request = Request(key, file, retry=False, generation=0)
+        elif state.status == "COMPLETED" or key in in_flight:
             continue
-        if requested.get(key) == file.signature:
-            cursor[key] = file.signature
-            continue
-        if len(requests) >= max_requests:
-            continue  # next tick
-        requests.append((key, file))
-        cursor[key] = file.signature
-    return Plan(requests, cursor, ignored, waiting)
+        else:  # FAILED, or a status that is not ours: a failure for all we know
+            if not auto_retry.due(state, now):
+                if state.permanent or state.auto_retries >= auto_retry.limit:
+                    given_up.append(key)
+                else:
+                    backing_off += 1
+                continue
+            request = Request(key, file, retry=True, generation=state.auto_retries + 1)
+        if len(requests) < max_requests:  # the rest: next tick
+            requests.append(request)
+    return Plan(requests, ignored, waiting, backing_off, given_up, unknown)
 
 
 def batches(
-    new: list[str], known: list[str], max_per_run: int, parallel_runs: int
+    new: list[str],
+    again: list[str],
+    order: Mapping[str, int],
+    max_per_run: int,
+    parallel_runs: int,
 ) -> list[list[str]]:
-    """How requested keys are grouped into runs.
+    """How requested keys are grouped into runs; a run covers consecutive partitions.
 
     New keys (added together, so consecutive partitions) go in batches: a run costs seconds
     of start-up, a file in a run milliseconds. Batches are small enough for parallel_runs runs
-    to share the work, and at most max_per_run. Keys that already had a partition (a changed
-    file) are not consecutive: one run each.
+    to share the work, and at most max_per_run. Keys that already had a partition (changed
+    files, retries) are grouped where they are consecutive in `order` (the partitions' order):
+    a batch that failed together is retried together.
     """
-    size = max(1, min(max_per_run, -(-len(new) // parallel_runs)))
-    return [new[i : i + size] for i in range(0, len(new), size)] + [[key] for key in known]
+
+    def split(keys: list[str], together) -> list[list[str]]:
+        size = max(1, min(max_per_run, -(-len(keys) // parallel_runs)))
+        runs: list[list[str]] = []
+        for key in keys:
+            if runs and len(runs[-1]) < size and together(runs[-1][-1], key):
+                runs[-1].append(key)
+            else:
+                runs.append([key])
+        return runs
+
+    return split(new, lambda _, __: True) + split(
+        sorted(again, key=order.__getitem__), lambda a, b: order[b] == order[a] + 1
+    )

@@ -22,7 +22,7 @@ SHOWN = 200  # files listed in the report; the counts cover all of them
 def build_dry_run_job(source: str) -> dg.JobDefinition:
     @dg.op(
         name=f"plan_{source}",
-        required_resource_keys={sftp_key(source), "minio", "transfer_log"},
+        required_resource_keys={sftp_key(source), "minio", "transfer_log", "transfer_settings"},
         description=f"Lists what source `{source}` would copy now, and where; copies nothing.",
     )
     def plan(context: dg.OpExecutionContext) -> dg.Output[None]:
@@ -33,23 +33,24 @@ def build_dry_run_job(source: str) -> dg.JobDefinition:
         result = plan_transfers(
             listing.files,
             transfer_log.log.states(source),
-            {},
+            set(),
             now=time.time(),
             min_age_seconds=sftp.min_file_age_seconds,
             file_filter=sftp.file_filter,
             max_requests=len(listing.files),
+            auto_retry=context.resources.transfer_settings.auto_retry,
         )
         policy = sftp.policy(source)
         table = pd.DataFrame(
             [
                 {
-                    "remote file": display(file.path),
-                    "bytes": file.size,
+                    "remote file": display(request.file.path),
+                    "bytes": request.file.size,
                     "object": minio.store.uri(
-                        display(policy.object_name(minio.prefix, decode_key(key)))
+                        display(policy.object_name(minio.prefix, decode_key(request.key)))
                     ),
                 }
-                for key, file in result.requests
+                for request in result.requests
             ],
             columns=["remote file", "bytes", "object"],
         )

@@ -9,7 +9,7 @@ import paramiko
 import psycopg
 
 from .sftp import HostKeyError
-from .transfer import SourceChanged, TransferFailed
+from .transfer import ObjectOverwritten, SourceChanged, TransferFailed
 
 
 class NotAFile(Exception):
@@ -35,7 +35,9 @@ def is_permanent(exc: BaseException) -> bool:
     cause = root_cause(exc)
     if isinstance(exc, SourceChanged):
         return False  # the writer will finish; the next attempt sees a stable file
-    if isinstance(cause, (HostKeyError, paramiko.AuthenticationException, NotAFile)):
+    if isinstance(exc, ObjectOverwritten) or isinstance(
+        cause, (HostKeyError, paramiko.AuthenticationException, NotAFile)
+    ):
         return True
     # On either side, a missing file or bucket, a refused read or write; anything else
     # (connection resets, time-outs, S3 5xx, a restarting database) is worth another try.
@@ -48,6 +50,12 @@ def advice(exc: BaseException) -> str:
     upload = isinstance(exc, TransferFailed) and exc.stage in ("upload", "verify")
     if isinstance(exc, SourceChanged):
         return "Wait until the writer has finished (see MIN_FILE_AGE_SECONDS); it is retried."
+    if isinstance(exc, ObjectOverwritten):
+        return (
+            "Two sources, or another tool, write the same object: give each source its own "
+            "destination_prefix (prefix under MINIO_PREFIX), then rerun the partition. The "
+            "remote file was left in place."
+        )
     if isinstance(cause, HostKeyError):
         return "Fix the host key setting (SFTP_KNOWN_HOSTS_PATH / SFTP_HOST_KEY_SHA256)."
     if isinstance(cause, paramiko.AuthenticationException):

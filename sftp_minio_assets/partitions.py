@@ -10,6 +10,7 @@ way os.fsdecode does). The key is also the transfer log's `filename`.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from urllib.parse import unquote
 
 import dagster as dg
@@ -61,22 +62,32 @@ RANGE_END_TAG = "dagster/asset_partition_range_end"
 SOURCE_TAG = "sftp_minio_assets/source"
 
 
-def run_request_for(keys: list[str], signatures: list[str], source: str) -> dg.RunRequest:
-    """One run over keys, which must be consecutive partitions (as added in one request).
+def run_request_for(keys: list[str], versions: list[str], source: str) -> dg.RunRequest:
+    """One run over keys, which must be consecutive partitions.
 
-    The run key names the content requested, so a changed file gets a new run and an
-    unchanged one never a second. test_sensors fails if an upgrade changes the tags' meaning.
+    The run key names the content requested and how often it was requested automatically
+    (versions: "size:mtime#retries"), so a changed file or a retry gets a new run and the same
+    request never a second. test_sensors fails if an upgrade changes the tags' meaning.
     """
     if len(keys) == 1:
         return dg.RunRequest(
-            run_key=f"{keys[0]}@{signatures[0]}",
+            run_key=f"{keys[0]}@{versions[0]}",
             partition_key=keys[0],
             tags={SOURCE_TAG: source},
         )
     content = hashlib.sha256(
-        "\n".join(f"{k}@{s}" for k, s in zip(keys, signatures, strict=True)).encode()
+        "\n".join(f"{k}@{v}" for k, v in zip(keys, versions, strict=True)).encode()
     )
     return dg.RunRequest(
         run_key=f"{keys[0]}...{len(keys)} files@{content.hexdigest()[:16]}",
         tags={RANGE_START_TAG: keys[0], RANGE_END_TAG: keys[-1], SOURCE_TAG: source},
     )
+
+
+def keys_of_run(tags: Mapping[str, str], order: Mapping[str, int], keys: list[str]) -> list[str]:
+    """The partitions a run covers, from its tags: one key, or a range of `keys` (the
+    partitions in their order; `order` maps each to its index)."""
+    if key := tags.get("dagster/partition"):
+        return [key]
+    start, end = order.get(tags.get(RANGE_START_TAG, "")), order.get(tags.get(RANGE_END_TAG, ""))
+    return [] if start is None or end is None else keys[start : end + 1]

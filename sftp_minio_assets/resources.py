@@ -15,6 +15,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from pydantic import Field, PrivateAttr, ValidationError, WrapValidator, model_validator
 
+from .discovery import AutoRetry
 from .errors import SettingsError, TransferLogUnavailable, redact
 from .s3 import ObjectStore, S3Settings, bucket_problem, key_segments
 from .sftp import FileFilter, Listing, SFTPConnector, SFTPPool, SFTPSettings, list_tree
@@ -327,10 +328,22 @@ class TransferSettings(dg.ConfigurableResource):
         default=30,
         description="Partitions of files COMPLETED longer ago are deleted (the log keeps them).",
     )
+    auto_retry_backoff_minutes: list[Annotated[float, _at_least(0)]] = Field(
+        default=[0, 1, 5, 30, 60],
+        description="Wait before the n-th automatic retry of a failed or crashed file; the "
+        "last value repeats.",
+    )
+    auto_retry_limit: Annotated[int, _at_least(0)] = Field(
+        default=24, description="Automatic retries of a file, after which it waits for a rerun."
+    )
 
     @property
     def retry(self) -> Retry:
         return Retry(attempts=self.retries + 1, base_seconds=self.retry_base_seconds)
+
+    @property
+    def auto_retry(self) -> AutoRetry:
+        return AutoRetry(tuple(self.auto_retry_backoff_minutes), self.auto_retry_limit)
 
     @property
     def tuning(self) -> Tuning:
@@ -413,6 +426,22 @@ def from_environment(cls: type[R], variables: dict[str, str], **values: object) 
     return with_variables(plain, values, given)
 
 
+def _given(**values):
+    """The values that are set; each field's default, stated once on the class, covers the rest."""
+    return {name: value for name, value in values.items() if value is not None}
+
+
+def _floats(name: str) -> list[float] | None:
+    """A comma-separated list of numbers, or None when unset."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return None
+    try:
+        return [float(part) for part in value.split(",")]
+    except ValueError:
+        raise SettingsError(f"{name}={value!r}: expected numbers separated by commas") from None
+
+
 def _globs(name: str) -> list[str]:
     return [p.strip() for p in os.environ.get(name, "").split(",") if p.strip()]
 
@@ -480,7 +509,9 @@ def shared_resources_from_env() -> dict[str, dg.ConfigurableResource]:
                 "max_partitions_per_run": "MAX_PARTITIONS_PER_RUN",
                 "parallel_runs": "PARALLEL_RUNS",
                 "partition_retention_days": "PARTITION_RETENTION_DAYS",
+                "auto_retry_limit": "AUTO_RETRY_LIMIT",
             },
+            **_given(auto_retry_backoff_minutes=_floats("AUTO_RETRY_BACKOFF_MINUTES")),
         ),
         "alerts": build(
             AlertSettings,

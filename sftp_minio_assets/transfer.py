@@ -42,6 +42,14 @@ class TransferFailed(Exception):
         self.committed: Committed | None = None
 
 
+class ObjectOverwritten(TransferFailed):
+    """Another writer replaced the object right after this attempt wrote it: two sources (or
+    another tool) write the same key. The file is not recorded as copied."""
+
+    def __init__(self, message: str):
+        super().__init__("verify", message)
+
+
 class SourceChanged(TransferFailed):
     """The remote file changed while it was copied: the copy would be torn, so it is dropped."""
 
@@ -154,7 +162,7 @@ def copy_file(
         else:
             _upload(store, key, chunks, metadata, tuning, meter, check_unchanged, before.st_size)
     try:
-        _verify(store, key, stored.size)
+        _verify(store, key, stored.size, metadata[TOKEN])
     except TransferFailed as exc:
         exc.committed = _committed(key, metadata, meter)
         raise
@@ -363,7 +371,7 @@ def finish_commit(store: ObjectStore, committed: Committed) -> TransferResult | 
     store.set_tags(committed.key, {"sha256": committed.sha256})
     stored = head["ContentLength"]
     if not committed.compressed:
-        _verify(store, committed.key, committed.size)
+        _verify(store, committed.key, committed.size, committed.token)
     elapsed = time.monotonic() - started
     return TransferResult(
         committed.size,
@@ -375,14 +383,50 @@ def finish_commit(store: ObjectStore, committed: Committed) -> TransferResult | 
     )
 
 
-def _verify(store: ObjectStore, key: str, size: int) -> None:
+def earlier_copy(
+    store: ObjectStore, key: str, metadata: dict[str, str], size: int
+) -> TransferResult | None:
+    """The object an earlier attempt committed whole for this very file and content (its
+    metadata names the same source, path and mtime, its size matches, and it was tagged with
+    its sha256), when that attempt died before the log could say so; else None.
+
+    Objects are committed only whole, and only if the file did not change while it was read,
+    so such an object is the copy a new attempt would write again.
+    """
+    started = time.monotonic()
+    head = store.head(key)
+    if head is None:
+        return None
+    found = head.get("Metadata", {})
+    if any(found.get(name) != value for name, value in metadata.items()):
+        return None
+    stored = head["ContentLength"]
+    compressed = "compression" in found
+    if (found.get("original-size") if compressed else str(stored)) != str(size):
+        return None
+    sha256 = store.tags(key).get("sha256")
+    if not sha256:  # died between the commit and the tagging: copy again
+        return None
+    elapsed = time.monotonic() - started
+    return TransferResult(
+        size, sha256, 0.0, elapsed, elapsed, stored_bytes=stored if compressed else None
+    )
+
+
+def _verify(store: ObjectStore, key: str, size: int, token: str) -> None:
     try:
         head = store.head(key)
     except Exception as exc:
         raise TransferFailed("verify", f"reading back the object failed: {_describe(exc)}") from exc
+    found = (head or {}).get("Metadata", {})
+    if head is not None and found.get(TOKEN) != token:
+        writer = f"source {found['source']!r}" if "source" in found else "another writer"
+        raise ObjectOverwritten(
+            f"the object was overwritten by {writer} right after this copy was written"
+        )
     if head is None or head["ContentLength"] != size:
-        found = "no object" if head is None else f"{head['ContentLength']} bytes"
-        raise TransferFailed("verify", f"the object has {found} after upload, expected {size}")
+        found_size = "no object" if head is None else f"{head['ContentLength']} bytes"
+        raise TransferFailed("verify", f"the object has {found_size} after upload, expected {size}")
 
 
 def _describe(exc: BaseException | None) -> str:

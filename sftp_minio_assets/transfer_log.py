@@ -70,6 +70,14 @@ MIGRATIONS = [
     CREATE INDEX IF NOT EXISTS file_transfer_log_status_heartbeat
         ON file_transfer_log (status, heartbeat_at)
     """,
+    # Self-healing (sensors.py): a file the sensor requested and no worker claimed yet is
+    # QUEUED; a failure says whether retrying can help, and automatic re-requests are counted.
+    """
+    ALTER TABLE file_transfer_log
+        ADD COLUMN IF NOT EXISTS requested_at TIMESTAMPTZ,
+        ADD COLUMN IF NOT EXISTS permanent BOOLEAN NOT NULL DEFAULT false,
+        ADD COLUMN IF NOT EXISTS auto_retries INTEGER NOT NULL DEFAULT 0
+    """,
 ]
 
 # Serialises concurrent migrations (several workers starting at once).
@@ -89,12 +97,16 @@ ON CONFLICT (source, filename) DO UPDATE SET
     size_bytes = EXCLUDED.size_bytes, file_size_mb = EXCLUDED.file_size_mb,
     remote_mtime = EXCLUDED.remote_mtime, object_key = EXCLUDED.object_key, sha256 = NULL,
     download_duration = NULL, upload_duration = NULL, total_duration = NULL,
-    stored_bytes = NULL, source_action = NULL
-WHERE t.status = 'FAILED'
+    stored_bytes = NULL, source_action = NULL, permanent = false
+WHERE t.status NOT IN ('IN_PROGRESS', 'COMPLETED')  -- FAILED, QUEUED, or not ours: see STATUSES
    OR (t.status = 'IN_PROGRESS'
        AND t.heartbeat_at < now() - make_interval(secs => %(stale_seconds)s))
-   -- our own claim, left IN_PROGRESS when the database went away under us: take it again
-   OR (t.status = 'IN_PROGRESS' AND t.worker_id = EXCLUDED.worker_id)
+   -- our own claim, left IN_PROGRESS when the database went away under us, or our run's,
+   -- left by an earlier attempt of the step that died: take it again
+   OR (t.status = 'IN_PROGRESS' AND (t.worker_id = EXCLUDED.worker_id
+                                      OR t.run_id = EXCLUDED.run_id))
+   -- held by a run that Dagster knows is finished: nobody is copying it any more
+   OR (t.status = 'IN_PROGRESS' AND t.run_id = %(dead_run)s)
    OR (t.status = 'COMPLETED' AND (t.size_bytes IS DISTINCT FROM EXCLUDED.size_bytes
                                    OR t.remote_mtime IS DISTINCT FROM EXCLUDED.remote_mtime))
 RETURNING id, attempts
@@ -111,7 +123,7 @@ UPDATE file_transfer_log SET
     size_bytes = %(size_bytes)s, file_size_mb = round(%(size_bytes)s / 1048576.0, 2),
     sha256 = %(sha256)s, download_duration = %(download)s, upload_duration = %(upload)s,
     total_duration = %(total)s, error_message = NULL, stored_bytes = %(stored_bytes)s,
-    consecutive_failures = 0
+    consecutive_failures = 0, auto_retries = 0
 WHERE id = %(id)s AND attempts = %(attempts)s AND status = 'IN_PROGRESS'
 """
 
@@ -119,7 +131,7 @@ FAIL = """
 UPDATE file_transfer_log SET
     status = 'FAILED', transfer_end_time = now(), updated_at = now(), error_message = %(error)s,
     total_duration = extract(epoch FROM now() - transfer_start_time),
-    consecutive_failures = consecutive_failures + 1
+    consecutive_failures = consecutive_failures + 1, permanent = %(permanent)s
 WHERE id = %(id)s AND attempts = %(attempts)s AND status = 'IN_PROGRESS'
 """
 
@@ -128,15 +140,16 @@ WHERE id = %(id)s AND attempts = %(attempts)s AND status = 'IN_PROGRESS'
 FAIL_UNCLAIMED = """
 INSERT INTO file_transfer_log AS t (
     source, filename, worker_id, run_id, status, attempts, transfer_start_time,
-    transfer_end_time, error_message, consecutive_failures)
+    transfer_end_time, error_message, consecutive_failures, permanent)
 VALUES (
-    %(source)s, %(filename)s, %(worker_id)s, %(run_id)s, 'FAILED', 1, now(), now(), %(error)s, 1)
+    %(source)s, %(filename)s, %(worker_id)s, %(run_id)s, 'FAILED', 1, now(), now(), %(error)s, 1,
+    %(permanent)s)
 ON CONFLICT (source, filename) DO UPDATE SET
     worker_id = EXCLUDED.worker_id, run_id = EXCLUDED.run_id, status = 'FAILED',
     attempts = t.attempts + 1, transfer_start_time = now(), transfer_end_time = now(),
     updated_at = now(), error_message = EXCLUDED.error_message,
-    consecutive_failures = t.consecutive_failures + 1
-WHERE t.status = 'FAILED'
+    consecutive_failures = t.consecutive_failures + 1, permanent = EXCLUDED.permanent
+WHERE t.status NOT IN ('IN_PROGRESS', 'COMPLETED')
    OR (t.status = 'IN_PROGRESS'
        AND t.heartbeat_at < now() - make_interval(secs => %(stale_seconds)s))
 """
@@ -144,6 +157,7 @@ WHERE t.status = 'FAILED'
 SWEEP_STALE = """
 UPDATE file_transfer_log SET
     status = 'FAILED', updated_at = now(), consecutive_failures = consecutive_failures + 1,
+    permanent = false,
     error_message = format('claim by worker %%s expired: no heartbeat since %%s '
                            '(the worker stopped or crashed); the file will be transferred again',
                            worker_id, heartbeat_at)
@@ -151,10 +165,59 @@ WHERE status = 'IN_PROGRESS' AND source = %(source)s
   AND heartbeat_at < now() - make_interval(secs => %(stale_seconds)s)
 """
 
+# Claims held by runs that Dagster reports finished (their workers are gone): released at once.
+RELEASE_RUNS = """
+UPDATE file_transfer_log SET
+    status = 'FAILED', updated_at = now(), consecutive_failures = consecutive_failures + 1,
+    permanent = false,
+    error_message = format('claim by worker %%s released: its run %%s ended (%%s) before the '
+                           'copy finished; the file will be transferred again',
+                           worker_id, run_id, %(why)s::text)
+WHERE status = 'IN_PROGRESS' AND source = %(source)s AND run_id = %(run_id)s
+"""
+
+CLAIMING_RUNS = """
+SELECT DISTINCT run_id FROM file_transfer_log
+WHERE status = 'IN_PROGRESS' AND source = %(source)s AND run_id IS NOT NULL
+"""
+
+# Requested files that no run claimed, though no run that could is left: the run died before
+# it reached them (or was never created). They fail, and are retried like any transient fault.
+RELEASE_ORPHANS = """
+UPDATE file_transfer_log SET
+    status = 'FAILED', updated_at = now(), consecutive_failures = consecutive_failures + 1,
+    permanent = false,
+    error_message = format('requested at %%s, but its run ended before it copied the file '
+                           '(the run failed to start, crashed or was canceled); the file will '
+                           'be transferred again', requested_at)
+WHERE status = 'QUEUED' AND source = %(source)s
+  AND requested_at < now() - make_interval(secs => %(grace_seconds)s)
+  AND NOT filename = ANY(%(in_flight)s)
+"""
+
+# The sensor's requests, one statement per tick: new and changed files start their count of
+# automatic retries afresh; a retry adds one. Never over a live claim.
+REQUEST = """
+INSERT INTO file_transfer_log AS t (
+    source, filename, status, attempts, size_bytes, file_size_mb, remote_mtime, requested_at,
+    auto_retries)
+SELECT %(source)s, f.filename, 'QUEUED', 0, f.size_bytes, round(f.size_bytes / 1048576.0, 2),
+       to_timestamp(f.mtime), now(), f.retry::int
+FROM unnest(%(filenames)s::text[], %(sizes)s::bigint[], %(mtimes)s::bigint[],
+            %(retries)s::boolean[]) AS f(filename, size_bytes, mtime, retry)
+ON CONFLICT (source, filename) DO UPDATE SET
+    status = 'QUEUED', requested_at = now(), updated_at = now(),
+    auto_retries = CASE WHEN EXCLUDED.auto_retries = 1 THEN t.auto_retries + 1 ELSE 0 END,
+    size_bytes = EXCLUDED.size_bytes, file_size_mb = EXCLUDED.file_size_mb,
+    remote_mtime = EXCLUDED.remote_mtime
+WHERE t.status <> 'IN_PROGRESS'
+"""
+
 GET = "SELECT * FROM file_transfer_log WHERE source = %(source)s AND filename = %(filename)s"
 
 STATES = """
-SELECT filename, status, size_bytes, extract(epoch FROM remote_mtime)::bigint AS mtime
+SELECT filename, status, size_bytes, extract(epoch FROM remote_mtime)::bigint AS mtime,
+       permanent, auto_retries, extract(epoch FROM updated_at) AS updated
 FROM file_transfer_log WHERE source = %(source)s
 """
 
@@ -171,12 +234,20 @@ WHERE source = %(source)s AND status = 'COMPLETED'
   AND transfer_end_time < now() - make_interval(secs => %(seconds)s)
 """
 
-# Files that failed at least `threshold` times in a row, of one source or of all.
+# Files that failed at least `threshold` times in a row, or for good (they wait for a fix),
+# of one source or of all.
 FAILING_FILES = """
-SELECT source, filename, consecutive_failures, error_message FROM file_transfer_log
-WHERE status = 'FAILED' AND consecutive_failures >= %(threshold)s
+SELECT source, filename, consecutive_failures, error_message, permanent FROM file_transfer_log
+WHERE status = 'FAILED' AND (consecutive_failures >= %(threshold)s OR permanent)
   AND (%(source)s::text IS NULL OR source = %(source)s)
 ORDER BY consecutive_failures DESC
+"""
+
+# Files still failing after the last automatic retry: they wait for a rerun.
+OUT_OF_RETRIES = """
+SELECT source, filename, consecutive_failures, auto_retries, error_message
+FROM file_transfer_log
+WHERE status = 'FAILED' AND NOT permanent AND auto_retries >= %(limit)s
 """
 
 # Sources whose last `threshold` finished transfers all failed.
@@ -197,7 +268,9 @@ RECOVERED = """
 SELECT a.subject FROM transfer_alerts a
 WHERE EXISTS (
     SELECT 1 FROM file_transfer_log t
-    WHERE a.subject = 'file ' || t.source || '/' || t.filename AND t.status = 'COMPLETED')
+    WHERE a.subject IN ('file ' || t.source || '/' || t.filename,
+                        'retries of ' || t.source || '/' || t.filename)
+      AND t.status = 'COMPLETED')
 OR EXISTS (
     SELECT 1 FROM (
         SELECT DISTINCT ON (source) source, status FROM file_transfer_log
@@ -214,11 +287,14 @@ ON CONFLICT (subject) DO NOTHING RETURNING subject
 
 CLOSE_ALERT = "DELETE FROM transfer_alerts WHERE subject = %(subject)s RETURNING subject"
 
-# Claims that outlived the stale window (asset checks).
+# Claims that outlived the stale window, and rows whose status this project does not write
+# (asset checks).
 STUCK = """
-SELECT source, filename, worker_id, heartbeat_at FROM file_transfer_log
-WHERE source = %(source)s AND status = 'IN_PROGRESS'
-  AND heartbeat_at < now() - make_interval(secs => %(stale_seconds)s)
+SELECT source, filename, worker_id, heartbeat_at, status FROM file_transfer_log
+WHERE source = %(source)s
+  AND ((status = 'IN_PROGRESS'
+        AND heartbeat_at < now() - make_interval(secs => %(stale_seconds)s))
+       OR NOT status = ANY(%(statuses)s))
 ORDER BY heartbeat_at
 """
 
@@ -237,6 +313,23 @@ SELECT source, filename, worker_id, status, size_bytes, stored_bytes, download_d
 FROM file_transfer_log
 WHERE updated_at >= now() - make_interval(days => %(days)s)
 """
+
+
+# The statuses this project writes. QUEUED: requested by the sensor, not claimed yet. A row with
+# any other status (edited by hand, or by another tool) is never taken for a live claim: it is
+# claimable, and reported (FileState.unknown_status).
+STATUSES = ("QUEUED", "IN_PROGRESS", "COMPLETED", "FAILED")
+
+
+@dataclass(frozen=True)
+class FileState:
+    """What the sensor needs to know of a file's row to decide whether to request it."""
+
+    status: str
+    signature: str | None  # "size:mtime" of the content last requested or claimed
+    permanent: bool  # the last failure cannot be helped by retrying
+    auto_retries: int  # automatic re-requests since the file last changed or was copied
+    updated: float  # epoch seconds of the last change of the row (for a failure: its time)
 
 
 @dataclass(frozen=True)
@@ -289,9 +382,11 @@ class TransferLog:
         object_key: str,
         worker_id: str,
         run_id: str | None,
+        dead_run: str | None = None,
     ) -> Claim | None:
         """The claim if this worker may transfer the file now; None if another holds it or the
-        same content is already COMPLETED."""
+        same content is already COMPLETED. dead_run: a run known to be finished, whose claim
+        may be taken over."""
         row = self._execute(
             CLAIM,
             {
@@ -303,6 +398,7 @@ class TransferLog:
                 "remote_mtime": datetime.fromtimestamp(remote_mtime, UTC),
                 "object_key": object_key,
                 "stale_seconds": self.stale_minutes * 60,
+                "dead_run": dead_run,
             },
         ).fetchone()
         return Claim(row["id"], row["attempts"]) if row else None
@@ -325,11 +421,19 @@ class TransferLog:
         if self._execute(COMPLETE, params).rowcount != 1:
             raise ClaimLost(f"claim {claim.id} (attempt {claim.attempts}) was taken over")
 
-    def fail(self, claim: Claim, error: str) -> None:
-        self._execute(FAIL, {"id": claim.id, "attempts": claim.attempts, "error": error})
+    def fail(self, claim: Claim, error: str, permanent: bool = False) -> None:
+        params = {"id": claim.id, "attempts": claim.attempts, "error": error}
+        self._execute(FAIL, {**params, "permanent": permanent})
 
     def fail_unclaimed(
-        self, source: str, filename: str, error: str, *, worker_id: str, run_id: str | None
+        self,
+        source: str,
+        filename: str,
+        error: str,
+        *,
+        worker_id: str,
+        run_id: str | None,
+        permanent: bool = False,
     ) -> None:
         self._execute(
             FAIL_UNCLAIMED,
@@ -340,6 +444,7 @@ class TransferLog:
                 "run_id": run_id,
                 "error": error,
                 "stale_seconds": self.stale_minutes * 60,
+                "permanent": permanent,
             },
         )
 
@@ -349,16 +454,50 @@ class TransferLog:
             SWEEP_STALE, {"source": source, "stale_seconds": self.stale_minutes * 60}
         ).rowcount
 
+    def claiming_runs(self, source: str) -> list[str]:
+        """The runs that hold claims on files of the source."""
+        rows = self._execute(CLAIMING_RUNS, {"source": source}).fetchall()
+        return [r["run_id"] for r in rows]
+
+    def release_run(self, source: str, run_id: str, why: str) -> int:
+        """Turn the claims of a finished run into FAILED rows; returns how many."""
+        params = {"source": source, "run_id": run_id, "why": why}
+        return self._execute(RELEASE_RUNS, params).rowcount
+
+    def release_orphans(self, source: str, in_flight: set[str], grace_seconds: float) -> int:
+        """Turn QUEUED rows that no unfinished run covers into FAILED rows; returns how many."""
+        params = {"source": source, "in_flight": list(in_flight), "grace_seconds": grace_seconds}
+        return self._execute(RELEASE_ORPHANS, params).rowcount
+
+    def request(self, source: str, files: list[tuple[str, int, int, bool]]) -> None:
+        """Record the sensor's requests: (filename, size, mtime, is an automatic retry)."""
+        if not files:
+            return
+        filenames, sizes, mtimes, retries = (list(column) for column in zip(*files, strict=True))
+        self._execute(
+            REQUEST,
+            {
+                "source": source,
+                "filenames": filenames,
+                "sizes": sizes,
+                "mtimes": mtimes,
+                "retries": retries,
+            },
+        )
+
     def get(self, source: str, filename: str) -> dict | None:
         return self._execute(GET, {"source": source, "filename": filename}).fetchone()
 
-    def states(self, source: str) -> dict[str, tuple[str, str | None]]:
-        """filename (the partition key) -> (status, "size:mtime" of the last claimed content)."""
+    def states(self, source: str) -> dict[str, FileState]:
+        """filename (the partition key) -> its state."""
         rows = self._execute(STATES, {"source": source}).fetchall()
         return {
-            r["filename"]: (
+            r["filename"]: FileState(
                 r["status"],
                 None if r["size_bytes"] is None else f"{r['size_bytes']}:{r['mtime']}",
+                r["permanent"],
+                r["auto_retries"],
+                float(r["updated"]),
             )
             for r in rows
         }
@@ -375,6 +514,9 @@ class TransferLog:
         params = {"threshold": threshold, "source": source}
         return self._execute(FAILING_FILES, params).fetchall()
 
+    def out_of_retries(self, limit: int) -> list[dict]:
+        return self._execute(OUT_OF_RETRIES, {"limit": limit}).fetchall()
+
     def failing_sources(self, threshold: int) -> list[dict]:
         return self._execute(FAILING_SOURCES, {"threshold": threshold}).fetchall()
 
@@ -389,7 +531,11 @@ class TransferLog:
         return self._execute(CLOSE_ALERT, {"subject": subject}).fetchone() is not None
 
     def stuck(self, source: str) -> list[dict]:
-        params = {"source": source, "stale_seconds": self.stale_minutes * 60}
+        params = {
+            "source": source,
+            "stale_seconds": self.stale_minutes * 60,
+            "statuses": list(STATUSES),
+        }
         return self._execute(STUCK, params).fetchall()
 
     def recent_completed(self, source: str, limit: int) -> list[dict]:

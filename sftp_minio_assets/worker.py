@@ -16,10 +16,11 @@ import socket
 import stat
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import suppress
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Literal
 from urllib.parse import quote
 
@@ -32,10 +33,12 @@ from .sftp import SFTPPool, SFTPSettings, display, remote_bytes
 from .transfer import (
     SUFFIXES,
     Committed,
+    ObjectOverwritten,
     TransferFailed,
     TransferResult,
     Tuning,
     copy_file,
+    earlier_copy,
     finish_commit,
 )
 from .transfer_log import Claim, TransferLog
@@ -101,6 +104,7 @@ class Worker:
         secrets: tuple[str | None, ...] = (),
         retry: Retry = Retry(),
         policy: SourcePolicy | None = None,
+        run_finished: Callable[[str], bool] = lambda run_id: False,
     ):
         self.source = source
         self.policy = policy or SourcePolicy(destination=source)
@@ -113,6 +117,8 @@ class Worker:
         self.run_id = run_id
         self.secrets = secrets
         self.retry = retry
+        # Whether a run (by id) is known to be over, so that its claims are dead.
+        self.run_finished = run_finished
         # A live transfer refreshes its claim well within the stale window.
         self.heartbeat_seconds = min(30.0, transfer_log.stale_minutes * 60 / 4)
 
@@ -153,7 +159,8 @@ class Worker:
             attrs = self.pool.get().stat(remote_bytes(remote_path))
             if not stat.S_ISREG(attrs.st_mode or 0):
                 raise NotAFile(f"{display(path)} is not a regular file any more")
-            claim = self.log.claim(
+            claim_now = partial(
+                self.log.claim,
                 self.source,
                 key,
                 size_bytes=attrs.st_size or 0,
@@ -162,20 +169,29 @@ class Worker:
                 worker_id=me,
                 run_id=self.run_id,
             )
+            claim = claim_now()
+            if claim is None and (dead_run := self._dead_holder(key)):
+                claim = claim_now(dead_run=dead_run)  # its holder's run is over: take it over
             if claim is None:
                 return self._not_claimed(key, where)
+            metadata = {
+                "source": self.source,
+                "source-path": quote(remote_bytes(path)),
+                "source-mtime": str(int(attrs.st_mtime or 0)),
+            }
             if claim.attempts > 1:
                 self._abort_leftover_uploads(object_name)
-            result = self._finish(committed, attrs) or copy_file(
+            self._refuse_another_sources_object(object_name)
+            result = self._finish(committed, attrs)
+            if result is None and claim.attempts > 1:
+                # An attempt that died between its commit and the log: its copy stands.
+                result = earlier_copy(self.store, object_name, metadata, attrs.st_size or 0)
+            result = result or copy_file(
                 self.pool.get(),
                 remote_bytes(remote_path),
                 self.store,
                 object_name,
-                metadata={
-                    "source": self.source,
-                    "source-path": quote(remote_bytes(path)),
-                    "source-mtime": str(int(attrs.st_mtime or 0)),
-                },
+                metadata=metadata,
                 tuning=self.tuning,
                 heartbeat=self._heartbeat(claim),
             )
@@ -185,7 +201,7 @@ class Worker:
             if not permanent:
                 self.pool.discard()  # the session may be broken: reconnect next time
             message = redact(f"{where}: {exc} {advice(exc)}", self.secrets)
-            self._record_failure(key, claim, message, me)
+            self._record_failure(key, claim, message, me, permanent)
             return Outcome(
                 key,
                 "failed",
@@ -273,6 +289,15 @@ class Worker:
                     raise
                 time.sleep(self.retry.delay(failures))
 
+    def _refuse_another_sources_object(self, object_name: str) -> None:
+        """Never overwrite (and then record as ours) a copy of another source's file."""
+        owner = ((self.store.head(object_name) or {}).get("Metadata") or {}).get("source")
+        if owner not in (None, self.source):
+            raise ObjectOverwritten(
+                f"the object already holds source {owner!r}'s copy of its file; it is left as "
+                "it is, and this file is not copied over it"
+            )
+
     def _abort_leftover_uploads(self, object_name: str) -> None:
         """A previous attempt that died mid-upload left its multipart upload open; we hold the
         claim now, so any open upload of this key is a leftover."""
@@ -281,14 +306,26 @@ class Worker:
                 if upload["Key"] == object_name:
                     self.store.abort_multipart(object_name, upload["UploadId"])
 
-    def _record_failure(self, key: str, claim: Claim | None, message: str, me: str) -> None:
+    def _record_failure(
+        self, key: str, claim: Claim | None, message: str, me: str, permanent: bool
+    ) -> None:
         try:
             if claim is None:
-                self.log.fail_unclaimed(self.source, key, message, worker_id=me, run_id=self.run_id)
+                self.log.fail_unclaimed(
+                    self.source, key, message, worker_id=me, run_id=self.run_id, permanent=permanent
+                )
             else:
-                self.log.fail(claim, message)
+                self.log.fail(claim, message, permanent)
         except Exception as exc:  # the log itself is down: the claim goes stale, then is retried
             log.warning("could not record the failure of %s in the transfer log: %s", key, exc)
+
+    def _dead_holder(self, key: str) -> str | None:
+        """The run holding the file's claim, if Dagster reports it finished."""
+        row = self.log.get(self.source, key) or {}
+        holder = row.get("run_id")
+        if row.get("status") == "IN_PROGRESS" and holder and self.run_finished(holder):
+            return holder
+        return None
 
     def _not_claimed(self, key: str, where: str) -> Outcome:
         row = self.log.get(self.source, key) or {}

@@ -2,11 +2,17 @@
 
 import hashlib
 import os
+import shutil
+import signal
+import subprocess
+import sys
 import uuid
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
+import psycopg
 import pytest
 
 from sftp_minio_assets.local_stack import LocalStack
@@ -129,3 +135,78 @@ def sha256_file(path: Path) -> str:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+@dataclass
+class Daemon:
+    """A real `dagster-daemon run` on the project's dagster.yaml and workspace.yaml, its
+    instance on the stack's PostgreSQL, as deployments run it (with the code server it starts,
+    which launches each run as a process of its own)."""
+
+    process: subprocess.Popen
+    dagster_db: str  # the instance's own database
+    home: Path
+
+    def run_statuses(self) -> dict[str, str]:
+        with psycopg.connect(self.dagster_db) as conn:
+            return dict(conn.execute("SELECT run_id, status FROM runs").fetchall())
+
+    def pids(self, marker: str) -> list[int]:
+        """Processes started by the daemon whose command line contains marker."""
+        session = os.getsid(self.process.pid)
+        found = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            with suppress(OSError):
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ")
+                if os.getsid(int(entry)) == session and marker.encode() in cmdline:
+                    found.append(int(entry))
+        return found
+
+    def log(self) -> str:
+        return (self.home / "daemon.log").read_text(errors="replace")
+
+
+@pytest.fixture
+def start_daemon(env, tmp_path):
+    """Starts the daemon with the stack's settings plus the given variables; stops it after."""
+    started: list[subprocess.Popen] = []
+
+    def start(**variables: str) -> Daemon:
+        home = tmp_path / "dagster_home"
+        home.mkdir(exist_ok=True)
+        shutil.copy(PROJECT / "dagster.yaml", home / "dagster.yaml")
+        name = f"dagster_{env.bucket.removeprefix('test-')}"
+        dagster_db = env.stack.postgres.create_database(name, exist_ok=True)
+        environment = {
+            **os.environ,
+            **env.stack.env(bucket=env.bucket),
+            "SFTP_ROOT": str(env.root),
+            "TRANSFER_DB_URL": env.db_url,
+            "MIN_FILE_AGE_SECONDS": "0",
+            "DAGSTER_HOME": str(home),
+            "DAGSTER_PG_DB": name,
+            **variables,
+        }
+        with open(home / "daemon.log", "ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "dagster._daemon", "run", "-w", "workspace.yaml"],
+                cwd=PROJECT,
+                env=environment,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        started.append(process)
+        return Daemon(process, dagster_db, home)
+
+    yield start
+    for process in started:
+        with suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()

@@ -3,7 +3,7 @@
 import os
 import time
 
-from sftp_minio_assets.discovery import plan_transfers
+from sftp_minio_assets.discovery import AutoRetry, plan_transfers
 from sftp_minio_assets.partitions import decode_key
 from sftp_minio_assets.s3 import object_key
 from sftp_minio_assets.sftp import FileFilter
@@ -45,7 +45,7 @@ def seed(env) -> None:
 
 def test_every_transferable_name_round_trips_byte_for_byte(env, instance):
     seed(env)
-    first = tick(env, instance, None)
+    first = tick(env, instance)
     keys = requested(first, instance)
     assert sorted(decode_key(key) for key in keys) == sorted(TRANSFERABLE)
 
@@ -76,17 +76,18 @@ def test_links_are_skipped_by_default_and_followed_only_inside_the_root(env):
 
 def test_an_overlong_path_is_skipped_with_its_reason_and_the_sensor_goes_on(env, instance):
     seed(env)
-    result = tick(env, instance, None)
+    result = tick(env, instance)
     assert TOO_LONG not in [decode_key(key) for key in requested(result, instance)]
     assert len(requested(result, instance)) == len(TRANSFERABLE)
     plan = plan_transfers(
         env.sftp().list_files().files,
         {},
-        {},
+        set(),
         now=time.time(),
         min_age_seconds=0,
         file_filter=FileFilter(),
         max_requests=1000,
+        auto_retry=AutoRetry(),
     )
     assert [(path, "more than 1024" in why) for path, why in plan.ignored] == [(TOO_LONG, True)]
 

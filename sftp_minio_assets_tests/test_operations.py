@@ -12,7 +12,7 @@ from sftp_minio_assets.alerts import alert_on_recovery, alert_on_repeated_failur
 from sftp_minio_assets.assets import files
 from sftp_minio_assets.checks import build_file_checks
 from sftp_minio_assets.dry_run import build_dry_run_job
-from sftp_minio_assets.resources import AlertSettings
+from sftp_minio_assets.resources import AlertSettings, TransferSettings
 from sftp_minio_assets.stats import summarize, transfer_stats
 
 from .test_assets import PARTITIONS, materialize
@@ -48,7 +48,7 @@ class Receiver:
         self.server.server_close()
 
 
-def run_status_sensor(sensor, env, instance, result, receiver):
+def run_status_sensor(sensor, env, instance, result, receiver, transfer_settings=None):
     """Evaluate a run status sensor on a finished run, as the daemon would."""
     event = result.get_run_success_event() if result.success else result.get_run_failure_event()
     with dg.build_run_status_sensor_context(
@@ -59,6 +59,7 @@ def run_status_sensor(sensor, env, instance, result, receiver):
         resources={
             "transfer_log": env.resources()["transfer_log"],
             "alerts": AlertSettings(webhook_url=receiver.url, after_failures=2),
+            "transfer_settings": TransferSettings(**(transfer_settings or {})),
         },
     ) as context:
         sensor(context if result.success else context.for_run_failure())
@@ -73,12 +74,12 @@ def test_repeated_failures_alert_once_per_file_and_source_then_once_on_recovery(
             assert not result.success
             run_status_sensor(alert_on_repeated_failures, env, instance, result, receiver)
             sent.append([message["text"] for message in receiver.received])
-        # Run 1: the source's last 2 transfers failed. Run 2: each file failed twice.
-        # Run 3: nothing new, the alerts are open.
-        assert [len(texts) for texts in sent] == [1, 3, 3], sent
-        assert "the last 2 transfers of source default all failed" in sent[0][0]
+        # Run 1: a missing file cannot be helped by retrying: each waits for a fix, at once;
+        # and the source's last 2 transfers failed. Runs 2 and 3: nothing new, alerts are open.
+        assert [len(texts) for texts in sent] == [3, 3, 3], sent
+        assert any("the last 2 transfers of source default all failed" in t for t in sent[0])
         for name in missing:
-            [text] = [t for t in sent[1] if f"file default/{name} failed 2 times in a row" in t]
+            [text] = [t for t in sent[0] if f"file default/{name} failed, and waits for a fix" in t]
             assert name in text.split("Last error:")[1]  # says which file, and why
 
         for name in missing:
@@ -172,13 +173,13 @@ def test_retention_deletes_partitions_of_long_completed_files_not_their_history(
             "WHERE filename = 'old.csv'"
         )
     retention = {"partition_retention_days": retention_days}
-    result = tick(env, instance, None, retention)
+    tick(env, instance, retention)
     partitions = instance.get_dynamic_partitions(PARTITIONS)
     assert ("old.csv" not in partitions) == deleted
     assert "new.csv" in partitions
     assert env.rows()["old.csv"]["status"] == "COMPLETED"  # the history stays
     # A deleted partition is not added back: the file is done and unchanged.
-    again = tick(env, instance, result.cursor, retention)
+    again = tick(env, instance, retention)
     assert ("old.csv" not in instance.get_dynamic_partitions(PARTITIONS)) == deleted
     assert again.run_requests == []
 

@@ -12,13 +12,13 @@ from .test_assets import PARTITIONS, materialize
 sensor = build_new_files_sensor("default", files)
 
 
-def tick(env, instance, cursor, transfer_settings=None, **sftp_overrides) -> dg.SensorResult:
+def tick(env, instance, transfer_settings=None, **sftp_overrides) -> dg.SensorResult:
     """One evaluation; its partition requests are applied to the instance, as the daemon does."""
     resources = {
         **env.resources(**(transfer_settings or {})),
         "sftp_default": env.sftp(**sftp_overrides),
     }
-    with dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources) as context:
+    with dg.build_sensor_context(instance=instance, resources=resources) as context:
         result = sensor(context)
     apply_partition_requests(instance, result)
     return result
@@ -44,22 +44,22 @@ def test_discovery_new_unchanged_changed_filtered_young_and_nested(env, instance
     env.write("young.csv", b"still being written", age_seconds=0)
     rules = dict(exclude=["*.tmp"], min_file_age_seconds=600)
 
-    first = tick(env, instance, None, **rules)
+    first = tick(env, instance, **rules)
     assert requested(first, instance) == ["a.csv", "deep/er/b.csv"]
     assert sorted(instance.get_dynamic_partitions(PARTITIONS)) == ["a.csv", "deep/er/b.csv"]
-    assert first.cursor
+    assert first.cursor is None  # the transfer log is the sensor's memory, whatever the backlog
 
-    quiet = tick(env, instance, first.cursor, **rules)
+    quiet = tick(env, instance, **rules)
     assert requested(quiet, instance) == []
     assert "nothing new" in quiet.skip_reason.skip_message
 
     assert materialize(env, instance, ["a.csv", "deep/er/b.csv"]).success
-    after_copy = tick(env, instance, quiet.cursor, **rules)
+    after_copy = tick(env, instance, **rules)
     assert requested(after_copy, instance) == []
 
     env.write("a.csv", b"a, second version", age_seconds=900)
     env.write("young.csv", b"now complete", age_seconds=900)
-    changed = tick(env, instance, after_copy.cursor, **rules)
+    changed = tick(env, instance, **rules)
     assert requested(changed, instance) == ["a.csv", "young.csv"]
     # a.csv keeps its partition: only young.csv is new.
     assert sorted(instance.get_dynamic_partitions(PARTITIONS)) == [
@@ -69,17 +69,17 @@ def test_discovery_new_unchanged_changed_filtered_young_and_nested(env, instance
     ]
 
 
-def test_a_fresh_cursor_does_not_request_completed_files_again(env, instance):
+def test_a_completed_file_is_not_requested_again(env, instance):
     env.write("done.txt", b"done")
-    tick(env, instance, None)
+    tick(env, instance)
     assert materialize(env, instance, ["done.txt"]).success
-    assert requested(tick(env, instance, None), instance) == []
+    assert requested(tick(env, instance), instance) == []
 
 
 def test_awkward_names_become_reversible_partition_keys(env, instance):
     env.write("a,b.txt", b"comma")
     env.write("wait....txt", b"dots")
-    result = tick(env, instance, None)
+    result = tick(env, instance)
     keys = requested(result, instance)
     assert keys == sorted([encode_key("a,b.txt"), encode_key("wait....txt")])
     assert all("," not in key and "..." not in key for key in keys)
@@ -91,7 +91,7 @@ def test_new_files_go_in_batches_of_consecutive_partitions_and_a_trickle_alone(e
     paths = [f"drop/{i:02d}.csv" for i in range(10)]
     for path in paths:
         env.write(path, path.encode())
-    result = tick(env, instance, None)
+    result = tick(env, instance)
     batches = [keys_of(request, instance) for request in result.run_requests]
     assert [len(batch) for batch in batches] == [3, 3, 3, 1]  # spread over 4 parallel runs
     assert sorted(key for batch in batches for key in batch) == paths
@@ -109,5 +109,5 @@ def test_new_files_go_in_batches_of_consecutive_partitions_and_a_trickle_alone(e
         assert sorted(e.partition for e in run.get_asset_materialization_events()) == batch
 
     env.write("drop/late.csv", b"one more")
-    trickle = tick(env, instance, result.cursor)
+    trickle = tick(env, instance)
     assert [r.partition_key for r in trickle.run_requests] == ["drop/late.csv"]

@@ -199,3 +199,27 @@ def test_a_source_file_that_cannot_be_moved_stays_and_the_copy_stands(env, insta
     assert row["source_action"].startswith("kept: could not move it")
     assert (env.root / "a" / "stuck.csv").exists()
     assert env.store.fs.cat_file(f"{env.bucket}/plain/stuck.csv") == b"x,y\n1,2\n"
+
+
+def test_a_second_source_never_overwrites_nor_deletes_another_sources_copy(env, instance, tmp_path):
+    """Second line of defence behind the load-time check (two deployments, or a sources file
+    changed under a running one): source B finds source A's object at its key and stops."""
+    sources = two_sources(env, tmp_path)
+    env.write("a/same.txt", b"source A's bytes")
+    env.write("b/same.txt", b"source B's!")
+    assert run_source(env, instance, "plain", sources["plain"])
+    clash = SFTPResource(
+        **{**sources["packed"].model_dump(), "destination_prefix": "plain", "compression": "none"}
+    )
+
+    assert not run_source(env, instance, "dupb", clash)
+
+    assert env.store.fs.cat_file(f"{env.bucket}/plain/same.txt") == b"source A's bytes"
+    with env.log._connection().execute(
+        "SELECT status, permanent, error_message FROM file_transfer_log WHERE source = 'dupb'"
+    ) as cursor:
+        [row] = cursor.fetchall()
+    assert (row["status"], row["permanent"]) == ("FAILED", True)
+    assert "source 'plain'" in row["error_message"]
+    assert "destination_prefix" in row["error_message"]
+    assert (env.root / "b" / "same.txt").read_bytes() == b"source B's!"  # not deleted
