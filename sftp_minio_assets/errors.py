@@ -9,7 +9,7 @@ import paramiko
 import psycopg
 
 from .sftp import HostKeyError
-from .transfer import ObjectOverwritten, SourceChanged, TransferFailed
+from .transfer import ObjectOfAnotherSource, SourceChanged, TransferFailed
 
 
 class NotAFile(Exception):
@@ -35,7 +35,7 @@ def is_permanent(exc: BaseException) -> bool:
     cause = root_cause(exc)
     if isinstance(exc, SourceChanged):
         return False  # the writer will finish; the next attempt sees a stable file
-    if isinstance(exc, ObjectOverwritten) or isinstance(
+    if isinstance(exc, ObjectOfAnotherSource) or isinstance(
         cause, (HostKeyError, paramiko.AuthenticationException, NotAFile)
     ):
         return True
@@ -50,7 +50,7 @@ def advice(exc: BaseException) -> str:
     upload = isinstance(exc, TransferFailed) and exc.stage in ("upload", "verify")
     if isinstance(exc, SourceChanged):
         return "Wait until the writer has finished (see MIN_FILE_AGE_SECONDS); it is retried."
-    if isinstance(exc, ObjectOverwritten):
+    if isinstance(exc, ObjectOfAnotherSource):
         return (
             "Two sources, or another tool, write the same object: give each source its own "
             "destination_prefix (prefix under MINIO_PREFIX), then rerun the partition. The "

@@ -42,9 +42,10 @@ class TransferFailed(Exception):
         self.committed: Committed | None = None
 
 
-class ObjectOverwritten(TransferFailed):
-    """Another writer replaced the object right after this attempt wrote it: two sources (or
-    another tool) write the same key. The file is not recorded as copied."""
+class ObjectOfAnotherSource(TransferFailed):
+    """The object key is another source's (or another writer replaced the object right after
+    this attempt wrote it): two sources, or another tool, write the same key. The file is not
+    recorded as copied, and the other's object is not overwritten."""
 
     def __init__(self, message: str):
         super().__init__("verify", message)
@@ -394,17 +395,18 @@ def earlier_copy(
     so such an object is the copy a new attempt would write again.
     """
     started = time.monotonic()
-    head = store.head(key)
-    if head is None:
-        return None
-    found = head.get("Metadata", {})
-    if any(found.get(name) != value for name, value in metadata.items()):
-        return None
-    stored = head["ContentLength"]
-    compressed = "compression" in found
-    if (found.get("original-size") if compressed else str(stored)) != str(size):
-        return None
-    sha256 = store.tags(key).get("sha256")
+    with _upload_stage(_Meter(None), "looking for an earlier attempt's object"):
+        head = store.head(key)
+        if head is None:
+            return None
+        found = head.get("Metadata", {})
+        if any(found.get(name) != value for name, value in metadata.items()):
+            return None
+        stored = head["ContentLength"]
+        compressed = "compression" in found
+        if (found.get("original-size") if compressed else str(stored)) != str(size):
+            return None
+        sha256 = store.tags(key).get("sha256")
     if not sha256:  # died between the commit and the tagging: copy again
         return None
     elapsed = time.monotonic() - started
@@ -421,7 +423,7 @@ def _verify(store: ObjectStore, key: str, size: int, token: str) -> None:
     found = (head or {}).get("Metadata", {})
     if head is not None and found.get(TOKEN) != token:
         writer = f"source {found['source']!r}" if "source" in found else "another writer"
-        raise ObjectOverwritten(
+        raise ObjectOfAnotherSource(
             f"the object was overwritten by {writer} right after this copy was written"
         )
     if head is None or head["ContentLength"] != size:

@@ -70,6 +70,7 @@ MIGRATIONS = [
     CREATE INDEX IF NOT EXISTS file_transfer_log_status_heartbeat
         ON file_transfer_log (status, heartbeat_at)
     """,
+    "CREATE INDEX IF NOT EXISTS file_transfer_log_object_key ON file_transfer_log (object_key)",
     # Self-healing (sensors.py): a file the sensor requested and no worker claimed yet is
     # QUEUED; a failure says whether retrying can help, and automatic re-requests are counted.
     """
@@ -87,9 +88,12 @@ CLAIM = """
 INSERT INTO file_transfer_log AS t (
     source, filename, worker_id, run_id, status, attempts, transfer_start_time, heartbeat_at,
     size_bytes, file_size_mb, remote_mtime, object_key)
-VALUES (
+SELECT
     %(source)s, %(filename)s, %(worker_id)s, %(run_id)s, 'IN_PROGRESS', 1, now(), now(),
-    %(size_bytes)s, round(%(size_bytes)s / 1048576.0, 2), %(remote_mtime)s, %(object_key)s)
+    %(size_bytes)s, round(%(size_bytes)s / 1048576.0, 2), %(remote_mtime)s, %(object_key)s
+-- never a key that another source's file is copied to: its object would be overwritten
+WHERE NOT EXISTS (SELECT 1 FROM file_transfer_log o
+                  WHERE o.object_key = %(object_key)s AND o.source <> %(source)s)
 ON CONFLICT (source, filename) DO UPDATE SET
     worker_id = EXCLUDED.worker_id, run_id = EXCLUDED.run_id, status = 'IN_PROGRESS',
     attempts = t.attempts + 1, transfer_start_time = now(), transfer_end_time = NULL,
@@ -211,6 +215,11 @@ ON CONFLICT (source, filename) DO UPDATE SET
     size_bytes = EXCLUDED.size_bytes, file_size_mb = EXCLUDED.file_size_mb,
     remote_mtime = EXCLUDED.remote_mtime
 WHERE t.status <> 'IN_PROGRESS'
+"""
+
+OWNER = """
+SELECT source FROM file_transfer_log
+WHERE object_key = %(object_key)s AND source <> %(source)s LIMIT 1
 """
 
 GET = "SELECT * FROM file_transfer_log WHERE source = %(source)s AND filename = %(filename)s"
@@ -484,6 +493,11 @@ class TransferLog:
                 "retries": retries,
             },
         )
+
+    def owner_of(self, object_key: str, source: str) -> str | None:
+        """Another source whose file is copied to object_key, if any."""
+        row = self._execute(OWNER, {"object_key": object_key, "source": source}).fetchone()
+        return row["source"] if row else None
 
     def get(self, source: str, filename: str) -> dict | None:
         return self._execute(GET, {"source": source, "filename": filename}).fetchone()

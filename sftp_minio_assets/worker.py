@@ -33,7 +33,7 @@ from .sftp import SFTPPool, SFTPSettings, display, remote_bytes
 from .transfer import (
     SUFFIXES,
     Committed,
-    ObjectOverwritten,
+    ObjectOfAnotherSource,
     TransferFailed,
     TransferResult,
     Tuning,
@@ -172,6 +172,11 @@ class Worker:
             claim = claim_now()
             if claim is None and (dead_run := self._dead_holder(key)):
                 claim = claim_now(dead_run=dead_run)  # its holder's run is over: take it over
+            if claim is None and (owner := self.log.owner_of(object_name, self.source)):
+                raise ObjectOfAnotherSource(
+                    f"the object is where source {owner!r} copies its file of that name; it is "
+                    "left as it is, and this file is not copied over it"
+                )
             if claim is None:
                 return self._not_claimed(key, where)
             metadata = {
@@ -181,7 +186,6 @@ class Worker:
             }
             if claim.attempts > 1:
                 self._abort_leftover_uploads(object_name)
-            self._refuse_another_sources_object(object_name)
             result = self._finish(committed, attrs)
             if result is None and claim.attempts > 1:
                 # An attempt that died between its commit and the log: its copy stands.
@@ -288,15 +292,6 @@ class Worker:
                 if failures == self.retry.attempts:
                     raise
                 time.sleep(self.retry.delay(failures))
-
-    def _refuse_another_sources_object(self, object_name: str) -> None:
-        """Never overwrite (and then record as ours) a copy of another source's file."""
-        owner = ((self.store.head(object_name) or {}).get("Metadata") or {}).get("source")
-        if owner not in (None, self.source):
-            raise ObjectOverwritten(
-                f"the object already holds source {owner!r}'s copy of its file; it is left as "
-                "it is, and this file is not copied over it"
-            )
 
     def _abort_leftover_uploads(self, object_name: str) -> None:
         """A previous attempt that died mid-upload left its multipart upload open; we hold the

@@ -54,7 +54,7 @@ def test_the_instances_of_the_default_launcher_load_with_limits_and_monitoring(
     assert result.returncode == 0, result.stderr[-2000:]
     limits, monitoring = result.stdout.strip().splitlines()[-2:]
     assert limits.split() == ["sftp_minio_assets/source", "3"]
-    assert monitoring.split() == ["True", "True", "180", "180", "0"]
+    assert monitoring.split() == ["True", "True", "90", "180", "0"]
 
 
 def test_the_launcher_variants_are_valid_instances_naming_the_project_image():

@@ -217,6 +217,13 @@ def all_landed(env, files: dict[str, Path]) -> bool:
     return all(rows.get(key, {}).get("status") == "COMPLETED" for key in files)
 
 
+def no_run_left(daemon, timeout: float) -> None:
+    try:
+        wait_for(lambda: not UNFINISHED & set(daemon.run_statuses().values()), timeout, "runs")
+    except AssertionError:
+        raise AssertionError(f"runs left: {daemon.run_statuses()}\n{daemon.log()[-20000:]}")
+
+
 def assert_landed_once(env, files: dict[str, Path]) -> None:
     for key, path in files.items():
         assert env.object_sha256(f"default/{key}") == sha256_file(path), key
@@ -243,7 +250,7 @@ def test_a_run_killed_mid_transfer_heals_by_itself_through_the_daemon(env, start
     wait_for(lambda: all_landed(env, files), 180, "every file to land without any action")
     healed = time.monotonic() - killed
     assert_landed_once(env, files)
-    wait_for(lambda: not UNFINISHED & set(daemon.run_statuses().values()), 60, "no run left")
+    no_run_left(daemon, 60)
     print(f"healed {healed:.0f} s after the kill")
 
 
@@ -259,7 +266,7 @@ def test_a_code_server_restarted_mid_run_heals_by_itself_through_the_daemon(env,
 
     wait_for(lambda: all_landed(env, files), 240, "every file to land without any action")
     assert_landed_once(env, files)
-    wait_for(lambda: not UNFINISHED & set(daemon.run_statuses().values()), 120, "no run left")
+    no_run_left(daemon, 180)
 
 
 def test_postgres_stopped_mid_batch_heals_by_itself_through_the_daemon(env, start_daemon):
@@ -277,4 +284,4 @@ def test_postgres_stopped_mid_batch_heals_by_itself_through_the_daemon(env, star
     wait_for(lambda: all_landed(env, files), 300, "every file to land without any action")
     for key, path in files.items():
         assert env.object_sha256(f"default/{key}") == sha256_file(path), key
-    wait_for(lambda: not UNFINISHED & set(daemon.run_statuses().values()), 120, "no run left")
+    no_run_left(daemon, 180)
