@@ -221,7 +221,9 @@ def no_run_left(daemon, timeout: float) -> None:
     try:
         wait_for(lambda: not UNFINISHED & set(daemon.run_statuses().values()), timeout, "runs")
     except AssertionError:
-        raise AssertionError(f"runs left: {daemon.run_statuses()}\n{daemon.log()[-20000:]}")
+        raise AssertionError(
+            f"runs left: {daemon.run_statuses()}\n{daemon.log()[-20000:]}"
+        ) from None
 
 
 def assert_landed_once(env, files: dict[str, Path]) -> None:
