@@ -5,6 +5,7 @@ Plain s3fs, no Dagster. Only standard S3 calls: the same code runs on MinIO and 
 
 from __future__ import annotations
 
+import hashlib
 import posixpath
 import re
 import threading
@@ -70,6 +71,9 @@ def _percent(match: re.Match) -> str:
     return f"%{code - 0xDC00 if code >= 0xDC80 else code:02X}"
 
 
+READ_BACK_CHUNK = 8 * 1024 * 1024
+
+
 class ObjectStore:
     """One bucket; thread-safe (s3fs runs every call on its own event loop)."""
 
@@ -111,10 +115,13 @@ class ObjectStore:
                     self._call("create_bucket")
             self._bucket_ready = True
 
-    def put(self, key: str, data: bytes, metadata: dict[str, str], tags: dict[str, str]) -> None:
-        """One request: the object appears whole or not at all."""
+    def put(self, key: str, data: bytes, metadata: dict[str, str], tags: dict[str, str]) -> str:
+        """One request: the object appears whole or not at all. Returns its ETag."""
         self.ensure_bucket()
-        self._call("put_object", Key=key, Body=data, Metadata=metadata, Tagging=_tagging(tags))
+        reply = self._call(
+            "put_object", Key=key, Body=data, Metadata=metadata, Tagging=_tagging(tags)
+        )
+        return reply.get("ETag", "")
 
     def create_multipart(self, key: str, metadata: dict[str, str]) -> str:
         self.ensure_bucket()
@@ -151,6 +158,14 @@ class ObjectStore:
     def tags(self, key: str) -> dict[str, str]:
         reply = self._call("get_object_tagging", Key=key)
         return {t["Key"]: t["Value"] for t in reply.get("TagSet", [])}
+
+    def sha256(self, key: str) -> str:
+        """The sha256 of the object's bytes, read back in bounded chunks."""
+        digest = hashlib.sha256()
+        with self.fs.open(f"{self.bucket}/{key}", "rb", block_size=READ_BACK_CHUNK) as f:
+            while chunk := f.read(READ_BACK_CHUNK):
+                digest.update(chunk)
+        return digest.hexdigest()
 
     def list_keys(self, prefix: str = "") -> list[str]:
         keys: list[str] = []

@@ -66,6 +66,10 @@ class Tuning:
     compression: str = "none"  # or "gzip", "zstd": applied in flight
 
 
+# A small PUT is verified by its reply's ETag (the MD5 of the bytes sent); a larger one is read
+# back, which costs less than hashing it again.
+ETAG_CHECKED_BYTES = 1024 * 1024
+
 SUFFIXES = {"none": "", "gzip": ".gz", "zstd": ".zst"}
 
 
@@ -159,14 +163,19 @@ def copy_file(
             _compressed(meter.wrap(_reading(read_chunks(f, before.st_size))), tuning.compression)
         )
         if tuning.local_dir:
-            _copy_via_local_file(chunks, store, key, metadata, tuning, meter, check_unchanged)
+            verified = _copy_via_local_file(
+                chunks, store, key, metadata, tuning, meter, check_unchanged
+            )
         else:
-            _upload(store, key, chunks, metadata, tuning, meter, check_unchanged, before.st_size)
-    try:
-        _verify(store, key, stored.size, metadata[TOKEN])
-    except TransferFailed as exc:
-        exc.committed = _committed(key, metadata, meter)
-        raise
+            verified = _upload(
+                store, key, chunks, metadata, tuning, meter, check_unchanged, before.st_size
+            )
+    if not verified:
+        try:
+            _verify(store, key, stored.size, metadata[TOKEN])
+        except TransferFailed as exc:
+            exc.committed = _committed(key, metadata, meter)
+            raise
     return TransferResult(
         size_bytes=meter.size,
         sha256=meter.digest.hexdigest(),
@@ -206,7 +215,7 @@ def _compressed(chunks: Iterator[bytes], compression: str) -> Iterator[bytes]:
     yield compressor.flush()
 
 
-def _copy_via_local_file(chunks, store, key, metadata, tuning, meter, check_unchanged) -> None:
+def _copy_via_local_file(chunks, store, key, metadata, tuning, meter, check_unchanged) -> bool:
     os.makedirs(tuning.local_dir, exist_ok=True)
     with tempfile.TemporaryFile(dir=tuning.local_dir) as local:
         for chunk in chunks:
@@ -215,7 +224,11 @@ def _copy_via_local_file(chunks, store, key, metadata, tuning, meter, check_unch
         size = local.tell()
         local.seek(0)
         from_disk = iter(lambda: local.read(READ_CHUNK), b"")
-        _upload(store, key, from_disk, metadata, tuning, meter, lambda: None, size)
+        return _upload(store, key, from_disk, metadata, tuning, meter, lambda: None, size)
+
+
+def _md5(data: bytes) -> str:
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
 
 
 def _reading(chunks: Iterator[bytes]) -> Iterator[bytes]:
@@ -235,10 +248,12 @@ def _upload(
     meter: _Meter,
     before_commit: Callable[[], None],
     size_hint: int,
-) -> None:
+) -> bool:
     """A single PUT for small files, else a multipart upload with bounded parts in flight.
 
-    Either way the object becomes visible only at the last call, after before_commit.
+    Either way the object becomes visible only at the last call, after before_commit. True when
+    the server's reply already proves the object holds the bytes sent: a small PUT whose ETag is
+    their MD5 (no request to read it back).
     """
     # S3 allows 10,000 parts: very large files get larger parts.
     part_size = max(tuning.part_size, -(-size_hint // MAX_PARTS))
@@ -253,8 +268,9 @@ def _upload(
         data = b"".join(pending)
         before_commit()
         with _committing(key, metadata, meter), _upload_stage(meter, "PUT"):
-            store.put(key, data, metadata, {"sha256": meter.digest.hexdigest()})
-        return
+            etag = store.put(key, data, metadata, {"sha256": meter.digest.hexdigest()})
+        # Servers that encrypt with their own keys answer another ETag: then read it back.
+        return len(data) <= ETAG_CHECKED_BYTES and etag.strip('"') == _md5(data)
 
     with _upload_stage(meter, "starting the multipart upload"):
         upload_id = store.create_multipart(key, metadata)
@@ -269,6 +285,7 @@ def _upload(
         raise
     with _committing(key, metadata, meter), _upload_stage(meter, "tagging"):
         store.set_tags(key, {"sha256": meter.digest.hexdigest()})
+    return False
 
 
 def _upload_parts(store, key, upload_id, pending, chunks, part_size, tuning, meter) -> list[str]:
@@ -388,11 +405,12 @@ def earlier_copy(
     store: ObjectStore, key: str, metadata: dict[str, str], size: int
 ) -> TransferResult | None:
     """The object an earlier attempt committed whole for this very file and content (its
-    metadata names the same source, path and mtime, its size matches, and it was tagged with
-    its sha256), when that attempt died before the log could say so; else None.
+    metadata names the same source, path and mtime, and its size matches), when that attempt
+    died before the log could say so; else None.
 
     Objects are committed only whole, and only if the file did not change while it was read,
-    so such an object is the copy a new attempt would write again.
+    so such an object is the copy a new attempt would write again. One that died before its
+    sha256 tag was set (some servers tag a PUT after its commit) is read back to hash it.
     """
     started = time.monotonic()
     with _upload_stage(_Meter(None), "looking for an earlier attempt's object"):
@@ -407,8 +425,11 @@ def earlier_copy(
         if (found.get("original-size") if compressed else str(stored)) != str(size):
             return None
         sha256 = store.tags(key).get("sha256")
-    if not sha256:  # died between the commit and the tagging: copy again
-        return None
+        if not sha256 and compressed:  # its tag is the original's hash: copy again
+            return None
+        if not sha256:  # died between the commit and its tagging: hash what landed
+            sha256 = store.sha256(key)
+            store.set_tags(key, {"sha256": sha256})
     elapsed = time.monotonic() - started
     return TransferResult(
         size, sha256, 0.0, elapsed, elapsed, stored_bytes=stored if compressed else None

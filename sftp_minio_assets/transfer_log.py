@@ -215,6 +215,9 @@ ON CONFLICT (source, filename) DO UPDATE SET
     size_bytes = EXCLUDED.size_bytes, file_size_mb = EXCLUDED.file_size_mb,
     remote_mtime = EXCLUDED.remote_mtime
 WHERE t.status <> 'IN_PROGRESS'
+  -- copied meanwhile (the tick planned from an earlier read): done, not requested again
+  AND NOT (t.status = 'COMPLETED' AND t.size_bytes = EXCLUDED.size_bytes
+           AND t.remote_mtime = EXCLUDED.remote_mtime)
 """
 
 OWNER = """

@@ -13,6 +13,7 @@ from sftp_minio_assets.alerts import alert_on_repeated_failures
 from sftp_minio_assets.checks import build_file_checks
 from sftp_minio_assets.partitions import RANGE_END_TAG, RANGE_START_TAG
 from sftp_minio_assets.resources import AlertSettings
+from sftp_minio_assets.transfer import Tuning, copy_file
 
 from .conftest import sha256_file
 from .test_assets import files, materialize, statuses
@@ -229,7 +230,14 @@ def no_run_left(daemon, timeout: float) -> None:
 def assert_landed_once(env, files: dict[str, Path]) -> None:
     for key, path in files.items():
         assert env.object_sha256(f"default/{key}") == sha256_file(path), key
-    assert writes_per_key(env) == {f"default/{key}": 1 for key in files}
+    writes = writes_per_key(env)
+    twice = [key for key, count in writes.items() if count > 1]
+    assert writes == {f"default/{key}": 1 for key in files}, "\n".join(
+        f"{version['LastModified']} {head['Metadata']} "
+        for key in twice
+        for version in env.store._call("list_object_versions", Prefix=key)["Versions"]
+        for head in [env.store._call("head_object", Key=key, VersionId=version["VersionId"])]
+    ) + "\n".join(str(env.rows()[key.removeprefix("default/")]) for key in twice)
     assert env.store.list_multipart_uploads() == []
 
 
@@ -287,3 +295,39 @@ def test_postgres_stopped_mid_batch_heals_by_itself_through_the_daemon(env, star
     for key, path in files.items():
         assert env.object_sha256(f"default/{key}") == sha256_file(path), key
     no_run_left(daemon, 180)
+
+
+def test_a_copy_a_dead_attempt_committed_is_recorded_not_written_again(env, instance):
+    """kill -9 between the object's commit and the log's COMPLETED: the next claim finds the
+    whole copy (same source, path, size and mtime) and records it, hashing it when it has no
+    sha256 tag yet."""
+    enable_versioning(env)
+    small = env.write("small.csv", os.urandom(999))
+    big = env.write("big.bin", os.urandom(6 * 1024 * 1024))
+    dead = finished_run_id(env, instance)
+    for key in ("small.csv", "big.bin"):
+        ghost_claim(env, key, dead)
+        mtime = str(int((env.root / key).stat().st_mtime))
+        copy_file(
+            env.sftp().pool.get(),
+            str(env.root / key),
+            env.store,
+            f"default/{key}",
+            {"source": "default", "source-path": key, "source-mtime": mtime},
+            Tuning(part_size=5 * 1024 * 1024),
+        )
+    env.store.set_tags("default/small.csv", {})  # died before its tag was set (as SeaweedFS can)
+    assert env.store.tags("default/small.csv") == {}
+
+    result = materialize(env, instance, ["small.csv", "big.bin"])
+
+    assert result.success
+    assert writes_per_key(env) == {
+        "default/other.txt": 1,
+        "default/small.csv": 1,
+        "default/big.bin": 1,
+    }
+    rows = env.rows()
+    assert rows["small.csv"]["sha256"].strip() == sha256_file(small)
+    assert env.store.tags("default/small.csv") == {"sha256": sha256_file(small)}
+    assert rows["big.bin"]["sha256"].strip() == sha256_file(big)
