@@ -35,7 +35,6 @@ from dagster._core.storage.dagster_run import FINISHED_STATUSES
 from sftp_minio_assets.local_stack import LocalStack
 
 PROJECT = Path(__file__).resolve().parents[1]
-PARALLEL_RUNS = 4  # the sensor's runs per tick; dagster.yaml runs 4 at once
 SENSOR_INTERVAL = 5  # seconds between the sensor's ticks (30 by default)
 TIMEOUT_SECONDS = 1800
 
@@ -90,7 +89,6 @@ def run_pipeline(stack: LocalStack, folder: Path, round_id: str) -> dict:
         "TRANSFER_DB_URL": stack.postgres.create_database(f"log_{round_id}"),
         "DAGSTER_PG_DB": f"dagster_{round_id}",
         "DAGSTER_HOME": str(stack.base / f"home-{round_id}"),
-        "PARALLEL_RUNS": str(PARALLEL_RUNS),
     }
     stack.postgres.create_database(f"dagster_{round_id}")
     home = Path(env["DAGSTER_HOME"])

@@ -316,7 +316,9 @@ class TransferSettings(dg.ConfigurableResource):
         default=500, description="Files in one run launched by the sensor, at most."
     )
     parallel_runs: Annotated[int, _at_least(1)] = Field(
-        default=4, description="Runs a batch of new files is spread over (see dagster.yaml)."
+        default=3,
+        description="Runs a batch of new files is spread over: dagster.yaml runs at most 3 "
+        "of one source at once.",
     )
     retries: Annotated[int, _at_least(0)] = Field(
         default=3, description="Retries of a transient fault per file, before the step's."

@@ -93,7 +93,7 @@ def test_new_files_go_in_batches_of_consecutive_partitions_and_a_trickle_alone(e
         env.write(path, path.encode())
     result = tick(env, instance)
     batches = [keys_of(request, instance) for request in result.run_requests]
-    assert [len(batch) for batch in batches] == [3, 3, 3, 1]  # spread over 4 parallel runs
+    assert [len(batch) for batch in batches] == [4, 4, 2]  # spread over 3 parallel runs
     assert sorted(key for batch in batches for key in batch) == paths
 
     for request, batch in zip(result.run_requests, batches, strict=True):
