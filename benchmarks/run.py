@@ -18,7 +18,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -32,7 +31,7 @@ import psycopg
 from dagster._core.scheduler.instigation import InstigatorType
 from dagster._core.storage.dagster_run import FINISHED_STATUSES
 
-from sftp_minio_assets.local_stack import LocalStack
+from sftp_minio_assets.local_stack import LocalStack, stop_group
 
 PROJECT = Path(__file__).resolve().parents[1]
 SENSOR_INTERVAL = 5  # seconds between the sensor's ticks (30 by default)
@@ -144,13 +143,7 @@ class Daemon:
         return self
 
     def __exit__(self, *exc) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+        stop_group(self.process)
 
     def wait(self, condition, what: str, timeout: float = TIMEOUT_SECONDS):
         deadline = time.monotonic() + timeout

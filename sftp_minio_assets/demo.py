@@ -13,7 +13,6 @@ import sys
 import tempfile
 import time
 import warnings
-from contextlib import suppress
 from pathlib import Path
 
 import pandas as pd
@@ -199,6 +198,8 @@ def main() -> None:
 
 
 def run_dagster_dev(port: int) -> None:
+    from sftp_minio_assets.local_stack import stop_group
+
     print(f"Dagster UI on http://127.0.0.1:{port} (Ctrl-C stops everything)", flush=True)
     command = [sys.executable, "-m", "dagster", "dev", "-w", str(PROJECT / "workspace.yaml")]
     dev = subprocess.Popen(
@@ -208,13 +209,7 @@ def run_dagster_dev(port: int) -> None:
         dev.wait()
     finally:
         # SIGINT to the whole group: dagster dev, its webserver, daemon and code servers.
-        with suppress(ProcessLookupError):
-            os.killpg(dev.pid, signal.SIGINT)
-        try:
-            dev.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(dev.pid, signal.SIGKILL)
-            dev.wait()
+        stop_group(dev, signal.SIGINT)
 
 
 if __name__ == "__main__":

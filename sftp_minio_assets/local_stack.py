@@ -225,6 +225,19 @@ def _end_tree(pid: int, deadline: float) -> None:
     _kill(pid, signal.SIGKILL)
 
 
+def stop_group(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 30) -> None:
+    """Stop a process started with start_new_session=True and everything in its group: `sig`,
+    then SIGKILL after `timeout`; it is reaped either way."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, sig)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
 def _zombie(pid: int) -> bool:
     info = _proc_stat(pid)
     return info is not None and info[0] == "Z"

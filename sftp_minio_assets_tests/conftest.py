@@ -3,7 +3,6 @@
 import hashlib
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import uuid
@@ -15,7 +14,7 @@ import dagster as dg
 import psycopg
 import pytest
 
-from sftp_minio_assets.local_stack import LocalStack
+from sftp_minio_assets.local_stack import LocalStack, stop_group
 from sftp_minio_assets.resources import (
     MinIOResource,
     SFTPResource,
@@ -203,10 +202,4 @@ def start_daemon(env, tmp_path):
 
     yield start
     for process in started:
-        with suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_group(process)

@@ -8,12 +8,10 @@ after the cause is fixed, and the page shows both materialized. Screenshots go t
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
 import urllib.request
-from contextlib import suppress
 from pathlib import Path
 
 import pytest
@@ -21,7 +19,7 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
-from sftp_minio_assets.local_stack import free_port
+from sftp_minio_assets.local_stack import free_port, stop_group
 
 from .conftest import PROJECT
 
@@ -99,14 +97,7 @@ def dagster_ui(env, tmp_path):
         yield url
     finally:
         for process in processes:
-            with suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-        for process in processes:
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+            stop_group(process)
         logs.close()
 
 
