@@ -170,15 +170,17 @@ class Worker:
                 run_id=self.run_id,
             )
             claim = claim_now()
-            if claim is None and (dead_run := self._dead_holder(key)):
-                claim = claim_now(dead_run=dead_run)  # its holder's run is over: take it over
-            if claim is None and (owner := self.log.owner_of(object_name, self.source)):
-                raise ObjectOfAnotherSource(
-                    f"the object is where source {owner!r} copies its file of that name; it is "
-                    "left as it is, and this file is not copied over it"
-                )
             if claim is None:
-                return self._not_claimed(key, where)
+                row = self.log.get(self.source, key) or {}
+                if dead_run := self._dead_holder(row):
+                    claim = claim_now(dead_run=dead_run)  # its holder's run is over: take it over
+            if claim is None:
+                if owner := self.log.owner_of(object_name, self.source):
+                    raise ObjectOfAnotherSource(
+                        f"the object is where source {owner!r} copies its file of that name; "
+                        "it is left as it is, and this file is not copied over it"
+                    )
+                return self._not_claimed(key, where, row)
             metadata = {
                 "source": self.source,
                 "source-path": quote(remote_bytes(path)),
@@ -314,16 +316,14 @@ class Worker:
         except Exception as exc:  # the log itself is down: the claim goes stale, then is retried
             log.warning("could not record the failure of %s in the transfer log: %s", key, exc)
 
-    def _dead_holder(self, key: str) -> str | None:
-        """The run holding the file's claim, if Dagster reports it finished."""
-        row = self.log.get(self.source, key) or {}
+    def _dead_holder(self, row: dict) -> str | None:
+        """The run holding the file's claim (its log row), if Dagster reports it finished."""
         holder = row.get("run_id")
         if row.get("status") == "IN_PROGRESS" and holder and self.run_finished(holder):
             return holder
         return None
 
-    def _not_claimed(self, key: str, where: str) -> Outcome:
-        row = self.log.get(self.source, key) or {}
+    def _not_claimed(self, key: str, where: str, row: dict) -> Outcome:
         if row.get("status") == "COMPLETED":
             return Outcome(
                 key,
