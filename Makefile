@@ -40,10 +40,10 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: install
-	$(BIN)/python -m sftp_minio_assets.demo run
+	$(BIN)/python -m devstack.demo run
 
 dev: install
-	$(BIN)/python -m sftp_minio_assets.demo dev
+	$(BIN)/python -m devstack.demo dev
 
 test: install browser-deps
 	$(BIN)/python -m pytest

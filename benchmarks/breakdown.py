@@ -25,7 +25,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from sftp_minio_assets.local_stack import LocalStack
+from devstack.local_stack import LocalStack
 
 PROJECT = Path(__file__).resolve().parents[1]
 LOG_CALLS = ("claim", "complete", "get", "owner_of", "fail", "fail_unclaimed", "heartbeat")

@@ -23,7 +23,7 @@ from dagster._core.storage.tags import (
 )
 from sqlalchemy import event
 
-from sftp_minio_assets.local_stack import PostgresServer
+from devstack.local_stack import PostgresServer
 
 PROJECT = Path(__file__).resolve().parents[1]
 

@@ -31,7 +31,7 @@ import psycopg
 from dagster._core.scheduler.instigation import InstigatorType
 from dagster._core.storage.dagster_run import FINISHED_STATUSES
 
-from sftp_minio_assets.local_stack import LocalStack, stop_group
+from devstack.local_stack import LocalStack, stop_group
 
 PROJECT = Path(__file__).resolve().parents[1]
 SENSOR_INTERVAL = 5  # seconds between the sensor's ticks (30 by default)

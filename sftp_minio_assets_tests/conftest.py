@@ -14,7 +14,7 @@ import dagster as dg
 import psycopg
 import pytest
 
-from sftp_minio_assets.local_stack import LocalStack, stop_group
+from devstack.local_stack import LocalStack, stop_group
 from sftp_minio_assets.resources import (
     MinIOResource,
     SFTPResource,

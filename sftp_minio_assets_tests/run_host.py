@@ -11,7 +11,7 @@ import json
 
 import dagster as dg
 
-from sftp_minio_assets.demo import execute_request, tick_once
+from devstack.demo import execute_request, tick_once
 
 
 def main() -> None:

@@ -111,6 +111,8 @@ def test_the_package_installs_as_the_image_installs_it_and_loads_its_definitions
     subprocess.run([*pip, "wheel", "--no-deps", "-w", str(wheels), str(PROJECT)], check=True)
     [wheel] = wheels.glob("sftp_minio_assets-*.whl")
     subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)], check=True)
+    # Only the product: the local stack and the demo (devstack/) stay in the checkout.
+    assert {p.name for p in site.iterdir() if p.suffix != ".dist-info"} == {"sftp_minio_assets"}
     code = (
         "import sftp_minio_assets.definitions as d\n"
         "print(d.__file__)\n"

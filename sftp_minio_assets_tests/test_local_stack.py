@@ -19,7 +19,7 @@ import psycopg
 import pytest
 from botocore.config import Config
 
-from sftp_minio_assets.local_stack import LocalStack
+from devstack.local_stack import LocalStack
 
 STARTUP: dict[str, float] = {}
 
@@ -355,7 +355,7 @@ def test_failed_start_stops_what_did_start_and_shows_the_log():
 
 def test_main_prints_exports_and_stops_on_sigterm():
     process = subprocess.Popen(
-        [sys.executable, "-m", "sftp_minio_assets.local_stack"],
+        [sys.executable, "-m", "devstack.local_stack"],
         stdout=subprocess.PIPE,
         text=True,
         start_new_session=True,

@@ -2,8 +2,8 @@
 
 import dagster as dg
 
+from devstack.demo import apply_partition_requests
 from sftp_minio_assets.assets import files
-from sftp_minio_assets.demo import apply_partition_requests
 from sftp_minio_assets.partitions import encode_key
 from sftp_minio_assets.sensors import build_new_files_sensor
 

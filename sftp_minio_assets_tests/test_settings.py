@@ -15,8 +15,8 @@ import dagster as dg
 import pytest
 import yaml
 
+from devstack.demo import apply_partition_requests
 from sftp_minio_assets.assets import build_files_asset
-from sftp_minio_assets.demo import apply_partition_requests
 from sftp_minio_assets.errors import SettingsError, TransferLogUnavailable
 from sftp_minio_assets.resources import (
     MinIOResource,

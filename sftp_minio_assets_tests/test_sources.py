@@ -12,8 +12,8 @@ import pytest
 import yaml
 import zstandard
 
+from devstack.demo import apply_partition_requests
 from sftp_minio_assets.assets import build_files_asset
-from sftp_minio_assets.demo import apply_partition_requests
 from sftp_minio_assets.partitions import SOURCE_TAG
 from sftp_minio_assets.resources import SFTPResource
 from sftp_minio_assets.sensors import build_new_files_sensor

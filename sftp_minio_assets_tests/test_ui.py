@@ -19,7 +19,7 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
-from sftp_minio_assets.local_stack import free_port, stop_group
+from devstack.local_stack import free_port, stop_group
 
 from .conftest import PROJECT
 

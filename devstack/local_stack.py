@@ -5,7 +5,7 @@ group, on free ports, inside one base directory; each can be stopped and started
 same ports and data (fault injection). Stdlib only at import time; psycopg and botocore (both
 project dependencies) are imported lazily to probe readiness and create databases.
 
-    python -m sftp_minio_assets.local_stack    # start, print `export` lines, wait for Ctrl-C
+    python -m devstack.local_stack    # start, print `export` lines, wait for Ctrl-C
 """
 
 from __future__ import annotations

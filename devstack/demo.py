@@ -1,7 +1,7 @@
 """The pipeline end to end on a local stack (real sshd, SeaweedFS S3, PostgreSQL).
 
-python -m sftp_minio_assets.demo run   # seed files, one sensor tick, its runs, a summary
-python -m sftp_minio_assets.demo dev   # the same stack under `dagster dev`, for the UI
+python -m devstack.demo run   # seed files, one sensor tick, its runs, a summary
+python -m devstack.demo dev   # the same stack under `dagster dev`, for the UI
 """
 
 import argparse
@@ -176,7 +176,7 @@ def main() -> None:
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
 
-    from sftp_minio_assets.local_stack import LocalStack
+    from devstack.local_stack import LocalStack
 
     base = Path(tempfile.mkdtemp(prefix="sftp-minio-assets-"))
     try:
@@ -198,7 +198,7 @@ def main() -> None:
 
 
 def run_dagster_dev(port: int) -> None:
-    from sftp_minio_assets.local_stack import stop_group
+    from devstack.local_stack import stop_group
 
     print(f"Dagster UI on http://127.0.0.1:{port} (Ctrl-C stops everything)", flush=True)
     command = [sys.executable, "-m", "dagster", "dev", "-w", str(PROJECT / "workspace.yaml")]
