@@ -1,6 +1,7 @@
 """The SFTP side: connect with a verified host key, list a tree, read a file fast.
 
-Plain paramiko, no Dagster: the resources and the benchmark both build on it.
+Plain paramiko, no Dagster: the resources and the benchmark both build on it. The few
+exchanges that need paramiko's private request layer live in sftp_wire.
 """
 
 from __future__ import annotations
@@ -21,18 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import paramiko
-from paramiko.sftp import (
-    CMD_CLOSE,
-    CMD_DATA,
-    CMD_HANDLE,
-    CMD_NAME,
-    CMD_OPENDIR,
-    CMD_READ,
-    CMD_READDIR,
-    CMD_STATUS,
-    SFTPError,
-    int64,
-)
+
+from .sftp_wire import PipelinedReads, read_dir
 
 log = logging.getLogger(__name__)
 
@@ -327,28 +318,11 @@ def remote_bytes(path: str) -> bytes:
 def _listdir(sftp: paramiko.SFTPClient, path: str) -> list[tuple[str, paramiko.SFTPAttributes]]:
     """listdir_attr, but names that are not UTF-8 come back (as surrogates) instead of raising:
     paramiko decodes names strictly, and one such file would stop the whole listing."""
-    kind, msg = sftp._request(CMD_OPENDIR, remote_bytes(path))
-    if kind != CMD_HANDLE:
-        raise SFTPError("Expected handle")
-    handle = msg.get_binary()
-    entries = []
-    try:
-        while True:
-            try:
-                kind, msg = sftp._request(CMD_READDIR, handle)
-            except EOFError:
-                break
-            if kind != CMD_NAME:
-                raise SFTPError("Expected name response")
-            for _ in range(msg.get_int()):
-                name = msg.get_string().decode("utf-8", "surrogateescape")
-                msg.get_string()  # longname
-                attrs = paramiko.SFTPAttributes._from_msg(msg)
-                if name not in (".", ".."):
-                    entries.append((name, attrs))
-    finally:
-        sftp._request(CMD_CLOSE, handle)
-    return entries
+    return [
+        (name.decode("utf-8", "surrogateescape"), attrs)
+        for name, attrs in read_dir(sftp, remote_bytes(path))
+        if name not in (b".", b"..")
+    ]
 
 
 def list_tree(
@@ -442,48 +416,26 @@ def read_chunks(
     memory is window x request_size whatever the file size. Stops early at end of file (the
     caller compares sizes).
     """
-    sftp = f.sftp
-    replies = _Replies()
+    reads = PipelinedReads(f)
     in_flight: deque[tuple[int, int, int]] = deque()  # (request number, offset, length)
     offset = 0
     try:
         while offset < size or in_flight:
             while offset < size and len(in_flight) < window:
                 length = min(request_size, size - offset)
-                number = sftp._async_request(replies, CMD_READ, f.handle, int64(offset), length)
-                in_flight.append((number, offset, length))
+                in_flight.append((reads.send(offset, length), offset, length))
                 offset += length
             number, at, length = in_flight.popleft()
-            while number not in replies.received:
-                sftp._read_response()
-            kind, msg = replies.received.pop(number)
-            if kind == CMD_STATUS:
-                with suppress(EOFError):  # the file ended early: the caller sees the size
-                    sftp._convert_status(msg)  # raises the error the status reports
+            data = reads.receive(number)
+            if data is None:  # the file ended early: the caller sees the size
                 return
-            if kind != CMD_DATA:
-                raise SFTPError(f"unexpected reply {kind} to a read")
-            data = msg.get_string()
             yield data
             if 0 < len(data) < length:  # the server caps its reads: ask for the rest, and less
                 request_size = len(data)
                 yield from _read_rest(f, at + len(data), length - len(data))
     finally:
-        # Replies still due are read and dropped, so the session stays usable.
-        with suppress(Exception):
-            for number, _, _ in in_flight:
-                while number not in replies.received:
-                    sftp._read_response()
-
-
-class _Replies:
-    """Collects the replies to our pipelined reads: paramiko hands each to its request's owner."""
-
-    def __init__(self) -> None:
-        self.received: dict[int, tuple[int, paramiko.Message]] = {}
-
-    def _async_response(self, kind: int, msg: paramiko.Message, number: int) -> None:
-        self.received[number] = (kind, msg)
+        with suppress(Exception):  # must not hide the error that ended the read
+            reads.discard(number for number, _, _ in in_flight)
 
 
 def _read_rest(f: paramiko.SFTPFile, offset: int, length: int) -> Iterator[bytes]:

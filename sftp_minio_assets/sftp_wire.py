@@ -1,0 +1,104 @@
+"""The two SFTP exchanges paramiko's public API cannot do for us, and the only code that reaches
+into paramiko's private request layer.
+
+- `read_dir`: a directory's entries with names as raw bytes. paramiko's listdir_attr decodes
+  names strictly, so one file whose name is not UTF-8 would stop a whole listing.
+- `PipelinedReads`: a fixed window of reads in flight on one file. paramiko's prefetch books
+  every read of the file up front and buffers whatever arrives, however slowly it is consumed.
+
+Both go through `SFTPClient._request`, `_async_request`, `_read_response` and
+`_convert_status`, `SFTPAttributes._from_msg`, and the `_async_response` callback paramiko makes
+on whoever sent a request. pyproject.toml pins paramiko to the versions tested with them, and
+sftp_minio_assets_tests/test_sftp_wire.py fails first, naming the name that moved, when an
+upgrade changes one of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from contextlib import suppress
+
+from paramiko import Message, SFTPAttributes, SFTPClient, SFTPFile
+from paramiko.sftp import (
+    CMD_CLOSE,
+    CMD_DATA,
+    CMD_HANDLE,
+    CMD_NAME,
+    CMD_OPENDIR,
+    CMD_READ,
+    CMD_READDIR,
+    CMD_STATUS,
+    SFTPError,
+    int64,
+)
+
+
+def read_dir(sftp: SFTPClient, path: bytes) -> list[tuple[bytes, SFTPAttributes]]:
+    """Every entry of the directory at path, names as the server sent them (`.` and `..`
+    included). Errors are paramiko's: PermissionError, FileNotFoundError, other OSError."""
+    kind, msg = sftp._request(CMD_OPENDIR, path)
+    if kind != CMD_HANDLE:
+        raise SFTPError("Expected handle")
+    handle = msg.get_binary()
+    entries = []
+    try:
+        while True:
+            try:
+                kind, msg = sftp._request(CMD_READDIR, handle)
+            except EOFError:  # the server's "no more entries"
+                return entries
+            if kind != CMD_NAME:
+                raise SFTPError("Expected name response")
+            for _ in range(msg.get_int()):
+                name = msg.get_string()
+                msg.get_string()  # longname, the `ls -l` line: not used
+                entries.append((name, SFTPAttributes._from_msg(msg)))
+    finally:
+        sftp._request(CMD_CLOSE, handle)
+
+
+class PipelinedReads:
+    """Reads of one open file sent without waiting; each reply is kept by its request number
+    until asked for, in whatever order the replies arrive.
+
+    `send` a read, `receive` its data (None once the file has ended), and before giving the
+    session back, `discard` the replies still due. One reader per session at a time.
+    """
+
+    def __init__(self, f: SFTPFile) -> None:
+        self._handle = f.handle
+        self._received: dict[int, tuple[int, Message]] = {}
+        # Bound once: send and receive run once per read request on every file copied.
+        self._send = f.sftp._async_request
+        self._read_one_reply = f.sftp._read_response
+        self._raise_status = f.sftp._convert_status
+
+    def send(self, offset: int, length: int) -> int:
+        """Asks for length bytes at offset; returns the request's number."""
+        return self._send(self, CMD_READ, self._handle, int64(offset), length)
+
+    def receive(self, number: int) -> bytes | None:
+        """The data that request number read, None at end of file; raises the error the server
+        reported (PermissionError, other OSError)."""
+        received = self._received
+        while number not in received:
+            self._read_one_reply()
+        kind, msg = received.pop(number)
+        if kind == CMD_DATA:
+            return msg.get_string()
+        if kind == CMD_STATUS:
+            with suppress(EOFError):
+                self._raise_status(msg)
+            return None
+        raise SFTPError(f"unexpected reply {kind} to a read")
+
+    def discard(self, numbers: Iterable[int]) -> None:
+        """Reads and drops the replies to these requests, so the session stays usable."""
+        for number in numbers:
+            while number not in self._received:
+                self._read_one_reply()
+            del self._received[number]
+
+    def _async_response(self, kind: int, msg: Message, number: int) -> None:
+        """paramiko's callback: its _read_response hands each reply to the request's sender."""
+        self._received[number] = (kind, msg)
