@@ -274,7 +274,7 @@ class TransferLogResource(dg.ConfigurableResource):
         if self._log is None:
             transfer_log = TransferLog(self.url, self.max_stale_lock_minutes)
             try:
-                transfer_log.migrate()
+                transfer_log.ensure_schema()
             except psycopg.OperationalError as exc:
                 transfer_log.close()
                 reason = " ".join(str(exc).split())

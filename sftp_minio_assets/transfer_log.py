@@ -7,6 +7,8 @@ so a worker whose claim was taken over can no longer overwrite the new owner's r
 
 from __future__ import annotations
 
+import argparse
+import sys
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -16,6 +18,8 @@ from psycopg.rows import dict_row
 
 from .transfer import TransferResult
 
+# Only ever appended to, each statement idempotent: a database's schema version is how many of
+# these it has run, and a database migrated before versions were recorded runs them all again.
 MIGRATIONS = [
     # The seed's table, with filename widened to TEXT (paths exceed 255 characters).
     """
@@ -83,6 +87,20 @@ MIGRATIONS = [
 
 # Serialises concurrent migrations (several workers starting at once).
 MIGRATION_LOCK = 0x5F7A_11F0
+
+# One row per upgrade. A table rather than a COMMENT ON TABLE: read with one plain SELECT that
+# needs no catalog function, written in the migrating transaction, kept by any dump of the data,
+# and not overwritten by whoever documents the table.
+SCHEMA_TABLE = """
+CREATE TABLE IF NOT EXISTS file_transfer_log_schema (
+    version INTEGER PRIMARY KEY,
+    migrated_at TIMESTAMPTZ NOT NULL DEFAULT now()
+)
+"""
+
+SCHEMA_VERSION = "SELECT max(version) AS version FROM file_transfer_log_schema"
+
+RECORD_SCHEMA_VERSION = "INSERT INTO file_transfer_log_schema (version) VALUES (%(version)s)"
 
 CLAIM = """
 INSERT INTO file_transfer_log AS t (
@@ -354,6 +372,20 @@ class ClaimLost(Exception):
     """Our claim was taken over (we were presumed dead); the new owner's row stands."""
 
 
+class SchemaTooNew(Exception):
+    """A newer release migrated the database: this code might misread or damage its rows."""
+
+    def __init__(self, version: int, known: int):
+        super().__init__(
+            f"the transfer log's schema is at version {version}, but this release of "
+            f"sftp_minio_assets knows versions up to {known} only: a newer release migrated it. "
+            "Upgrade this code location, and every process sharing the transfer log, to that "
+            "release or a later one (schemas are never downgraded)."
+        )
+        self.version = version
+        self.known = known
+
+
 class TransferLog:
     """The table, over one psycopg connection per thread (autocommit)."""
 
@@ -378,11 +410,38 @@ class TransferLog:
     def _execute(self, sql: str, params: dict | None = None) -> psycopg.Cursor:
         return self._connection().execute(sql, params)
 
-    def migrate(self) -> None:
+    def schema_version(self) -> int:
+        """How many of MIGRATIONS the database has run, in one query; 0 for a new database or
+        one migrated before versions were recorded."""
+        try:
+            row = self._execute(SCHEMA_VERSION).fetchone()
+        except psycopg.errors.UndefinedTable:
+            return 0
+        return row["version"] or 0
+
+    def ensure_schema(self) -> int:
+        """What a process does before its first use: one query when the schema is current (the
+        hot table is not touched), else migrate(). Returns how many migrations this call ran."""
+        if self.schema_version() == len(MIGRATIONS):
+            return 0
+        return self.migrate()
+
+    def migrate(self) -> int:
+        """Run the migrations the database lacks, once however many processes call this at the
+        same time; returns how many this call ran. SchemaTooNew if a newer release migrated it."""
         with self._connection().transaction() as tx:
-            tx.connection.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
-            for statement in MIGRATIONS:
-                tx.connection.execute(statement)
+            conn = tx.connection
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+            # Read again under the lock: a process that waited finds the work done.
+            conn.execute(SCHEMA_TABLE)
+            version = conn.execute(SCHEMA_VERSION).fetchone()["version"] or 0
+            if version > len(MIGRATIONS):
+                raise SchemaTooNew(version, len(MIGRATIONS))
+            for statement in MIGRATIONS[version:]:
+                conn.execute(statement)
+            if version < len(MIGRATIONS):
+                conn.execute(RECORD_SCHEMA_VERSION, {"version": len(MIGRATIONS)})
+        return len(MIGRATIONS) - version
 
     def claim(
         self,
@@ -566,3 +625,37 @@ class TransferLog:
             connections, self._all = self._all, []
         for conn in connections:
             conn.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m sftp_minio_assets.transfer_log migrate`, for deployments that migrate before
+    starting the code location rather than in its first process."""
+    parser = argparse.ArgumentParser(
+        prog="python -m sftp_minio_assets.transfer_log",
+        description="Bring the schema of the transfer log at TRANSFER_DB_URL to this release's "
+        "version; safe while other processes use it or start.",
+    )
+    parser.add_argument("command", choices=["migrate"])
+    parser.parse_args(argv)
+    # Imported here: resources.py imports this module. Through the resource, TRANSFER_DB_URL is
+    # read and checked as the code location reads it, and errors never show its password.
+    from .errors import SettingsError, TransferLogUnavailable
+    from .resources import TransferLogResource, from_environment
+
+    try:
+        settings = from_environment(TransferLogResource, {"url": "TRANSFER_DB_URL"})
+        with settings.process_config_and_initialize_cm() as resource:
+            version = resource.log.schema_version()
+    except (SettingsError, TransferLogUnavailable, SchemaTooNew) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"the transfer log's schema is at version {version}, this release's")
+    return 0
+
+
+if __name__ == "__main__":
+    # Run as the package's copy of this module, the one resources.py imports: the SchemaTooNew
+    # that main() catches is then the one the resource raises.
+    from sftp_minio_assets.transfer_log import main as package_main
+
+    sys.exit(package_main())

@@ -1,11 +1,17 @@
 """The transfer log on a real PostgreSQL: schema, migration, and the claim protocol under races."""
 
+import os
+import subprocess
+import sys
 import threading
 import time
 
 import psycopg
+import pytest
+from psycopg.conninfo import conninfo_to_dict
 
-from sftp_minio_assets.transfer_log import TransferLog
+from sftp_minio_assets.resources import TransferLogResource
+from sftp_minio_assets.transfer_log import MIGRATION_LOCK, MIGRATIONS, SchemaTooNew, TransferLog
 
 SEED_TABLE = """
 CREATE TABLE file_transfer_log (
@@ -57,6 +63,116 @@ def test_a_seed_table_is_migrated_without_losing_rows_and_migration_is_idempoten
         "other", "old.csv", size_bytes=1, remote_mtime=1, object_key="k", worker_id="w", run_id=None
     )
     assert other is not None
+
+
+def versions(db_url: str) -> list[int]:
+    with psycopg.connect(db_url) as conn:
+        rows = conn.execute("SELECT version FROM file_transfer_log_schema ORDER BY version")
+        return [version for (version,) in rows]
+
+
+def test_a_new_database_is_migrated_once_and_its_version_recorded(env):
+    log = TransferLog(env.db_url)
+    assert log.schema_version() == 0
+    assert log.ensure_schema() == len(MIGRATIONS)
+    assert log.schema_version() == len(MIGRATIONS)
+    assert TransferLog(env.db_url).ensure_schema() == 0
+    assert log.migrate() == 0
+    assert versions(env.db_url) == [len(MIGRATIONS)]
+
+
+def test_a_current_schema_costs_one_query_and_waits_for_no_lock(env):
+    TransferLog(env.db_url).ensure_schema()
+    starting = TransferLog(env.db_url)
+    starting._connection().execute("SET lock_timeout = '1s'")
+    # A claim in flight holds ROW EXCLUSIVE on the table, which every ALTER TABLE and CREATE
+    # INDEX waits for; a migration elsewhere holds the migration lock.
+    with psycopg.connect(env.db_url) as busy:
+        busy.execute("LOCK TABLE file_transfer_log IN ROW EXCLUSIVE MODE")
+        busy.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+        assert starting.ensure_schema() == 0
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            starting.migrate()  # the probe: migrating would have waited
+    # And a database behind the code does run statements that wait for the claim.
+    with psycopg.connect(env.db_url, autocommit=True) as conn:
+        conn.execute("DELETE FROM file_transfer_log_schema")
+    with psycopg.connect(env.db_url) as busy:
+        busy.execute("LOCK TABLE file_transfer_log IN ROW EXCLUSIVE MODE")
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            starting.ensure_schema()
+
+
+def test_processes_starting_together_on_a_new_database_migrate_it_once(env):
+    logs = [TransferLog(env.db_url) for _ in range(8)]
+    for log in logs:
+        log._connection()  # connect before the race, so that the race is the migration itself
+    barrier = threading.Barrier(len(logs))
+    applied: list[int] = []
+    errors: list[Exception] = []
+
+    def start(log: TransferLog) -> None:
+        barrier.wait()
+        try:
+            applied.append(log.ensure_schema())
+        except Exception as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start, args=(log,)) for log in logs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert sorted(applied) == [0] * (len(logs) - 1) + [len(MIGRATIONS)]
+    assert versions(env.db_url) == [len(MIGRATIONS)]
+
+
+def test_a_log_migrated_before_versions_were_recorded_gets_its_version(env):
+    with psycopg.connect(env.db_url, autocommit=True) as conn:
+        for statement in MIGRATIONS:  # what every process did before
+            conn.execute(statement)
+        conn.execute(
+            "INSERT INTO file_transfer_log (filename, status) VALUES ('kept.csv', 'COMPLETED')"
+        )
+    log = TransferLog(env.db_url)
+    assert log.schema_version() == 0
+    assert log.ensure_schema() == len(MIGRATIONS)
+    assert versions(env.db_url) == [len(MIGRATIONS)]
+    assert log.get("default", "kept.csv")["status"] == "COMPLETED"
+
+
+def test_a_schema_newer_than_the_code_is_refused_naming_the_fix(env):
+    TransferLog(env.db_url).ensure_schema()
+    with psycopg.connect(env.db_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO file_transfer_log_schema (version) VALUES (%s)", (len(MIGRATIONS) + 1,)
+        )
+    with pytest.raises(SchemaTooNew, match="Upgrade this code location") as refused:
+        TransferLogResource(url=env.db_url).log.claiming_runs("default")  # its first use
+    assert refused.value.version == len(MIGRATIONS) + 1
+    assert versions(env.db_url) == [len(MIGRATIONS), len(MIGRATIONS) + 1]
+
+
+def test_the_migrate_command_migrates_and_refuses_a_newer_schema_without_the_password(env):
+    def migrate() -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "sftp_minio_assets.transfer_log", "migrate"],
+            env={**os.environ, "TRANSFER_DB_URL": env.db_url},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    done = migrate()
+    assert done.returncode == 0, done.stderr
+    assert f"version {len(MIGRATIONS)}" in done.stdout
+    assert versions(env.db_url) == [len(MIGRATIONS)]
+    with psycopg.connect(env.db_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO file_transfer_log_schema (version) VALUES (999)")
+    refused = migrate()
+    assert refused.returncode == 1
+    assert "version 999" in refused.stderr and "Upgrade this code location" in refused.stderr
+    assert conninfo_to_dict(env.db_url)["password"] not in refused.stderr + refused.stdout
 
 
 def test_of_many_concurrent_claims_exactly_one_wins(env):
