@@ -8,6 +8,7 @@ Benchmark). dagster.yaml names this class as `event_log_storage`, with the same 
 settings as dagster-postgres' own storage.
 """
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,6 +23,7 @@ from dagster_postgres.utils import (
     get_token_provider_from_config,
     pg_url_from_config,
 )
+from sqlalchemy import event, exc
 
 # One connection kept open per process. Storing an event may check a table on a second
 # connection while the first is still held: with fewer than two, that waits for the pool
@@ -30,6 +32,12 @@ from dagster_postgres.utils import (
 POOL_SIZE = 1
 MAX_OVERFLOW = 10
 POOL_RECYCLE_SECONDS = 3600
+# A connection back in the pool for longer than this is checked (`SELECT 1`) before it is used
+# again; one used moments ago is not. A run stores events back to back, and a check before each
+# doubled its round trips to PostgreSQL (SQLAlchemy's pool_pre_ping checks every checkout). A
+# server that went away between two close events fails that one statement, and SQLAlchemy then
+# discards every pooled connection, so the next event reconnects.
+IDLE_CHECK_SECONDS = 1.0
 
 
 class PooledPostgresEventLogStorage(PostgresEventLogStorage):
@@ -53,9 +61,10 @@ class PooledPostgresEventLogStorage(PostgresEventLogStorage):
             poolclass=db_pool.QueuePool,
             pool_size=POOL_SIZE,
             max_overflow=max(max_overflow, 2),
-            pool_pre_ping=True,  # a connection the server closed is replaced, not failed
             pool_recycle=POOL_RECYCLE_SECONDS,
         )
+        event.listen(self._engine, "checkin", _returned)
+        event.listen(self._engine, "checkout", _check_if_idle)
 
     @classmethod
     def config_type(cls) -> UserConfigSchema:
@@ -79,3 +88,20 @@ class PooledPostgresEventLogStorage(PostgresEventLogStorage):
     def dispose(self) -> None:
         super().dispose()
         self._engine.dispose()  # the connection the pool keeps, closed with the instance
+
+
+def _returned(dbapi_connection, record) -> None:
+    record.info["returned_at"] = time.monotonic()
+
+
+def _check_if_idle(dbapi_connection, record, proxy) -> None:
+    """A connection the server closed while it was idle is replaced, not failed: raising
+    DisconnectionError makes the pool discard it and hand out a fresh one."""
+    returned = record.info.get("returned_at")
+    if returned is None or time.monotonic() - returned < IDLE_CHECK_SECONDS:
+        return  # new, or used moments ago
+    try:
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+    except Exception as error:
+        raise exc.DisconnectionError(f"pooled connection lost: {error}") from error

@@ -16,7 +16,7 @@ from dagster._core.storage.config import pg_config
 from dagster_postgres import PostgresEventLogStorage
 from sqlalchemy import event
 
-from sftp_minio_assets.instance_storage import PooledPostgresEventLogStorage
+from sftp_minio_assets.instance_storage import IDLE_CHECK_SECONDS, PooledPostgresEventLogStorage
 
 from .conftest import PROJECT
 
@@ -88,7 +88,7 @@ def test_dagster_yaml_stores_events_through_one_kept_connection(instance_from_da
     assert isinstance(storage, PooledPostgresEventLogStorage)
     pool = storage._engine.pool
     assert isinstance(pool, db_pool.QueuePool)
-    assert pool.size() == 1 and pool._max_overflow >= 2 and pool._pre_ping
+    assert pool.size() == 1 and pool._max_overflow >= 2
     assert pool._recycle == 3600
 
     connects, backends = [], set()
@@ -141,3 +141,35 @@ def test_a_nested_connection_does_not_wait_for_the_pool(instance_from_dagster_ya
     with storage.index_connection(), storage.index_connection():
         assert storage.has_table("event_logs")
     assert time.monotonic() - started < 5
+
+
+def test_a_connection_the_server_dropped_while_idle_is_replaced_not_failed(
+    instance_from_dagster_yaml,
+):
+    """The kept connection is checked when it comes back from idleness (events back to back are
+    not checked: a `SELECT 1` before each doubled the round trips): one PostgreSQL dropped
+    meanwhile, as a restart or an idle time-out does, is replaced before it is used."""
+    instance, dsn = instance_from_dagster_yaml
+    asset_key = dg.AssetKey(["pooled", "idle"])
+
+    def store(index: int) -> None:
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization(asset_key, partition=f"file-{index}")
+        )
+
+    others = (
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+        "AND pid <> pg_backend_pid()"
+    )
+    for index in range(5):
+        store(index)
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        kept = [pid for (pid,) in admin.execute(others)]
+        assert kept, "the pool keeps a connection open"
+        time.sleep(IDLE_CHECK_SECONDS + 0.2)
+        for pid in kept:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        store(5)  # raises if the dropped connection is used unchecked
+        now = {pid for (pid,) in admin.execute(others)}
+    assert now and not now & set(kept), "a new connection replaced the dropped one"
+    assert len(instance.fetch_materializations(asset_key, limit=10).records) == 6
