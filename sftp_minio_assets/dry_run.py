@@ -8,7 +8,6 @@ each file's destination object in its metadata. It adds no partition and request
 import time
 
 import dagster as dg
-import pandas as pd
 
 from .discovery import plan_transfers
 from .partitions import decode_key
@@ -26,6 +25,8 @@ def build_dry_run_job(source: str) -> dg.JobDefinition:
         description=f"Lists what source `{source}` would copy now, and where; copies nothing.",
     )
     def plan(context: dg.OpExecutionContext) -> dg.Output[None]:
+        import pandas as pd  # here: run workers load this module and never need it (0.5 s)
+
         sftp: SFTPResource = getattr(context.resources, sftp_key(source))
         minio: MinIOResource = context.resources.minio
         transfer_log: TransferLogResource = context.resources.transfer_log
