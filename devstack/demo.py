@@ -5,7 +5,9 @@ python -m devstack.demo dev   # the same stack under `dagster dev`, for the UI
 """
 
 import argparse
+import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -19,6 +21,17 @@ import pandas as pd
 import yaml
 
 PROJECT = Path(__file__).resolve().parents[1]
+
+# Notices about Dagster's own API, not about the files, printed by every process that loads the
+# code: the beta parameter the asset uses, and `dagster dev` superseded by `dg dev`. `dg dev`
+# comes in another package (dagster-dg-cli) and wants a dg project layout (`[tool.dg]`); here
+# `dagster dev` does the same job, so the notice is silenced rather than followed.
+DAGSTER_NOTICES = (
+    "Parameter `backfill_policy` of function `asset` is currently in beta",
+    "Function `dev_command` is superseded",
+)
+# Run events stay in the instance's event log (the UI); the demo's console shows its own story.
+QUIET_RUN = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
 def seed_files(root: Path) -> None:
@@ -108,9 +121,10 @@ def apply_partition_requests(instance, tick) -> None:
                 instance.delete_dynamic_partition(request.partitions_def_name, key)
 
 
-def execute_request(job, instance, request):
+def execute_request(job, instance, request, run_config: dict | None = None):
     """One run a sensor requested, in this process, as a run worker would execute it."""
     return job.execute_in_process(
+        run_config=run_config,
         instance=instance,
         partition_key=request.partition_key,
         tags=request.tags,
@@ -118,22 +132,35 @@ def execute_request(job, instance, request):
     )
 
 
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def run_once() -> None:
     import dagster as dg
 
+    for message in DAGSTER_NOTICES:
+        warnings.filterwarnings("ignore", message=re.escape(message))
     from sftp_minio_assets.definitions import defs, sources
+
+    # The per-file line the asset writes on the run's stderr (set up when the asset's module
+    # loads, above): the table at the end says it all.
+    logging.getLogger("sftp_minio_assets.transfers").setLevel(logging.WARNING)
 
     with dg.DagsterInstance.get() as instance:
         started = time.monotonic()
         for source in sources:
             tick, job = tick_once(instance, source)
-            print(f"source {source}: sensor tick, {len(tick.run_requests)} runs requested")
+            runs = plural(len(tick.run_requests), "run")
+            print(f"source {source}: sensor tick, {runs} requested")
             for request in tick.run_requests:
-                result = execute_request(job, instance, request)
+                result = execute_request(job, instance, request, QUIET_RUN)
                 what = request.partition_key or request.partition_key_range
                 print(f"  run {result.run_id[:8]} {what}: {'ok' if result.success else 'FAILED'}")
         print(f"all runs done in {time.monotonic() - started:.1f} s\n")
-        stats = defs.resolve_job_def("transfer_health").execute_in_process(instance=instance)
+        stats = defs.resolve_job_def("transfer_health").execute_in_process(
+            run_config=QUIET_RUN, instance=instance
+        )
         checks = stats.get_asset_check_evaluations()
         print(
             "asset checks: "
@@ -159,10 +186,11 @@ def print_summary(db_url: str) -> None:
     with psycopg.connect(db_url) as conn, conn.cursor() as cursor:
         cursor.execute(query)
         names = [column.name for column in cursor.description]
-        table = pd.DataFrame(cursor.fetchall(), columns=names)
-    with pd.option_context("display.width", 200, "display.max_columns", 20):
-        print("file_transfer_log:")
-        print(table.to_string(index=False))
+        # As the database has them: a NULL is an empty cell, an integer column stays integer
+        # (inferred types would print NaN and turn its other values into floats).
+        table = pd.DataFrame(cursor.fetchall(), columns=names, dtype=object)
+    print("file_transfer_log:")
+    print(table.where(table.notna(), "").to_string(index=False))
 
 
 def _exit_on_sigterm(*_) -> None:
@@ -175,10 +203,14 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=3000, help="webserver port (dev)")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    # Started in the background by a script, a process inherits SIGINT ignored: Ctrl-C (SIGINT)
+    # stops the demo all the same, and what it starts gets the default handling back.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     from devstack.local_stack import LocalStack
 
     base = Path(tempfile.mkdtemp(prefix="sftp-minio-assets-"))
+    interrupted = False
     try:
         with LocalStack(base) as stack:
             seed_files(stack.ssh.root)
@@ -192,18 +224,30 @@ def main() -> None:
             if args.mode == "run":
                 run_once()
             else:
-                run_dagster_dev(args.port)
+                run_dagster_dev(args.port, Path(env["DAGSTER_HOME"]))
+    except KeyboardInterrupt:
+        interrupted = True  # leaving the with-block has stopped every server
     finally:
         shutil.rmtree(base, ignore_errors=True)
+    if interrupted:
+        print("Ctrl-C: Dagster and the local stack (sshd, SeaweedFS, PostgreSQL) stopped cleanly.")
+        # How `make dev` ends, a success; the demo's run was cut short.
+        sys.exit(0 if args.mode == "dev" else 130)
 
 
-def run_dagster_dev(port: int) -> None:
+def run_dagster_dev(port: int, home: Path) -> None:
     from devstack.local_stack import stop_group
 
     print(f"Dagster UI on http://127.0.0.1:{port} (Ctrl-C stops everything)", flush=True)
     command = [sys.executable, "-m", "dagster", "dev", "-w", str(PROJECT / "workspace.yaml")]
     dev = subprocess.Popen(
-        [*command, "-h", "127.0.0.1", "-p", str(port)], cwd=PROJECT, start_new_session=True
+        [*command, "-h", "127.0.0.1", "-p", str(port)],
+        # From the project root, dagster dev would warn that the dagster.yaml there is not used:
+        # true, and meant (DAGSTER_HOME holds its copy), so it runs from DAGSTER_HOME instead.
+        cwd=home,
+        # Its webserver, daemon, code servers and run workers inherit the filter.
+        env={**os.environ, "PYTHONWARNINGS": ",".join(f"ignore:{m}" for m in DAGSTER_NOTICES)},
+        start_new_session=True,
     )
     try:
         dev.wait()
