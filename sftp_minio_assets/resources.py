@@ -308,9 +308,9 @@ class TransferSettings(dg.ConfigurableResource):
         int,
         # S3's limits on a part (but the last): 5 MiB to 5 GiB.
         _check(lambda mb: None if 5 <= mb <= 5120 else "must be from 5 to 5120 (S3's part sizes)"),
-    ] = Field(default=16, description="S3 multipart part size.")
+    ] = Field(default=8, description="S3 multipart part size.")
     parts_in_flight: Annotated[int, _at_least(1)] = Field(
-        default=4, description="Parts uploaded at once per file."
+        default=4, description="Parts uploaded at once, all files of a run together."
     )
     max_partitions_per_run: Annotated[int, _at_least(1)] = Field(
         default=500, description="Files in one run launched by the sensor, at most."

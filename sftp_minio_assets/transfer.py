@@ -1,11 +1,13 @@
 """Moving bytes: one remote file into one S3 object, hashed in flight, never half visible.
 
-Plain Python over `sftp.py` and `s3.py`, no Dagster. Memory stays bounded by
-part_size × (parts_in_flight + 1) whatever the file size: nothing is read ahead of the uploads.
+Plain Python over `sftp.py` and `s3.py`, no Dagster. Memory stays bounded whatever the size and
+number of files: each file copied at once fills one part, and at most parts_in_flight parts of
+all of them are being uploaded (per process); nothing is read ahead of the uploads.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -60,8 +62,8 @@ class SourceChanged(TransferFailed):
 
 @dataclass(frozen=True)
 class Tuning:
-    part_size: int = 16 * MIB  # S3 needs >= 5 MiB for all parts but the last
-    parts_in_flight: int = 4
+    part_size: int = 8 * MIB  # S3 needs >= 5 MiB for all parts but the last
+    parts_in_flight: int = 4  # per process, all files together
     local_dir: str | None = None  # set: the seed's SFTP -> local file -> S3 path
     compression: str = "none"  # or "gzip", "zstd": applied in flight
 
@@ -288,10 +290,19 @@ def _upload(
     return False
 
 
+@functools.cache
+def _part_slots(parts_in_flight: int) -> threading.BoundedSemaphore:
+    """Parts held in memory in this process, all files together: a part takes a slot before it
+    is read, and gives it back once uploaded. A run copying four big files holds no more parts
+    than one copying a single file."""
+    return threading.BoundedSemaphore(parts_in_flight)
+
+
 def _upload_parts(store, key, upload_id, pending, chunks, part_size, tuning, meter) -> list[str]:
-    slots = threading.BoundedSemaphore(tuning.parts_in_flight)
+    slots = _part_slots(tuning.parts_in_flight)
     futures: list[Future[str]] = []
     errors: list[Future[str]] = []
+    holding = False  # a slot for the part being read
 
     def on_done(future: Future[str]) -> None:
         if future.exception() is not None:
@@ -300,27 +311,38 @@ def _upload_parts(store, key, upload_id, pending, chunks, part_size, tuning, met
 
     with ThreadPoolExecutor(tuning.parts_in_flight, thread_name_prefix="s3-part") as pool:
 
-        def send(data: bytes) -> None:
+        def take_slot() -> None:
+            nonlocal holding
             waited = time.monotonic()
             slots.acquire()
+            holding = True
             meter.upload_seconds += time.monotonic() - waited
             if errors:  # stop reading as soon as a part fails
-                slots.release()
                 _raise_upload_error(errors[0])
+
+        def send(data: bytes) -> None:
+            nonlocal holding
             future = pool.submit(store.upload_part, key, upload_id, len(futures) + 1, data)
+            holding = False  # the upload gives the slot back when it is done
             future.add_done_callback(on_done)
             futures.append(future)
 
-        # Parts end on chunk boundaries (a little over part_size): one copy per byte, no slicing.
-        buffered = sum(map(len, pending))
-        for chunk in chunks:
-            if buffered >= part_size:
+        try:
+            take_slot()  # for the part read already
+            # Parts end on chunk boundaries (a little over part_size): one copy per byte.
+            buffered = sum(map(len, pending))
+            for chunk in chunks:
+                if buffered >= part_size:
+                    send(b"".join(pending))
+                    pending, buffered = [], 0
+                    take_slot()
+                pending.append(chunk)
+                buffered += len(chunk)
+            if pending or not futures:
                 send(b"".join(pending))
-                pending, buffered = [], 0
-            pending.append(chunk)
-            buffered += len(chunk)
-        if pending or not futures:
-            send(b"".join(pending))
+        finally:
+            if holding:
+                slots.release()
         waited = time.monotonic()
         for future in futures:
             if future.exception() is not None:
