@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import logging
 import os
 import tempfile
 import threading
@@ -19,15 +18,13 @@ import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import paramiko
 import zstandard
 
 from .s3 import ObjectStore
 from .sftp import READ_CHUNK, read_chunks
-
-log = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
 MAX_PARTS = 9_000  # S3 allows 10,000; keep room for a file that grows a little
@@ -64,7 +61,7 @@ class SourceChanged(TransferFailed):
 class Tuning:
     part_size: int = 8 * MIB  # S3 needs >= 5 MiB for all parts but the last
     parts_in_flight: int = 4  # per process, all files together
-    local_dir: str | None = None  # set: the seed's SFTP -> local file -> S3 path
+    local_dir: str | None = None  # set (LOCAL_DIR): SFTP -> a file there -> S3; else streamed
     compression: str = "none"  # or "gzip", "zstd": applied in flight
 
 
@@ -127,6 +124,29 @@ class _Meter:
             yield chunk
 
 
+@dataclass(frozen=True)
+class _Upload:
+    """One object being written: where it goes, what it carries, and how it is sent."""
+
+    store: ObjectStore
+    key: str
+    metadata: dict[str, str]  # this attempt's TOKEN included
+    tuning: Tuning
+    meter: _Meter  # the source's bytes so far: their size and hash
+    before_commit: Callable[[], None]  # the last check before the object becomes visible
+
+    def committed(self) -> Committed:
+        """What this upload commits, for the next attempt to look for."""
+        return Committed(
+            self.key,
+            self.metadata[TOKEN],
+            self.meter.size,
+            self.meter.digest.hexdigest(),
+            self.metadata.get("source-mtime", ""),
+            compressed="compression" in self.metadata,
+        )
+
+
 def copy_file(
     sftp: paramiko.SFTPClient,
     remote_path: str,
@@ -164,19 +184,16 @@ def copy_file(
         chunks = stored.wrap(
             _compressed(meter.wrap(_reading(read_chunks(f, before.st_size))), tuning.compression)
         )
+        upload = _Upload(store, key, metadata, tuning, meter, before_commit=check_unchanged)
         if tuning.local_dir:
-            verified = _copy_via_local_file(
-                chunks, store, key, metadata, tuning, meter, check_unchanged
-            )
+            verified = _copy_via_local_file(upload, chunks)
         else:
-            verified = _upload(
-                store, key, chunks, metadata, tuning, meter, check_unchanged, before.st_size
-            )
+            verified = _upload(upload, chunks, before.st_size)
     if not verified:
         try:
             _verify(store, key, stored.size, metadata[TOKEN])
         except TransferFailed as exc:
-            exc.committed = _committed(key, metadata, meter)
+            exc.committed = upload.committed()
             raise
     return TransferResult(
         size_bytes=meter.size,
@@ -217,16 +234,17 @@ def _compressed(chunks: Iterator[bytes], compression: str) -> Iterator[bytes]:
     yield compressor.flush()
 
 
-def _copy_via_local_file(chunks, store, key, metadata, tuning, meter, check_unchanged) -> bool:
-    os.makedirs(tuning.local_dir, exist_ok=True)
-    with tempfile.TemporaryFile(dir=tuning.local_dir) as local:
+def _copy_via_local_file(upload: _Upload, chunks: Iterator[bytes]) -> bool:
+    """The whole file to local_dir first, checked there, then uploaded from the disk."""
+    os.makedirs(upload.tuning.local_dir, exist_ok=True)
+    with tempfile.TemporaryFile(dir=upload.tuning.local_dir) as local:
         for chunk in chunks:
             local.write(chunk)
-        check_unchanged()
+        upload.before_commit()
         size = local.tell()
         local.seek(0)
         from_disk = iter(lambda: local.read(READ_CHUNK), b"")
-        return _upload(store, key, from_disk, metadata, tuning, meter, lambda: None, size)
+        return _upload(replace(upload, before_commit=lambda: None), from_disk, size)
 
 
 def _md5(data: bytes) -> str:
@@ -241,24 +259,16 @@ def _reading(chunks: Iterator[bytes]) -> Iterator[bytes]:
         raise TransferFailed("read", f"reading failed: {_describe(exc)}") from exc
 
 
-def _upload(
-    store: ObjectStore,
-    key: str,
-    chunks: Iterator[bytes],
-    metadata: dict[str, str],
-    tuning: Tuning,
-    meter: _Meter,
-    before_commit: Callable[[], None],
-    size_hint: int,
-) -> bool:
+def _upload(upload: _Upload, chunks: Iterator[bytes], size_hint: int) -> bool:
     """A single PUT for small files, else a multipart upload with bounded parts in flight.
 
     Either way the object becomes visible only at the last call, after before_commit. True when
     the server's reply already proves the object holds the bytes sent: a small PUT whose ETag is
     their MD5 (no request to read it back).
     """
+    store, key, meter = upload.store, upload.key, upload.meter
     # S3 allows 10,000 parts: very large files get larger parts.
-    part_size = max(tuning.part_size, -(-size_hint // MAX_PARTS))
+    part_size = max(upload.tuning.part_size, -(-size_hint // MAX_PARTS))
     pending: list[bytes] = []
     pending_size = 0
     for chunk in chunks:
@@ -268,24 +278,24 @@ def _upload(
             break
     else:
         data = b"".join(pending)
-        before_commit()
-        with _committing(key, metadata, meter), _upload_stage(meter, "PUT"):
-            etag = store.put(key, data, metadata, {"sha256": meter.digest.hexdigest()})
+        upload.before_commit()
+        with _committing(upload), _upload_stage(meter, "PUT"):
+            etag = store.put(key, data, upload.metadata, {"sha256": meter.digest.hexdigest()})
         # Servers that encrypt with their own keys answer another ETag: then read it back.
         return len(data) <= ETAG_CHECKED_BYTES and etag.strip('"') == _md5(data)
 
     with _upload_stage(meter, "starting the multipart upload"):
-        upload_id = store.create_multipart(key, metadata)
+        upload_id = store.create_multipart(key, upload.metadata)
     try:
-        etags = _upload_parts(store, key, upload_id, pending, chunks, part_size, tuning, meter)
-        before_commit()
-        with _committing(key, metadata, meter), _upload_stage(meter, "completing the upload"):
+        etags = _upload_parts(upload, upload_id, pending, chunks, part_size)
+        upload.before_commit()
+        with _committing(upload), _upload_stage(meter, "completing the upload"):
             store.complete_multipart(key, upload_id, etags)
     except BaseException:
         with suppress(Exception):
             store.abort_multipart(key, upload_id)
         raise
-    with _committing(key, metadata, meter), _upload_stage(meter, "tagging"):
+    with _committing(upload), _upload_stage(meter, "tagging"):
         store.set_tags(key, {"sha256": meter.digest.hexdigest()})
     return False
 
@@ -298,8 +308,17 @@ def _part_slots(parts_in_flight: int) -> threading.BoundedSemaphore:
     return threading.BoundedSemaphore(parts_in_flight)
 
 
-def _upload_parts(store, key, upload_id, pending, chunks, part_size, tuning, meter) -> list[str]:
-    slots = _part_slots(tuning.parts_in_flight)
+def _upload_parts(
+    upload: _Upload,
+    upload_id: str,
+    pending: list[bytes],
+    chunks: Iterator[bytes],
+    part_size: int,
+) -> list[str]:
+    """The parts of a multipart upload, the first already read into pending; their ETags."""
+    store, key, meter = upload.store, upload.key, upload.meter
+    parts_in_flight = upload.tuning.parts_in_flight
+    slots = _part_slots(parts_in_flight)
     futures: list[Future[str]] = []
     errors: list[Future[str]] = []
     holding = False  # a slot for the part being read
@@ -309,7 +328,7 @@ def _upload_parts(store, key, upload_id, pending, chunks, part_size, tuning, met
             errors.append(future)
         slots.release()
 
-    with ThreadPoolExecutor(tuning.parts_in_flight, thread_name_prefix="s3-part") as pool:
+    with ThreadPoolExecutor(parts_in_flight, thread_name_prefix="s3-part") as pool:
 
         def take_slot() -> None:
             nonlocal holding
@@ -375,27 +394,16 @@ class _upload_stage:
 class _committing:
     """A failure here leaves the object perhaps in place: say what it would be."""
 
-    def __init__(self, key: str, metadata: dict[str, str], meter: _Meter):
-        self.key, self.metadata, self.meter = key, metadata, meter
+    def __init__(self, upload: _Upload):
+        self.upload = upload
 
     def __enter__(self) -> None:
         pass
 
     def __exit__(self, kind, exc, tb) -> bool:
         if isinstance(exc, TransferFailed):
-            exc.committed = _committed(self.key, self.metadata, self.meter)
+            exc.committed = self.upload.committed()
         return False
-
-
-def _committed(key: str, metadata: dict[str, str], meter: _Meter) -> Committed:
-    return Committed(
-        key,
-        metadata[TOKEN],
-        meter.size,
-        meter.digest.hexdigest(),
-        metadata.get("source-mtime", ""),
-        compressed="compression" in metadata,
-    )
 
 
 def finish_commit(store: ObjectStore, committed: Committed) -> TransferResult | None:

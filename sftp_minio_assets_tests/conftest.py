@@ -24,7 +24,23 @@ from sftp_minio_assets.resources import (
 from sftp_minio_assets.s3 import ObjectStore, S3Settings
 from sftp_minio_assets.transfer_log import TransferLog
 
-PROJECT = Path(__file__).resolve().parents[1]
+from .support import PROJECT
+
+
+def pytest_collection_modifyitems(items):
+    """The unit tier (`pytest -m "not integration"`) never starts a server: a test that reaches
+    the stack without the integration marker is refused before any test runs."""
+    unmarked = [
+        item.nodeid
+        for item in items
+        if "stack" in getattr(item, "fixturenames", ())
+        and item.get_closest_marker("integration") is None
+    ]
+    if unmarked:
+        raise pytest.UsageError(
+            "these tests use the real servers (the stack fixture) without "
+            "@pytest.mark.integration: " + ", ".join(unmarked)
+        )
 
 
 @pytest.fixture(scope="session")
@@ -126,14 +142,6 @@ def env(stack) -> Env:
 def instance():
     with dg.instance_for_test() as test_instance:
         yield test_instance
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass

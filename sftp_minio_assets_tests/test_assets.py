@@ -5,63 +5,13 @@ import subprocess
 import sys
 import textwrap
 
-import dagster as dg
 import pytest
 
-from sftp_minio_assets.assets import build_files_asset
 from sftp_minio_assets.partitions import encode_key
 
-from .conftest import sha256_file
+from .support import materializations, materialize, sha256_file, statuses
 
-PARTITIONS = "files_default"
-# The worker's own retries are tested; the step's (30 s apart) would only slow the tests down.
-files = build_files_asset(retry_policy=None)
-
-
-def materialize(env, instance, paths, **transfer_settings) -> dg.ExecuteInProcessResult:
-    """One run over the given files, as the sensor or the UI would launch it."""
-    if instance is None:
-        with dg.instance_for_test() as temporary:
-            return materialize(env, temporary, paths, **transfer_settings)
-    keys = [encode_key(path) for path in paths]
-    known = set(instance.get_dynamic_partitions(PARTITIONS))
-    instance.add_dynamic_partitions(PARTITIONS, [key for key in keys if key not in known])
-    if len(keys) == 1:
-        options = {"partition_key": keys[0]}
-    else:
-        options = {
-            "tags": {
-                "dagster/asset_partition_range_start": keys[0],
-                "dagster/asset_partition_range_end": keys[-1],
-            }
-        }
-    return dg.materialize(
-        [files],
-        instance=instance,
-        resources=env.resources(**transfer_settings),
-        raise_on_error=False,
-        **options,
-    )
-
-
-def statuses(instance, paths):
-    keys = [encode_key(path) for path in paths]
-    by_key = instance.get_status_by_partition(
-        files.key, keys, dg.DynamicPartitionsDefinition(name=PARTITIONS)
-    )
-    return {
-        path: (by_key[key].value if by_key[key] else None)
-        for path, key in zip(paths, keys, strict=True)
-    }
-
-
-def materializations(result) -> dict[str, dict]:
-    return {
-        event.partition: {
-            k: v.value for k, v in event.event_specific_data.materialization.metadata.items()
-        }
-        for event in result.get_asset_materialization_events()
-    }
+pytestmark = pytest.mark.integration  # the real servers (conftest's stack)
 
 
 def test_files_land_byte_for_byte_with_a_log_row_each(env, instance):

@@ -3,9 +3,12 @@
 import os
 import subprocess
 import sys
-from pathlib import Path
 
-PROJECT = Path(__file__).resolve().parents[1]
+import pytest
+
+from .support import PROJECT
+
+pytestmark = pytest.mark.integration  # the real servers (conftest's stack)
 
 
 def test_workspace_validates_against_the_postgres_instance_of_dagster_yaml(stack):

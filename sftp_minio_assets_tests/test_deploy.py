@@ -8,7 +8,7 @@ import pytest
 import yaml
 from dagster._core.instance.config import dagster_instance_config
 
-from .conftest import PROJECT
+from .support import PROJECT
 
 
 def test_the_compose_file_parses_and_wires_every_service():
@@ -25,6 +25,7 @@ def test_the_compose_file_parses_and_wires_every_service():
         assert copied in dockerfile and (PROJECT / copied).exists()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name", ["deploy/dagster.queued.yaml", "dagster.yaml"])
 def test_the_instances_of_the_default_launcher_load_with_limits_and_monitoring(
     stack, tmp_path, name

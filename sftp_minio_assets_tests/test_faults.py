@@ -14,24 +14,20 @@ import pytest
 from sftp_minio_assets.transfer import TOKEN, Committed, Tuning, copy_file
 from sftp_minio_assets.worker import Worker
 
-from .conftest import PROJECT, sha256_file
-from .test_assets import materializations, materialize, statuses
+from .support import (
+    PROJECT,
+    enable_versioning,
+    materializations,
+    materialize,
+    sha256_file,
+    statuses,
+    wait_for,
+    writes_per_key,
+)
+
+pytestmark = pytest.mark.integration  # the real servers (conftest's stack)
 
 STALE_MINUTES = 3 / 60  # three seconds: heartbeats every 0.75 s
-
-
-def enable_versioning(env) -> None:
-    """Every write of an object becomes a version: counting them counts the writes."""
-    store = env.store
-    store._call("put_bucket_versioning", VersioningConfiguration={"Status": "Enabled"})
-
-
-def writes_per_key(env) -> dict[str, int]:
-    versions = env.store._call("list_object_versions", Prefix="").get("Versions", [])
-    counts: dict[str, int] = {}
-    for version in versions:
-        counts[version["Key"]] = counts.get(version["Key"], 0) + 1
-    return counts
 
 
 def run_in_process(env, keys, **settings) -> subprocess.Popen:
@@ -43,16 +39,6 @@ def run_in_process(env, keys, **settings) -> subprocess.Popen:
         stderr=subprocess.DEVNULL,
         text=True,
     )
-
-
-def wait_for(condition, timeout: float = 60, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class BucketWatcher:

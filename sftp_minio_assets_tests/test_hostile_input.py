@@ -3,14 +3,16 @@
 import os
 import time
 
+import pytest
+
 from sftp_minio_assets.discovery import AutoRetry, plan_transfers
 from sftp_minio_assets.partitions import decode_key
 from sftp_minio_assets.s3 import object_key
 from sftp_minio_assets.sftp import FileFilter
 
-from .conftest import sha256_file
-from .test_assets import materialize
-from .test_sensors import requested, tick
+from .support import materialize, requested, sha256_file, tick
+
+pytestmark = pytest.mark.integration  # the real servers (conftest's stack)
 
 TRANSFERABLE = [
     "with space.txt",

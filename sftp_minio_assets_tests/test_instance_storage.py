@@ -18,7 +18,9 @@ from sqlalchemy import event
 
 from sftp_minio_assets.instance_storage import IDLE_CHECK_SECONDS, PooledPostgresEventLogStorage
 
-from .conftest import PROJECT
+from .support import PROJECT
+
+pytestmark = pytest.mark.integration  # the real servers (conftest's stack)
 
 
 @pytest.fixture

@@ -21,6 +21,8 @@ from botocore.config import Config
 
 from devstack.local_stack import LocalStack
 
+pytestmark = pytest.mark.integration  # starts the servers themselves
+
 STARTUP: dict[str, float] = {}
 
 

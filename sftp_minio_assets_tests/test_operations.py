@@ -1,9 +1,6 @@
 """Operations: alerts on repeated errors, statistics, asset checks, retention, dry run."""
 
-import json
 import os
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import dagster as dg
 import pytest
@@ -12,57 +9,12 @@ from sftp_minio_assets.alerts import alert_on_recovery, alert_on_repeated_failur
 from sftp_minio_assets.assets import files
 from sftp_minio_assets.checks import build_file_checks
 from sftp_minio_assets.dry_run import build_dry_run_job
-from sftp_minio_assets.resources import AlertSettings, TransferSettings
+from sftp_minio_assets.resources import AlertSettings
 from sftp_minio_assets.stats import summarize, transfer_stats
 
-from .test_assets import PARTITIONS, materialize
-from .test_sensors import tick
+from .support import PARTITIONS, Receiver, materialize, run_status_sensor, tick
 
-
-class Receiver:
-    """A local HTTP server that records the JSON posted to it, as a Slack webhook would."""
-
-    def __init__(self):
-        received = self.received = []
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                received.append(json.loads(body))
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = HTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
-
-
-def run_status_sensor(sensor, env, instance, result, receiver, transfer_settings=None):
-    """Evaluate a run status sensor on a finished run, as the daemon would."""
-    event = result.get_run_success_event() if result.success else result.get_run_failure_event()
-    with dg.build_run_status_sensor_context(
-        sensor_name=sensor.name,
-        dagster_event=event,
-        dagster_instance=instance,
-        dagster_run=result.dagster_run,
-        resources={
-            "transfer_log": env.resources()["transfer_log"],
-            "alerts": AlertSettings(webhook_url=receiver.url, after_failures=2),
-            "transfer_settings": TransferSettings(**(transfer_settings or {})),
-        },
-    ) as context:
-        sensor(context if result.success else context.for_run_failure())
+pytestmark = pytest.mark.integration  # the real servers (conftest's stack)
 
 
 def test_repeated_failures_alert_once_per_file_and_source_then_once_on_recovery(env, instance):

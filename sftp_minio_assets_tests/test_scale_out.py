@@ -6,8 +6,11 @@ import os
 import subprocess
 import sys
 
-from .conftest import PROJECT, sha256_file
-from .test_faults import enable_versioning, writes_per_key
+import pytest
+
+from .support import PROJECT, enable_versioning, sha256_file, writes_per_key
+
+pytestmark = pytest.mark.integration  # the real servers (conftest's stack)
 
 
 def test_two_instances_sharing_the_transfer_log_copy_each_file_exactly_once(env, tmp_path):

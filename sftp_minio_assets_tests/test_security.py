@@ -7,7 +7,9 @@ import dagster as dg
 import psycopg
 import pytest
 
-from .test_assets import files, materialize, statuses
+from .support import files, materialize, statuses
+
+pytestmark = pytest.mark.integration  # the real servers (conftest's stack)
 
 WRONG_PASSWORD = "hunter2-not-the-password"
 WRONG_S3_SECRET = "wrong-secret-Zq8vJ1x2"

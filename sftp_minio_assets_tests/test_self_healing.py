@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import dagster as dg
+import pytest
 
 from sftp_minio_assets.alerts import alert_on_repeated_failures
 from sftp_minio_assets.checks import build_file_checks
@@ -15,11 +16,21 @@ from sftp_minio_assets.partitions import RANGE_END_TAG, RANGE_START_TAG
 from sftp_minio_assets.resources import AlertSettings
 from sftp_minio_assets.transfer import Tuning, copy_file
 
-from .conftest import sha256_file
-from .test_assets import files, materialize, statuses
-from .test_faults import enable_versioning, wait_for, writes_per_key
-from .test_operations import Receiver, run_status_sensor
-from .test_sensors import requested, tick
+from .support import (
+    Receiver,
+    enable_versioning,
+    files,
+    materialize,
+    requested,
+    run_status_sensor,
+    sha256_file,
+    statuses,
+    tick,
+    wait_for,
+    writes_per_key,
+)
+
+pytestmark = pytest.mark.integration  # the real servers (conftest's stack)
 
 NO_BACKOFF = {"auto_retry_backoff_minutes": [0]}
 

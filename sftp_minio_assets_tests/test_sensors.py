@@ -1,40 +1,14 @@
 """The sensor against the real SFTP server and transfer log, evaluated as the daemon would."""
 
 import dagster as dg
+import pytest
 
-from devstack.demo import apply_partition_requests
 from sftp_minio_assets.assets import files
 from sftp_minio_assets.partitions import encode_key
-from sftp_minio_assets.sensors import build_new_files_sensor
 
-from .test_assets import PARTITIONS, materialize
+from .support import PARTITIONS, keys_of, materialize, requested, tick
 
-sensor = build_new_files_sensor("default", files)
-
-
-def tick(env, instance, transfer_settings=None, **sftp_overrides) -> dg.SensorResult:
-    """One evaluation; its partition requests are applied to the instance, as the daemon does."""
-    resources = {
-        **env.resources(**(transfer_settings or {})),
-        "sftp_default": env.sftp(**sftp_overrides),
-    }
-    with dg.build_sensor_context(instance=instance, resources=resources) as context:
-        result = sensor(context)
-    apply_partition_requests(instance, result)
-    return result
-
-
-def keys_of(request: dg.RunRequest, instance) -> list[str]:
-    """The partitions a run request covers: one key, or a range in the partitions' order."""
-    if request.partition_key:
-        return [request.partition_key]
-    span = request.partition_key_range
-    order = list(instance.get_dynamic_partitions(PARTITIONS))
-    return order[order.index(span.start) : order.index(span.end) + 1]
-
-
-def requested(result, instance) -> list[str]:
-    return sorted(key for request in result.run_requests for key in keys_of(request, instance))
+pytestmark = pytest.mark.integration  # the real servers (conftest's stack)
 
 
 def test_discovery_new_unchanged_changed_filtered_young_and_nested(env, instance):

@@ -17,6 +17,7 @@ import yaml
 
 from devstack.demo import apply_partition_requests
 from sftp_minio_assets.assets import build_files_asset
+from sftp_minio_assets.discovery import AutoRetry
 from sftp_minio_assets.errors import SettingsError, TransferLogUnavailable
 from sftp_minio_assets.resources import (
     MinIOResource,
@@ -29,7 +30,8 @@ from sftp_minio_assets.sensors import build_new_files_sensor
 from sftp_minio_assets.sftp import CredentialsError, RootUnavailable, ServerUnreachable
 from sftp_minio_assets.sources import SourcesError, load_sources
 
-PROJECT = Path(__file__).resolve().parents[1]
+from .support import PROJECT
+
 # What definitions.py needs to load: none of these servers has to exist.
 VALID = {
     "SFTP_HOST": "sftp.example.com",
@@ -185,6 +187,7 @@ def test_a_sources_max_workers_below_one_is_refused_naming_the_source(tmp_path, 
     )
 
 
+@pytest.mark.integration
 def test_max_workers_wrong_only_at_run_time_fails_the_run_at_once(env, instance, monkeypatch):
     env.write("kept.txt", b"still here")
     instance.add_dynamic_partitions("files_default", ["kept.txt"])
@@ -236,6 +239,9 @@ def test_max_workers_wrong_only_at_run_time_fails_the_run_at_once(env, instance,
         ("PARTITION_RETENTION_DAYS", "-1", "PARTITION_RETENTION_DAYS='-1': must be at least 0"),
         ("ALERT_AFTER_FAILURES", "0", "ALERT_AFTER_FAILURES='0': must be at least 1"),
         ("ALERT_WEBHOOK_URL", "hooks.slack.com/x", "ALERT_WEBHOOK_URL: must be an http://"),
+        ("AUTO_RETRY_LIMIT", "-1", "AUTO_RETRY_LIMIT='-1': must be at least 0"),
+        ("AUTO_RETRY_BACKOFF_MINUTES", "1,soon", "AUTO_RETRY_BACKOFF_MINUTES='1,soon': expected"),
+        ("MINIO_ACCESS_KEY", "", "MINIO_ACCESS_KEY: required, and not set"),
     ],
 )
 def test_a_value_that_can_never_work_is_refused_at_load_naming_its_variable(
@@ -245,6 +251,30 @@ def test_a_value_that_can_never_work_is_refused_at_load_naming_its_variable(
         load_from(monkeypatch, **{variable: value})
     assert says in str(error.value)
     assert "never-shown" not in str(error.value) and "pw@" not in str(error.value)
+
+
+def test_every_wrong_variable_is_named_in_one_error_without_the_secrets(monkeypatch):
+    with pytest.raises(SettingsError) as error:
+        load_from(
+            monkeypatch,
+            MAX_WORKERS="0",
+            MINIO_BUCKET="Bad_Bucket",
+            ALERT_AFTER_FAILURES="0",
+            TRANSFER_DB_URL="mysql://u:db-secret-never-shown@db/x",
+        )
+    message = str(error.value)
+    for variable in ("MAX_WORKERS", "MINIO_BUCKET", "ALERT_AFTER_FAILURES", "TRANSFER_DB_URL"):
+        assert variable in message
+    assert "never-shown" not in message
+
+
+def test_the_transfer_settings_become_the_workers_and_the_sensors_retries():
+    settings = TransferSettings(
+        retries=2, retry_base_seconds=0.5, auto_retry_backoff_minutes=[0, 2], auto_retry_limit=7
+    )
+    assert (settings.retry.attempts, settings.retry.base_seconds) == (3, 0.5)
+    assert settings.auto_retry == AutoRetry(backoff_minutes=(0, 2), limit=7)
+    assert settings.tuning.part_size == settings.part_size_mb * 1024 * 1024
 
 
 def test_dagster_definitions_validate_refuses_a_wrong_value_and_needs_no_server(tmp_path):
@@ -261,6 +291,7 @@ def test_dagster_definitions_validate_refuses_a_wrong_value_and_needs_no_server(
 # 4. An invalid endpoint or bucket that reaches a run fails it at once, naming the variable.
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     "variable, value, field",
     [
@@ -302,6 +333,7 @@ def test_invalid_endpoint_and_bucket_given_directly_are_refused():
 # 5. The sensor's own errors name the server, the path or the setting, and what to do.
 
 
+@pytest.mark.integration
 def test_a_missing_root_fails_the_tick_naming_the_root_and_nothing_is_lost(env, instance):
     env.write("report.csv", b"a,b")
     with pytest.raises(RootUnavailable) as error:
@@ -313,6 +345,7 @@ def test_a_missing_root_fails_the_tick_naming_the_root_and_nothing_is_lost(env, 
     assert requested(tick(env, instance)) == 1  # fixed: the file is found
 
 
+@pytest.mark.integration
 def test_a_refused_login_fails_the_tick_naming_the_server_and_the_settings(env, instance):
     password_login = env.sftp(private_key=None, password="not-the-password")
     with pytest.raises(CredentialsError) as error:
@@ -324,6 +357,7 @@ def test_a_refused_login_fails_the_tick_naming_the_server_and_the_settings(env, 
     assert "SFTP_PASSWORD" in message and "not-the-password" not in message
 
 
+@pytest.mark.integration
 def test_an_encrypted_key_without_or_with_a_wrong_passphrase_says_so(env, instance, tmp_path):
     key = tmp_path / "id_ed25519"
     shutil.copy(env.stack.ssh.private_key_path, key)
@@ -343,6 +377,7 @@ def test_an_encrypted_key_without_or_with_a_wrong_passphrase_says_so(env, instan
     assert requested(tick(env, instance, sftp_default=right)) == 1
 
 
+@pytest.mark.integration
 def test_an_unreachable_sftp_server_fails_the_tick_naming_it(env, instance):
     port = closed_port()
     pinned = dict(known_hosts_path=None, host_key_sha256=env.stack.ssh.host_key_sha256)
@@ -351,6 +386,7 @@ def test_an_unreachable_sftp_server_fails_the_tick_naming_it(env, instance):
     assert f":{port}" in str(error.value) and "SFTP_PORT" in str(error.value)
 
 
+@pytest.mark.integration
 def test_an_unreachable_transfer_log_fails_the_tick_naming_the_database(env, instance):
     env.write("report.csv", b"a,b")
     password = env.stack.postgres.password
@@ -366,6 +402,7 @@ def test_an_unreachable_transfer_log_fails_the_tick_naming_the_database(env, ins
 # 6. A root the account cannot read is an error, not an idle source.
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs a root directory the SFTP user cannot read")
 def test_a_root_the_account_cannot_read_is_an_error_naming_it(env, instance):
     if env.stack.ssh.username == "root":

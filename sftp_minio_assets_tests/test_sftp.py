@@ -1,19 +1,30 @@
-"""Connecting to the real sshd: host keys are verified, never silently accepted."""
+"""Connecting to the real sshd: host keys are verified, never silently accepted; remote paths
+filtered and shown as they are (no server needed for those)."""
 
 import os
 
 import paramiko
 import pytest
 
-from sftp_minio_assets.sftp import HostKeyError, SFTPConnector, read_chunks
+from sftp_minio_assets.sftp import (
+    FileFilter,
+    HostKeyError,
+    RemoteFile,
+    SFTPConnector,
+    display,
+    read_chunks,
+    remote_bytes,
+)
 
 
+@pytest.mark.integration
 def test_a_pinned_fingerprint_is_enough_to_connect(env):
     sftp = env.sftp(known_hosts_path=None, host_key_sha256=env.stack.ssh.host_key_sha256)
     env.write("hello.txt", b"hi")
     assert [f.path for f in sftp.list_files().files] == ["hello.txt"]
 
 
+@pytest.mark.integration
 def test_a_wrong_host_key_refuses_to_connect(env, tmp_path):
     other = paramiko.Ed25519Key.from_private_key_file(str(env.stack.ssh.private_key_path))
     known_hosts = tmp_path / "known_hosts"
@@ -25,6 +36,7 @@ def test_a_wrong_host_key_refuses_to_connect(env, tmp_path):
         env.sftp(known_hosts_path=None, host_key_sha256="SHA256:" + "A" * 43).list_files()
 
 
+@pytest.mark.integration
 def test_no_host_key_setting_is_a_clear_error_unless_explicitly_allowed(env):
     with pytest.raises(HostKeyError, match="SFTP_KNOWN_HOSTS_PATH"):
         SFTPConnector(env.sftp(known_hosts_path=None).settings())
@@ -33,6 +45,7 @@ def test_no_host_key_setting_is_a_clear_error_unless_explicitly_allowed(env):
     assert [f.path for f in allowed.list_files().files] == ["x.txt"]
 
 
+@pytest.mark.integration
 def test_a_wrong_key_is_an_authentication_error(env, tmp_path):
     stranger = tmp_path / "stranger"
     key = paramiko.RSAKey.generate(2048)
@@ -41,6 +54,7 @@ def test_a_wrong_key_is_an_authentication_error(env, tmp_path):
         env.sftp(private_key=str(stranger)).list_files()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     "window, request_size",
     [(16, 255 * 1024), (1, 4096), (4, 1024 * 1024)],  # 1 MiB: more than sshd serves at once
@@ -55,6 +69,7 @@ def test_pipelined_reads_return_the_exact_bytes(env, window, request_size):
     assert sftp.stat(str(env.root / "read.bin")).st_size == len(data)
 
 
+@pytest.mark.integration
 def test_reads_stop_at_the_end_of_a_file_that_shrank(env):
     path = env.write("shrunk.bin", os.urandom(3 * 1024 * 1024))
     sftp = env.sftp().pool.get()
@@ -62,3 +77,33 @@ def test_reads_stop_at_the_end_of_a_file_that_shrank(env):
         os.truncate(path, 1024 * 1024)
         assert len(b"".join(read_chunks(f, 3 * 1024 * 1024))) == 1024 * 1024
     assert sftp.stat(str(path)).st_size == 1024 * 1024
+
+
+@pytest.mark.parametrize(
+    "include, exclude, accepted",
+    [
+        ((), (), ["a.csv", "in/b.CSV", "c.tmp"]),  # no filter: everything
+        (("*.csv",), (), ["a.csv"]),  # case-sensitive, like the server's names
+        (("*.csv", "*.CSV"), ("in/*",), ["a.csv"]),  # exclude wins
+        ((), ("*.tmp",), ["a.csv", "in/b.CSV"]),
+        (("in/*",), (), ["in/b.CSV"]),  # globs match the path relative to the root
+    ],
+)
+def test_filters_include_then_exclude_on_the_relative_path(include, exclude, accepted):
+    file_filter = FileFilter(include, exclude)
+    assert [p for p in ["a.csv", "in/b.CSV", "c.tmp"] if file_filter.accepts(p)] == accepted
+
+
+def test_a_name_that_is_not_utf8_keeps_its_bytes_and_is_shown_readably():
+    raw = b"caf\xe9 report.csv"
+    path = os.fsdecode(raw)
+    assert remote_bytes(path) == raw
+    assert display(path) == "caf\\xe9 report.csv"
+    assert display("naïve.csv") == "naïve.csv"
+
+
+def test_a_files_signature_changes_with_its_size_or_mtime():
+    file = RemoteFile("a.csv", 10, 1000)
+    assert file.signature == "10:1000"
+    for changed in (RemoteFile("a.csv", 11, 1000), RemoteFile("a.csv", 10, 1001)):
+        assert changed.signature != file.signature

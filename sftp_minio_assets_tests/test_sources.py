@@ -1,5 +1,6 @@
 """Several sources from a YAML file: each with its own asset, partitions, sensor and policy
-(compression, what becomes of the source file), against the real servers."""
+(compression, what becomes of the source file). The file is read without a server; its
+sources run against the real servers."""
 
 import gzip
 import hashlib
@@ -70,6 +71,9 @@ def test_a_sources_file_names_each_source_and_keeps_secrets_in_variables(tmp_pat
         ("after_copy: move", "after_copy: move needs archive_dir"),
         ("{after_copy: move, archive_dir: /data/in/done}", "is inside root"),
         ("compression: lzma", "compression"),
+        ("private_key: '-----BEGIN OPENSSH PRIVATE KEY-----'", "never the secret itself"),
+        ("password: {env: NO_SUCH_VARIABLE_X}", "NO_SUCH_VARIABLE_X, which is not set"),
+        ("port: twenty-two", "`port`: Input should be a valid integer"),
     ],
 )
 def test_a_wrong_sources_file_is_refused_naming_the_file_the_source_and_the_fix(
@@ -85,6 +89,35 @@ def test_a_wrong_sources_file_is_refused_naming_the_file_the_source_and_the_fix(
         load_sources(path)
     assert str(path) in str(error.value) and "'broken'" in str(error.value)
     assert message in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("", "expected a mapping `sources:` of named sources"),
+        ("sources: {}", "expected a mapping `sources:` of named sources"),
+        ("- partner\n- legacy\n", "expected a mapping `sources:` of named sources"),
+        ("sources: {partner: [unclosed", "cannot read the sources file"),
+        ("sources:\n  1st: {host: h, username: u}\n", "names are letters, digits and _"),
+        ("sources:\n  partner: sftp.example.com\n", "expected a mapping of settings"),
+    ],
+)
+def test_a_sources_file_of_the_wrong_shape_is_refused_naming_it(tmp_path, text, message):
+    path = tmp_path / "sources.yaml"
+    path.write_text(text)
+    with pytest.raises(SourcesError, match=message) as error:
+        load_sources(path)
+    assert str(path) in str(error.value)
+
+
+def test_a_missing_sources_file_is_refused_naming_it(tmp_path):
+    with pytest.raises(SourcesError, match="cannot read the sources file") as error:
+        load_sources(tmp_path / "nowhere.yaml")
+    assert str(tmp_path / "nowhere.yaml") in str(error.value)
+
+
+def test_each_source_has_its_own_resource_key():
+    assert sftp_key("partner_a") == "sftp_partner_a" != sftp_key("partner_b")
 
 
 def two_sources(env, tmp_path):
@@ -136,6 +169,7 @@ def run_source(env, instance, name, source) -> bool:
     return all(result.success for result in results)
 
 
+@pytest.mark.integration
 def test_two_sources_each_with_its_partitions_policy_and_destination(env, instance, tmp_path):
     sources = two_sources(env, tmp_path)
     text = b"id,amount\n" + b"".join(b"%d,%d.50\n" % (i, i) for i in range(50_000))
@@ -173,6 +207,7 @@ def test_two_sources_each_with_its_partitions_policy_and_destination(env, instan
     assert list((env.root / "b").iterdir()) == []
 
 
+@pytest.mark.integration
 def test_zstd_objects_decompress_to_the_original(env, instance, tmp_path):
     packed = two_sources(env, tmp_path)["packed"]
     source = SFTPResource(**{**packed.model_dump(), "compression": "zstd", "after_copy": "keep"})
@@ -184,6 +219,7 @@ def test_zstd_objects_decompress_to_the_original(env, instance, tmp_path):
     assert (env.root / "b" / "data.bin").exists()  # kept
 
 
+@pytest.mark.integration
 def test_a_source_file_that_cannot_be_moved_stays_and_the_copy_stands(env, instance, tmp_path):
     sources = two_sources(env, tmp_path)
     env.write("a/stuck.csv", b"x,y\n1,2\n")
@@ -201,6 +237,7 @@ def test_a_source_file_that_cannot_be_moved_stays_and_the_copy_stands(env, insta
     assert env.store.fs.cat_file(f"{env.bucket}/plain/stuck.csv") == b"x,y\n1,2\n"
 
 
+@pytest.mark.integration
 def test_a_second_source_never_overwrites_nor_deletes_another_sources_copy(env, instance, tmp_path):
     """Second line of defence behind the load-time check (two deployments, or a sources file
     changed under a running one): source B finds source A's object at its key and stops."""

@@ -13,6 +13,8 @@ from psycopg.conninfo import conninfo_to_dict
 from sftp_minio_assets.resources import TransferLogResource
 from sftp_minio_assets.transfer_log import MIGRATION_LOCK, MIGRATIONS, SchemaTooNew, TransferLog
 
+pytestmark = pytest.mark.integration  # the real servers (conftest's stack)
+
 SEED_TABLE = """
 CREATE TABLE file_transfer_log (
     id SERIAL PRIMARY KEY,

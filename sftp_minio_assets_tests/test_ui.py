@@ -21,7 +21,9 @@ from selenium.webdriver.common.by import By
 
 from devstack.local_stack import free_port, stop_group
 
-from .conftest import PROJECT
+from .support import PROJECT
+
+pytestmark = pytest.mark.integration  # the servers, a webserver, a daemon and Chromium
 
 SCREENSHOTS = PROJECT / "docs" / "screenshots"
 BIN = Path(sys.executable).parent  # the virtualenv's dagster-webserver and dagster-daemon

@@ -1,0 +1,185 @@
+"""Helpers the test modules share; fixtures stay in conftest.py, and no test module imports
+from another. Most take the `env` fixture's Env: they need the real servers."""
+
+import hashlib
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import dagster as dg
+
+from devstack.demo import apply_partition_requests
+from sftp_minio_assets.assets import build_files_asset
+from sftp_minio_assets.partitions import encode_key
+from sftp_minio_assets.resources import AlertSettings, TransferSettings
+from sftp_minio_assets.sensors import build_new_files_sensor
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+PARTITIONS = "files_default"
+# The worker's own retries are tested; the step's (30 s apart) would only slow the tests down.
+files = build_files_asset(retry_policy=None)
+sensor = build_new_files_sensor("default", files)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def wait_for(condition, timeout: float = 60, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+# --- runs of the default source's asset ------------------------------------------------------
+
+
+def materialize(env, instance, paths, **transfer_settings) -> dg.ExecuteInProcessResult:
+    """One run over the given files, as the sensor or the UI would launch it."""
+    if instance is None:
+        with dg.instance_for_test() as temporary:
+            return materialize(env, temporary, paths, **transfer_settings)
+    keys = [encode_key(path) for path in paths]
+    known = set(instance.get_dynamic_partitions(PARTITIONS))
+    instance.add_dynamic_partitions(PARTITIONS, [key for key in keys if key not in known])
+    if len(keys) == 1:
+        options = {"partition_key": keys[0]}
+    else:
+        options = {
+            "tags": {
+                "dagster/asset_partition_range_start": keys[0],
+                "dagster/asset_partition_range_end": keys[-1],
+            }
+        }
+    return dg.materialize(
+        [files],
+        instance=instance,
+        resources=env.resources(**transfer_settings),
+        raise_on_error=False,
+        **options,
+    )
+
+
+def statuses(instance, paths):
+    keys = [encode_key(path) for path in paths]
+    by_key = instance.get_status_by_partition(
+        files.key, keys, dg.DynamicPartitionsDefinition(name=PARTITIONS)
+    )
+    return {
+        path: (by_key[key].value if by_key[key] else None)
+        for path, key in zip(paths, keys, strict=True)
+    }
+
+
+def materializations(result) -> dict[str, dict]:
+    return {
+        event.partition: {
+            k: v.value for k, v in event.event_specific_data.materialization.metadata.items()
+        }
+        for event in result.get_asset_materialization_events()
+    }
+
+
+# --- ticks of the default source's sensor ----------------------------------------------------
+
+
+def tick(env, instance, transfer_settings=None, **sftp_overrides) -> dg.SensorResult:
+    """One evaluation; its partition requests are applied to the instance, as the daemon does."""
+    resources = {
+        **env.resources(**(transfer_settings or {})),
+        "sftp_default": env.sftp(**sftp_overrides),
+    }
+    with dg.build_sensor_context(instance=instance, resources=resources) as context:
+        result = sensor(context)
+    apply_partition_requests(instance, result)
+    return result
+
+
+def keys_of(request: dg.RunRequest, instance) -> list[str]:
+    """The partitions a run request covers: one key, or a range in the partitions' order."""
+    if request.partition_key:
+        return [request.partition_key]
+    span = request.partition_key_range
+    order = list(instance.get_dynamic_partitions(PARTITIONS))
+    return order[order.index(span.start) : order.index(span.end) + 1]
+
+
+def requested(result, instance) -> list[str]:
+    return sorted(key for request in result.run_requests for key in keys_of(request, instance))
+
+
+# --- the bucket's writes ---------------------------------------------------------------------
+
+
+def enable_versioning(env) -> None:
+    """Every write of an object becomes a version: counting them counts the writes."""
+    store = env.store
+    store._call("put_bucket_versioning", VersioningConfiguration={"Status": "Enabled"})
+
+
+def writes_per_key(env) -> dict[str, int]:
+    versions = env.store._call("list_object_versions", Prefix="").get("Versions", [])
+    counts: dict[str, int] = {}
+    for version in versions:
+        counts[version["Key"]] = counts.get(version["Key"], 0) + 1
+    return counts
+
+
+# --- alerts ----------------------------------------------------------------------------------
+
+
+class Receiver:
+    """A local HTTP server that records the JSON posted to it, as a Slack webhook would."""
+
+    def __init__(self):
+        received = self.received = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                received.append(json.loads(body))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = HTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def run_status_sensor(sensor, env, instance, result, receiver, transfer_settings=None):
+    """Evaluate a run status sensor on a finished run, as the daemon would."""
+    event = result.get_run_success_event() if result.success else result.get_run_failure_event()
+    with dg.build_run_status_sensor_context(
+        sensor_name=sensor.name,
+        dagster_event=event,
+        dagster_instance=instance,
+        dagster_run=result.dagster_run,
+        resources={
+            "transfer_log": env.resources()["transfer_log"],
+            "alerts": AlertSettings(webhook_url=receiver.url, after_failures=2),
+            "transfer_settings": TransferSettings(**(transfer_settings or {})),
+        },
+    ) as context:
+        sensor(context if result.success else context.for_run_failure())
