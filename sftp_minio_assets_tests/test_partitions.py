@@ -1,7 +1,17 @@
+"""Partition keys (reversible, safe for Dagster's UI and index) and the run requests over them."""
+
 import pytest
 
-from sftp_minio_assets.partitions import KeyTooLong, decode_key, encode_key
-from sftp_minio_assets.s3 import object_key
+from sftp_minio_assets.partitions import (
+    RANGE_END_TAG,
+    RANGE_START_TAG,
+    SOURCE_TAG,
+    KeyTooLong,
+    decode_key,
+    encode_key,
+    keys_of_run,
+    run_request_for,
+)
 
 AWKWARD = [
     "plain.csv",
@@ -34,17 +44,57 @@ def test_overlong_keys_are_refused():
         encode_key("x" * 2000)
 
 
-@pytest.mark.parametrize(
-    "path, expected",
-    [
-        ("a/b.txt", "in/src/a/b.txt"),
-        ("../../etc/passwd", "in/src/etc/passwd"),
-        ("/abs/path", "in/src/abs/path"),
-        ("back\\..\\slash", "in/src/back%5C..%5Cslash"),  # one name on the server, one here
-        ("100%\n.txt", "in/src/100%25%0A.txt"),
-        ("caf\udce9.txt", "in/src/caf%E9.txt"),  # not UTF-8: the byte, percent-encoded
-        ("./x/./y", "in/src/x/y"),
-    ],
-)
-def test_object_keys_never_leave_the_prefix(path, expected):
-    assert object_key("in/", "src", path) == expected
+def test_every_byte_that_is_not_utf8_round_trips_and_stays_distinct():
+    paths = [f"x{chr(0xDC00 + byte)}.bin" for byte in range(0x80, 0x100)]
+    keys = [encode_key(path) for path in paths]
+    assert [decode_key(key) for key in keys] == paths
+    assert len(set(keys)) == len(paths)
+    assert all(key.encode() for key in keys)  # valid UTF-8, as Postgres and the UI need
+
+
+def test_text_that_looks_encoded_is_not_decoded_by_mistake():
+    for path in ("%41.txt", "%E9", "%%", "a%2Cb", "%"):
+        assert decode_key(encode_key(path)) == path
+    assert encode_key("%41.txt") != encode_key("A.txt")
+
+
+def test_one_file_is_one_partition_and_its_run_key_names_its_content():
+    request = run_request_for(["a b.csv"], ["10:1000#0"], "partner")
+    assert request.partition_key == "a b.csv"
+    assert request.tags[SOURCE_TAG] == "partner"
+    assert RANGE_START_TAG not in request.tags
+    assert request.run_key == "a b.csv@10:1000#0"
+    retried = run_request_for(["a b.csv"], ["10:1000#1"], "partner")
+    assert retried.run_key != request.run_key  # a retry is a new request
+
+
+def test_several_files_are_one_range_whose_run_key_changes_with_any_of_them():
+    keys, versions = ["d/01.csv", "d/02.csv", "d/03.csv"], ["1:1#0", "2:2#0", "3:3#0"]
+    request = run_request_for(keys, versions, "default")
+    assert request.partition_key is None
+    assert request.tags == {
+        RANGE_START_TAG: "d/01.csv",
+        RANGE_END_TAG: "d/03.csv",
+        SOURCE_TAG: "default",
+    }
+    assert request.run_key == run_request_for(keys, versions, "default").run_key
+    changed = run_request_for(keys, ["1:1#0", "2:9#0", "3:3#0"], "default")
+    assert changed.run_key != request.run_key
+    assert len(request.run_key) < 100 + len(keys[0])  # bounded, whatever the batch size
+
+
+def test_a_run_request_needs_one_version_per_key():
+    with pytest.raises(ValueError):
+        run_request_for(["a", "b"], ["1:1#0"], "default")
+
+
+def test_the_keys_of_a_run_come_from_its_partition_or_range_tags():
+    keys = ["a", "b", "c", "d"]
+    order = {key: index for index, key in enumerate(keys)}
+    assert keys_of_run({"dagster/partition": "c"}, order, keys) == ["c"]
+    assert keys_of_run({RANGE_START_TAG: "b", RANGE_END_TAG: "d"}, order, keys) == ["b", "c", "d"]
+    request = run_request_for(["a", "b"], ["1:1#0", "2:2#0"], "default")
+    assert keys_of_run(request.tags, order, keys) == ["a", "b"]
+    # A range whose partitions were deleted since (retention), or no partition at all.
+    assert keys_of_run({RANGE_START_TAG: "gone", RANGE_END_TAG: "d"}, order, keys) == []
+    assert keys_of_run({}, order, keys) == []
