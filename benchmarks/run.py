@@ -10,17 +10,22 @@ dagster.yaml, on the stack's PostgreSQL, the sensor ticking every SENSOR_INTERVA
 the daemon's sensor has ticked on an empty root, the workload's tree is moved into the root
 ("files appear"); the pipeline is timed from then to the last COMPLETED row of the log, so it
 includes the wait for the next tick (up to SENSOR_INTERVAL seconds).
-Prints a table of medians and ratios to rclone, and writes the same as JSON.
+The CPU time each kind of process spends (run workers, daemon, code server, PostgreSQL, sshd,
+the S3 server, rclone) is sampled from /proc over each tool's window: on a 2-core machine that,
+not the wire, is what bounds many small files.
+Prints a table of medians and ratios to rclone, a table of CPU per file, and writes both as JSON.
 """
 
 import argparse
 import contextlib
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -74,6 +79,73 @@ def seed(root: Path, workload: Workload) -> Path:
     return folder
 
 
+# Processes this benchmark started, by what their command line says they are.
+PROCESS_KINDS = [
+    ("run worker", b"spawn_main"),
+    ("code server", b"api\0grpc"),
+    ("daemon", b"dagster._daemon"),
+    ("PostgreSQL", b"postgres"),
+    ("sshd", b"sshd"),
+    ("sshd", b"sftp-server"),
+    ("S3 server", b"weed"),
+    ("rclone", b"rclone"),
+]
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+TOOLS = ("pipeline", "rclone")
+
+
+class CpuMeter:
+    """CPU seconds of this process's descendants, by kind, over a `with` block: sampled every
+    0.1 s from /proc (a process that ends between two samples loses at most 0.1 s)."""
+
+    def __init__(self) -> None:
+        self.seen: dict[tuple[int, str], float] = {}
+        self._stop = threading.Event()
+
+    def __enter__(self) -> "CpuMeter":
+        self._sample()
+        self.before = dict(self.seen)
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    def by_kind(self) -> dict[str, float]:
+        spent: dict[str, float] = {}
+        for (pid, kind), seconds in self.seen.items():
+            spent[kind] = spent.get(kind, 0.0) + seconds - self.before.get((pid, kind), 0.0)
+        return spent
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.1):
+            self._sample()
+
+    def _sample(self) -> None:
+        parents: dict[int, int] = {}
+        stats: dict[int, list[str]] = {}
+        for process in Path("/proc").glob("[0-9]*"):
+            with contextlib.suppress(OSError):
+                fields = (process / "stat").read_text().rsplit(")", 1)[1].split()
+                stats[int(process.name)] = fields
+                parents[int(process.name)] = int(fields[1])
+        me = os.getpid()
+        for pid, fields in stats.items():
+            ancestor, hops = parents.get(pid), 0
+            while ancestor not in (None, 0, 1, me) and hops < 16:
+                ancestor, hops = parents.get(ancestor), hops + 1
+            if ancestor != me:
+                continue
+            with contextlib.suppress(OSError):
+                command = Path(f"/proc/{pid}/cmdline").read_bytes()
+                kind = next((k for k, mark in PROCESS_KINDS if mark in command), None)
+                if kind:
+                    self.seen[(pid, kind)] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
 def run_pipeline(stack: LocalStack, folder: Path, round_id: str) -> dict:
     """Files appear under a running daemon's sensor -> all COMPLETED, on a fresh log and
     Dagster database."""
@@ -99,7 +171,10 @@ def run_pipeline(stack: LocalStack, folder: Path, round_id: str) -> dict:
         started = time.monotonic()
         folder.rename(root / folder.name)
         try:
-            with psycopg.connect(env["TRANSFER_DB_URL"], autocommit=True) as log:
+            with (
+                psycopg.connect(env["TRANSFER_DB_URL"], autocommit=True) as log,
+                CpuMeter() as cpu,
+            ):
                 peak_kib = daemon.wait(lambda: _completed(log) == files, f"{files} COMPLETED")
             elapsed = time.monotonic() - started
             daemon.wait(lambda: _all_runs_done(instance), "the last run to end")
@@ -118,6 +193,7 @@ def run_pipeline(stack: LocalStack, folder: Path, round_id: str) -> dict:
         "file_attempts_retried": int(retried),
         "transfer_window_seconds": float(last - first) if first else 0.0,
         "peak_rss_mib": peak_kib / 1024,
+        "cpu_seconds": cpu.by_kind(),
     }
 
 
@@ -233,15 +309,21 @@ def run_rclone(stack: LocalStack, folder: Path, round_id: str) -> dict:
     }
     bucket = f"rclone-{round_id}"
     started = time.monotonic()
-    copy = subprocess.run(
-        ["rclone", "copy", f"src:{folder}", f"dst:{bucket}/default", "--s3-no-check-bucket"],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
+    with CpuMeter() as cpu:
+        copy = subprocess.run(
+            ["rclone", "copy", f"src:{folder}", f"dst:{bucket}/default", "--s3-no-check-bucket"],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
     if copy.returncode != 0:
         raise RuntimeError(f"rclone failed:\n{copy.stderr[-3000:]}")
-    return {"seconds": time.monotonic() - started}
+    done = resource.getrusage(resource.RUSAGE_CHILDREN)
+    spent = cpu.by_kind()
+    # rclone is this process's child: its exact CPU, not the last sample before it ended.
+    spent["rclone"] = done.ru_utime + done.ru_stime - reaped.ru_utime - reaped.ru_stime
+    return {"seconds": time.monotonic() - started, "cpu_seconds": spent}
 
 
 def run_sftp_read(stack: LocalStack, folder: Path) -> dict:
@@ -289,7 +371,7 @@ def main() -> None:
     with LocalStack() as stack:
         for workload in workloads:
             folder = seed(stack.ssh.root, workload)
-            tools = results.setdefault(workload.name, {"pipeline": [], "rclone": []})
+            tools = results.setdefault(workload.name, {tool: [] for tool in TOOLS})
             for round_number in range(rounds):
                 round_id = uuid.uuid4().hex[:8]
                 make_bucket(stack, f"rclone-{round_id}")
@@ -313,13 +395,14 @@ def main() -> None:
 
 
 def report(results: dict, workloads: list[Workload], json_path: str) -> None:
-    rows = []
+    rows, cpu_rows = [], []
     for workload in workloads:
         tools = results[workload.name]
         median = {
             tool: statistics.median(r["seconds"] for r in runs) for tool, runs in tools.items()
         }
         pipeline = tools["pipeline"]
+        cpu = {tool: cpu_ms_per_file(tools[tool], workload.files) for tool in TOOLS}
         row = {
             "workload": workload.name,
             "pipeline_s": median["pipeline"],
@@ -328,26 +411,42 @@ def report(results: dict, workloads: list[Workload], json_path: str) -> None:
             "pipeline_MBps": workload.files * workload.size / 2**20 / median["pipeline"],
             "runs": statistics.median(r["runs"] for r in pipeline),
             "peak_rss_mib": max(r["peak_rss_mib"] for r in pipeline),
-            "dagster_ms_per_file": 1000
-            * statistics.median(r["seconds"] - r["transfer_window_seconds"] for r in pipeline)
-            / workload.files,
+            # Before the first claim and after the last copy: the tick, run starts, the last event.
+            "outside_copies_s": statistics.median(
+                r["seconds"] - r["transfer_window_seconds"] for r in pipeline
+            ),
+            "cpu_ms_per_file": sum(cpu["pipeline"].values()),
+            "rclone_cpu_ms_per_file": sum(cpu["rclone"].values()),
         }
         if "sftp get" in median:
             row["sftp_get_s"] = median["sftp get"]
             row["share_of_sftp_read_ceiling"] = median["sftp get"] / median["pipeline"]
         rows.append(row)
-    columns = [
-        "workload",
-        "pipeline_s",
-        "rclone_s",
-        "ratio_to_rclone",
-        "pipeline_MBps",
-        "sftp_get_s",
-        "share_of_sftp_read_ceiling",
-        "runs",
-        "peak_rss_mib",
-        "dagster_ms_per_file",
-    ]
+        cpu_rows += [{"workload": workload.name, "tool": t, **ms} for t, ms in cpu.items()]
+    print_table(
+        rows,
+        ["workload", "pipeline_s", "rclone_s", "ratio_to_rclone", "pipeline_MBps", "sftp_get_s",
+         "share_of_sftp_read_ceiling", "runs", "peak_rss_mib", "outside_copies_s",
+         "cpu_ms_per_file", "rclone_cpu_ms_per_file"],
+    )  # fmt: skip
+    print("\nCPU per file, ms (medians), by process:")
+    print_table(cpu_rows, ["workload", "tool", *dict.fromkeys(k for k, _ in PROCESS_KINDS)])
+    Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+    Path(json_path).write_text(
+        json.dumps({"rows": rows, "cpu_ms_per_file": cpu_rows, "raw": results}, indent=2)
+    )
+    print(f"\nJSON: {json_path}")
+
+
+def cpu_ms_per_file(rounds: list[dict], files: int) -> dict[str, float]:
+    kinds = {kind for r in rounds for kind in r["cpu_seconds"]}
+    return {
+        kind: 1000 * statistics.median(r["cpu_seconds"].get(kind, 0.0) for r in rounds) / files
+        for kind in sorted(kinds)
+    }
+
+
+def print_table(rows: list[dict], columns: list[str]) -> None:
     print("\n| " + " | ".join(columns) + " |")
     print("|" + "---|" * len(columns))
     for row in rows:
@@ -355,9 +454,6 @@ def report(results: dict, workloads: list[Workload], json_path: str) -> None:
         print(
             "| " + " | ".join(f"{c:.2f}" if isinstance(c, float) else str(c) for c in cells) + " |"
         )
-    Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-    Path(json_path).write_text(json.dumps({"rows": rows, "raw": results}, indent=2))
-    print(f"\nJSON: {json_path}")
 
 
 if __name__ == "__main__":
