@@ -1,11 +1,13 @@
 # One entry point. `make demo` runs the pipeline end to end on a local stack; `make test` runs
-# the tests. Both install what is missing first (system packages, then the virtualenv).
+# the tests (`make test-unit`: the unit tier alone, no server). Both install what is missing first
+# (system packages, then the virtualenv).
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: install system-deps browser-deps bench-deps demo dev test bench bench-quick lint format
+.PHONY: install system-deps browser-deps bench-deps demo dev test test-unit screenshots bench \
+	bench-quick lint format
 
 install: system-deps $(VENV)/.installed
 
@@ -47,6 +49,16 @@ dev: install
 
 test: install browser-deps
 	$(BIN)/python -m pytest
+
+# The tests that need no server (not marked `integration`): seconds, on the virtualenv alone.
+test-unit: $(VENV)/.installed
+	$(BIN)/python -m pytest -m "not integration"
+
+# docs/screenshots/ from the UI test, which otherwise writes them to a temporary folder.
+screenshots: install browser-deps
+	@shots=$$(mktemp -d) && \
+	SCREENSHOTS_DIR=$$shots $(BIN)/python -m pytest -p no:cacheprovider sftp_minio_assets_tests/test_ui.py && \
+	cp $$shots/*.png docs/screenshots/ && rm -r $$shots && ls -l docs/screenshots/
 
 bench: install bench-deps
 	$(BIN)/python -m benchmarks.run

@@ -3,7 +3,8 @@ over a real webserver and daemon on a Postgres-backed instance, as `make dev` ru
 
 A file the SFTP account cannot read fails; the asset's page shows one partition failed and one
 materialized; the failed one is rerun with the GraphQL mutation the UI's "Materialize" sends,
-after the cause is fixed, and the page shows both materialized. Screenshots go to docs/.
+after the cause is fixed, and the page shows both materialized. Screenshots go to a temporary
+folder, or to SCREENSHOTS_DIR when set: `make screenshots` refreshes docs/screenshots/ with them.
 """
 
 import os
@@ -25,7 +26,6 @@ from .support import PROJECT
 
 pytestmark = pytest.mark.integration  # the servers, a webserver, a daemon and Chromium
 
-SCREENSHOTS = PROJECT / "docs" / "screenshots"
 BIN = Path(sys.executable).parent  # the virtualenv's dagster-webserver and dagster-daemon
 
 LAUNCH = """
@@ -112,6 +112,13 @@ def _answers(url: str) -> bool:
 
 
 @pytest.fixture
+def screenshots(tmp_path) -> Path:
+    folder = Path(os.environ.get("SCREENSHOTS_DIR") or tmp_path / "screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.fixture
 def browser():
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
@@ -150,7 +157,9 @@ def page_text(browser, url: str) -> str:
     return browser.find_element(By.TAG_NAME, "body").text
 
 
-def test_a_failed_partition_is_seen_rerun_and_seen_materialized_in_the_ui(env, dagster_ui, browser):
+def test_a_failed_partition_is_seen_rerun_and_seen_materialized_in_the_ui(
+    env, dagster_ui, browser, screenshots
+):
     env.write("good.csv", b"store,amount\n1,2.5\n")
     bad = env.write("unreadable.csv", b"store,amount\n2,3.5\n")
     bad.chmod(0o000)  # the SFTP account may not read it: a permanent failure
@@ -166,8 +175,7 @@ def test_a_failed_partition_is_seen_rerun_and_seen_materialized_in_the_ui(env, d
     assert "unreadable.csv" in text and "good.csv" in text
     browser.find_element(By.XPATH, "//*[normalize-space()='unreadable.csv']").click()
     time.sleep(2)
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    browser.save_screenshot(str(SCREENSHOTS / "1-partition-failed.png"))
+    browser.save_screenshot(str(screenshots / "1-partition-failed.png"))
 
     bad.chmod(0o644)  # the fix
     launched = graphql(
@@ -208,5 +216,5 @@ def test_a_failed_partition_is_seen_rerun_and_seen_materialized_in_the_ui(env, d
     assert "Failed (0)" in text
     browser.find_element(By.XPATH, "//*[normalize-space()='unreadable.csv']").click()
     time.sleep(2)
-    browser.save_screenshot(str(SCREENSHOTS / "2-partition-rerun-materialized.png"))
+    browser.save_screenshot(str(screenshots / "2-partition-rerun-materialized.png"))
     assert env.rows()["unreadable.csv"]["status"] == "COMPLETED"
