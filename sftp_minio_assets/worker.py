@@ -43,7 +43,7 @@ from .transfer import (
 )
 from .transfer_log import Claim, TransferLog
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -85,13 +85,27 @@ class SourcePolicy:
         return object_key(bucket_prefix, self.destination, path) + SUFFIXES[self.compression]
 
 
+@dataclass(frozen=True)
+class _File:
+    """One file of the source, named as each side knows it."""
+
+    key: str  # the partition key, which is also the log's filename
+    path: str  # relative to the source's root
+    remote_path: str  # on the SFTP server
+    object_name: str  # its object's key in the bucket
+    where: str  # "server/path -> s3://bucket/key", to begin messages with
+
+
 def worker_id() -> str:
-    """host:pid:thread, as the seed's per-worker logs named them."""
+    """host:pid:thread, the name a worker goes by in the log's worker_id column."""
     name = threading.current_thread().name
     return f"{socket.gethostname()}:{os.getpid()}:{name}"[:100]
 
 
 class Worker:
+    """Copies the files of one source, each under its claim in the transfer log (the table,
+    `self.transfer_log`; `logger` is Python's), and retries transient faults."""
+
     def __init__(
         self,
         source: str,
@@ -112,7 +126,7 @@ class Worker:
         self.sftp_settings = sftp_settings
         self.pool = sftp_pool
         self.store = store
-        self.log = transfer_log
+        self.transfer_log = transfer_log
         self.tuning = tuning
         self.run_id = run_id
         self.secrets = secrets
@@ -142,10 +156,27 @@ class Worker:
             if failures >= self.retry.attempts:
                 return outcome
             delay = self.retry.delay(failures)
-            log.warning("%s (attempt %d; retrying in %.1f s)", outcome.message, failures, delay)
+            logger.warning("%s (attempt %d; retrying in %.1f s)", outcome.message, failures, delay)
             time.sleep(delay)
 
     def _attempt(self, key: str, committed: Committed | None = None) -> Outcome:
+        """One claim of the file and one copy; committed: what an earlier attempt may have left."""
+        file = self._file(key)
+        me = worker_id()
+        claim: Claim | None = None
+        try:
+            attrs = self._stat(file)
+            claim, row = self._claim(file, attrs, me)
+            if claim is None:
+                return self._not_claimed(file, row)
+            result = self._copy(file, attrs, claim, committed)
+            self._complete(claim, result)
+        except Exception as exc:
+            return self._failed(file, claim, me, exc)
+        action = self._after_copy(file.remote_path, attrs, claim)
+        return self._transferred(file, result, claim, me, action)
+
+    def _file(self, key: str) -> _File:
         path = decode_key(key)
         remote_path = posixpath.join(self.sftp_settings.root, path)
         object_name = self.policy.object_name(self.store.settings.prefix, path)
@@ -153,75 +184,84 @@ class Worker:
             f"{self.sftp_settings.server}{display(_absolute(remote_path))} -> "
             f"{self.store.uri(display(object_name))}"
         )
-        me = worker_id()
-        claim: Claim | None = None
-        try:
-            attrs = self.pool.get().stat(remote_bytes(remote_path))
-            if not stat.S_ISREG(attrs.st_mode or 0):
-                raise NotAFile(f"{display(path)} is not a regular file any more")
-            claim_now = partial(
-                self.log.claim,
-                self.source,
-                key,
-                size_bytes=attrs.st_size or 0,
-                remote_mtime=int(attrs.st_mtime or 0),
-                object_key=object_name,
-                worker_id=me,
-                run_id=self.run_id,
-            )
-            claim = claim_now()
-            if claim is None:
-                row = self.log.get(self.source, key) or {}
-                if dead_run := self._dead_holder(row):
-                    claim = claim_now(dead_run=dead_run)  # its holder's run is over: take it over
-            if claim is None:
-                if owner := self.log.owner_of(object_name, self.source):
-                    raise ObjectOfAnotherSource(
-                        f"the object is where source {owner!r} copies its file of that name; "
-                        "it is left as it is, and this file is not copied over it"
-                    )
-                return self._not_claimed(key, where, row)
-            metadata = {
-                "source": self.source,
-                "source-path": quote(remote_bytes(path)),
-                "source-mtime": str(int(attrs.st_mtime or 0)),
-            }
-            if claim.attempts > 1:
-                self._abort_leftover_uploads(object_name)
-            result = self._finish(committed, attrs)
-            if result is None and claim.attempts > 1:
-                # An attempt that died between its commit and the log: its copy stands.
-                result = earlier_copy(self.store, object_name, metadata, attrs.st_size or 0)
-            result = result or copy_file(
-                self.pool.get(),
-                remote_bytes(remote_path),
-                self.store,
-                object_name,
-                metadata=metadata,
-                tuning=self.tuning,
-                heartbeat=self._heartbeat(claim),
-            )
-            self._complete(claim, result)
-        except Exception as exc:
-            permanent = is_permanent(exc)
-            if not permanent:
-                self.pool.discard()  # the session may be broken: reconnect next time
-            message = redact(f"{where}: {exc} {advice(exc)}", self.secrets)
-            self._record_failure(key, claim, message, me, permanent)
-            return Outcome(
-                key,
-                "failed",
-                message,
-                {"error": message, "worker": me},
-                permanent,
-                exc.committed if isinstance(exc, TransferFailed) else None,
-            )
-        action = self._after_copy(remote_path, attrs, claim)
+        return _File(key, path, remote_path, object_name, where)
+
+    def _stat(self, file: _File):
+        attrs = self.pool.get().stat(remote_bytes(file.remote_path))
+        if not stat.S_ISREG(attrs.st_mode or 0):
+            raise NotAFile(f"{display(file.path)} is not a regular file any more")
+        return attrs
+
+    def _claim(self, file: _File, attrs, me: str) -> tuple[Claim | None, dict]:
+        """The claim on the file, taken over from its holder if that run is over; else None and
+        the file's log row, which says why."""
+        claim_now = partial(
+            self.transfer_log.claim,
+            self.source,
+            file.key,
+            size_bytes=attrs.st_size or 0,
+            remote_mtime=int(attrs.st_mtime or 0),
+            object_key=file.object_name,
+            worker_id=me,
+            run_id=self.run_id,
+        )
+        claim = claim_now()
+        if claim is not None:
+            return claim, {}
+        row = self.transfer_log.get(self.source, file.key) or {}
+        if dead_run := self._dead_holder(row):
+            claim = claim_now(dead_run=dead_run)  # its holder's run is over: take it over
+        return claim, row
+
+    def _copy(
+        self, file: _File, attrs, claim: Claim, committed: Committed | None
+    ) -> TransferResult:
+        """The object for this claim: an earlier attempt's, when it landed whole, else a copy."""
+        metadata = {
+            "source": self.source,
+            "source-path": quote(remote_bytes(file.path)),
+            "source-mtime": str(int(attrs.st_mtime or 0)),
+        }
+        if claim.attempts > 1:
+            self._abort_leftover_uploads(file.object_name)
+        result = self._landed_commit(committed, attrs)
+        if result is None and claim.attempts > 1:
+            # An attempt that died between its commit and the log: its copy stands.
+            result = earlier_copy(self.store, file.object_name, metadata, attrs.st_size or 0)
+        return result or copy_file(
+            self.pool.get(),
+            remote_bytes(file.remote_path),
+            self.store,
+            file.object_name,
+            metadata=metadata,
+            tuning=self.tuning,
+            heartbeat=self._heartbeat(claim),
+        )
+
+    def _failed(self, file: _File, claim: Claim | None, me: str, exc: Exception) -> Outcome:
+        """Record the failure in the log and report it, with advice on what to fix."""
+        permanent = is_permanent(exc)
+        if not permanent:
+            self.pool.discard()  # the session may be broken: reconnect next time
+        message = redact(f"{file.where}: {exc} {advice(exc)}", self.secrets)
+        self._record_failure(file.key, claim, message, me, permanent)
+        return Outcome(
+            file.key,
+            "failed",
+            message,
+            {"error": message, "worker": me},
+            permanent,
+            exc.committed if isinstance(exc, TransferFailed) else None,
+        )
+
+    def _transferred(
+        self, file: _File, result: TransferResult, claim: Claim, me: str, action: str
+    ) -> Outcome:
         stored = "" if result.stored_bytes is None else f", {result.stored_bytes} stored"
         return Outcome(
-            key,
+            file.key,
             "transferred",
-            f"{where}: {result.size_bytes} bytes{stored} in {result.total_seconds:.2f} s "
+            f"{file.where}: {result.size_bytes} bytes{stored} in {result.total_seconds:.2f} s "
             f"({result.mb_per_second:.1f} MB/s); source file {action}",
             {
                 "outcome": "transferred",
@@ -231,7 +271,7 @@ class Worker:
                 "total_seconds": round(result.total_seconds, 3),
                 "mb_per_second": round(result.mb_per_second, 2),
                 "sha256": result.sha256,
-                "object_uri": self.store.uri(object_name),
+                "object_uri": self.store.uri(file.object_name),
                 "worker": me,
                 "attempt": claim.attempts,
                 "source_file": action,
@@ -269,14 +309,14 @@ class Worker:
                 "server; the copy is complete and will not be redone",
                 self.secrets,
             )
-            log.warning("%s%s: %s", self.sftp_settings.server, display(remote_path), done)
+            logger.warning("%s%s: %s", self.sftp_settings.server, display(remote_path), done)
         try:
-            self.log.record_source_action(claim, done)
+            self.transfer_log.record_source_action(claim, done)
         except psycopg.Error as exc:
-            log.warning("could not record the source action of claim %s: %s", claim.id, exc)
+            logger.warning("could not record the source action of claim %s: %s", claim.id, exc)
         return done
 
-    def _finish(self, committed: Committed | None, attrs) -> TransferResult | None:
+    def _landed_commit(self, committed: Committed | None, attrs) -> TransferResult | None:
         """An earlier attempt's object, if its commit landed and the file is still the same."""
         if committed is None or (committed.size, committed.source_mtime) != (
             attrs.st_size,
@@ -289,7 +329,7 @@ class Worker:
         """The object is in place: insist on recording it rather than copying it again."""
         for failures in range(1, self.retry.attempts + 1):
             try:
-                return self.log.complete(claim, result)
+                return self.transfer_log.complete(claim, result)
             except psycopg.OperationalError:
                 if failures == self.retry.attempts:
                     raise
@@ -308,13 +348,13 @@ class Worker:
     ) -> None:
         try:
             if claim is None:
-                self.log.fail_unclaimed(
+                self.transfer_log.fail_unclaimed(
                     self.source, key, message, worker_id=me, run_id=self.run_id, permanent=permanent
                 )
             else:
-                self.log.fail(claim, message, permanent)
+                self.transfer_log.fail(claim, message, permanent)
         except Exception as exc:  # the log itself is down: the claim goes stale, then is retried
-            log.warning("could not record the failure of %s in the transfer log: %s", key, exc)
+            logger.warning("could not record the failure of %s in the transfer log: %s", key, exc)
 
     def _dead_holder(self, row: dict) -> str | None:
         """The run holding the file's claim (its log row), if Dagster reports it finished."""
@@ -323,12 +363,19 @@ class Worker:
             return holder
         return None
 
-    def _not_claimed(self, key: str, where: str, row: dict) -> Outcome:
+    def _not_claimed(self, file: _File, row: dict) -> Outcome:
+        """Why the claim was refused (its log row says): another source copies to the same
+        object (a failure), the file is copied already, or another worker holds it."""
+        if owner := self.transfer_log.owner_of(file.object_name, self.source):
+            raise ObjectOfAnotherSource(
+                f"the object is where source {owner!r} copies its file of that name; "
+                "it is left as it is, and this file is not copied over it"
+            )
         if row.get("status") == "COMPLETED":
             return Outcome(
-                key,
+                file.key,
                 "skipped",
-                f"{where}: already transferred and unchanged, skipped",
+                f"{file.where}: already transferred and unchanged, skipped",
                 {
                     "outcome": "skipped (already transferred, unchanged)",
                     "bytes": row["size_bytes"],
@@ -338,9 +385,9 @@ class Worker:
                 },
             )
         return Outcome(
-            key,
+            file.key,
             "busy",
-            f"{where}: being transferred by {row.get('worker_id')} (run {row.get('run_id')}), "
+            f"{file.where}: being transferred by {row.get('worker_id')} (run {row.get('run_id')}), "
             "skipped here",
         )
 
@@ -352,9 +399,9 @@ class Worker:
             if time.monotonic() - last >= self.heartbeat_seconds:
                 last = time.monotonic()
                 try:
-                    self.log.heartbeat(claim)
+                    self.transfer_log.heartbeat(claim)
                 except psycopg.OperationalError as exc:  # the log restarts: keep copying
-                    log.warning("heartbeat of claim %s not recorded: %s", claim.id, exc)
+                    logger.warning("heartbeat of claim %s not recorded: %s", claim.id, exc)
 
         return beat
 
