@@ -1,4 +1,4 @@
-"""Alerts on repeated errors (the seed's "alertes en cas d'erreurs répétées").
+"""Alerts on repeated errors: a file or a source that keeps failing.
 
 When one file fails ALERT_AFTER_FAILURES times in a row, or a source's last
 ALERT_AFTER_FAILURES transfers all failed, one message is posted to ALERT_WEBHOOK_URL

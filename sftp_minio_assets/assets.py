@@ -77,7 +77,7 @@ def build_files_asset(
                 context.log.error(outcome.message)
                 failed.append(outcome)
                 continue
-            # Per-file detail goes to the run's captured output (the seed's per-worker log):
+            # Per-file detail goes to the run's captured output, a line per file:
             # an event per file would double Dagster's cost of a small file.
             log.info(outcome.message)
             if outcome.status != "busy":

@@ -296,13 +296,14 @@ class TransferLogResource(dg.ConfigurableResource):
 
 
 class TransferSettings(dg.ConfigurableResource):
-    """How files are moved: the seed's MAX_WORKERS and LOCAL_DIR, and the upload shape."""
+    """How files are moved: MAX_WORKERS and LOCAL_DIR (meaning what they meant in the Airflow DAG
+    this project replaces), and the upload shape."""
 
     max_workers: Annotated[int, _at_least(1)] = Field(
         default=4, description="Files transferred at once per run."
     )
     local_dir: str | None = Field(
-        default=None, description="Set: SFTP -> local file -> S3 (the seed's path); else stream."
+        default=None, description="Set: SFTP -> a file in this folder -> S3; else streamed."
     )
     part_size_mb: Annotated[
         int,
@@ -492,7 +493,7 @@ def shared_resources_from_env() -> dict[str, dg.ConfigurableResource]:
                 "endpoint_url": "MINIO_ENDPOINT_URL",
                 "access_key": "MINIO_ACCESS_KEY",
                 "secret_key": "MINIO_SECRET_KEY",
-                # BUCKET_NAME is the seed's name for it.
+                # BUCKET_NAME: its name in the Airflow DAG this project replaces.
                 "bucket": "MINIO_BUCKET" if os.environ.get("MINIO_BUCKET") else "BUCKET_NAME",
                 "prefix": "MINIO_PREFIX",
                 "region": "MINIO_REGION",

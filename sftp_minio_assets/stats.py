@@ -1,5 +1,5 @@
-"""Statistics and worker diagnostics from `file_transfer_log` (the seed's "statistiques de
-performance" and "diagnostic des workers actifs"), with pandas.
+"""Statistics from `file_transfer_log` with pandas: throughput per source, worker and hour, and
+the workers copying a file right now with the age of their heartbeat.
 
 `summarize` is plain pandas; the `transfer_stats` asset publishes its tables as Markdown and its
 totals as numeric metadata, which the UI plots over materializations; a schedule refreshes it.

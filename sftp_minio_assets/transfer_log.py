@@ -1,4 +1,4 @@
-"""The `file_transfer_log` table: the seed's distributed lock and history, in SQL.
+"""The `file_transfer_log` table: the lock between workers and the history of transfers, in SQL.
 
 Every statement is here, parameterized. Claiming is one INSERT ... ON CONFLICT, so that of
 N concurrent workers exactly one wins a file; finishing is fenced by the claim's attempt number,
@@ -21,7 +21,8 @@ from .transfer import TransferResult
 # Only ever appended to, each statement idempotent: a database's schema version is how many of
 # these it has run, and a database migrated before versions were recorded runs them all again.
 MIGRATIONS = [
-    # The seed's table, with filename widened to TEXT (paths exceed 255 characters).
+    # The table of the Airflow DAG this project replaces, with filename widened to TEXT (paths
+    # exceed 255 characters).
     """
     CREATE TABLE IF NOT EXISTS file_transfer_log (
         id BIGSERIAL PRIMARY KEY,
@@ -39,7 +40,7 @@ MIGRATIONS = [
         updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
     )
     """,
-    # A table made by the seed's DAG: keep its rows, lift its limits.
+    # A table made by that Airflow DAG: keep its rows, lift its limits.
     "ALTER TABLE file_transfer_log ALTER COLUMN filename TYPE TEXT",
     "ALTER TABLE file_transfer_log DROP CONSTRAINT IF EXISTS file_transfer_log_filename_key",
     """
