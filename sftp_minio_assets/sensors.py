@@ -13,11 +13,11 @@ import time
 
 import dagster as dg
 
-from .discovery import batches, plan_transfers
+from .discovery import Plan, batches, plan_transfers
 from .partitions import keys_of_run, partitions_for, run_request_for
 from .resources import MinIOResource, SFTPResource, TransferLogResource, TransferSettings
 from .s3 import object_key
-from .sftp import display
+from .sftp import Listing, display
 from .sources import sftp_key
 from .transfer_log import TransferLog
 
@@ -69,27 +69,14 @@ def build_new_files_sensor(source: str, files_asset: dg.AssetsDefinition) -> dg.
         transfer_log: TransferLogResource = context.resources.transfer_log
         transfer_settings: TransferSettings = context.resources.transfer_settings
         log = transfer_log.log
+        # List: the source's files, the partitions known, the files that runs are copying.
         listing = sftp.list_files()
         keys = list(context.instance.get_dynamic_partitions(partitions.name))
         order = {key: i for i, key in enumerate(keys)}
-        unfinished = [
-            run
-            for run in context.instance.get_runs(filters=dg.RunsFilter(statuses=UNFINISHED))
-            if files_asset.key in (run.asset_selection or ())
-        ]
+        unfinished = _unfinished_runs(context.instance, files_asset.key)
         in_flight = {key for run in unfinished for key in keys_of_run(run.tags, order, keys)}
-        # The seed's "nettoyage automatique des verrous obsolètes", and more: a claim whose run
-        # Dagster reports finished is dead at once; one silent for the stale window, too.
-        released = _release_claims_of_finished_runs(context.instance, log, source, unfinished)
-        swept = log.sweep_stale(source)
-        orphans = log.release_orphans(source, in_flight, ORPHAN_GRACE_SECONDS)
-        aborted = _abort_stale_uploads(context, minio, sftp, source, transfer_log)
-        if released or swept or orphans or aborted:
-            context.log.warning(
-                f"released {released} claims of finished runs and {swept} stale claims of dead "
-                f"workers, failed {orphans} requested files whose run ended without them, "
-                f"aborted {aborted} stale multipart uploads; they are requested again"
-            )
+        _clean_up_after_crashes(context, source, unfinished, in_flight, sftp, minio, transfer_log)
+        # Plan: which files to copy, from the log as the clean-up left it.
         plan = plan_transfers(
             listing.files,
             log.states(source),
@@ -100,13 +87,8 @@ def build_new_files_sensor(source: str, files_asset: dg.AssetsDefinition) -> dg.
             max_requests=MAX_REQUESTS_PER_TICK,
             auto_retry=transfer_settings.auto_retry,
         )
-        for path, why in listing.skipped + plan.ignored:
-            context.log.warning(f"{sftp.settings().server}: skipped {display(path)!r}: {why}")
-        if plan.unknown_status:
-            context.log.warning(
-                f"{len(plan.unknown_status)} rows of source {source} have a status this project "
-                f"does not write (first: {plan.unknown_status[:5]}); treated as failed"
-            )
+        _warn_about_skipped(context, source, sftp, listing, plan)
+        # Request: the files become QUEUED in the log, then partitions and runs.
         log.request(source, [(r.key, r.file.size, r.file.mtime, r.retry) for r in plan.requests])
         new_keys = [r.key for r in plan.requests if r.key not in order]
         again = [r.key for r in plan.requests if r.key in order]
@@ -118,6 +100,7 @@ def build_new_files_sensor(source: str, files_asset: dg.AssetsDefinition) -> dg.
             transfer_settings.max_partitions_per_run,
             transfer_settings.parallel_runs,
         )
+        # After the request: a file requested again is QUEUED now, so its partition stays.
         expired = _expired(transfer_log, source, transfer_settings, order, in_flight)
         return dg.SensorResult(
             run_requests=[
@@ -127,16 +110,73 @@ def build_new_files_sensor(source: str, files_asset: dg.AssetsDefinition) -> dg.
                 *([partitions.build_add_request(new_keys)] if new_keys else []),
                 *([partitions.build_delete_request(expired)] if expired else []),
             ],
-            skip_reason=None
-            if plan.requests
-            else (
-                f"nothing new among {len(listing.files)} files ({plan.waiting} too recent, "
-                f"{plan.backing_off} failed and waiting for their next retry, "
-                f"{len(plan.given_up)} failed and waiting for a rerun)"
-            ),
+            skip_reason=None if plan.requests else _nothing_new(len(listing.files), plan),
         )
 
     return new_files
+
+
+def _unfinished_runs(instance: dg.DagsterInstance, asset_key: dg.AssetKey) -> list[dg.DagsterRun]:
+    """The runs of this source's files that are not over yet."""
+    return [
+        run
+        for run in instance.get_runs(filters=dg.RunsFilter(statuses=UNFINISHED))
+        if asset_key in (run.asset_selection or ())
+    ]
+
+
+def _clean_up_after_crashes(
+    context: dg.SensorEvaluationContext,
+    source: str,
+    unfinished: list[dg.DagsterRun],
+    in_flight: set[str],
+    sftp: SFTPResource,
+    minio: MinIOResource,
+    transfer_log: TransferLogResource,
+) -> None:
+    """Release what crashed workers and runs left, so that the plan requests those files again.
+
+    Like the stale-lock cleanup of the Airflow DAG this project replaces, and more: a claim
+    whose run Dagster reports finished is released at once, one silent for the stale window
+    (MAX_STALE_LOCK_MINUTES) too; a requested file that no unfinished run covers is failed; a
+    multipart upload older than the stale window is aborted.
+    """
+    log = transfer_log.log
+    released = _release_claims_of_finished_runs(context.instance, log, source, unfinished)
+    swept = log.sweep_stale(source)
+    orphans = log.release_orphans(source, in_flight, ORPHAN_GRACE_SECONDS)
+    aborted = _abort_stale_uploads(context, minio, sftp, source, transfer_log)
+    if released or swept or orphans or aborted:
+        context.log.warning(
+            f"released {released} claims of finished runs and {swept} stale claims of dead "
+            f"workers, failed {orphans} requested files whose run ended without them, "
+            f"aborted {aborted} stale multipart uploads; they are requested again"
+        )
+
+
+def _warn_about_skipped(
+    context: dg.SensorEvaluationContext,
+    source: str,
+    sftp: SFTPResource,
+    listing: Listing,
+    plan: Plan,
+) -> None:
+    """Files that are never requested as they are, and log rows this project did not write."""
+    for path, why in listing.skipped + plan.ignored:
+        context.log.warning(f"{sftp.settings().server}: skipped {display(path)!r}: {why}")
+    if plan.unknown_status:
+        context.log.warning(
+            f"{len(plan.unknown_status)} rows of source {source} have a status this project "
+            f"does not write (first: {plan.unknown_status[:5]}); treated as failed"
+        )
+
+
+def _nothing_new(files_listed: int, plan: Plan) -> str:
+    return (
+        f"nothing new among {files_listed} files ({plan.waiting} too recent, "
+        f"{plan.backing_off} failed and waiting for their next retry, "
+        f"{len(plan.given_up)} failed and waiting for a rerun)"
+    )
 
 
 def _release_claims_of_finished_runs(
