@@ -59,10 +59,11 @@ class SourceChanged(TransferFailed):
 
 @dataclass(frozen=True)
 class Tuning:
+    """How bytes are moved, the same for every source (a source's compression is its own)."""
+
     part_size: int = 8 * MIB  # S3 needs >= 5 MiB for all parts but the last
     parts_in_flight: int = 4  # per process, all files together
     local_dir: str | None = None  # set (LOCAL_DIR): SFTP -> a file there -> S3; else streamed
-    compression: str = "none"  # or "gzip", "zstd": applied in flight
 
 
 # A small PUT is verified by its reply's ETag (the MD5 of the bytes sent); a larger one is read
@@ -155,8 +156,10 @@ def copy_file(
     metadata: dict[str, str],
     tuning: Tuning = Tuning(),
     heartbeat: Callable[[], None] | None = None,
+    compression: str = "none",
 ) -> TransferResult:
-    """Copy remote_path to key; raises TransferFailed (and leaves no object) on any error."""
+    """Copy remote_path to key, compressed on the way ("gzip", "zstd") unless "none"; raises
+    TransferFailed (and leaves no object) on any error."""
     started = time.monotonic()
     meter = _Meter(heartbeat)
     metadata = {**metadata, TOKEN: uuid.uuid4().hex}
@@ -166,8 +169,8 @@ def copy_file(
     except (OSError, EOFError, paramiko.SSHException) as exc:
         raise TransferFailed("read", f"cannot open: {_describe(exc)}") from exc
     stored = _Counter()
-    if tuning.compression != "none":
-        metadata.update({"compression": tuning.compression, "original-size": str(before.st_size)})
+    if compression != "none":
+        metadata.update({"compression": compression, "original-size": str(before.st_size)})
     with f:
 
         def check_unchanged() -> None:
@@ -182,7 +185,7 @@ def copy_file(
                 )
 
         chunks = stored.wrap(
-            _compressed(meter.wrap(_reading(read_chunks(f, before.st_size))), tuning.compression)
+            _compressed(meter.wrap(_reading(read_chunks(f, before.st_size))), compression)
         )
         upload = _Upload(store, key, metadata, tuning, meter, before_commit=check_unchanged)
         if tuning.local_dir:
@@ -201,7 +204,7 @@ def copy_file(
         download_seconds=meter.read_seconds,
         upload_seconds=meter.upload_seconds,
         total_seconds=time.monotonic() - started,
-        stored_bytes=stored.size if tuning.compression != "none" else None,
+        stored_bytes=stored.size if compression != "none" else None,
     )
 
 

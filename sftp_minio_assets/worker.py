@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import suppress
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Literal
 from urllib.parse import quote
@@ -122,7 +122,6 @@ class Worker:
     ):
         self.source = source
         self.policy = policy or SourcePolicy(destination=source)
-        tuning = replace(tuning, compression=self.policy.compression)
         self.sftp_settings = sftp_settings
         self.pool = sftp_pool
         self.store = store
@@ -236,6 +235,7 @@ class Worker:
             metadata=metadata,
             tuning=self.tuning,
             heartbeat=self._heartbeat(claim),
+            compression=self.policy.compression,
         )
 
     def _failed(self, file: _File, claim: Claim | None, me: str, exc: Exception) -> Outcome:
