@@ -10,6 +10,7 @@ import posixpath
 import re
 import threading
 import time
+from collections.abc import Collection
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
@@ -180,14 +181,17 @@ class ObjectStore:
     def list_multipart_uploads(self, prefix: str = "") -> list[dict]:
         return self._call("list_multipart_uploads", Prefix=prefix).get("Uploads", [])
 
-    def abort_stale_uploads(self, prefix: str, older_than_seconds: float) -> int:
-        """Abort multipart uploads under prefix started long ago: leftovers of dead workers
-        (a live transfer aborts its own on error). Returns how many."""
+    def abort_stale_uploads(
+        self, prefix: str, older_than_seconds: float, live: Collection[str] = ()
+    ) -> int:
+        """Abort multipart uploads under prefix started long ago, but those to a `live` key (a
+        big file may take longer than that to copy): leftovers of dead workers (a live transfer
+        aborts its own on error). Returns how many."""
         deadline = time.time() - older_than_seconds
         stale = [
             upload
             for upload in self.list_multipart_uploads(prefix)
-            if upload["Initiated"].timestamp() < deadline
+            if upload["Initiated"].timestamp() < deadline and upload["Key"] not in live
         ]
         for upload in stale:
             self.abort_multipart(upload["Key"], upload["UploadId"])

@@ -197,11 +197,13 @@ def _release_claims_of_finished_runs(
 
 
 def _abort_stale_uploads(context, minio, sftp, source, transfer_log) -> int:
-    """Multipart uploads of dead workers, older than the stale window."""
+    """Multipart uploads of dead workers, older than the stale window; not those of files
+    being copied (claims of dead workers were released just before)."""
     try:
         return minio.store.abort_stale_uploads(
             object_key(minio.prefix, sftp.policy(source).destination, "") + "/",
             transfer_log.max_stale_lock_minutes * 60,
+            live=transfer_log.log.being_copied(source),
         )
     except FileNotFoundError:
         return 0  # no bucket yet, so no uploads either

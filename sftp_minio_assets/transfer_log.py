@@ -239,6 +239,11 @@ WHERE t.status <> 'IN_PROGRESS'
            AND t.remote_mtime = EXCLUDED.remote_mtime)
 """
 
+BEING_COPIED = """
+SELECT object_key FROM file_transfer_log
+WHERE source = %(source)s AND status = 'IN_PROGRESS' AND object_key IS NOT NULL
+"""
+
 OWNER = """
 SELECT source FROM file_transfer_log
 WHERE object_key = %(object_key)s AND source <> %(source)s LIMIT 1
@@ -556,6 +561,11 @@ class TransferLog:
                 "retries": retries,
             },
         )
+
+    def being_copied(self, source: str) -> set[str]:
+        """The object keys the source's claimed files are being copied to: their multipart
+        uploads are live, however long ago they started."""
+        return {row["object_key"] for row in self._execute(BEING_COPIED, {"source": source})}
 
     def owner_of(self, object_key: str, source: str) -> str | None:
         """Another source whose file is copied to object_key, if any."""

@@ -1,5 +1,7 @@
 """The sensor against the real SFTP server and transfer log, evaluated as the daemon would."""
 
+import time
+
 import dagster as dg
 import pytest
 
@@ -85,3 +87,38 @@ def test_new_files_go_in_batches_of_consecutive_partitions_and_a_trickle_alone(e
     env.write("drop/late.csv", b"one more")
     trickle = tick(env, instance)
     assert [r.partition_key for r in trickle.run_requests] == ["drop/late.csv"]
+
+
+def test_a_big_file_copied_for_longer_than_the_stale_window_keeps_its_upload(env, instance):
+    """The sensor aborts multipart uploads older than the stale window, left by dead workers,
+    but not the upload of a file whose claim is alive (heartbeats): a 50 GiB file may take
+    longer than MAX_STALE_LOCK_MINUTES to copy, and aborting it would restart it forever."""
+    stale_minutes = 2 / 60
+    env.write("big.bin", b"big")
+    env.write("dead.bin", b"dead")
+    log, store = env.log, env.store
+    log.stale_minutes = stale_minutes
+    claims = {
+        name: log.claim(
+            "default",
+            name,
+            size_bytes=3,
+            remote_mtime=0,
+            object_key=f"default/{name}",
+            worker_id="w",
+            run_id=None,
+        )
+        for name in ("big.bin", "dead.bin")
+    }
+    for name in claims:
+        store.create_multipart(f"default/{name}", {})
+    deadline = time.monotonic() + stale_minutes * 60 + 1.5
+    while time.monotonic() < deadline:  # only big.bin's worker is alive
+        log.heartbeat(claims["big.bin"])
+        time.sleep(0.5)
+
+    tick(env, instance, {"stale_minutes": stale_minutes})
+
+    assert [u["Key"] for u in store.list_multipart_uploads()] == ["default/big.bin"]
+    assert env.rows()["big.bin"]["status"] == "IN_PROGRESS"
+    assert env.rows()["dead.bin"]["status"] != "IN_PROGRESS"
