@@ -96,20 +96,9 @@ def main() -> None:
         alone = seed(root, "alone", args.files + 1, args.size)
         in_run = seed(root, "in_run", args.files + 1, args.size)
         from sftp_minio_assets.definitions import defs
-        from sftp_minio_assets.worker import Worker
 
         with dg.build_resources(defs.resources) as resources:
-            source = resources.sftp_default
-            worker = Worker(
-                source="default",
-                sftp_settings=source.settings(),
-                sftp_pool=source.pool,
-                store=resources.minio.store,
-                transfer_log=resources.transfer_log.log,
-                tuning=resources.transfer_settings.tuning,
-                policy=source.policy("default"),
-            )
-            worker_total, spent = time_worker(worker, alone)
+            worker_total, spent = time_worker(resources.source_default.worker(), alone)
 
         job = defs.resolve_job_def("__ASSET_JOB")
         with dg.DagsterInstance.get() as instance:

@@ -11,9 +11,7 @@ import logging
 import dagster as dg
 
 from .partitions import partitions_for
-from .resources import MinIOResource, SFTPResource, TransferLogResource, TransferSettings
-from .sources import sftp_key
-from .worker import Worker
+from .sources import source_key, source_of
 
 DEFAULT_SOURCE = "default"
 
@@ -48,31 +46,18 @@ def build_files_asset(
         group_name="sftp_to_minio",
         kinds={"sftp", "s3"},
         description=f"Files of SFTP source `{source}`, one partition each, copied to MinIO.",
-        # Each source has its own SFTPResource, under its own key.
-        required_resource_keys={sftp_key(source), "minio", "transfer_log", "transfer_settings"},
+        # Each source has its own SourceResource, under its own key.
+        required_resource_keys={source_key(source)},
     )
     def files(context: dg.AssetExecutionContext):
-        sftp: SFTPResource = getattr(context.resources, sftp_key(source))
-        minio: MinIOResource = context.resources.minio
-        transfer_log: TransferLogResource = context.resources.transfer_log
-        transfer_settings: TransferSettings = context.resources.transfer_settings
+        resource = source_of(context, source)
         keys = list(context.partition_keys)
-        worker = Worker(
-            source=source,
-            sftp_settings=sftp.settings(),
-            sftp_pool=sftp.pool,
-            store=minio.store,
-            transfer_log=transfer_log.log,
-            tuning=transfer_settings.tuning,
+        worker = resource.worker(
             run_id=context.run.run_id,
-            secrets=(sftp.password, minio.secret_key, minio.access_key),
-            retry=transfer_settings.retry,
-            policy=sftp.policy(source),
             run_finished=lambda run_id: _finished(context.instance, run_id),
         )
         failed = []
-        max_workers = sftp.max_workers or transfer_settings.max_workers
-        for outcome in worker.transfer_many(keys, max_workers):
+        for outcome in worker.transfer_many(keys, resource.concurrency):
             if outcome.status == "failed":
                 context.log.error(outcome.message)
                 failed.append(outcome)

@@ -9,10 +9,11 @@ from .checks import build_file_checks
 from .dry_run import build_dry_run_job
 from .resources import shared_resources_from_env
 from .sensors import build_new_files_sensor
-from .sources import sftp_key, sources_from_env
+from .sources import source_key, sources_from_env
 from .stats import build_health_job, build_health_schedule, transfer_stats
 
-sources = sources_from_env()
+shared = shared_resources_from_env()
+sources = sources_from_env(shared)
 files_assets = {name: build_files_asset(name) for name in sources}
 health = build_health_job(list(files_assets.values()))
 
@@ -28,10 +29,7 @@ defs = dg.Definitions(
         alert_on_repeated_failures,
         alert_on_recovery,
     ],
-    resources={
-        **shared_resources_from_env(),
-        **{sftp_key(name): source for name, source in sources.items()},
-    },
+    resources={**shared, **{source_key(name): source for name, source in sources.items()}},
     # A run is one step that copies its files on threads: run it in the run worker's process,
     # not in a second process that would load the code again.
     executor=dg.in_process_executor,

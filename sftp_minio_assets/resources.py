@@ -1,12 +1,15 @@
-"""Dagster resources: thin, typed adapters over sftp.py, s3.py and transfer_log.py.
+"""Dagster resources: thin, typed adapters over sftp.py, s3.py, transfer_log.py and worker.py.
 
 Each opens its connections on first use and keeps them for the run (or sensor tick),
 so that a batch of files shares SSH sessions, S3 connections and database connections.
+A source is one SourceResource: its SFTPConnection and policy, with the resources all sources
+share nested in it, so that the asset, the sensor and the dry run each get a ready object.
 """
 
 import os
 import posixpath
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Collection
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
@@ -15,13 +18,21 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from pydantic import Field, PrivateAttr, ValidationError, WrapValidator, model_validator
 
-from .discovery import AutoRetry
+from .discovery import AutoRetry, Plan, plan_transfers
 from .errors import SettingsError, TransferLogUnavailable, redact
-from .s3 import ObjectStore, S3Settings, bucket_problem, key_segments
-from .sftp import FileFilter, Listing, SFTPConnector, SFTPPool, SFTPSettings, list_tree
+from .s3 import ObjectStore, S3Settings, bucket_problem, key_segments, object_key
+from .sftp import (
+    FileFilter,
+    Listing,
+    SFTPConnector,
+    SFTPPool,
+    SFTPSettings,
+    display,
+    list_tree,
+)
 from .transfer import MIB, Tuning
 from .transfer_log import TransferLog
-from .worker import Retry, SourcePolicy
+from .worker import Retry, SourcePolicy, Worker
 
 # What dg.EnvVar and dg.EnvVar.int give: names, resolved by Dagster when the resource starts. A
 # field given one is checked then (Dagster builds the resource again from the values), and
@@ -95,8 +106,9 @@ def _database_server(url: str) -> str:
     return f"postgresql://{info.get('user', '')}@{host}:{port}/{info.get('dbname', '')}"
 
 
-class SFTPResource(dg.ConfigurableResource):
-    """One SFTP source: where it is, how to trust and log in to it, which files to take."""
+class SFTPConnection(dg.ConfigurableResource):
+    """How to reach, trust and log in to one SFTP server. Opens its sessions on first use (one
+    per thread) and closes them after the run or tick."""
 
     host: Annotated[str, _check(_host)]
     port: Annotated[
@@ -119,6 +131,42 @@ class SFTPResource(dg.ConfigurableResource):
     allow_unknown_host: bool = Field(
         default=False, description="Accept any host key (logged). Never in production."
     )
+
+    _pool: SFTPPool | None = PrivateAttr(default=None)
+
+    @property
+    def settings(self) -> SFTPSettings:
+        return SFTPSettings(
+            host=self.host,
+            port=self.port,
+            username=self.username,
+            password=self.password,
+            private_key=self.private_key,
+            known_hosts_path=self.known_hosts_path,
+            host_key_sha256=self.host_key_sha256,
+            allow_unknown_host=self.allow_unknown_host,
+        )
+
+    @property
+    def server(self) -> str:
+        """How messages name the server (never with a secret)."""
+        return self.settings.server
+
+    @property
+    def pool(self) -> SFTPPool:
+        if self._pool is None:
+            self._pool = SFTPPool(SFTPConnector(self.settings))
+        return self._pool
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._pool is not None:
+            self._pool.close()
+
+
+class SourcePolicyConfig(dg.Config):
+    """A source's policy: which of its files are taken, where they go, how many at once, and
+    what becomes of them (worker.SourcePolicy is what the worker gets of it)."""
+
     root: str = "/"
     follow_symlinks: bool = Field(
         default=False, description="Follow links whose target is inside root; else skip them."
@@ -128,7 +176,6 @@ class SFTPResource(dg.ConfigurableResource):
     min_file_age_seconds: Annotated[int, _at_least(0)] = Field(
         default=60, description="Files modified more recently are left for a later tick."
     )
-    # What to do with the files: where they go, how, and what becomes of the original.
     destination_prefix: Annotated[
         str | None,
         _check(
@@ -150,32 +197,11 @@ class SFTPResource(dg.ConfigurableResource):
         default=None, description="Where after_copy: move puts files, outside root."
     )
 
-    _pool: SFTPPool | None = PrivateAttr(default=None)
-
-    def settings(self) -> SFTPSettings:
-        return SFTPSettings(
-            host=self.host,
-            port=self.port,
-            username=self.username,
-            password=self.password,
-            private_key=self.private_key,
-            known_hosts_path=self.known_hosts_path,
-            host_key_sha256=self.host_key_sha256,
-            allow_unknown_host=self.allow_unknown_host,
-            root=self.root,
-        )
-
     @property
     def file_filter(self) -> FileFilter:
         return FileFilter(tuple(self.include), tuple(self.exclude))
 
-    @property
-    def pool(self) -> SFTPPool:
-        if self._pool is None:
-            self._pool = SFTPPool(SFTPConnector(self.settings()))
-        return self._pool
-
-    def policy_error(self) -> str | None:
+    def problem(self) -> str | None:
         """What is wrong with the after-copy settings together, if anything."""
         if self.after_copy != "move":
             return None
@@ -191,31 +217,23 @@ class SFTPResource(dg.ConfigurableResource):
 
     @model_validator(mode="wrap")
     @classmethod
-    def _after_copy_fits(cls, values: object, handler: Callable[[object], "SFTPResource"]):
-        source = handler(values)
+    def _after_copy_fits(cls, values: object, handler: Callable[[object], "SourcePolicyConfig"]):
+        policy = handler(values)
         unresolved = isinstance(values, dict) and any(
             isinstance(values.get(name), ENV_VARS) for name in ("root", "archive_dir")
         )
-        if not unresolved and (error := source.policy_error()):
+        if not unresolved and (error := policy.problem()):
             raise ValueError(error)
-        return source
+        return policy
 
-    def policy(self, source: str) -> SourcePolicy:
+    def for_worker(self, source: str) -> SourcePolicy:
         return SourcePolicy(
             destination=self.destination_prefix or source,
             compression=self.compression,
             after_copy=self.after_copy,
             archive_dir=self.archive_dir,
+            root=self.root,
         )
-
-    def list_files(self) -> Listing:
-        """The files below root. Errors name the server and the setting to fix: RootUnavailable,
-        sftp.CredentialsError, sftp.HostKeyError, sftp.ServerUnreachable."""
-        return list_tree(self.pool.get(), self.root, self.follow_symlinks, self.settings().server)
-
-    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
-        if self._pool is not None:
-            self._pool.close()
 
 
 class MinIOResource(dg.ConfigurableResource):
@@ -366,6 +384,90 @@ class AlertSettings(dg.ConfigurableResource):
     )
 
 
+class SourceResource(dg.ConfigurableResource):
+    """One source, ready for each entry point: its SFTP connection and policy, with the bucket,
+    transfer log and transfer settings that all sources share nested in it (Dagster's nested
+    resources). The asset gets a worker, the sensor and the dry run a listing and a plan."""
+
+    name: str = Field(description="The source's name: its asset, partitions and log rows.")
+    connection: SFTPConnection
+    policy: SourcePolicyConfig
+    minio: MinIOResource
+    transfer_log: TransferLogResource
+    transfer_settings: TransferSettings
+
+    @property
+    def location(self) -> str:
+        """Its server and root, for messages: sftp://user@host:port/root."""
+        return f"{self.connection.server}{self.policy.root}"
+
+    @property
+    def destination(self) -> str:
+        """Where its files go: their key prefix under the bucket's prefix."""
+        return self.policy.for_worker(self.name).destination
+
+    @property
+    def concurrency(self) -> int:
+        """Files copied at once per run: the source's max_workers, else MAX_WORKERS."""
+        return self.policy.max_workers or self.transfer_settings.max_workers
+
+    def list_files(self) -> Listing:
+        """The files below root. Errors name the server and the setting to fix: RootUnavailable,
+        sftp.CredentialsError, sftp.HostKeyError, sftp.ServerUnreachable."""
+        connection = self.connection
+        return list_tree(
+            connection.pool.get(), self.policy.root, self.policy.follow_symlinks, connection.server
+        )
+
+    def plan(
+        self, listing: Listing, in_flight: Collection[str] = (), max_requests: int | None = None
+    ) -> Plan:
+        """What to copy of the listed files, from the log: the sensor's plan and the dry run's."""
+        return plan_transfers(
+            listing.files,
+            self.transfer_log.log.states(self.name),
+            in_flight,
+            now=time.time(),
+            min_age_seconds=self.policy.min_file_age_seconds,
+            file_filter=self.policy.file_filter,
+            max_requests=len(listing.files) if max_requests is None else max_requests,
+            auto_retry=self.transfer_settings.auto_retry,
+        )
+
+    def worker(
+        self, run_id: str | None = None, run_finished: Callable[[str], bool] = lambda run_id: False
+    ) -> Worker:
+        """A worker for a run's files; run_finished(run_id): whether Dagster reports that run
+        over, so that the claims it holds are dead."""
+        return Worker(
+            source=self.name,
+            sftp_settings=self.connection.settings,
+            sftp_pool=self.connection.pool,
+            store=self.minio.store,
+            transfer_log=self.transfer_log.log,
+            tuning=self.transfer_settings.tuning,
+            run_id=run_id,
+            secrets=(self.connection.password, self.minio.secret_key, self.minio.access_key),
+            retry=self.transfer_settings.retry,
+            policy=self.policy.for_worker(self.name),
+            run_finished=run_finished,
+        )
+
+    def abort_stale_uploads(self) -> int:
+        """Abort the multipart uploads of dead workers, older than the stale window; not those
+        of files being copied (a big file may take longer than that)."""
+        return self.minio.store.abort_stale_uploads(
+            object_key(self.minio.prefix, self.destination, "") + "/",
+            self.transfer_log.max_stale_lock_minutes * 60,
+            live=self.transfer_log.log.being_copied(self.name),
+        )
+
+    def object_uri(self, path: str) -> str:
+        """Where the file at path (relative to root) is copied to."""
+        name = self.policy.for_worker(self.name).object_name(self.minio.prefix, path)
+        return self.minio.store.uri(display(name))
+
+
 R = TypeVar("R", bound=dg.ConfigurableResource)
 
 # Fields whose values no message repeats: secrets, and URLs that may carry one.
@@ -392,7 +494,7 @@ def _problem(error: Any, name: Callable[[str], str]) -> str:
         text = "required, and not set"
     else:
         text = error["msg"]
-    # Settings wrong together (SFTPResource.policy_error) have no single field.
+    # Settings wrong together (SourcePolicyConfig.problem) have no single field.
     return f"{name(str(error['loc'][0]))}: {text}" if error["loc"] else text
 
 
@@ -449,45 +551,60 @@ def _globs(name: str) -> list[str]:
     return [p.strip() for p in os.environ.get(name, "").split(",") if p.strip()]
 
 
-def source_from_env() -> SFTPResource:
-    """The single source that the SFTP_* variables describe (named `default`)."""
-    return from_environment(
-        SFTPResource,
-        {
-            "host": "SFTP_HOST",
-            "port": "SFTP_PORT",
-            "username": "SFTP_USERNAME",
-            "password": "SFTP_PASSWORD",
-            "private_key": "SFTP_PRIVATE_KEY_PATH",
-            "known_hosts_path": "SFTP_KNOWN_HOSTS_PATH",
-            "host_key_sha256": "SFTP_HOST_KEY_SHA256",
-            "allow_unknown_host": "SFTP_ALLOW_UNKNOWN_HOST",
-            "root": "SFTP_ROOT",
-            "follow_symlinks": "SFTP_FOLLOW_SYMLINKS",
-            "min_file_age_seconds": "MIN_FILE_AGE_SECONDS",
-            "compression": "COMPRESSION",
-            "after_copy": "AFTER_COPY",
-            "archive_dir": "ARCHIVE_DIR",
-        },
-        include=_globs("SFTP_INCLUDE"),
-        exclude=_globs("SFTP_EXCLUDE"),
+def source_from_env(shared: dict[str, dg.ConfigurableResource]) -> SourceResource:
+    """The single source that the SFTP_* variables describe (named `default`), with the
+    resources all sources share (shared_resources_from_env)."""
+    parts = each_checked(
+        connection=lambda: from_environment(
+            SFTPConnection,
+            {
+                "host": "SFTP_HOST",
+                "port": "SFTP_PORT",
+                "username": "SFTP_USERNAME",
+                "password": "SFTP_PASSWORD",
+                "private_key": "SFTP_PRIVATE_KEY_PATH",
+                "known_hosts_path": "SFTP_KNOWN_HOSTS_PATH",
+                "host_key_sha256": "SFTP_HOST_KEY_SHA256",
+                "allow_unknown_host": "SFTP_ALLOW_UNKNOWN_HOST",
+            },
+        ),
+        policy=lambda: from_environment(
+            SourcePolicyConfig,
+            {
+                "root": "SFTP_ROOT",
+                "follow_symlinks": "SFTP_FOLLOW_SYMLINKS",
+                "min_file_age_seconds": "MIN_FILE_AGE_SECONDS",
+                "compression": "COMPRESSION",
+                "after_copy": "AFTER_COPY",
+                "archive_dir": "ARCHIVE_DIR",
+            },
+            include=_globs("SFTP_INCLUDE"),
+            exclude=_globs("SFTP_EXCLUDE"),
+        ),
+    )
+    return source_resource("default", parts["connection"], parts["policy"], shared)
+
+
+def source_resource(
+    name: str,
+    connection: SFTPConnection,
+    policy: SourcePolicyConfig,
+    shared: dict[str, dg.ConfigurableResource],
+) -> SourceResource:
+    """The source's resource: its own connection and policy, and the shared resources it uses."""
+    return SourceResource(
+        name=name,
+        connection=connection,
+        policy=policy,
+        **{key: shared[key] for key in ("minio", "transfer_log", "transfer_settings")},
     )
 
 
 def shared_resources_from_env() -> dict[str, dg.ConfigurableResource]:
     """The resources every source shares, as the environment variables in the README set them;
     one SettingsError names every wrong variable."""
-    problems: list[str] = []
-
-    def build(cls: type[R], variables: dict[str, str], **values: object) -> R | None:
-        try:
-            return from_environment(cls, variables, **values)
-        except SettingsError as exc:
-            problems.append(str(exc))
-            return None
-
-    resources = {
-        "minio": build(
+    return each_checked(
+        minio=lambda: from_environment(
             MinIOResource,
             {
                 "endpoint_url": "MINIO_ENDPOINT_URL",
@@ -499,11 +616,11 @@ def shared_resources_from_env() -> dict[str, dg.ConfigurableResource]:
                 "region": "MINIO_REGION",
             },
         ),
-        "transfer_log": build(
+        transfer_log=lambda: from_environment(
             TransferLogResource,
             {"url": "TRANSFER_DB_URL", "max_stale_lock_minutes": "MAX_STALE_LOCK_MINUTES"},
         ),
-        "transfer_settings": build(
+        transfer_settings=lambda: from_environment(
             TransferSettings,
             {
                 "max_workers": "MAX_WORKERS",
@@ -516,11 +633,25 @@ def shared_resources_from_env() -> dict[str, dg.ConfigurableResource]:
             },
             **_given(auto_retry_backoff_minutes=_floats("AUTO_RETRY_BACKOFF_MINUTES")),
         ),
-        "alerts": build(
+        alerts=lambda: from_environment(
             AlertSettings,
             {"webhook_url": "ALERT_WEBHOOK_URL", "after_failures": "ALERT_AFTER_FAILURES"},
         ),
-    }
+    )
+
+
+T = TypeVar("T")
+
+
+def each_checked(**builds: Callable[[], T]) -> dict[str, T]:
+    """Each build's result by name; or one SettingsError naming what every failing build found."""
+    built: dict[str, T] = {}
+    problems: list[str] = []
+    for name, build in builds.items():
+        try:
+            built[name] = build()
+        except SettingsError as exc:
+            problems.append(str(exc))
     if problems:
         raise SettingsError("; ".join(problems))
-    return resources
+    return built

@@ -9,16 +9,14 @@ cursor.
 """
 
 import os
-import time
 
 import dagster as dg
 
-from .discovery import Plan, batches, plan_transfers
+from .discovery import Plan, batches
 from .partitions import keys_of_run, partitions_for, run_request_for
-from .resources import MinIOResource, SFTPResource, TransferLogResource, TransferSettings
-from .s3 import object_key
+from .resources import SourceResource
 from .sftp import Listing, display
-from .sources import sftp_key
+from .sources import source_key, source_of
 from .transfer_log import TransferLog
 
 # Files requested by one tick, at most: the rest waits for the next tick. New files travel in
@@ -60,48 +58,33 @@ def build_new_files_sensor(source: str, files_asset: dg.AssetsDefinition) -> dg.
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=f"Requests a copy of each new or changed file of SFTP source `{source}`, "
         "and again of each file whose copy failed or crashed, with a growing backoff.",
-        required_resource_keys={sftp_key(source), "minio", "transfer_log", "transfer_settings"},
+        required_resource_keys={source_key(source)},
     )
     def new_files(context: dg.SensorEvaluationContext, **_invoked) -> dg.SensorResult:
         # (_invoked: a direct call, as in tests, also passes the resources by name)
-        sftp: SFTPResource = getattr(context.resources, sftp_key(source))
-        minio: MinIOResource = context.resources.minio
-        transfer_log: TransferLogResource = context.resources.transfer_log
-        transfer_settings: TransferSettings = context.resources.transfer_settings
-        log = transfer_log.log
+        resource = source_of(context, source)
+        log = resource.transfer_log.log
+        settings = resource.transfer_settings
         # List: the source's files, the partitions known, the files that runs are copying.
-        listing = sftp.list_files()
+        listing = resource.list_files()
         keys = list(context.instance.get_dynamic_partitions(partitions.name))
         order = {key: i for i, key in enumerate(keys)}
         unfinished = _unfinished_runs(context.instance, files_asset.key)
         in_flight = {key for run in unfinished for key in keys_of_run(run.tags, order, keys)}
-        _clean_up_after_crashes(context, source, unfinished, in_flight, sftp, minio, transfer_log)
+        _clean_up_after_crashes(context, resource, unfinished, in_flight)
         # Plan: which files to copy, from the log as the clean-up left it.
-        plan = plan_transfers(
-            listing.files,
-            log.states(source),
-            in_flight,
-            now=time.time(),
-            min_age_seconds=sftp.min_file_age_seconds,
-            file_filter=sftp.file_filter,
-            max_requests=MAX_REQUESTS_PER_TICK,
-            auto_retry=transfer_settings.auto_retry,
-        )
-        _warn_about_skipped(context, source, sftp, listing, plan)
+        plan = resource.plan(listing, in_flight, MAX_REQUESTS_PER_TICK)
+        _warn_about_skipped(context, resource, listing, plan)
         # Request: the files become QUEUED in the log, then partitions and runs.
         log.request(source, [(r.key, r.file.size, r.file.mtime, r.retry) for r in plan.requests])
         new_keys = [r.key for r in plan.requests if r.key not in order]
         again = [r.key for r in plan.requests if r.key in order]
         versions = {r.key: f"{r.file.signature}#{r.generation}" for r in plan.requests}
         runs = batches(
-            new_keys,
-            again,
-            order,
-            transfer_settings.max_partitions_per_run,
-            transfer_settings.parallel_runs,
+            new_keys, again, order, settings.max_partitions_per_run, settings.parallel_runs
         )
         # After the request: a file requested again is QUEUED now, so its partition stays.
-        expired = _expired(transfer_log, source, transfer_settings, order, in_flight)
+        expired = _expired(resource, order, in_flight)
         return dg.SensorResult(
             run_requests=[
                 run_request_for(batch, [versions[k] for k in batch], source) for batch in runs
@@ -127,12 +110,9 @@ def _unfinished_runs(instance: dg.DagsterInstance, asset_key: dg.AssetKey) -> li
 
 def _clean_up_after_crashes(
     context: dg.SensorEvaluationContext,
-    source: str,
+    resource: SourceResource,
     unfinished: list[dg.DagsterRun],
     in_flight: set[str],
-    sftp: SFTPResource,
-    minio: MinIOResource,
-    transfer_log: TransferLogResource,
 ) -> None:
     """Release what crashed workers and runs left, so that the plan requests those files again.
 
@@ -141,11 +121,11 @@ def _clean_up_after_crashes(
     (MAX_STALE_LOCK_MINUTES) too; a requested file that no unfinished run covers is failed; a
     multipart upload older than the stale window is aborted.
     """
-    log = transfer_log.log
+    log, source = resource.transfer_log.log, resource.name
     released = _release_claims_of_finished_runs(context.instance, log, source, unfinished)
     swept = log.sweep_stale(source)
     orphans = log.release_orphans(source, in_flight, ORPHAN_GRACE_SECONDS)
-    aborted = _abort_stale_uploads(context, minio, sftp, source, transfer_log)
+    aborted = _abort_stale_uploads(context, resource)
     if released or swept or orphans or aborted:
         context.log.warning(
             f"released {released} claims of finished runs and {swept} stale claims of dead "
@@ -155,18 +135,14 @@ def _clean_up_after_crashes(
 
 
 def _warn_about_skipped(
-    context: dg.SensorEvaluationContext,
-    source: str,
-    sftp: SFTPResource,
-    listing: Listing,
-    plan: Plan,
+    context: dg.SensorEvaluationContext, resource: SourceResource, listing: Listing, plan: Plan
 ) -> None:
     """Files that are never requested as they are, and log rows this project did not write."""
     for path, why in listing.skipped + plan.ignored:
-        context.log.warning(f"{sftp.settings().server}: skipped {display(path)!r}: {why}")
+        context.log.warning(f"{resource.connection.server}: skipped {display(path)!r}: {why}")
     if plan.unknown_status:
         context.log.warning(
-            f"{len(plan.unknown_status)} rows of source {source} have a status this project "
+            f"{len(plan.unknown_status)} rows of source {resource.name} have a status this project "
             f"does not write (first: {plan.unknown_status[:5]}); treated as failed"
         )
 
@@ -196,15 +172,11 @@ def _release_claims_of_finished_runs(
     return released
 
 
-def _abort_stale_uploads(context, minio, sftp, source, transfer_log) -> int:
+def _abort_stale_uploads(context: dg.SensorEvaluationContext, resource: SourceResource) -> int:
     """Multipart uploads of dead workers, older than the stale window; not those of files
     being copied (claims of dead workers were released just before)."""
     try:
-        return minio.store.abort_stale_uploads(
-            object_key(minio.prefix, sftp.policy(source).destination, "") + "/",
-            transfer_log.max_stale_lock_minutes * 60,
-            live=transfer_log.log.being_copied(source),
-        )
+        return resource.abort_stale_uploads()
     except FileNotFoundError:
         return 0  # no bucket yet, so no uploads either
     except Exception as exc:  # S3 down: new files are still requested; their runs retry
@@ -212,23 +184,18 @@ def _abort_stale_uploads(context, minio, sftp, source, transfer_log) -> int:
         return 0
 
 
-def _expired(
-    transfer_log: TransferLogResource,
-    source: str,
-    settings: TransferSettings,
-    known: dict[str, int],
-    in_flight: set[str],
-) -> list[str]:
+def _expired(resource: SourceResource, known: dict[str, int], in_flight: set[str]) -> list[str]:
     """Partitions of files COMPLETED more than PARTITION_RETENTION_DAYS ago, to delete.
 
     Their rows stay in the log (history, statistics, and the reason the file is not copied
     again); the UI loses their partition history. Keeps each asset far below the ~100k
     partitions Dagster advises.
     """
-    if settings.partition_retention_days <= 0:
+    days = resource.transfer_settings.partition_retention_days
+    if days <= 0:
         return []
     return [
         key
-        for key in transfer_log.log.expired(source, settings.partition_retention_days)
+        for key in resource.transfer_log.log.expired(resource.name, days)
         if key in known and key not in in_flight
     ]

@@ -86,7 +86,6 @@ class SFTPSettings:
     known_hosts_path: str | None = None
     host_key_sha256: str | None = None  # "SHA256:..." as `ssh-keygen -lf` prints it
     allow_unknown_host: bool = False
-    root: str = "/"
     timeout: float = 30.0
 
     @property

@@ -33,34 +33,57 @@ import os
 import re
 from pathlib import Path
 
+import dagster as dg
 import yaml
 
 from .errors import SettingsError
-from .resources import SFTPResource, checked, source_from_env, with_variables
+from .resources import (
+    SFTPConnection,
+    SourcePolicyConfig,
+    SourceResource,
+    checked,
+    each_checked,
+    source_from_env,
+    source_resource,
+    with_variables,
+)
 from .s3 import key_segments
 
 NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
 SECRETS = ("password", "private_key")
-FIELDS = set(SFTPResource.model_fields) | {"private_key_path"}
+# A source's keys: its connection's, its policy's, and private_key_path (the key as a file).
+FIELDS = set(SFTPConnection.model_fields) | set(SourcePolicyConfig.model_fields)
+FIELDS |= {"private_key_path"}
 
 
 class SourcesError(SettingsError):
     """The sources file is wrong; the message names the file, the source and the fix."""
 
 
-def sftp_key(source: str) -> str:
-    """The resource key of a source's SFTPResource."""
-    return f"sftp_{source}"
+def source_key(source: str) -> str:
+    """The resource key of a source's SourceResource."""
+    return f"source_{source}"
 
 
-def sources_from_env() -> dict[str, SFTPResource]:
+def source_of(
+    context: dg.OpExecutionContext | dg.SensorEvaluationContext, source: str
+) -> SourceResource:
+    """The source's SourceResource, as the asset, the sensor and the dry run get it."""
+    return getattr(context.resources, source_key(source))
+
+
+def sources_from_env(shared: dict[str, dg.ConfigurableResource]) -> dict[str, SourceResource]:
+    """The sources, from SOURCES_FILE or else the SFTP_* variables, each with the resources all
+    sources share (resources.shared_resources_from_env)."""
     path = os.environ.get("SOURCES_FILE")
     if path:
-        return load_sources(Path(path))
-    return {"default": source_from_env()}
+        return load_sources(Path(path), shared)
+    return {"default": source_from_env(shared)}
 
 
-def load_sources(path: Path) -> dict[str, SFTPResource]:
+def load_sources(
+    path: Path, shared: dict[str, dg.ConfigurableResource]
+) -> dict[str, SourceResource]:
     try:
         document = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
@@ -70,13 +93,19 @@ def load_sources(path: Path) -> dict[str, SFTPResource]:
         raise SourcesError(f"{path}: expected a mapping `sources:` of named sources")
     checked_sources = {name: _source(path, name, entry) for name, entry in entries.items()}
     _refuse_shared_destinations(
-        path, {name: plain.policy(name).destination for name, (plain, _) in checked_sources.items()}
+        path, {name: destination for name, (_, _, destination) in checked_sources.items()}
     )
-    return {name: source for name, (_, source) in checked_sources.items()}
+    return {
+        name: source_resource(name, connection, policy, shared)
+        for name, (connection, policy, _) in checked_sources.items()
+    }
 
 
-def _source(path: Path, name: object, entry: object) -> tuple[SFTPResource, SFTPResource]:
-    """The source with its references resolved (checked), and as Dagster gets it."""
+def _source(
+    path: Path, name: object, entry: object
+) -> tuple[SFTPConnection, SourcePolicyConfig, str]:
+    """The source's connection and policy as Dagster gets them, and its destination; all
+    checked with their references resolved."""
     where = f"{path}: source {name!r}"
     if not isinstance(name, str) or not NAME.match(name):
         raise SourcesError(f"{where}: names are letters, digits and _, starting with a letter")
@@ -103,12 +132,24 @@ def _source(path: Path, name: object, entry: object) -> tuple[SFTPResource, SFTP
             )
         else:
             values[field] = value
-    resolved = {field: os.environ[variable] for field, variable in variables.items()}
+    naming = _naming(keys, variables)
+
+    def part(cls):
+        """cls's settings of the entry: checked (plain), and as Dagster gets them."""
+        mine = {field: value for field, value in values.items() if field in cls.model_fields}
+        referred = {f: variable for f, variable in variables.items() if f in cls.model_fields}
+        resolved = {field: os.environ[variable] for field, variable in referred.items()}
+        plain = checked(cls, {**mine, **resolved}, naming)
+        return plain, with_variables(plain, mine, referred)
+
     try:
-        plain = checked(SFTPResource, {**values, **resolved}, _naming(keys, variables))
+        parts = each_checked(
+            connection=lambda: part(SFTPConnection), policy=lambda: part(SourcePolicyConfig)
+        )
     except SettingsError as exc:
         raise SourcesError(f"{where}: {exc}") from None
-    return plain, with_variables(plain, values, variables)
+    (_, connection), (policy, as_given) = parts["connection"], parts["policy"]
+    return connection, as_given, policy.for_worker(name).destination
 
 
 def _naming(keys: dict[str, str], variables: dict[str, str]):

@@ -79,6 +79,7 @@ class SourcePolicy:
     compression: str = "none"
     after_copy: Literal["keep", "delete", "move"] = "keep"
     archive_dir: str | None = None
+    root: str = "/"  # on the SFTP server; a file's path is relative to it
 
     def object_name(self, bucket_prefix: str, path: str) -> str:
         """The object a remote path (relative to the root) is copied to."""
@@ -177,7 +178,7 @@ class Worker:
 
     def _file(self, key: str) -> _File:
         path = decode_key(key)
-        remote_path = posixpath.join(self.sftp_settings.root, path)
+        remote_path = posixpath.join(self.policy.root, path)
         object_name = self.policy.object_name(self.store.settings.prefix, path)
         where = (
             f"{self.sftp_settings.server}{display(_absolute(remote_path))} -> "
@@ -298,7 +299,7 @@ class Worker:
                 done = "deleted"
             else:
                 target = posixpath.join(
-                    self.policy.archive_dir, posixpath.relpath(remote_path, self.sftp_settings.root)
+                    self.policy.archive_dir, posixpath.relpath(remote_path, self.policy.root)
                 )
                 _makedirs(sftp, posixpath.dirname(target))
                 sftp.posix_rename(remote_bytes(remote_path), remote_bytes(target))

@@ -17,9 +17,12 @@ import pytest
 from devstack.local_stack import LocalStack, stop_group
 from sftp_minio_assets.resources import (
     MinIOResource,
-    SFTPResource,
+    SFTPConnection,
+    SourcePolicyConfig,
+    SourceResource,
     TransferLogResource,
     TransferSettings,
+    source_resource,
 )
 from sftp_minio_assets.s3 import ObjectStore, S3Settings
 from sftp_minio_assets.transfer_log import TransferLog
@@ -68,7 +71,8 @@ class Env:
         os.utime(target, (mtime, mtime))
         return target
 
-    def sftp(self, **overrides) -> SFTPResource:
+    def connection(self, **overrides) -> SFTPConnection:
+        """The test's sshd, logged in with the stack's key, its host key known."""
         ssh = self.stack.ssh
         settings = dict(
             host=ssh.host,
@@ -76,10 +80,8 @@ class Env:
             username=ssh.username,
             private_key=str(ssh.private_key_path),
             known_hosts_path=str(ssh.known_hosts_path),
-            root=str(self.root),
-            min_file_age_seconds=0,
         )
-        return SFTPResource(**{**settings, **overrides})
+        return SFTPConnection(**{**settings, **overrides})
 
     def minio(self, **overrides) -> MinIOResource:
         s3 = self.stack.s3
@@ -91,22 +93,41 @@ class Env:
         )
         return MinIOResource(**{**settings, **overrides})
 
-    def resources(self, stale_minutes: float = 30, **transfer_settings) -> dict:
+    def shared(
+        self, stale_minutes: float = 30, minio=None, transfer_log=None, **transfer_settings
+    ) -> dict:
+        """The resources all sources share: the test's bucket and transfer log."""
         return {
-            "sftp_default": self.sftp(),
-            "minio": self.minio(),
-            "transfer_log": TransferLogResource(
-                url=self.db_url, max_stale_lock_minutes=stale_minutes
-            ),
+            "minio": minio or self.minio(),
+            "transfer_log": transfer_log
+            or TransferLogResource(url=self.db_url, max_stale_lock_minutes=stale_minutes),
             "transfer_settings": TransferSettings(**transfer_settings),
         }
 
-    def resource_config(self, stale_minutes: float = 30, **transfer_settings) -> dict:
+    def source(self, shared: dict | None = None, **settings) -> SourceResource:
+        """The source `default` on the test's root, files taken at any age; settings: fields
+        of its connection or its policy."""
+        policy = {"root": str(self.root), "min_file_age_seconds": 0}
+        for field in list(settings):
+            if field in SourcePolicyConfig.model_fields:
+                policy[field] = settings.pop(field)
+        return source_resource(
+            "default",
+            self.connection(**settings),
+            SourcePolicyConfig(**policy),
+            shared or self.shared(),
+        )
+
+    def resources(self, sftp: dict | None = None, **shared) -> dict:
+        """The default source and the shared resources, by their keys in the definitions;
+        sftp: the source's settings, shared: those of env.shared."""
+        shared_resources = self.shared(**shared)
+        source = self.source(shared_resources, **(sftp or {}))
+        return {**shared_resources, "source_default": source}
+
+    def resource_config(self, **shared) -> dict:
         """The same, as plain values for a run in another process (run_partitions.py)."""
-        return {
-            name: resource.model_dump()
-            for name, resource in self.resources(stale_minutes, **transfer_settings).items()
-        }
+        return {name: resource.model_dump() for name, resource in self.resources(**shared).items()}
 
     @property
     def store(self) -> ObjectStore:

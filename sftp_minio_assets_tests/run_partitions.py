@@ -13,13 +13,13 @@ import dagster as dg
 from sftp_minio_assets.assets import build_files_asset
 from sftp_minio_assets.resources import (
     MinIOResource,
-    SFTPResource,
+    SourceResource,
     TransferLogResource,
     TransferSettings,
 )
 
 CLASSES = {
-    "sftp_default": SFTPResource,
+    "source_default": SourceResource,
     "minio": MinIOResource,
     "transfer_log": TransferLogResource,
     "transfer_settings": TransferSettings,

@@ -13,7 +13,12 @@ import dagster as dg
 from devstack.demo import apply_partition_requests
 from sftp_minio_assets.assets import build_files_asset
 from sftp_minio_assets.partitions import encode_key
-from sftp_minio_assets.resources import AlertSettings, TransferSettings
+from sftp_minio_assets.resources import (
+    AlertSettings,
+    MinIOResource,
+    TransferLogResource,
+    TransferSettings,
+)
 from sftp_minio_assets.sensors import build_new_files_sensor
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -42,14 +47,25 @@ def wait_for(condition, timeout: float = 60, what: str = "condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def offline_shared() -> dict:
+    """The resources all sources share, on servers that are not there: enough to load sources,
+    as nothing connects before its first use."""
+    return {
+        "minio": MinIOResource(endpoint_url="http://127.0.0.1:1", access_key="a", secret_key="b"),
+        "transfer_log": TransferLogResource(url="postgresql://ingest@127.0.0.1:1/transfers"),
+        "transfer_settings": TransferSettings(),
+    }
+
+
 # --- runs of the default source's asset ------------------------------------------------------
 
 
-def materialize(env, instance, paths, **transfer_settings) -> dg.ExecuteInProcessResult:
-    """One run over the given files, as the sensor or the UI would launch it."""
+def materialize(env, instance, paths, **shared) -> dg.ExecuteInProcessResult:
+    """One run over the given files, as the sensor or the UI would launch it; shared: settings
+    of env.shared (transfer settings, stale_minutes)."""
     if instance is None:
         with dg.instance_for_test() as temporary:
-            return materialize(env, temporary, paths, **transfer_settings)
+            return materialize(env, temporary, paths, **shared)
     keys = [encode_key(path) for path in paths]
     known = set(instance.get_dynamic_partitions(PARTITIONS))
     instance.add_dynamic_partitions(PARTITIONS, [key for key in keys if key not in known])
@@ -65,7 +81,7 @@ def materialize(env, instance, paths, **transfer_settings) -> dg.ExecuteInProces
     return dg.materialize(
         [files],
         instance=instance,
-        resources=env.resources(**transfer_settings),
+        resources=env.resources(**shared),
         raise_on_error=False,
         **options,
     )
@@ -94,12 +110,10 @@ def materializations(result) -> dict[str, dict]:
 # --- ticks of the default source's sensor ----------------------------------------------------
 
 
-def tick(env, instance, transfer_settings=None, **sftp_overrides) -> dg.SensorResult:
-    """One evaluation; its partition requests are applied to the instance, as the daemon does."""
-    resources = {
-        **env.resources(**(transfer_settings or {})),
-        "sftp_default": env.sftp(**sftp_overrides),
-    }
+def tick(env, instance, shared=None, **sftp) -> dg.SensorResult:
+    """One evaluation; its partition requests are applied to the instance, as the daemon does.
+    shared: settings of env.shared (transfer settings, stale_minutes); sftp: the source's."""
+    resources = env.resources(sftp, **(shared or {}))
     with dg.build_sensor_context(instance=instance, resources=resources) as context:
         result = sensor(context)
     apply_partition_requests(instance, result)

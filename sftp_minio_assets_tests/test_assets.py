@@ -138,14 +138,14 @@ def test_local_dir_mode_copies_through_a_temporary_file(env, instance, tmp_path)
 MEMORY_PROBE = textwrap.dedent(
     """
     import json, resource, sys
-    from sftp_minio_assets.resources import MinIOResource, SFTPResource
+    from sftp_minio_assets.resources import MinIOResource, SFTPConnection
     from sftp_minio_assets.transfer import Tuning, copy_file
-    sftp_args, s3_args, path = json.loads(sys.argv[1])
-    sftp, store = SFTPResource(**sftp_args), MinIOResource(**s3_args).store
-    client = sftp.pool.get()
-    copy_file(client, sftp_args["root"] + "/warmup.bin", store, "warmup.bin", {})
+    connection_args, s3_args, root, path = json.loads(sys.argv[1])
+    connection, store = SFTPConnection(**connection_args), MinIOResource(**s3_args).store
+    client = connection.pool.get()
+    copy_file(client, root + "/warmup.bin", store, "warmup.bin", {})
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    result = copy_file(client, sftp_args["root"] + "/" + path, store, path, {})
+    result = copy_file(client, root + "/" + path, store, path, {})
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"before_kib": before, "after_kib": after, "sha256": result.sha256}))
     """
@@ -159,18 +159,19 @@ def test_a_large_file_streams_in_bounded_memory(env, size_mib):
     with open(path, "wb") as f:
         for _ in range(size_mib):
             f.write(os.urandom(1024 * 1024))
-    sftp, minio = env.sftp(), env.minio()
+    connection, minio = env.connection(), env.minio()
     args = [
         {
             k: v
-            for k, v in sftp.__dict__.items()
-            if k in ("host", "port", "username", "private_key", "known_hosts_path", "root")
+            for k, v in connection.__dict__.items()
+            if k in ("host", "port", "username", "private_key", "known_hosts_path")
         },
         {
             k: v
             for k, v in minio.__dict__.items()
             if k in ("endpoint_url", "access_key", "secret_key", "bucket")
         },
+        str(env.root),
         "large.bin",
     ]
     import json

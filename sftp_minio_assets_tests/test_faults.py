@@ -12,7 +12,6 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from sftp_minio_assets.transfer import TOKEN, Committed, Tuning, copy_file
-from sftp_minio_assets.worker import Worker
 
 from .support import (
     PROJECT,
@@ -173,23 +172,11 @@ def test_only_the_failed_partitions_are_rerun(env, instance):
     assert {k for run in reruns for k in materializations(run)} == set(failed)
 
 
-def worker_for(env) -> Worker:
-    resources = env.resources()
-    return Worker(
-        source="default",
-        sftp_settings=resources["sftp_default"].settings(),
-        sftp_pool=resources["sftp_default"].pool,
-        store=resources["minio"].store,
-        transfer_log=resources["transfer_log"].log,
-        tuning=resources["transfer_settings"].tuning,
-    )
-
-
 def test_an_attempt_whose_commit_landed_unseen_is_finished_not_copied_again(env):
     """The S3 server went away just after it committed the object (the client saw an error):
     the retry finds the object by the attempt's token and only records it."""
     enable_versioning(env)
-    worker = worker_for(env)
+    worker = env.source().worker()
     for name in ("landed.bin", "lost.bin"):
         env.write(name, os.urandom(6 * 1024 * 1024))
     mtime = str(int((env.root / "landed.bin").stat().st_mtime))

@@ -62,13 +62,13 @@ def test_every_transferable_name_round_trips_byte_for_byte(env, instance):
 
 def test_links_are_skipped_by_default_and_followed_only_inside_the_root(env):
     seed(env)
-    skipped = env.sftp().list_files().skipped
+    skipped = env.source().list_files().skipped
     reasons = dict(skipped)
     assert "SFTP_FOLLOW_SYMLINKS is off" in reasons["link-inside.txt"]
     assert "SFTP_FOLLOW_SYMLINKS is off" in reasons["link-outside.txt"]
     assert "SFTP_FOLLOW_SYMLINKS is off" in reasons["loop"]
 
-    following = env.sftp(follow_symlinks=True).list_files()
+    following = env.source(follow_symlinks=True).list_files()
     paths = [f.path for f in following.files]
     assert "link-inside.txt" in paths
     assert "link-outside.txt" not in paths
@@ -82,7 +82,7 @@ def test_an_overlong_path_is_skipped_with_its_reason_and_the_sensor_goes_on(env,
     assert TOO_LONG not in [decode_key(key) for key in requested(result, instance)]
     assert len(requested(result, instance)) == len(TRANSFERABLE)
     plan = plan_transfers(
-        env.sftp().list_files().files,
+        env.source().list_files().files,
         {},
         set(),
         now=time.time(),

@@ -144,7 +144,7 @@ def test_dry_run_lists_what_would_be_copied_and_where_without_moving_a_byte(env,
     before = env.store.list_keys()
 
     result = build_dry_run_job("default").execute_in_process(
-        resources={**env.resources(), "sftp_default": env.sftp(min_file_age_seconds=60)},
+        resources=env.resources({"min_file_age_seconds": 60}),
         instance=instance,
     )
     assert result.success

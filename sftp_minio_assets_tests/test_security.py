@@ -15,13 +15,14 @@ WRONG_PASSWORD = "hunter2-not-the-password"
 WRONG_S3_SECRET = "wrong-secret-Zq8vJ1x2"
 
 
-def run_with(env, instance, paths, **resources) -> dg.ExecuteInProcessResult:
+def run_with(env, instance, paths, **overrides) -> dg.ExecuteInProcessResult:
+    """One run over paths, the resources' settings overridden as env.resources takes them."""
     known = set(instance.get_dynamic_partitions("files_default"))
     instance.add_dynamic_partitions("files_default", [p for p in paths if p not in known])
     return dg.materialize(
         [files],
         instance=instance,
-        resources={**env.resources(retries=0), **resources},
+        resources=env.resources(**{"retries": 0, **overrides}),
         tags={
             "dagster/asset_partition_range_start": paths[0],
             "dagster/asset_partition_range_end": paths[-1],
@@ -49,9 +50,7 @@ def test_wrong_host_key_and_wrong_password_fail_at_once_saying_what_to_fix(env, 
         f"[{ssh.host}]:{ssh.port} ssh-ed25519 "
         "AAAAC3NzaC1lZDI1NTE5AAAAIGg0bmJ2b1Z0c2xNc1ZQb0tYbUZ5cVBqR0ZzVnJ0a2Jq\n"
     )
-    result = run_with(
-        env, instance, ["a.txt", "b.txt"], sftp_default=env.sftp(known_hosts_path=str(impostor))
-    )
+    result = run_with(env, instance, ["a.txt", "b.txt"], sftp={"known_hosts_path": str(impostor)})
     assert not result.success
     rows = env.rows()
     for path in ("a.txt", "b.txt"):
@@ -59,8 +58,8 @@ def test_wrong_host_key_and_wrong_password_fail_at_once_saying_what_to_fix(env, 
         assert "does not match" in rows[path]["error_message"]
         assert "SFTP_KNOWN_HOSTS_PATH" in rows[path]["error_message"]
 
-    wrong_password = env.sftp(private_key=None, password=WRONG_PASSWORD)
-    result = run_with(env, instance, ["a.txt", "b.txt"], sftp_default=wrong_password)
+    wrong_password = {"private_key": None, "password": WRONG_PASSWORD}
+    result = run_with(env, instance, ["a.txt", "b.txt"], sftp=wrong_password)
     assert not result.success
     rows = env.rows()
     for path in ("a.txt", "b.txt"):

@@ -30,7 +30,7 @@ from sftp_minio_assets.sensors import build_new_files_sensor
 from sftp_minio_assets.sftp import CredentialsError, RootUnavailable, ServerUnreachable
 from sftp_minio_assets.sources import SourcesError, load_sources
 
-from .support import PROJECT
+from .support import PROJECT, offline_shared
 
 # What definitions.py needs to load: none of these servers has to exist.
 VALID = {
@@ -72,8 +72,7 @@ def load_from(monkeypatch, **variables: str) -> None:
             monkeypatch.delenv(name)
     for name, value in {**VALID, **variables}.items():
         monkeypatch.setenv(name, value)
-    shared_resources_from_env()
-    source_from_env()
+    source_from_env(shared_resources_from_env())
 
 
 def write_sources(tmp_path: Path, sources: dict) -> Path:
@@ -88,11 +87,12 @@ def closed_port() -> int:
         return s.getsockname()[1]
 
 
-def tick(env, instance, source: str = "default", **resources) -> dg.SensorResult:
-    """One evaluation of the source's sensor with the test's resources, some replaced."""
-    sensor = build_new_files_sensor(source, build_files_asset(source))
-    all_resources = {**env.resources(), **resources}
-    with dg.build_sensor_context(instance=instance, resources=all_resources) as context:
+def tick(env, instance, **overrides) -> dg.SensorResult:
+    """One evaluation of the default source's sensor with the test's resources, their settings
+    overridden as env.resources takes them."""
+    sensor = build_new_files_sensor("default", build_files_asset("default"))
+    resources = env.resources(**overrides)
+    with dg.build_sensor_context(instance=instance, resources=resources) as context:
         result = sensor(context)
     apply_partition_requests(instance, result)
     return result
@@ -123,7 +123,7 @@ def test_two_sources_writing_the_same_objects_are_refused_naming_both(tmp_path, 
         },
     )
     with pytest.raises(SourcesError) as error:
-        load_sources(path)
+        load_sources(path, offline_shared())
     message = str(error.value)
     assert "'dupa'" in message and "'dupb'" in message and "destination_prefix" in message
 
@@ -137,7 +137,7 @@ def test_sources_with_distinct_destinations_load(tmp_path):
             "c": {"host": "c.example", "username": "u"},
         },
     )
-    assert set(load_sources(path)) == {"a", "ab", "c"}
+    assert set(load_sources(path, offline_shared())) == {"a", "ab", "c"}
 
 
 def test_the_code_location_with_two_sources_on_one_prefix_fails_validation(tmp_path):
@@ -168,7 +168,7 @@ def test_a_sources_max_workers_below_one_is_refused_naming_the_source(tmp_path, 
         tmp_path, {"partner_a": {"host": "a.example", "username": "u", "max_workers": 0}}
     )
     with pytest.raises(SourcesError, match="source 'partner_a': `max_workers`: must be at least 1"):
-        load_sources(path)
+        load_sources(path, offline_shared())
     monkeypatch.setenv("PARTNER_A_WORKERS", "-3")
     path = write_sources(
         tmp_path,
@@ -181,7 +181,7 @@ def test_a_sources_max_workers_below_one_is_refused_naming_the_source(tmp_path, 
         },
     )
     with pytest.raises(SourcesError) as error:
-        load_sources(path)
+        load_sources(path, offline_shared())
     assert "`max_workers` (environment variable PARTNER_A_WORKERS): must be at least 1" in str(
         error.value
     )
@@ -197,10 +197,7 @@ def test_max_workers_wrong_only_at_run_time_fails_the_run_at_once(env, instance,
         [build_files_asset()],  # with the asset's step retry policy, as deployed
         instance=instance,
         partition_key="kept.txt",
-        resources={
-            **env.resources(),
-            "transfer_settings": TransferSettings(max_workers=dg.EnvVar.int("MAX_WORKERS")),
-        },
+        resources=env.resources(max_workers=dg.EnvVar.int("MAX_WORKERS")),
         raise_on_error=False,
     )
     assert not result.success
@@ -310,7 +307,7 @@ def test_an_invalid_endpoint_or_bucket_fails_the_run_at_once(
         [build_files_asset()],
         instance=instance,
         partition_key="waiting.txt",
-        resources={**env.resources(), "minio": env.minio(**{field: dg.EnvVar(variable)})},
+        resources=env.resources(minio=env.minio(**{field: dg.EnvVar(variable)})),
         raise_on_error=False,
     )
     assert not result.success
@@ -337,7 +334,7 @@ def test_invalid_endpoint_and_bucket_given_directly_are_refused():
 def test_a_missing_root_fails_the_tick_naming_the_root_and_nothing_is_lost(env, instance):
     env.write("report.csv", b"a,b")
     with pytest.raises(RootUnavailable) as error:
-        tick(env, instance, sftp_default=env.sftp(root=str(env.root / "missing")))
+        tick(env, instance, sftp={"root": str(env.root / "missing")})
     message = str(error.value)
     assert str(env.root / "missing") in message and "does not exist" in message
     assert "SFTP_ROOT" in message and env.stack.ssh.host in message
@@ -347,9 +344,9 @@ def test_a_missing_root_fails_the_tick_naming_the_root_and_nothing_is_lost(env, 
 
 @pytest.mark.integration
 def test_a_refused_login_fails_the_tick_naming_the_server_and_the_settings(env, instance):
-    password_login = env.sftp(private_key=None, password="not-the-password")
+    password_login = {"private_key": None, "password": "not-the-password"}
     with pytest.raises(CredentialsError) as error:
-        tick(env, instance, sftp_default=password_login)
+        tick(env, instance, sftp=password_login)
     message = str(error.value)
     ssh = env.stack.ssh
     assert f"sftp://{ssh.username}@{ssh.host}:{ssh.port}" in message
@@ -367,14 +364,14 @@ def test_an_encrypted_key_without_or_with_a_wrong_passphrase_says_so(env, instan
     )
     env.write("report.csv", b"a,b")
     with pytest.raises(CredentialsError, match="is encrypted and no passphrase is set"):
-        tick(env, instance, sftp_default=env.sftp(private_key=str(key)))
-    wrong = env.sftp(private_key=str(key), password="wrong-passphrase")
+        tick(env, instance, sftp={"private_key": str(key)})
+    wrong = {"private_key": str(key), "password": "wrong-passphrase"}
     with pytest.raises(CredentialsError) as error:
-        tick(env, instance, sftp_default=wrong)
+        tick(env, instance, sftp=wrong)
     assert "cannot be decrypted with the passphrase in SFTP_PASSWORD" in str(error.value)
     assert str(key) in str(error.value) and "wrong-passphrase" not in str(error.value)
-    right = env.sftp(private_key=str(key), password="right-passphrase")
-    assert requested(tick(env, instance, sftp_default=right)) == 1
+    right = {"private_key": str(key), "password": "right-passphrase"}
+    assert requested(tick(env, instance, sftp=right)) == 1
 
 
 @pytest.mark.integration
@@ -382,7 +379,7 @@ def test_an_unreachable_sftp_server_fails_the_tick_naming_it(env, instance):
     port = closed_port()
     pinned = dict(known_hosts_path=None, host_key_sha256=env.stack.ssh.host_key_sha256)
     with pytest.raises(ServerUnreachable) as error:
-        tick(env, instance, sftp_default=env.sftp(port=port, **pinned))
+        tick(env, instance, sftp={"port": port, **pinned})
     assert f":{port}" in str(error.value) and "SFTP_PORT" in str(error.value)
 
 

@@ -19,7 +19,7 @@ from sftp_minio_assets.sftp import (
 
 @pytest.mark.integration
 def test_a_pinned_fingerprint_is_enough_to_connect(env):
-    sftp = env.sftp(known_hosts_path=None, host_key_sha256=env.stack.ssh.host_key_sha256)
+    sftp = env.source(known_hosts_path=None, host_key_sha256=env.stack.ssh.host_key_sha256)
     env.write("hello.txt", b"hi")
     assert [f.path for f in sftp.list_files().files] == ["hello.txt"]
 
@@ -31,17 +31,17 @@ def test_a_wrong_host_key_refuses_to_connect(env, tmp_path):
     ssh = env.stack.ssh
     known_hosts.write_text(f"[{ssh.host}]:{ssh.port} {other.get_name()} {other.get_base64()}\n")
     with pytest.raises(HostKeyError, match="does not match"):
-        env.sftp(known_hosts_path=str(known_hosts)).list_files()
+        env.source(known_hosts_path=str(known_hosts)).list_files()
     with pytest.raises(HostKeyError, match="does not match SFTP_HOST_KEY_SHA256"):
-        env.sftp(known_hosts_path=None, host_key_sha256="SHA256:" + "A" * 43).list_files()
+        env.source(known_hosts_path=None, host_key_sha256="SHA256:" + "A" * 43).list_files()
 
 
 @pytest.mark.integration
 def test_no_host_key_setting_is_a_clear_error_unless_explicitly_allowed(env):
     with pytest.raises(HostKeyError, match="SFTP_KNOWN_HOSTS_PATH"):
-        SFTPConnector(env.sftp(known_hosts_path=None).settings())
+        SFTPConnector(env.connection(known_hosts_path=None).settings)
     env.write("x.txt", b"x")
-    allowed = env.sftp(known_hosts_path=None, allow_unknown_host=True)
+    allowed = env.source(known_hosts_path=None, allow_unknown_host=True)
     assert [f.path for f in allowed.list_files().files] == ["x.txt"]
 
 
@@ -51,7 +51,7 @@ def test_a_wrong_key_is_an_authentication_error(env, tmp_path):
     key = paramiko.RSAKey.generate(2048)
     key.write_private_key_file(str(stranger))
     with pytest.raises(paramiko.AuthenticationException):
-        env.sftp(private_key=str(stranger)).list_files()
+        env.source(private_key=str(stranger)).list_files()
 
 
 @pytest.mark.integration
@@ -62,7 +62,7 @@ def test_a_wrong_key_is_an_authentication_error(env, tmp_path):
 def test_pipelined_reads_return_the_exact_bytes(env, window, request_size):
     data = os.urandom(5 * 1024 * 1024 + 123)
     env.write("read.bin", data)
-    sftp = env.sftp().pool.get()
+    sftp = env.connection().pool.get()
     with sftp.open(str(env.root / "read.bin"), "rb") as f:
         assert b"".join(read_chunks(f, len(data), window, request_size)) == data
     # Replies to the reads are all consumed: the session is still in step.
@@ -72,7 +72,7 @@ def test_pipelined_reads_return_the_exact_bytes(env, window, request_size):
 @pytest.mark.integration
 def test_reads_stop_at_the_end_of_a_file_that_shrank(env):
     path = env.write("shrunk.bin", os.urandom(3 * 1024 * 1024))
-    sftp = env.sftp().pool.get()
+    sftp = env.connection().pool.get()
     with sftp.open(str(path), "rb") as f:
         os.truncate(path, 1024 * 1024)
         assert len(b"".join(read_chunks(f, 3 * 1024 * 1024))) == 1024 * 1024

@@ -16,9 +16,11 @@ import zstandard
 from devstack.demo import apply_partition_requests
 from sftp_minio_assets.assets import build_files_asset
 from sftp_minio_assets.partitions import SOURCE_TAG
-from sftp_minio_assets.resources import SFTPResource
+from sftp_minio_assets.resources import SourcePolicyConfig, source_resource
 from sftp_minio_assets.sensors import build_new_files_sensor
-from sftp_minio_assets.sources import SourcesError, load_sources, sftp_key
+from sftp_minio_assets.sources import SourcesError, load_sources, source_key
+
+from .support import offline_shared
 
 
 def write_sources(tmp_path, text: str):
@@ -52,13 +54,14 @@ def test_a_sources_file_names_each_source_and_keeps_secrets_in_variables(tmp_pat
             known_hosts_path: /etc/ssh/ssh_known_hosts
         """,
     )
-    sources = load_sources(path)
+    sources = load_sources(path, offline_shared())
     assert set(sources) == {"partner", "legacy"}
     partner = sources["partner"]
-    assert partner.policy("partner").destination == "partner-a"
-    assert (partner.compression, partner.after_copy, partner.max_workers) == ("zstd", "move", 2)
-    assert sources["legacy"].policy("legacy").destination == "legacy"
-    assert sources["legacy"].private_key == "/secrets/legacy_ed25519"
+    assert partner.destination == "partner-a"
+    assert (partner.policy.compression, partner.policy.after_copy) == ("zstd", "move")
+    assert partner.concurrency == 2
+    assert sources["legacy"].destination == "legacy"
+    assert sources["legacy"].connection.private_key == "/secrets/legacy_ed25519"
     # The secret is a reference, resolved only when the resource is used.
     assert "s3cr3t-from-env" not in repr(partner.model_dump())
 
@@ -86,7 +89,7 @@ def test_a_wrong_sources_file_is_refused_naming_the_file_the_source_and_the_fix(
         f"sources:\n  broken:\n    host: h\n    username: u\n    root: /data/in{lines}\n"
     )
     with pytest.raises(SourcesError) as error:
-        load_sources(path)
+        load_sources(path, offline_shared())
     assert str(path) in str(error.value) and "'broken'" in str(error.value)
     assert message in str(error.value)
 
@@ -106,18 +109,18 @@ def test_a_sources_file_of_the_wrong_shape_is_refused_naming_it(tmp_path, text, 
     path = tmp_path / "sources.yaml"
     path.write_text(text)
     with pytest.raises(SourcesError, match=message) as error:
-        load_sources(path)
+        load_sources(path, offline_shared())
     assert str(path) in str(error.value)
 
 
 def test_a_missing_sources_file_is_refused_naming_it(tmp_path):
     with pytest.raises(SourcesError, match="cannot read the sources file") as error:
-        load_sources(tmp_path / "nowhere.yaml")
+        load_sources(tmp_path / "nowhere.yaml", offline_shared())
     assert str(tmp_path / "nowhere.yaml") in str(error.value)
 
 
 def test_each_source_has_its_own_resource_key():
-    assert sftp_key("partner_a") == "sftp_partner_a" != sftp_key("partner_b")
+    assert source_key("partner_a") == "source_partner_a" != source_key("partner_b")
 
 
 def two_sources(env, tmp_path):
@@ -141,14 +144,22 @@ def two_sources(env, tmp_path):
             after_copy="delete",
         ),
     }
-    return load_sources(write_sources(tmp_path, yaml.safe_dump({"sources": sources})))
+    path = write_sources(tmp_path, yaml.safe_dump({"sources": sources}))
+    return load_sources(path, env.shared())
+
+
+def with_policy(source, name: str, **changes):
+    """The source under another name, some of its policy's settings changed."""
+    policy = SourcePolicyConfig(**{**source.policy.model_dump(), **changes})
+    shared = {key: getattr(source, key) for key in ("minio", "transfer_log", "transfer_settings")}
+    return source_resource(name, source.connection, policy, shared)
 
 
 def run_source(env, instance, name, source) -> bool:
     """One tick of the source's sensor, then the runs it requests; True if all succeed."""
     asset = build_files_asset(name, retry_policy=None)
     sensor = build_new_files_sensor(name, asset)
-    resources = {**env.resources(), sftp_key(name): source}
+    resources = {source_key(name): source}
     with dg.build_sensor_context(instance=instance, resources=resources) as context:
         tick = sensor(context)
     apply_partition_requests(instance, tick)
@@ -210,7 +221,7 @@ def test_two_sources_each_with_its_partitions_policy_and_destination(env, instan
 @pytest.mark.integration
 def test_zstd_objects_decompress_to_the_original(env, instance, tmp_path):
     packed = two_sources(env, tmp_path)["packed"]
-    source = SFTPResource(**{**packed.model_dump(), "compression": "zstd", "after_copy": "keep"})
+    source = with_policy(packed, "packed", compression="zstd", after_copy="keep")
     data = os.urandom(1024) * 3000
     env.write("b/data.bin", data)
     assert run_source(env, instance, "packed", source)
@@ -245,9 +256,7 @@ def test_a_second_source_never_overwrites_nor_deletes_another_sources_copy(env, 
     env.write("a/same.txt", b"source A's bytes")
     env.write("b/same.txt", b"source B's!")
     assert run_source(env, instance, "plain", sources["plain"])
-    clash = SFTPResource(
-        **{**sources["packed"].model_dump(), "destination_prefix": "plain", "compression": "none"}
-    )
+    clash = with_policy(sources["packed"], "dupb", destination_prefix="plain", compression="none")
 
     assert not run_source(env, instance, "dupb", clash)
 
