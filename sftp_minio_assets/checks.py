@@ -6,7 +6,7 @@ and names every one that is wrong in its metadata.
 
 import dagster as dg
 
-from .resources import AlertSettings, MinIOResource, TransferLogResource
+from .resources import AlertSettings, ObjectStoreResource, TransferLogResource
 from .s3 import ObjectStore
 
 CHECKED_FILES = 500  # the most recent COMPLETED files, at each evaluation (a HEAD each)
@@ -22,7 +22,7 @@ def build_file_checks(
         "size and sha256 the log records.",
     )
     def objects_match_log(
-        minio: MinIOResource, transfer_log: TransferLogResource
+        minio: ObjectStoreResource, transfer_log: TransferLogResource
     ) -> dg.AssetCheckResult:
         rows = transfer_log.log.recent_completed(source, CHECKED_FILES)
         wrong = [problem for row in rows if (problem := _mismatch(minio.store, row))]

@@ -236,8 +236,10 @@ class SourcePolicyConfig(dg.Config):
         )
 
 
-class MinIOResource(dg.ConfigurableResource):
-    """The destination bucket on MinIO or any S3-compatible store."""
+class ObjectStoreResource(dg.ConfigurableResource):
+    """The destination bucket on MinIO or any S3-compatible store, as s3.py's ObjectStore (its
+    S3Settings from these fields). Users know it as MinIO: its resource key is `minio` and its
+    variables MINIO_*."""
 
     endpoint_url: Annotated[str, _http_url("MINIO_ENDPOINT_URL=http://minio:9000")]
     access_key: str
@@ -392,7 +394,7 @@ class SourceResource(dg.ConfigurableResource):
     name: str = Field(description="The source's name: its asset, partitions and log rows.")
     connection: SFTPConnection
     policy: SourcePolicyConfig
-    minio: MinIOResource
+    minio: ObjectStoreResource
     transfer_log: TransferLogResource
     transfer_settings: TransferSettings
 
@@ -605,7 +607,7 @@ def shared_resources_from_env() -> dict[str, dg.ConfigurableResource]:
     one SettingsError names every wrong variable."""
     return each_checked(
         minio=lambda: from_environment(
-            MinIOResource,
+            ObjectStoreResource,
             {
                 "endpoint_url": "MINIO_ENDPOINT_URL",
                 "access_key": "MINIO_ACCESS_KEY",

@@ -16,7 +16,7 @@ import pytest
 
 from devstack.local_stack import LocalStack, stop_group
 from sftp_minio_assets.resources import (
-    MinIOResource,
+    ObjectStoreResource,
     SFTPConnection,
     SourcePolicyConfig,
     SourceResource,
@@ -83,7 +83,7 @@ class Env:
         )
         return SFTPConnection(**{**settings, **overrides})
 
-    def minio(self, **overrides) -> MinIOResource:
+    def minio(self, **overrides) -> ObjectStoreResource:
         s3 = self.stack.s3
         settings = dict(
             endpoint_url=s3.endpoint_url,
@@ -91,7 +91,7 @@ class Env:
             secret_key=s3.secret_key,
             bucket=self.bucket,
         )
-        return MinIOResource(**{**settings, **overrides})
+        return ObjectStoreResource(**{**settings, **overrides})
 
     def shared(
         self, stale_minutes: float = 30, minio=None, transfer_log=None, **transfer_settings

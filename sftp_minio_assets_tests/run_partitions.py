@@ -12,7 +12,7 @@ import dagster as dg
 
 from sftp_minio_assets.assets import build_files_asset
 from sftp_minio_assets.resources import (
-    MinIOResource,
+    ObjectStoreResource,
     SourceResource,
     TransferLogResource,
     TransferSettings,
@@ -20,7 +20,7 @@ from sftp_minio_assets.resources import (
 
 CLASSES = {
     "source_default": SourceResource,
-    "minio": MinIOResource,
+    "minio": ObjectStoreResource,
     "transfer_log": TransferLogResource,
     "transfer_settings": TransferSettings,
 }

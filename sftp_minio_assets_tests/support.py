@@ -15,7 +15,7 @@ from sftp_minio_assets.assets import build_files_asset
 from sftp_minio_assets.partitions import encode_key
 from sftp_minio_assets.resources import (
     AlertSettings,
-    MinIOResource,
+    ObjectStoreResource,
     TransferLogResource,
     TransferSettings,
 )
@@ -51,7 +51,9 @@ def offline_shared() -> dict:
     """The resources all sources share, on servers that are not there: enough to load sources,
     as nothing connects before its first use."""
     return {
-        "minio": MinIOResource(endpoint_url="http://127.0.0.1:1", access_key="a", secret_key="b"),
+        "minio": ObjectStoreResource(
+            endpoint_url="http://127.0.0.1:1", access_key="a", secret_key="b"
+        ),
         "transfer_log": TransferLogResource(url="postgresql://ingest@127.0.0.1:1/transfers"),
         "transfer_settings": TransferSettings(),
     }

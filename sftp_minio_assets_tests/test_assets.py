@@ -138,10 +138,10 @@ def test_local_dir_mode_copies_through_a_temporary_file(env, instance, tmp_path)
 MEMORY_PROBE = textwrap.dedent(
     """
     import json, resource, sys
-    from sftp_minio_assets.resources import MinIOResource, SFTPConnection
+    from sftp_minio_assets.resources import ObjectStoreResource, SFTPConnection
     from sftp_minio_assets.transfer import Tuning, copy_file
     connection_args, s3_args, root, path = json.loads(sys.argv[1])
-    connection, store = SFTPConnection(**connection_args), MinIOResource(**s3_args).store
+    connection, store = SFTPConnection(**connection_args), ObjectStoreResource(**s3_args).store
     client = connection.pool.get()
     copy_file(client, root + "/warmup.bin", store, "warmup.bin", {})
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -20,7 +20,7 @@ from sftp_minio_assets.assets import build_files_asset
 from sftp_minio_assets.discovery import AutoRetry
 from sftp_minio_assets.errors import SettingsError, TransferLogUnavailable
 from sftp_minio_assets.resources import (
-    MinIOResource,
+    ObjectStoreResource,
     TransferLogResource,
     TransferSettings,
     shared_resources_from_env,
@@ -322,9 +322,11 @@ def test_an_invalid_endpoint_or_bucket_fails_the_run_at_once(
 
 def test_invalid_endpoint_and_bucket_given_directly_are_refused():
     with pytest.raises(Exception, match="MINIO_ENDPOINT_URL=http://minio:9000"):
-        MinIOResource(endpoint_url="minio:9000", access_key="a", secret_key="b")
+        ObjectStoreResource(endpoint_url="minio:9000", access_key="a", secret_key="b")
     with pytest.raises(Exception, match="MINIO_BUCKET=sftp-minio-assets"):
-        MinIOResource(endpoint_url="http://minio:9000", access_key="a", secret_key="b", bucket="x")
+        ObjectStoreResource(
+            endpoint_url="http://minio:9000", access_key="a", secret_key="b", bucket="x"
+        )
 
 
 # 5. The sensor's own errors name the server, the path or the setting, and what to do.
