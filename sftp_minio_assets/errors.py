@@ -8,7 +8,7 @@ from collections.abc import Iterable
 import paramiko
 import psycopg
 
-from .sftp import HostKeyError
+from .sftp import ENVIRONMENT, HostKeyError, SettingNames, credentials
 from .transfer import ObjectOfAnotherSource, SourceChanged, TransferFailed
 
 
@@ -44,12 +44,15 @@ def is_permanent(exc: BaseException) -> bool:
     return isinstance(cause, (FileNotFoundError, PermissionError))
 
 
-def advice(exc: BaseException) -> str:
-    """What to do about exc."""
+def advice(exc: BaseException, names: SettingNames = ENVIRONMENT) -> str:
+    """What to do about exc; names: how the source's user set its settings."""
     cause = root_cause(exc)
     upload = isinstance(exc, TransferFailed) and exc.stage in ("upload", "verify")
     if isinstance(exc, SourceChanged):
-        return "Wait until the writer has finished (see MIN_FILE_AGE_SECONDS); it is retried."
+        return (
+            f"Wait until the writer has finished (see {names('min_file_age_seconds')}); "
+            "it is retried."
+        )
     if isinstance(exc, ObjectOfAnotherSource):
         return (
             "Two sources, or another tool, write the same object: give each source its own "
@@ -57,9 +60,9 @@ def advice(exc: BaseException) -> str:
             "remote file was left in place."
         )
     if isinstance(cause, HostKeyError):
-        return "Fix the host key setting (SFTP_KNOWN_HOSTS_PATH / SFTP_HOST_KEY_SHA256)."
+        return f"Fix the host key setting ({names('known_hosts_path', 'host_key_sha256')})."
     if isinstance(cause, paramiko.AuthenticationException):
-        return "Check SFTP_USERNAME and SFTP_PRIVATE_KEY_PATH / SFTP_PASSWORD, then rerun."
+        return f"Check {credentials(names)}, then rerun."
     if isinstance(cause, NotAFile):
         return "Only regular files are copied; nothing to do if this is expected."
     if upload and isinstance(cause, PermissionError):

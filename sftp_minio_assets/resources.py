@@ -22,8 +22,10 @@ from .discovery import AutoRetry, Plan, plan_transfers
 from .errors import SettingsError, TransferLogUnavailable, redact
 from .s3 import ObjectStore, S3Settings, bucket_problem, key_segments, object_key
 from .sftp import (
+    VARIABLES,
     FileFilter,
     Listing,
+    SettingNames,
     SFTPConnector,
     SFTPPool,
     SFTPSettings,
@@ -131,6 +133,15 @@ class SFTPConnection(dg.ConfigurableResource):
     allow_unknown_host: bool = Field(
         default=False, description="Accept any host key (logged). Never in production."
     )
+    # How messages name the source's settings to fix (sftp.SettingNames), as its user set them.
+    settings_in: str = Field(
+        default="",
+        description='Where the source is set, e.g. "source partner_a in /etc/sources.yaml"; '
+        "empty: the SFTP_* environment variables.",
+    )
+    setting_keys: dict[str, str] = Field(
+        default_factory=dict, description="The keys its settings were set with there."
+    )
 
     _pool: SFTPPool | None = PrivateAttr(default=None)
 
@@ -145,6 +156,7 @@ class SFTPConnection(dg.ConfigurableResource):
             known_hosts_path=self.known_hosts_path,
             host_key_sha256=self.host_key_sha256,
             allow_unknown_host=self.allow_unknown_host,
+            names=SettingNames(self.settings_in, self.setting_keys),
         )
 
     @property
@@ -416,9 +428,13 @@ class SourceResource(dg.ConfigurableResource):
     def list_files(self) -> Listing:
         """The files below root. Errors name the server and the setting to fix: RootUnavailable,
         sftp.CredentialsError, sftp.HostKeyError, sftp.ServerUnreachable."""
-        connection = self.connection
+        settings = self.connection.settings
         return list_tree(
-            connection.pool.get(), self.policy.root, self.policy.follow_symlinks, connection.server
+            self.connection.pool.get(),
+            self.policy.root,
+            self.policy.follow_symlinks,
+            settings.server,
+            settings.names,
         )
 
     def plan(
@@ -557,34 +573,20 @@ def source_from_env(shared: dict[str, dg.ConfigurableResource]) -> SourceResourc
     """The single source that the SFTP_* variables describe (named `default`), with the
     resources all sources share (shared_resources_from_env)."""
     parts = each_checked(
-        connection=lambda: from_environment(
-            SFTPConnection,
-            {
-                "host": "SFTP_HOST",
-                "port": "SFTP_PORT",
-                "username": "SFTP_USERNAME",
-                "password": "SFTP_PASSWORD",
-                "private_key": "SFTP_PRIVATE_KEY_PATH",
-                "known_hosts_path": "SFTP_KNOWN_HOSTS_PATH",
-                "host_key_sha256": "SFTP_HOST_KEY_SHA256",
-                "allow_unknown_host": "SFTP_ALLOW_UNKNOWN_HOST",
-            },
-        ),
+        connection=lambda: from_environment(SFTPConnection, _variables_of(SFTPConnection)),
         policy=lambda: from_environment(
             SourcePolicyConfig,
-            {
-                "root": "SFTP_ROOT",
-                "follow_symlinks": "SFTP_FOLLOW_SYMLINKS",
-                "min_file_age_seconds": "MIN_FILE_AGE_SECONDS",
-                "compression": "COMPRESSION",
-                "after_copy": "AFTER_COPY",
-                "archive_dir": "ARCHIVE_DIR",
-            },
+            _variables_of(SourcePolicyConfig),
             include=_globs("SFTP_INCLUDE"),
             exclude=_globs("SFTP_EXCLUDE"),
         ),
     )
     return source_resource("default", parts["connection"], parts["policy"], shared)
+
+
+def _variables_of(cls: type) -> dict[str, str]:
+    """The SFTP_* (and other) variables that set cls's fields for the single source."""
+    return {field: variable for field, variable in VARIABLES.items() if field in cls.model_fields}
 
 
 def source_resource(

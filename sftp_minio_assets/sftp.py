@@ -16,7 +16,7 @@ import socket
 import stat
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,11 +57,50 @@ class RootUnavailable(OSError):
     """The source's root cannot be listed: missing, not a directory, or not readable."""
 
 
-# How messages name a setting: the variable of the single source, or the key of a sources file.
-CREDENTIAL_SETTINGS = (
-    "SFTP_USERNAME and SFTP_PRIVATE_KEY_PATH / SFTP_PASSWORD "
-    "(a sources file: username, private_key_path, password)"
-)
+# The variables that set the single source (`default`): resources.source_from_env reads them,
+# and messages name its settings by them.
+VARIABLES = {
+    "host": "SFTP_HOST",
+    "port": "SFTP_PORT",
+    "username": "SFTP_USERNAME",
+    "password": "SFTP_PASSWORD",
+    "private_key": "SFTP_PRIVATE_KEY_PATH",
+    "known_hosts_path": "SFTP_KNOWN_HOSTS_PATH",
+    "host_key_sha256": "SFTP_HOST_KEY_SHA256",
+    "allow_unknown_host": "SFTP_ALLOW_UNKNOWN_HOST",
+    "root": "SFTP_ROOT",
+    "follow_symlinks": "SFTP_FOLLOW_SYMLINKS",
+    "min_file_age_seconds": "MIN_FILE_AGE_SECONDS",
+    "compression": "COMPRESSION",
+    "after_copy": "AFTER_COPY",
+    "archive_dir": "ARCHIVE_DIR",
+}
+# A source of a sources file is set by keys named as the settings, but for the key file's path.
+FILE_KEYS = {"private_key": "private_key_path"}
+
+
+@dataclass(frozen=True)
+class SettingNames:
+    """How messages name the settings to fix: as the source's user set them. The single source
+    is set by environment variables (SFTP_PASSWORD), a source of a sources file by keys under
+    its name (`password` of source partner_a in /etc/sources.yaml)."""
+
+    where: str = ""  # "source partner_a in /etc/sources.yaml"; empty: the variables
+    keys: Mapping[str, str] = field(default_factory=dict)  # setting -> the key its user wrote
+
+    def __call__(self, *settings: str, joined: str = " / ") -> str:
+        if not self.where:
+            return joined.join(VARIABLES[setting] for setting in settings)
+        keys = (self.keys.get(setting) or FILE_KEYS.get(setting, setting) for setting in settings)
+        return joined.join(f"`{key}`" for key in keys) + f" of {self.where}"
+
+
+ENVIRONMENT = SettingNames()  # the single source's: its environment variables
+
+
+def credentials(names: SettingNames) -> str:
+    """The settings a refused login points at."""
+    return names("username", "private_key", "password", joined=", ")
 
 
 @dataclass(frozen=True)
@@ -87,6 +126,7 @@ class SFTPSettings:
     host_key_sha256: str | None = None  # "SHA256:..." as `ssh-keygen -lf` prints it
     allow_unknown_host: bool = False
     timeout: float = 30.0
+    names: SettingNames = ENVIRONMENT  # how messages name these settings and the source's
 
     @property
     def server(self) -> str:
@@ -102,8 +142,10 @@ def fingerprint(key: paramiko.PKey) -> str:
 KEY_CLASSES = (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey)
 
 
-def _load_private_key(value: str, password: str | None, server: str) -> paramiko.PKey:
+def _load_private_key(settings: SFTPSettings) -> paramiko.PKey:
     """The key, from a file or PEM text; CredentialsError says why it cannot be used."""
+    value, password = settings.private_key or "", settings.password
+    server, names = settings.server, settings.names
     pem = "PRIVATE KEY-----" in value
     key = "the private key (PEM text)" if pem else f"the private key {value}"
     try:
@@ -111,7 +153,7 @@ def _load_private_key(value: str, password: str | None, server: str) -> paramiko
     except (OSError, UnicodeDecodeError) as exc:
         raise CredentialsError(
             f"{server}: cannot read {key}: {getattr(exc, 'strerror', None) or exc}. Set "
-            "SFTP_PRIVATE_KEY_PATH (a sources file: private_key_path) to a readable key file."
+            f"{names('private_key')} to a readable key file."
         ) from None
     for key_class in KEY_CLASSES:
         try:
@@ -122,12 +164,12 @@ def _load_private_key(value: str, password: str | None, server: str) -> paramiko
         raise CredentialsError(f"{server}: {key} is not an ed25519, ECDSA or RSA private key.")
     if password is None:
         raise CredentialsError(
-            f"{server}: {key} is encrypted and no passphrase is set: set SFTP_PASSWORD "
-            "(a sources file: password) to its passphrase."
+            f"{server}: {key} is encrypted and no passphrase is set: set {names('password')} "
+            "to its passphrase."
         )
     raise CredentialsError(
-        f"{server}: {key} cannot be decrypted with the passphrase in SFTP_PASSWORD (a sources "
-        "file: password): the passphrase is wrong."
+        f"{server}: {key} cannot be decrypted with the passphrase in {names('password')}: "
+        "the passphrase is wrong."
     )
 
 
@@ -154,8 +196,9 @@ class SFTPConnector:
             self._known_keys = dict(host_keys.lookup(name) or {})
         if not (self._known_keys or settings.host_key_sha256 or settings.allow_unknown_host):
             raise HostKeyError(
-                f"{settings.server}: no known host key. Set SFTP_KNOWN_HOSTS_PATH to a known_hosts "
-                "file that lists this server, or SFTP_HOST_KEY_SHA256 to its fingerprint "
+                f"{settings.server}: no known host key. Set "
+                f"{settings.names('known_hosts_path', 'host_key_sha256', joined=' or ')}: a "
+                "known_hosts file that lists this server, or its fingerprint "
                 "(ssh-keyscan HOST | ssh-keygen -lf -)."
             )
 
@@ -197,8 +240,8 @@ class SFTPConnector:
         reason = str(exc) or type(exc).__name__
         return ServerUnreachable(
             f"{self.settings.server}: cannot open an SSH session: {reason}. "
-            "Check that the server is up and reachable from here, and SFTP_HOST / SFTP_PORT "
-            "(a sources file: host, port)."
+            "Check that the server is up and reachable from here, and "
+            f"{self.settings.names('host', 'port')}."
         )
 
     def _verify_host_key(self, key: paramiko.PKey) -> None:
@@ -215,9 +258,9 @@ class SFTPConnector:
         elif s.host_key_sha256:
             if seen != s.host_key_sha256.strip():
                 raise HostKeyError(
-                    f"{s.server}: host key {seen} does not match SFTP_HOST_KEY_SHA256 "
-                    f"{s.host_key_sha256}. Update the pinned fingerprint only if the server's key "
-                    "was changed on purpose."
+                    f"{s.server}: host key {seen} does not match "
+                    f"{s.names('host_key_sha256')} {s.host_key_sha256}. Update the pinned "
+                    "fingerprint only if the server's key was changed on purpose."
                 )
         else:
             log.warning("%s: accepting unverified host key %s (allow_unknown_host)", s.server, seen)
@@ -226,7 +269,7 @@ class SFTPConnector:
         s = self.settings
         try:
             if s.private_key:
-                key = _load_private_key(s.private_key, s.password, s.server)
+                key = _load_private_key(s)
                 method = "key"
                 transport.auth_publickey(s.username, key)
             elif s.password is not None:
@@ -234,20 +277,20 @@ class SFTPConnector:
                 transport.auth_password(s.username, s.password)
             else:
                 raise CredentialsError(
-                    f"{s.server}: no credentials; set SFTP_PRIVATE_KEY_PATH or SFTP_PASSWORD "
-                    "(a sources file: private_key_path or password)."
+                    f"{s.server}: no credentials; set "
+                    f"{s.names('private_key', 'password', joined=' or ')}."
                 )
         except paramiko.BadAuthenticationType as exc:
             raise CredentialsError(
                 f"{s.server}: the server does not accept {method} logins (it accepts: "
-                f"{', '.join(exc.allowed_types)}). Check {CREDENTIAL_SETTINGS}."
+                f"{', '.join(exc.allowed_types)}). Check {credentials(s.names)}."
             ) from None
         except CredentialsError:
             raise
         except paramiko.AuthenticationException:
             raise CredentialsError(
                 f"{s.server}: the server refused the {method} login of {s.username!r}. "
-                f"Check {CREDENTIAL_SETTINGS}."
+                f"Check {credentials(s.names)}."
             ) from None
 
 
@@ -325,7 +368,11 @@ def _listdir(sftp: paramiko.SFTPClient, path: str) -> list[tuple[str, paramiko.S
 
 
 def list_tree(
-    sftp: paramiko.SFTPClient, root: str, follow_symlinks: bool = False, server: str = ""
+    sftp: paramiko.SFTPClient,
+    root: str,
+    follow_symlinks: bool = False,
+    server: str = "",
+    names: SettingNames = ENVIRONMENT,
 ) -> Listing:
     """Every regular file below root, with size and mtime.
 
@@ -336,7 +383,7 @@ def list_tree(
     """
     files: list[RemoteFile] = []
     skipped: list[tuple[str, str]] = []
-    real_root = _root(sftp, root, server)
+    real_root = _root(sftp, root, server, names)
     seen_dirs = {real_root}
     pending = [""]
     while pending:
@@ -345,7 +392,9 @@ def list_tree(
             entries = _listdir(sftp, posixpath.join(root, rel_dir) if rel_dir else root)
         except PermissionError:
             if not rel_dir:
-                raise _root_unavailable(server, root, "the SFTP user may not list it") from None
+                raise _root_unavailable(
+                    server, root, names, "the SFTP user may not list it"
+                ) from None
             skipped.append((rel_dir, "directory not readable by the SFTP user"))
             continue
         for name, attrs in entries:
@@ -353,7 +402,7 @@ def list_tree(
             mode = attrs.st_mode or 0
             if stat.S_ISLNK(mode):
                 if not follow_symlinks:
-                    skipped.append((rel, "symbolic link (SFTP_FOLLOW_SYMLINKS is off)"))
+                    skipped.append((rel, f"symbolic link ({names('follow_symlinks')} is off)"))
                     continue
                 try:
                     target = sftp.normalize(remote_bytes(posixpath.join(root, rel)))
@@ -380,24 +429,24 @@ def list_tree(
     return Listing(files, skipped)
 
 
-def _root(sftp: paramiko.SFTPClient, root: str, server: str) -> str:
+def _root(sftp: paramiko.SFTPClient, root: str, server: str, names: SettingNames) -> str:
     """root's real path, once it is known to be a directory."""
     try:
         real_root = sftp.normalize(remote_bytes(root))
         mode = sftp.stat(remote_bytes(real_root)).st_mode or 0
     except FileNotFoundError:
-        raise _root_unavailable(server, root, "it does not exist") from None
+        raise _root_unavailable(server, root, names, "it does not exist") from None
     except PermissionError:
-        raise _root_unavailable(server, root, "the SFTP user may not reach it") from None
+        raise _root_unavailable(server, root, names, "the SFTP user may not reach it") from None
     if not stat.S_ISDIR(mode):
-        raise _root_unavailable(server, root, "it is not a directory")
+        raise _root_unavailable(server, root, names, "it is not a directory")
     return real_root
 
 
-def _root_unavailable(server: str, root: str, why: str) -> RootUnavailable:
+def _root_unavailable(server: str, root: str, names: SettingNames, why: str) -> RootUnavailable:
     return RootUnavailable(
-        f"{server}: cannot list the root {display(root)}: {why}. Set SFTP_ROOT (a sources "
-        "file: root) to a directory the SFTP user may read, or grant it read and execute rights."
+        f"{server}: cannot list the root {display(root)}: {why}. Set {names('root')} to a "
+        "directory the SFTP user may read, or grant it read and execute rights."
     )
 
 

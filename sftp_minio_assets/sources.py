@@ -51,9 +51,11 @@ from .s3 import key_segments
 
 NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
 SECRETS = ("password", "private_key")
-# A source's keys: its connection's, its policy's, and private_key_path (the key as a file).
-FIELDS = set(SFTPConnection.model_fields) | set(SourcePolicyConfig.model_fields)
-FIELDS |= {"private_key_path"}
+# A source's keys: its connection's and its policy's settings, and private_key_path (the key
+# as a file); not the connection's record of how they were spelled.
+NAMING = {"settings_in", "setting_keys"}
+FIELDS = {*SFTPConnection.model_fields, *SourcePolicyConfig.model_fields, "private_key_path"}
+FIELDS -= NAMING
 
 
 class SourcesError(SettingsError):
@@ -133,6 +135,9 @@ def _source(
         else:
             values[field] = value
     naming = _naming(keys, variables)
+
+    # Messages name each setting as written here: "`password` of source partner_a in <path>".
+    values |= {"settings_in": f"source {name} in {path}", "setting_keys": keys}
 
     def part(cls):
         """cls's settings of the entry: checked (plain), and as Dagster gets them."""

@@ -244,7 +244,9 @@ class Worker:
         permanent = is_permanent(exc)
         if not permanent:
             self.pool.discard()  # the session may be broken: reconnect next time
-        message = redact(f"{file.where}: {exc} {advice(exc)}", self.secrets)
+        message = redact(
+            f"{file.where}: {exc} {advice(exc, self.sftp_settings.names)}", self.secrets
+        )
         self._record_failure(file.key, claim, message, me, permanent)
         return Outcome(
             file.key,

@@ -5,7 +5,7 @@ import psycopg
 import pytest
 
 from sftp_minio_assets.errors import NotAFile, advice, is_permanent, redact
-from sftp_minio_assets.sftp import CredentialsError, HostKeyError
+from sftp_minio_assets.sftp import CredentialsError, HostKeyError, SettingNames
 from sftp_minio_assets.transfer import ObjectOfAnotherSource, SourceChanged, TransferFailed
 
 
@@ -86,3 +86,19 @@ def test_redact_leaves_the_text_alone_for_unset_or_too_short_secrets(secret):
 def test_redact_takes_any_iterable_of_secrets_once():
     secrets = (s for s in ["password1", None, "token-xyz"])
     assert redact("password1 token-xyz", secrets) == "*** ***"
+
+
+@pytest.mark.parametrize(
+    "exc, setting",
+    [
+        (SourceChanged("size changed"), "min_file_age_seconds"),
+        (failed("read", HostKeyError("mismatch")), "known_hosts_path"),
+        (failed("read", CredentialsError("no")), "password"),
+    ],
+)
+def test_the_advice_names_a_setting_as_its_user_set_it(exc, setting):
+    variable = {"min_file_age_seconds": "MIN_FILE_AGE_SECONDS"}.get(setting, f"SFTP_{setting}")
+    assert variable.upper() in advice(exc)  # the single source: its environment variables
+    in_file = advice(exc, SettingNames("source partner_a in /etc/sources.yaml"))
+    assert f"`{setting}`" in in_file and "of source partner_a in /etc/sources.yaml" in in_file
+    assert "SFTP_" not in in_file and "MIN_FILE_AGE" not in in_file

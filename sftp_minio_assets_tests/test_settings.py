@@ -21,6 +21,7 @@ from sftp_minio_assets.discovery import AutoRetry
 from sftp_minio_assets.errors import SettingsError, TransferLogUnavailable
 from sftp_minio_assets.resources import (
     ObjectStoreResource,
+    SourceResource,
     TransferLogResource,
     TransferSettings,
     shared_resources_from_env,
@@ -65,14 +66,14 @@ def validate(where: Path, **variables: str) -> subprocess.CompletedProcess:
     )
 
 
-def load_from(monkeypatch, **variables: str) -> None:
-    """What definitions.py calls at load, in this process."""
+def load_from(monkeypatch, **variables: str) -> SourceResource:
+    """What definitions.py calls at load, in this process; the source it makes."""
     for name in list(os.environ):
         if name.startswith(SETTINGS):
             monkeypatch.delenv(name)
     for name, value in {**VALID, **variables}.items():
         monkeypatch.setenv(name, value)
-    source_from_env(shared_resources_from_env())
+    return source_from_env(shared_resources_from_env())
 
 
 def write_sources(tmp_path: Path, sources: dict) -> Path:
@@ -248,6 +249,15 @@ def test_a_value_that_can_never_work_is_refused_at_load_naming_its_variable(
         load_from(monkeypatch, **{variable: value})
     assert says in str(error.value)
     assert "never-shown" not in str(error.value) and "pw@" not in str(error.value)
+
+
+def test_the_single_source_names_its_settings_by_their_variables(monkeypatch):
+    names = load_from(monkeypatch).connection.settings.names
+    assert [names(s) for s in ("password", "private_key", "root")] == [
+        "SFTP_PASSWORD",
+        "SFTP_PRIVATE_KEY_PATH",
+        "SFTP_ROOT",
+    ]
 
 
 def test_every_wrong_variable_is_named_in_one_error_without_the_secrets(monkeypatch):

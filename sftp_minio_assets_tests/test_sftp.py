@@ -7,14 +7,22 @@ import paramiko
 import pytest
 
 from sftp_minio_assets.sftp import (
+    ENVIRONMENT,
+    CredentialsError,
     FileFilter,
     HostKeyError,
     RemoteFile,
+    SettingNames,
     SFTPConnector,
+    SFTPSettings,
+    _load_private_key,
+    _root_unavailable,
     display,
     read_chunks,
     remote_bytes,
 )
+
+IN_FILE = SettingNames("source partner_a in /etc/sources.yaml")
 
 
 @pytest.mark.integration
@@ -107,3 +115,52 @@ def test_a_files_signature_changes_with_its_size_or_mtime():
     assert file.signature == "10:1000"
     for changed in (RemoteFile("a.csv", 11, 1000), RemoteFile("a.csv", 10, 1001)):
         assert changed.signature != file.signature
+
+
+# How messages name a setting: as the source's user set it (no server needed).
+
+
+@pytest.mark.parametrize(
+    "names, setting, spelled",
+    [
+        (ENVIRONMENT, "password", "SFTP_PASSWORD"),
+        (ENVIRONMENT, "private_key", "SFTP_PRIVATE_KEY_PATH"),
+        (ENVIRONMENT, "root", "SFTP_ROOT"),
+        (ENVIRONMENT, "min_file_age_seconds", "MIN_FILE_AGE_SECONDS"),
+        (IN_FILE, "password", "`password` of source partner_a in /etc/sources.yaml"),
+        (IN_FILE, "root", "`root` of source partner_a in /etc/sources.yaml"),
+        # The key file's path unless the user gave the key itself (PEM text) under private_key.
+        (IN_FILE, "private_key", "`private_key_path` of source partner_a in /etc/sources.yaml"),
+        (
+            SettingNames(IN_FILE.where, {"private_key": "private_key"}),
+            "private_key",
+            "`private_key` of source partner_a in /etc/sources.yaml",
+        ),
+    ],
+)
+def test_a_setting_is_named_as_its_user_set_it(names, setting, spelled):
+    assert names(setting) == spelled
+
+
+def test_settings_named_together_name_their_source_once():
+    assert ENVIRONMENT("host", "port") == "SFTP_HOST / SFTP_PORT"
+    assert IN_FILE("known_hosts_path", "host_key_sha256", joined=" or ") == (
+        "`known_hosts_path` or `host_key_sha256` of source partner_a in /etc/sources.yaml"
+    )
+
+
+@pytest.mark.parametrize("names", [ENVIRONMENT, IN_FILE])
+def test_the_connection_errors_name_the_settings_as_set(tmp_path, names):
+    settings = SFTPSettings(host="h", username="u", private_key=str(tmp_path / "no"), names=names)
+    with pytest.raises(HostKeyError) as no_host_key:
+        SFTPConnector(settings)
+    with pytest.raises(CredentialsError) as no_key_file:
+        _load_private_key(settings)
+    no_root = _root_unavailable(settings.server, "/in", names, "it does not exist")
+    for error, named in [
+        (no_host_key.value, names("known_hosts_path", "host_key_sha256", joined=" or ")),
+        (no_key_file.value, names("private_key")),
+        (no_root, names("root")),
+    ]:
+        assert named in str(error)
+        assert ("SFTP_" in str(error)) == (names is ENVIRONMENT)

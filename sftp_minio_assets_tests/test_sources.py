@@ -18,6 +18,7 @@ from sftp_minio_assets.assets import build_files_asset
 from sftp_minio_assets.partitions import SOURCE_TAG
 from sftp_minio_assets.resources import SourcePolicyConfig, source_resource
 from sftp_minio_assets.sensors import build_new_files_sensor
+from sftp_minio_assets.sftp import CredentialsError
 from sftp_minio_assets.sources import SourcesError, load_sources, source_key
 
 from .support import offline_shared
@@ -64,6 +65,24 @@ def test_a_sources_file_names_each_source_and_keeps_secrets_in_variables(tmp_pat
     assert sources["legacy"].connection.private_key == "/secrets/legacy_ed25519"
     # The secret is a reference, resolved only when the resource is used.
     assert "s3cr3t-from-env" not in repr(partner.model_dump())
+
+
+def test_a_sources_file_source_names_its_settings_as_the_file_sets_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("PEM_TEXT", "-----BEGIN OPENSSH PRIVATE KEY-----")
+    path = write_sources(
+        tmp_path,
+        """
+        sources:
+          by_path: {host: a.example, username: u, private_key_path: /keys/a}
+          by_text: {host: b.example, username: u, private_key: {env: PEM_TEXT}}
+        """,
+    )
+    sources = load_sources(path, offline_shared())
+    for name, key in [("by_path", "private_key_path"), ("by_text", "private_key")]:
+        names = sources[name].connection.settings.names
+        assert names("private_key") == f"`{key}` of source {name} in {path}"
+        assert names("password") == f"`password` of source {name} in {path}"  # not set: its key
+        assert names("root") == f"`root` of source {name} in {path}"
 
 
 @pytest.mark.parametrize(
@@ -269,3 +288,40 @@ def test_a_second_source_never_overwrites_nor_deletes_another_sources_copy(env, 
     assert "source 'plain'" in row["error_message"]
     assert "destination_prefix" in row["error_message"]
     assert (env.root / "b" / "same.txt").read_bytes() == b"source B's!"  # not deleted
+
+
+@pytest.mark.integration
+def test_a_wrong_password_in_a_sources_file_is_named_as_the_file_sets_it(
+    env, instance, tmp_path, monkeypatch
+):
+    """The tick's error and the run's advice name `password` of that source in that file, not
+    the single source's SFTP_PASSWORD."""
+    monkeypatch.setenv("PARTNER_PASSWORD", "not-the-password")
+    settings = env.stack.ssh.source_settings(env.root, min_file_age_seconds=0)
+    del settings["private_key_path"]
+    settings["password"] = {"env": "PARTNER_PASSWORD"}
+    path = write_sources(tmp_path, yaml.safe_dump({"sources": {"partner": settings}}))
+    resources = {source_key("partner"): load_sources(path, env.shared())["partner"]}
+    asset = build_files_asset("partner", retry_policy=None)
+    env.write("report.csv", b"a,b")
+    named = f"`password` of source partner in {path}"
+
+    sensor = build_new_files_sensor("partner", asset)
+    with (
+        dg.build_sensor_context(instance=instance, resources=resources) as context,
+        pytest.raises(CredentialsError) as error,
+    ):
+        sensor(context)
+    instance.add_dynamic_partitions("files_partner", ["report.csv"])
+    run = dg.materialize(
+        [asset],
+        instance=instance,
+        partition_key="report.csv",
+        resources=resources,
+        raise_on_error=False,
+    )
+
+    assert not run.success
+    for message in (str(error.value), env.rows()["report.csv"]["error_message"]):
+        assert named in message
+        assert "SFTP_" not in message and "not-the-password" not in message
