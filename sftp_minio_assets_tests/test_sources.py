@@ -5,6 +5,7 @@ sources run against the real servers."""
 import gzip
 import hashlib
 import os
+import re
 import shutil
 import textwrap
 
@@ -14,6 +15,7 @@ import yaml
 import zstandard
 
 from devstack.demo import apply_partition_requests
+from sftp_minio_assets import sources as sources_module
 from sftp_minio_assets.assets import build_files_asset
 from sftp_minio_assets.partitions import SOURCE_TAG
 from sftp_minio_assets.resources import SourcePolicyConfig, source_resource
@@ -21,7 +23,7 @@ from sftp_minio_assets.sensors import build_new_files_sensor
 from sftp_minio_assets.sftp import CredentialsError
 from sftp_minio_assets.sources import SourcesError, load_sources, source_key
 
-from .support import offline_shared
+from .support import PROJECT, offline_shared
 
 
 def write_sources(tmp_path, text: str):
@@ -65,6 +67,28 @@ def test_a_sources_file_names_each_source_and_keeps_secrets_in_variables(tmp_pat
     assert sources["legacy"].connection.private_key == "/secrets/legacy_ed25519"
     # The secret is a reference, resolved only when the resource is used.
     assert "s3cr3t-from-env" not in repr(partner.model_dump())
+
+
+def documented_examples() -> dict[str, str]:
+    """The sources-file examples a user copies: sources.py's docstring and the README's."""
+    docstring = sources_module.__doc__
+    start = docstring.index("    sources:\n")
+    readme = (PROJECT / "README.md").read_text()
+    at = readme.index("```yaml\nsources:\n") + len("```yaml\n")
+    return {
+        "sources.py": textwrap.dedent(docstring[start : docstring.index("\n\n", start)]),
+        "README.md": readme[at : readme.index("```", at)],
+    }
+
+
+@pytest.mark.parametrize("where", ["sources.py", "README.md"])
+def test_the_documented_examples_load(tmp_path, monkeypatch, where):
+    text = documented_examples()[where]
+    for variable in re.findall(r"\{env: (\w+)\}", text):
+        monkeypatch.setenv(variable, "set")
+    path = tmp_path / "sources.yaml"
+    path.write_text(text)
+    assert set(load_sources(path, offline_shared())) == {"partner_a", "legacy"}
 
 
 def test_a_sources_file_source_names_its_settings_as_the_file_sets_them(tmp_path, monkeypatch):
