@@ -94,15 +94,17 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 TOOLS = ("pipeline", "rclone")
 
 
-class CpuMeter:
-    """CPU seconds of this process's descendants, by kind, over a `with` block: sampled every
-    0.1 s from /proc (a process that ends between two samples loses at most 0.1 s)."""
+class ProcessMeter:
+    """CPU seconds of this process's descendants, by kind, and the peak RSS (VmHWM) of the run
+    workers among them, over a `with` block: sampled every 0.1 s from /proc (a process that ends
+    between two samples loses at most 0.1 s)."""
 
     def __init__(self) -> None:
         self.seen: dict[tuple[int, str], float] = {}
+        self.peak_rss_kib = 0
         self._stop = threading.Event()
 
-    def __enter__(self) -> "CpuMeter":
+    def __enter__(self) -> "ProcessMeter":
         self._sample()
         self.before = dict(self.seen)
         self._thread = threading.Thread(target=self._loop, daemon=True)
@@ -139,11 +141,15 @@ class CpuMeter:
                 ancestor, hops = parents.get(ancestor), hops + 1
             if ancestor != me:
                 continue
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError, StopIteration):
                 command = Path(f"/proc/{pid}/cmdline").read_bytes()
                 kind = next((k for k, mark in PROCESS_KINDS if mark in command), None)
                 if kind:
                     self.seen[(pid, kind)] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+                if kind == "run worker":
+                    status = Path(f"/proc/{pid}/status").read_text().splitlines()
+                    hwm = next(line for line in status if line.startswith("VmHWM"))
+                    self.peak_rss_kib = max(self.peak_rss_kib, int(hwm.split()[1]))
 
 
 def run_pipeline(stack: LocalStack, folder: Path, round_id: str) -> dict:
@@ -173,9 +179,9 @@ def run_pipeline(stack: LocalStack, folder: Path, round_id: str) -> dict:
         try:
             with (
                 psycopg.connect(env["TRANSFER_DB_URL"], autocommit=True) as log,
-                CpuMeter() as cpu,
+                ProcessMeter() as meter,
             ):
-                peak_kib = daemon.wait(lambda: _completed(log) == files, f"{files} COMPLETED")
+                daemon.wait(lambda: _completed(log) == files, f"{files} COMPLETED")
             elapsed = time.monotonic() - started
             daemon.wait(lambda: _all_runs_done(instance), "the last run to end")
             runs = instance.get_runs_count()
@@ -192,19 +198,17 @@ def run_pipeline(stack: LocalStack, folder: Path, round_id: str) -> dict:
         "runs": runs,  # the sensor's, plus any retried by run_retries
         "file_attempts_retried": int(retried),
         "transfer_window_seconds": float(last - first) if first else 0.0,
-        "peak_rss_mib": peak_kib / 1024,
-        "cpu_seconds": cpu.by_kind(),
+        "peak_rss_mib": meter.peak_rss_kib / 1024,
+        "cpu_seconds": meter.by_kind(),
     }
 
 
 class Daemon:
-    """`dagster-daemon run` on the project's workspace, as test_ui.py starts it; the peak RSS of
-    the run workers it launches (through its code server) is sampled while waiting."""
+    """`dagster-daemon run` on the project's workspace, as test_ui.py starts it."""
 
     def __init__(self, env: dict[str, str]) -> None:
         self.env = env
         self.log_path = Path(env["DAGSTER_HOME"]) / "daemon.log"
-        self.peak_kib = 0
 
     def __enter__(self) -> "Daemon":
         with open(self.log_path, "wb") as log:
@@ -221,30 +225,16 @@ class Daemon:
     def __exit__(self, *exc) -> None:
         stop_group(self.process)
 
-    def wait(self, condition, what: str, timeout: float = TIMEOUT_SECONDS):
+    def wait(self, condition, what: str, timeout: float = TIMEOUT_SECONDS) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 break
-            self.sample_runs()
             if condition():
-                return self.peak_kib
+                return
             time.sleep(0.2)
         tail = self.log_path.read_text(errors="replace").splitlines()[-40:]
         raise RuntimeError(f"waiting for {what}: gave up\n" + "\n".join(tail))
-
-    def sample_runs(self) -> None:
-        """Record the peak RSS (VmHWM) of this round's run workers alive now: the code server
-        starts each as a `multiprocessing` spawn child, with this round's DAGSTER_HOME."""
-        home = f"DAGSTER_HOME={self.env['DAGSTER_HOME']}\0".encode()
-        for process in Path("/proc").glob("[0-9]*"):
-            with contextlib.suppress(OSError, StopIteration):
-                if b"spawn_main" in (process / "cmdline").read_bytes() and (
-                    home in (process / "environ").read_bytes()
-                ):
-                    status = (process / "status").read_text().splitlines()
-                    hwm = next(line for line in status if line.startswith("VmHWM"))
-                    self.peak_kib = max(self.peak_kib, int(hwm.split()[1]))
 
 
 @contextlib.contextmanager
@@ -310,7 +300,7 @@ def run_rclone(stack: LocalStack, folder: Path, round_id: str) -> dict:
     bucket = f"rclone-{round_id}"
     started = time.monotonic()
     reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
-    with CpuMeter() as cpu:
+    with ProcessMeter() as meter:
         copy = subprocess.run(
             ["rclone", "copy", f"src:{folder}", f"dst:{bucket}/default", "--s3-no-check-bucket"],
             env=env,
@@ -320,7 +310,7 @@ def run_rclone(stack: LocalStack, folder: Path, round_id: str) -> dict:
     if copy.returncode != 0:
         raise RuntimeError(f"rclone failed:\n{copy.stderr[-3000:]}")
     done = resource.getrusage(resource.RUSAGE_CHILDREN)
-    spent = cpu.by_kind()
+    spent = meter.by_kind()
     # rclone is this process's child: its exact CPU, not the last sample before it ended.
     spent["rclone"] = done.ru_utime + done.ru_stime - reaped.ru_utime - reaped.ru_stime
     return {"seconds": time.monotonic() - started, "cpu_seconds": spent}
