@@ -84,6 +84,44 @@ MIGRATIONS = [
         ADD COLUMN IF NOT EXISTS permanent BOOLEAN NOT NULL DEFAULT false,
         ADD COLUMN IF NOT EXISTS auto_retries INTEGER NOT NULL DEFAULT 0
     """,
+    # Resumable transfers (transfer.py): a big file's multipart upload and how far it got, so
+    # that the next claim of the unchanged file continues it; one row per file, kept until the
+    # file is copied or its upload is given up.
+    """
+    CREATE TABLE IF NOT EXISTS transfer_uploads (
+        log_id BIGINT PRIMARY KEY REFERENCES file_transfer_log (id) ON DELETE CASCADE,
+        object_key TEXT NOT NULL,
+        upload_id TEXT NOT NULL,
+        token TEXT NOT NULL,
+        size_bytes BIGINT NOT NULL,
+        remote_mtime BIGINT NOT NULL,
+        part_size BIGINT NOT NULL,
+        etags TEXT[] NOT NULL DEFAULT '{}',
+        done_bytes BIGINT NOT NULL DEFAULT 0,
+        sha256_state BYTEA,
+        created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+        updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
+    )
+    """,
+    """
+    ALTER TABLE file_transfer_log
+        ADD COLUMN IF NOT EXISTS progress_bytes BIGINT,
+        ADD COLUMN IF NOT EXISTS resumed_from BIGINT
+    """,
+    # The session budget per SFTP server (sessions.py): one lease per open SSH connection,
+    # renewed while it lives; an expired lease is a dead process's, and its slot is free.
+    """
+    CREATE TABLE IF NOT EXISTS sftp_sessions (
+        id BIGSERIAL PRIMARY KEY,
+        server TEXT NOT NULL,
+        source TEXT NOT NULL,
+        holder TEXT NOT NULL,
+        purpose TEXT NOT NULL,
+        granted_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+        expires_at TIMESTAMPTZ NOT NULL
+    )
+    """,
+    "CREATE INDEX IF NOT EXISTS sftp_sessions_server ON sftp_sessions (server, expires_at)",
 ]
 
 # Serialises concurrent migrations (several workers starting at once).
