@@ -459,7 +459,8 @@ class SshServer(_Server):
             "MaxStartups 200:30:400",
             "MaxSessions 200",
             "UseDNS no",
-            "LogLevel INFO",
+            # VERBOSE: "Transferred: sent N, received M bytes" as each connection closes.
+            "LogLevel VERBOSE",
         ]
         self.config_path.write_text("\n".join(settings) + "\n")
 

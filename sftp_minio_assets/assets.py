@@ -55,6 +55,7 @@ def build_files_asset(
         worker = resource.worker(
             run_id=context.run.run_id,
             run_finished=lambda run_id: _finished(context.instance, run_id),
+            report=context.log.info,
         )
         failed = []
         for outcome in worker.transfer_many(keys, resource.concurrency):

@@ -208,6 +208,10 @@ class SourcePolicyConfig(dg.Config):
     archive_dir: str | None = Field(
         default=None, description="Where after_copy: move puts files, outside root."
     )
+    max_bytes_per_second: Annotated[int | None, _at_least(1)] = Field(
+        default=None,
+        description="Bandwidth cap of the source's reads, all its runs together; unset: none.",
+    )
 
     @property
     def file_filter(self) -> FileFilter:
@@ -245,6 +249,7 @@ class SourcePolicyConfig(dg.Config):
             after_copy=self.after_copy,
             archive_dir=self.archive_dir,
             root=self.root,
+            max_bytes_per_second=self.max_bytes_per_second,
         )
 
 
@@ -345,6 +350,11 @@ class TransferSettings(dg.ConfigurableResource):
     parts_in_flight: Annotated[int, _at_least(1)] = Field(
         default=4, description="Parts uploaded at once, all files of a run together."
     )
+    resume_min_mb: Annotated[int, _at_least(0)] = Field(
+        default=64,
+        description="Files this big (uncompressed) resume where a failed transfer stopped; "
+        "0: none.",
+    )
     max_partitions_per_run: Annotated[int, _at_least(1)] = Field(
         default=500, description="Files in one run launched by the sensor, at most."
     )
@@ -382,7 +392,9 @@ class TransferSettings(dg.ConfigurableResource):
 
     @property
     def tuning(self) -> Tuning:
-        return Tuning(self.part_size_mb * MIB, self.parts_in_flight, self.local_dir)
+        return Tuning(
+            self.part_size_mb * MIB, self.parts_in_flight, self.local_dir, self.resume_min_mb * MIB
+        )
 
 
 class AlertSettings(dg.ConfigurableResource):
@@ -453,10 +465,14 @@ class SourceResource(dg.ConfigurableResource):
         )
 
     def worker(
-        self, run_id: str | None = None, run_finished: Callable[[str], bool] = lambda run_id: False
+        self,
+        run_id: str | None = None,
+        run_finished: Callable[[str], bool] = lambda run_id: False,
+        report: Callable[[str], None] | None = None,
     ) -> Worker:
         """A worker for a run's files; run_finished(run_id): whether Dagster reports that run
-        over, so that the claims it holds are dead."""
+        over, so that the claims it holds are dead; report(line): the run's log, for progress
+        of long copies and resumed ones."""
         return Worker(
             source=self.name,
             sftp_settings=self.connection.settings,
@@ -469,6 +485,7 @@ class SourceResource(dg.ConfigurableResource):
             retry=self.transfer_settings.retry,
             policy=self.policy.for_worker(self.name),
             run_finished=run_finished,
+            report=report,
         )
 
     def abort_stale_uploads(self) -> int:
@@ -629,6 +646,7 @@ def shared_resources_from_env() -> dict[str, dg.ConfigurableResource]:
             {
                 "max_workers": "MAX_WORKERS",
                 "local_dir": "LOCAL_DIR",
+                "resume_min_mb": "RESUME_MIN_MB",
                 "retries": "TRANSFER_RETRIES",
                 "max_partitions_per_run": "MAX_PARTITIONS_PER_RUN",
                 "parallel_runs": "PARALLEL_RUNS",

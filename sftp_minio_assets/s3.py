@@ -143,6 +143,18 @@ class ObjectStore:
             MultipartUpload={"Parts": parts},
         )
 
+    def list_parts(self, key: str, upload_id: str) -> dict[int, str]:
+        """The parts a multipart upload holds so far: number -> ETag. FileNotFoundError when
+        the upload is gone (completed, aborted or expired)."""
+        parts: dict[int, str] = {}
+        marker: dict[str, int] = {}
+        while True:
+            reply = self._call("list_parts", Key=key, UploadId=upload_id, **marker)
+            parts.update((p["PartNumber"], p["ETag"]) for p in reply.get("Parts", []))
+            if not reply.get("IsTruncated"):
+                return parts
+            marker = {"PartNumberMarker": reply["NextPartNumberMarker"]}
+
     def abort_multipart(self, key: str, upload_id: str) -> None:
         self._call("abort_multipart_upload", Key=key, UploadId=upload_id)
 

@@ -16,7 +16,7 @@ import socket
 import stat
 import threading
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,6 +74,7 @@ VARIABLES = {
     "compression": "COMPRESSION",
     "after_copy": "AFTER_COPY",
     "archive_dir": "ARCHIVE_DIR",
+    "max_bytes_per_second": "SFTP_MAX_BYTES_PER_SECOND",
 }
 # A source of a sources file is set by keys named as the settings, but for the key file's path.
 FILE_KEYS = {"private_key": "private_key_path"}
@@ -455,22 +456,31 @@ def read_chunks(
     size: int,
     window: int = READ_WINDOW,
     request_size: int = READ_REQUEST,
+    *,
+    start: int = 0,
+    align: int | None = None,
+    pace: Callable[[int], None] | None = None,
 ) -> Iterator[bytes]:
-    """The file's first `size` bytes in order, `window` read requests kept in flight.
+    """The file's bytes from `start` up to `size`, in order, `window` read requests in flight.
 
     paramiko's own prefetch books every request of the file up front and buffers whatever
     arrives, however slowly it is consumed (memory grows with the file), and its cap on
     concurrent requests polls with sleeps (6 MB/s at 64). This keeps a fixed window instead:
     memory is window x request_size whatever the file size. Stops early at end of file (the
-    caller compares sizes).
+    caller compares sizes). align: no read crosses a multiple of it (resumable parts end
+    there). pace(length) is called before each request (the bandwidth cap waits there).
     """
     reads = PipelinedReads(f)
     in_flight: deque[tuple[int, int, int]] = deque()  # (request number, offset, length)
-    offset = 0
+    offset = start
     try:
         while offset < size or in_flight:
             while offset < size and len(in_flight) < window:
                 length = min(request_size, size - offset)
+                if align:
+                    length = min(length, align - offset % align)
+                if pace is not None:
+                    pace(length)
                 in_flight.append((reads.send(offset, length), offset, length))
                 offset += length
             number, at, length = in_flight.popleft()

@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 import paramiko
 import zstandard
 
+from .resume import Journal, Progress, Sha256
 from .s3 import ObjectStore
 from .sftp import READ_CHUNK, read_chunks
 
@@ -64,6 +65,7 @@ class Tuning:
     part_size: int = 8 * MIB  # S3 needs >= 5 MiB for all parts but the last
     parts_in_flight: int = 4  # per process, all files together
     local_dir: str | None = None  # set (LOCAL_DIR): SFTP -> a file there -> S3; else streamed
+    resume_min: int = 64 * MIB  # files this big (and uncompressed) are resumable; 0: none
 
 
 # A small PUT is verified by its reply's ETag (the MD5 of the bytes sent); a larger one is read
@@ -95,18 +97,22 @@ class TransferResult:
     upload_seconds: float
     total_seconds: float
     stored_bytes: int | None = None  # of the object, when compressed
+    resumed_from: int = 0  # bytes an earlier attempt had uploaded, not read again
 
     @property
     def mb_per_second(self) -> float:
-        return self.size_bytes / MIB / self.total_seconds if self.total_seconds > 0 else 0.0
+        """Of this attempt's bytes (a resumed copy's only)."""
+        copied = self.size_bytes - self.resumed_from
+        return copied / MIB / self.total_seconds if self.total_seconds > 0 else 0.0
 
 
 class _Meter:
-    """Counts bytes, hashes them and times the source, as they stream past."""
+    """Counts bytes, hashes them and times the source, as they stream past; a resumed file's
+    count and hash start where the earlier attempt's stopped."""
 
-    def __init__(self, heartbeat: Callable[[], None] | None):
-        self.digest = hashlib.sha256()
-        self.size = 0
+    def __init__(self, heartbeat: Callable[[int], None] | None, digest=None, size: int = 0):
+        self.digest = digest or hashlib.sha256()
+        self.size = size
         self.read_seconds = 0.0
         self.upload_seconds = 0.0
         self._heartbeat = heartbeat
@@ -121,7 +127,7 @@ class _Meter:
             self.digest.update(chunk)
             self.size += len(chunk)
             if self._heartbeat is not None:
-                self._heartbeat()
+                self._heartbeat(self.size)
             yield chunk
 
 
@@ -155,19 +161,29 @@ def copy_file(
     key: str,
     metadata: dict[str, str],
     tuning: Tuning = Tuning(),
-    heartbeat: Callable[[], None] | None = None,
+    heartbeat: Callable[[int], None] | None = None,
     compression: str = "none",
+    journal: Journal | None = None,
+    pace: Callable[[int], None] | None = None,
 ) -> TransferResult:
     """Copy remote_path to key, compressed on the way ("gzip", "zstd") unless "none"; raises
-    TransferFailed (and leaves no object) on any error."""
+    TransferFailed (and leaves no object) on any error. heartbeat(bytes read so far) is called
+    as they stream. With a journal (a big uncompressed file), the upload is resumable: it goes
+    on from journal.previous if set, and records its progress there (resume.py). pace(length)
+    before each read: the source's bandwidth cap (bandwidth.py)."""
     started = time.monotonic()
-    meter = _Meter(heartbeat)
-    metadata = {**metadata, TOKEN: uuid.uuid4().hex}
     try:
         f = sftp.open(remote_path, "rb")
         before = f.stat()
     except (OSError, EOFError, paramiko.SSHException) as exc:
         raise TransferFailed("read", f"cannot open: {_describe(exc)}") from exc
+    previous = journal.previous if journal is not None else None
+    if previous is None:
+        meter = _Meter(heartbeat, Sha256() if journal is not None else None)
+        metadata = {**metadata, TOKEN: uuid.uuid4().hex}
+    else:
+        meter = _Meter(heartbeat, Sha256(state=previous.sha256_state), previous.done_bytes)
+        metadata = {**metadata, TOKEN: previous.token}
     stored = _Counter()
     if compression != "none":
         metadata.update({"compression": compression, "original-size": str(before.st_size)})
@@ -184,14 +200,20 @@ def copy_file(
                     f"{meter.size} read, {after.st_size} now); it will be copied again once stable"
                 )
 
-        chunks = stored.wrap(
-            _compressed(meter.wrap(_reading(read_chunks(f, before.st_size))), compression)
-        )
         upload = _Upload(store, key, metadata, tuning, meter, before_commit=check_unchanged)
-        if tuning.local_dir:
-            verified = _copy_via_local_file(upload, chunks)
+        if journal is not None:
+            verified = _resumable_upload(upload, f, before, journal, pace)
+            stored.size = meter.size
         else:
-            verified = _upload(upload, chunks, before.st_size)
+            chunks = stored.wrap(
+                _compressed(
+                    meter.wrap(_reading(read_chunks(f, before.st_size, pace=pace))), compression
+                )
+            )
+            if tuning.local_dir:
+                verified = _copy_via_local_file(upload, chunks)
+            else:
+                verified = _upload(upload, chunks, before.st_size)
     if not verified:
         try:
             _verify(store, key, stored.size, metadata[TOKEN])
@@ -205,6 +227,7 @@ def copy_file(
         upload_seconds=meter.upload_seconds,
         total_seconds=time.monotonic() - started,
         stored_bytes=stored.size if compression != "none" else None,
+        resumed_from=previous.done_bytes if previous is not None else 0,
     )
 
 
@@ -270,8 +293,7 @@ def _upload(upload: _Upload, chunks: Iterator[bytes], size_hint: int) -> bool:
     their MD5 (no request to read it back).
     """
     store, key, meter = upload.store, upload.key, upload.meter
-    # S3 allows 10,000 parts: very large files get larger parts.
-    part_size = max(upload.tuning.part_size, -(-size_hint // MAX_PARTS))
+    part_size = _part_size(upload.tuning, size_hint)
     pending: list[bytes] = []
     pending_size = 0
     for chunk in chunks:
@@ -290,17 +312,139 @@ def _upload(upload: _Upload, chunks: Iterator[bytes], size_hint: int) -> bool:
     with _upload_stage(meter, "starting the multipart upload"):
         upload_id = store.create_multipart(key, upload.metadata)
     try:
-        etags = _upload_parts(upload, upload_id, pending, chunks, part_size)
-        upload.before_commit()
-        with _committing(upload), _upload_stage(meter, "completing the upload"):
-            store.complete_multipart(key, upload_id, etags)
+        etags = _upload_parts(upload, upload_id, _parts(pending, chunks, part_size))
+        _complete(upload, upload_id, etags)
     except BaseException:
         with suppress(Exception):
             store.abort_multipart(key, upload_id)
         raise
-    with _committing(upload), _upload_stage(meter, "tagging"):
-        store.set_tags(key, {"sha256": meter.digest.hexdigest()})
+    _tag(upload)
     return False
+
+
+def _complete(upload: _Upload, upload_id: str, etags: list[str]) -> None:
+    """The last check, then the object becomes visible, whole."""
+    upload.before_commit()
+    with _committing(upload), _upload_stage(upload.meter, "completing the upload"):
+        upload.store.complete_multipart(upload.key, upload_id, etags)
+
+
+def _tag(upload: _Upload) -> None:
+    with _committing(upload), _upload_stage(upload.meter, "tagging"):
+        upload.store.set_tags(upload.key, {"sha256": upload.meter.digest.hexdigest()})
+
+
+def _parts(pending: list[bytes], chunks: Iterator[bytes], part_size: int) -> Iterator[bytes]:
+    """The parts of a multipart upload, the first read into pending already. Parts end on chunk
+    boundaries (a little over part_size): one copy per byte."""
+    buffered = sum(map(len, pending))
+    for chunk in chunks:
+        if buffered >= part_size:
+            yield b"".join(pending)
+            pending, buffered = [], 0
+        pending.append(chunk)
+        buffered += len(chunk)
+    if pending:
+        yield b"".join(pending)
+
+
+def _part_size(tuning: Tuning, size: int) -> int:
+    """S3 allows 10,000 parts: very large files get larger parts."""
+    return max(tuning.part_size, -(-size // MAX_PARTS))
+
+
+def _aligned_parts(chunks: Iterator[bytes], part_size: int) -> Iterator[bytes]:
+    """Parts of exactly part_size (the last one shorter) from chunks that never cross a part's
+    end, each yielded as soon as it is complete: the meter's hash is then at its end."""
+    pending: list[bytes] = []
+    buffered = 0
+    for chunk in chunks:
+        pending.append(chunk)
+        buffered += len(chunk)
+        if buffered >= part_size:
+            yield b"".join(pending)
+            pending, buffered = [], 0
+    if pending:
+        yield b"".join(pending)
+
+
+def _resumable_upload(
+    upload: _Upload,
+    f: paramiko.SFTPFile,
+    before,
+    journal: Journal,
+    pace: Callable[[int], None] | None = None,
+) -> bool:
+    """A multipart upload whose progress the journal records, continued from journal.previous
+    when set. Not aborted when it fails (the next claim continues it), but when the file
+    changed: then it can never be completed."""
+    store, key, meter, size = upload.store, upload.key, upload.meter, before.st_size
+    progress = journal.previous
+    if progress is not None and (size, int(before.st_mtime or 0)) != (journal.size, journal.mtime):
+        raise SourceChanged(
+            f"the file changed since its upload began ({journal.size} bytes then, {size} now); "
+            "its next attempt starts over"
+        )
+    if progress is None:
+        part_size = _part_size(upload.tuning, size)
+        with _upload_stage(meter, "starting the multipart upload"):
+            upload_id = store.create_multipart(key, upload.metadata)
+        progress = Progress(
+            upload_id, upload.metadata[TOKEN], part_size, (), 0, meter.digest.state()
+        )
+        journal.started(progress)
+    ledger = _Ledger(journal, progress, meter)
+    # No read crosses a part's end: the hash state at each part's end is known.
+    chunks = read_chunks(f, size, start=progress.done_bytes, align=progress.part_size, pace=pace)
+    parts = _aligned_parts(meter.wrap(_reading(chunks)), progress.part_size)
+    try:
+        etags = _upload_parts(upload, progress.upload_id, parts, ledger)
+        ledger.record(last=True)
+        _complete(upload, progress.upload_id, [*progress.etags, *etags])
+    except SourceChanged:
+        with suppress(Exception):
+            store.abort_multipart(key, progress.upload_id)
+        with suppress(Exception):
+            journal.forget()
+        raise
+    _tag(upload)
+    return False
+
+
+class _Ledger:
+    """A resumable upload's parts as they go: the hash state at each part's end when it is
+    read, the ETag of each when it lands; records the parts done from the first on, in order."""
+
+    def __init__(self, journal: Journal, progress: Progress, meter: _Meter):
+        self.journal, self.progress, self.meter = journal, progress, meter
+        self.etags = list(progress.etags)
+        self.first = len(self.etags) + 1  # the number of this attempt's first part
+        self._ends: dict[int, tuple[int, bytes]] = {}  # part -> (bytes, hash state) at its end
+        self._landed: dict[int, str] = {}
+        self._lock = threading.Lock()
+
+    def read(self, number: int) -> None:
+        self._ends[number] = (self.meter.size, self.meter.digest.state())
+
+    def landed(self, number: int, etag: str) -> None:  # in the part's uploading thread
+        with self._lock:
+            self._landed[number] = etag
+
+    def record(self, last: bool = False) -> None:
+        """In the reading thread, between parts (the journal's connection is that thread's)."""
+        with self._lock:
+            while (number := len(self.etags) + 1) in self._landed:
+                self.etags.append(self._landed.pop(number))
+        done = len(self.etags)
+        if done < self.first or done == len(self.progress.etags):
+            return
+        size, state = self._ends[done]
+        for number in [n for n in self._ends if n < done]:
+            del self._ends[number]
+        self.progress = replace(
+            self.progress, etags=tuple(self.etags), done_bytes=size, sha256_state=state
+        )
+        self.journal.advanced(self.progress, last)
 
 
 @functools.cache
@@ -312,23 +456,22 @@ def _part_slots(parts_in_flight: int) -> threading.BoundedSemaphore:
 
 
 def _upload_parts(
-    upload: _Upload,
-    upload_id: str,
-    pending: list[bytes],
-    chunks: Iterator[bytes],
-    part_size: int,
+    upload: _Upload, upload_id: str, parts: Iterator[bytes], ledger: _Ledger | None = None
 ) -> list[str]:
-    """The parts of a multipart upload, the first already read into pending; their ETags."""
+    """Uploads the parts, numbered on from the ledger's (else from 1); their ETags."""
     store, key, meter = upload.store, upload.key, upload.meter
     parts_in_flight = upload.tuning.parts_in_flight
     slots = _part_slots(parts_in_flight)
+    first = ledger.first if ledger is not None else 1
     futures: list[Future[str]] = []
     errors: list[Future[str]] = []
     holding = False  # a slot for the part being read
 
-    def on_done(future: Future[str]) -> None:
+    def on_done(number: int, future: Future[str]) -> None:
         if future.exception() is not None:
             errors.append(future)
+        elif ledger is not None:
+            ledger.landed(number, future.result())
         slots.release()
 
     with ThreadPoolExecutor(parts_in_flight, thread_name_prefix="s3-part") as pool:
@@ -342,26 +485,21 @@ def _upload_parts(
             if errors:  # stop reading as soon as a part fails
                 _raise_upload_error(errors[0])
 
-        def send(data: bytes) -> None:
-            nonlocal holding
-            future = pool.submit(store.upload_part, key, upload_id, len(futures) + 1, data)
-            holding = False  # the upload gives the slot back when it is done
-            future.add_done_callback(on_done)
-            futures.append(future)
-
         try:
-            take_slot()  # for the part read already
-            # Parts end on chunk boundaries (a little over part_size): one copy per byte.
-            buffered = sum(map(len, pending))
-            for chunk in chunks:
-                if buffered >= part_size:
-                    send(b"".join(pending))
-                    pending, buffered = [], 0
-                    take_slot()
-                pending.append(chunk)
-                buffered += len(chunk)
-            if pending or not futures:
-                send(b"".join(pending))
+            while True:
+                take_slot()
+                if ledger is not None:
+                    ledger.record()
+                data = next(parts, None)  # read once the slot is ours: memory stays bounded
+                if data is None:
+                    break
+                number = first + len(futures)
+                if ledger is not None:
+                    ledger.read(number)
+                future = pool.submit(store.upload_part, key, upload_id, number, data)
+                holding = False  # the upload gives the slot back when it is done
+                future.add_done_callback(functools.partial(on_done, number))
+                futures.append(future)
         finally:
             if holding:
                 slots.release()

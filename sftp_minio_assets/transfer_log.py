@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 import psycopg
 from psycopg.rows import dict_row
 
+from .resume import Progress
 from .transfer import TransferResult
 
 # Only ever appended to, each statement idempotent: a database's schema version is how many of
@@ -158,7 +159,8 @@ ON CONFLICT (source, filename) DO UPDATE SET
     size_bytes = EXCLUDED.size_bytes, file_size_mb = EXCLUDED.file_size_mb,
     remote_mtime = EXCLUDED.remote_mtime, object_key = EXCLUDED.object_key, sha256 = NULL,
     download_duration = NULL, upload_duration = NULL, total_duration = NULL,
-    stored_bytes = NULL, source_action = NULL, permanent = false
+    stored_bytes = NULL, source_action = NULL, permanent = false, progress_bytes = NULL,
+    resumed_from = NULL
 WHERE t.status NOT IN ('IN_PROGRESS', 'COMPLETED')  -- FAILED, QUEUED, or not ours: see STATUSES
    OR (t.status = 'IN_PROGRESS'
        AND t.heartbeat_at < now() - make_interval(secs => %(stale_seconds)s))
@@ -174,7 +176,7 @@ RETURNING id, attempts
 """
 
 HEARTBEAT = """
-UPDATE file_transfer_log SET heartbeat_at = now()
+UPDATE file_transfer_log SET heartbeat_at = now(), progress_bytes = %(progress_bytes)s
 WHERE id = %(id)s AND attempts = %(attempts)s AND status = 'IN_PROGRESS'
 """
 
@@ -184,7 +186,8 @@ UPDATE file_transfer_log SET
     size_bytes = %(size_bytes)s, file_size_mb = round(%(size_bytes)s / 1048576.0, 2),
     sha256 = %(sha256)s, download_duration = %(download)s, upload_duration = %(upload)s,
     total_duration = %(total)s, error_message = NULL, stored_bytes = %(stored_bytes)s,
-    consecutive_failures = 0, auto_retries = 0
+    consecutive_failures = 0, auto_retries = 0, progress_bytes = %(size_bytes)s,
+    resumed_from = %(resumed_from)s
 WHERE id = %(id)s AND attempts = %(attempts)s AND status = 'IN_PROGRESS'
 """
 
@@ -277,14 +280,57 @@ WHERE t.status <> 'IN_PROGRESS'
            AND t.remote_mtime = EXCLUDED.remote_mtime)
 """
 
+# Keys of claimed files, and of resumable uploads that a later claim may continue.
 BEING_COPIED = """
 SELECT object_key FROM file_transfer_log
 WHERE source = %(source)s AND status = 'IN_PROGRESS' AND object_key IS NOT NULL
+UNION
+SELECT u.object_key FROM transfer_uploads u JOIN file_transfer_log t ON t.id = u.log_id
+WHERE t.source = %(source)s
+  AND u.updated_at > now() - make_interval(secs => %(resumable_seconds)s)
 """
+
+# A claim's resumable upload (resume.py), recorded only while the claim is still ours.
+UPLOAD_OF = "SELECT * FROM transfer_uploads WHERE log_id = %(id)s"
+
+RECORD_UPLOAD = """
+INSERT INTO transfer_uploads AS u (
+    log_id, object_key, upload_id, token, size_bytes, remote_mtime, part_size, etags,
+    done_bytes, sha256_state)
+SELECT t.id, %(object_key)s, %(upload_id)s, %(token)s, %(size_bytes)s, %(remote_mtime)s,
+       %(part_size)s, %(etags)s, %(done_bytes)s, %(sha256_state)s
+FROM file_transfer_log t
+WHERE t.id = %(id)s AND t.attempts = %(attempts)s AND t.status = 'IN_PROGRESS'
+ON CONFLICT (log_id) DO UPDATE SET
+    object_key = EXCLUDED.object_key, upload_id = EXCLUDED.upload_id, token = EXCLUDED.token,
+    size_bytes = EXCLUDED.size_bytes, remote_mtime = EXCLUDED.remote_mtime,
+    part_size = EXCLUDED.part_size, etags = EXCLUDED.etags, done_bytes = EXCLUDED.done_bytes,
+    sha256_state = EXCLUDED.sha256_state, created_at = now(), updated_at = now()
+"""
+
+RECORD_PARTS = """
+UPDATE transfer_uploads u SET
+    etags = %(etags)s, done_bytes = %(done_bytes)s, sha256_state = %(sha256_state)s,
+    updated_at = now()
+FROM file_transfer_log t
+WHERE u.log_id = %(id)s AND u.upload_id = %(upload_id)s
+  AND t.id = u.log_id AND t.attempts = %(attempts)s AND t.status = 'IN_PROGRESS'
+"""
+
+DROP_UPLOAD = "DELETE FROM transfer_uploads WHERE log_id = %(id)s"
 
 OWNER = """
 SELECT source FROM file_transfer_log
 WHERE object_key = %(object_key)s AND source <> %(source)s LIMIT 1
+"""
+
+# The source's copies in flight, and how many of them are one process's (the bandwidth cap's
+# share of it, bandwidth.py).
+COPIES_IN_FLIGHT = """
+SELECT count(*) AS total, count(*) FILTER (WHERE worker_id LIKE %(process)s) AS mine
+FROM file_transfer_log
+WHERE status = 'IN_PROGRESS' AND source = %(source)s
+  AND heartbeat_at > now() - make_interval(secs => %(stale_seconds)s)
 """
 
 GET = "SELECT * FROM file_transfer_log WHERE source = %(source)s AND filename = %(filename)s"
@@ -406,10 +452,35 @@ class FileState:
     updated: float  # epoch seconds of the last change of the row (for a failure: its time)
 
 
+# A resumable upload untouched this long is given up: the sensor aborts it (s3.py).
+RESUMABLE_HOURS = 24
+
+
 @dataclass(frozen=True)
 class Claim:
     id: int
     attempts: int
+
+
+@dataclass(frozen=True)
+class RecordedUpload:
+    """A resumable upload as an earlier claim recorded it, and the file it was for."""
+
+    progress: Progress
+    object_key: str
+    size_bytes: int
+    remote_mtime: int
+
+
+def _progress_params(progress: Progress) -> dict:
+    return {
+        "upload_id": progress.upload_id,
+        "token": progress.token,
+        "part_size": progress.part_size,
+        "etags": list(progress.etags),
+        "done_bytes": progress.done_bytes,
+        "sha256_state": progress.sha256_state,
+    }
 
 
 class ClaimLost(Exception):
@@ -518,8 +589,9 @@ class TransferLog:
         ).fetchone()
         return Claim(row["id"], row["attempts"]) if row else None
 
-    def heartbeat(self, claim: Claim) -> None:
-        if self._execute(HEARTBEAT, {"id": claim.id, "attempts": claim.attempts}).rowcount != 1:
+    def heartbeat(self, claim: Claim, progress_bytes: int | None = None) -> None:
+        params = {"id": claim.id, "attempts": claim.attempts, "progress_bytes": progress_bytes}
+        if self._execute(HEARTBEAT, params).rowcount != 1:
             raise ClaimLost(f"claim {claim.id} (attempt {claim.attempts}) was taken over")
 
     def complete(self, claim: Claim, result: TransferResult) -> None:
@@ -532,6 +604,7 @@ class TransferLog:
             "upload": round(result.upload_seconds, 2),
             "total": round(result.total_seconds, 2),
             "stored_bytes": result.stored_bytes,
+            "resumed_from": result.resumed_from or None,
         }
         if self._execute(COMPLETE, params).rowcount != 1:
             raise ClaimLost(f"claim {claim.id} (attempt {claim.attempts}) was taken over")
@@ -603,12 +676,62 @@ class TransferLog:
     def being_copied(self, source: str) -> set[str]:
         """The object keys the source's claimed files are being copied to: their multipart
         uploads are live, however long ago they started."""
-        return {row["object_key"] for row in self._execute(BEING_COPIED, {"source": source})}
+        params = {"source": source, "resumable_seconds": RESUMABLE_HOURS * 3600}
+        return {row["object_key"] for row in self._execute(BEING_COPIED, params)}
+
+    def upload_of(self, claim: Claim) -> RecordedUpload | None:
+        """The resumable upload an earlier claim of the file recorded, if any."""
+        row = self._execute(UPLOAD_OF, {"id": claim.id}).fetchone()
+        if row is None:
+            return None
+        return RecordedUpload(
+            Progress(
+                row["upload_id"],
+                row["token"],
+                row["part_size"],
+                tuple(row["etags"]),
+                row["done_bytes"],
+                row["sha256_state"],
+            ),
+            row["object_key"],
+            row["size_bytes"],
+            row["remote_mtime"],
+        )
+
+    def record_upload(
+        self, claim: Claim, object_key: str, size: int, mtime: int, progress: Progress
+    ) -> None:
+        params = {
+            "id": claim.id,
+            "attempts": claim.attempts,
+            "object_key": object_key,
+            "size_bytes": size,
+            "remote_mtime": mtime,
+            **_progress_params(progress),
+        }
+        if self._execute(RECORD_UPLOAD, params).rowcount != 1:
+            raise ClaimLost(f"claim {claim.id} (attempt {claim.attempts}) was taken over")
+
+    def record_parts(self, claim: Claim, progress: Progress) -> None:
+        params = {"id": claim.id, "attempts": claim.attempts, **_progress_params(progress)}
+        if self._execute(RECORD_PARTS, params).rowcount != 1:
+            raise ClaimLost(f"claim {claim.id} (attempt {claim.attempts}) was taken over")
+
+    def drop_upload(self, claim: Claim) -> None:
+        self._execute(DROP_UPLOAD, {"id": claim.id})
 
     def owner_of(self, object_key: str, source: str) -> str | None:
         """Another source whose file is copied to object_key, if any."""
         row = self._execute(OWNER, {"object_key": object_key, "source": source}).fetchone()
         return row["source"] if row else None
+
+    def share_of_copies(self, source: str, process: str) -> float:
+        """The part of the source's copies in flight that workers of `process` (host:pid, as
+        worker ids begin) are doing: 1.0 when it is alone."""
+        pattern = process.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + ":%"
+        params = {"source": source, "process": pattern, "stale_seconds": self.stale_minutes * 60}
+        row = self._execute(COPIES_IN_FLIGHT, params).fetchone()
+        return row["mine"] / row["total"] if row["total"] and row["mine"] else 1.0
 
     def get(self, source: str, filename: str) -> dict | None:
         return self._execute(GET, {"source": source, "filename": filename}).fetchone()

@@ -26,11 +26,14 @@ from urllib.parse import quote
 
 import psycopg
 
+from .bandwidth import BandwidthCap
 from .errors import NotAFile, advice, is_permanent, redact
 from .partitions import decode_key
+from .resume import Journal, resumable_hashing, still_usable
 from .s3 import ObjectStore, object_key
 from .sftp import SFTPPool, SFTPSettings, display, remote_bytes
 from .transfer import (
+    MIB,
     SUFFIXES,
     Committed,
     ObjectOfAnotherSource,
@@ -80,6 +83,7 @@ class SourcePolicy:
     after_copy: Literal["keep", "delete", "move"] = "keep"
     archive_dir: str | None = None
     root: str = "/"  # on the SFTP server; a file's path is relative to it
+    max_bytes_per_second: int | None = None  # the source's bandwidth cap, all runs together
 
     def object_name(self, bucket_prefix: str, path: str) -> str:
         """The object a remote path (relative to the root) is copied to."""
@@ -120,6 +124,7 @@ class Worker:
         retry: Retry = Retry(),
         policy: SourcePolicy | None = None,
         run_finished: Callable[[str], bool] = lambda run_id: False,
+        report: Callable[[str], None] | None = None,
     ):
         self.source = source
         self.policy = policy or SourcePolicy(destination=source)
@@ -133,8 +138,17 @@ class Worker:
         self.retry = retry
         # Whether a run (by id) is known to be over, so that its claims are dead.
         self.run_finished = run_finished
-        # A live transfer refreshes its claim well within the stale window.
+        # A live transfer refreshes its claim well within the stale window, and says how far
+        # it got: report(line) writes to the run's log (Python's logger by default).
         self.heartbeat_seconds = min(30.0, transfer_log.stale_minutes * 60 / 4)
+        self.report = report or logger.info
+        self.bandwidth_cap = None
+        if self.policy.max_bytes_per_second:
+            process = f"{socket.gethostname()}:{os.getpid()}"
+            self.bandwidth_cap = BandwidthCap(
+                self.policy.max_bytes_per_second,
+                share=partial(transfer_log.share_of_copies, source, process),
+            )
 
     def transfer_many(self, keys: list[str], max_workers: int) -> Iterator[Outcome]:
         """Outcomes in the order the files finish, max_workers at a time."""
@@ -222,22 +236,73 @@ class Worker:
             "source-path": quote(remote_bytes(file.path)),
             "source-mtime": str(int(attrs.st_mtime or 0)),
         }
+        journal = self._journal(file, attrs, claim)
         if claim.attempts > 1:
-            self._abort_leftover_uploads(file.object_name)
+            resuming = journal.previous.upload_id if journal and journal.previous else None
+            self._abort_leftover_uploads(file.object_name, keep=resuming)
         result = self._landed_commit(committed, attrs)
         if result is None and claim.attempts > 1:
             # An attempt that died between its commit and the log: its copy stands.
             result = earlier_copy(self.store, file.object_name, metadata, attrs.st_size or 0)
-        return result or copy_file(
-            self.pool.get(),
-            remote_bytes(file.remote_path),
-            self.store,
-            file.object_name,
-            metadata=metadata,
-            tuning=self.tuning,
-            heartbeat=self._heartbeat(claim),
-            compression=self.policy.compression,
+        if result is None:
+            resumed_from = journal.previous.done_bytes if journal and journal.previous else 0
+            result = copy_file(
+                self.pool.get(),
+                remote_bytes(file.remote_path),
+                self.store,
+                file.object_name,
+                metadata=metadata,
+                tuning=self.tuning,
+                heartbeat=self._heartbeat(claim, file, attrs.st_size or 0, resumed_from),
+                compression=self.policy.compression,
+                journal=journal,
+                pace=self.bandwidth_cap,
+            )
+        if journal is not None:
+            with suppress(psycopg.Error):  # a row left behind is given up later
+                journal.forget()
+        return result
+
+    def _resumable(self, size: int) -> bool:
+        """Whether a file of this size is copied resumably (see resume.py): big enough, stored
+        as it is (a compressor's state cannot be saved), streamed, and hashable resumably."""
+        tuning = self.tuning
+        return (
+            bool(tuning.resume_min)
+            and size >= max(tuning.resume_min, 2 * tuning.part_size)
+            and self.policy.compression == "none"
+            and not tuning.local_dir
+            and resumable_hashing()
         )
+
+    def _journal(self, file: _File, attrs, claim: Claim) -> Journal | None:
+        """The claim's resumable upload: continuing an earlier claim's, when it recorded one
+        for this very file (same size, mtime and key) that the bucket still has."""
+        size, mtime = attrs.st_size or 0, int(attrs.st_mtime or 0)
+        recorded = self.transfer_log.upload_of(claim) if claim.attempts > 1 else None
+        previous = None
+        if recorded is not None:
+            progress = recorded.progress
+            if (recorded.size_bytes, recorded.remote_mtime) != (size, mtime):
+                why = "the file changed since its upload began"
+            elif recorded.object_key != file.object_name or not self._resumable(size):
+                why = "its destination or settings changed since its upload began"
+            else:
+                why = still_usable(self.store, file.object_name, progress)
+            if why is None:
+                previous = progress
+                self.report(
+                    f"{file.where}: resuming at {_mib(progress.done_bytes)} of {_mib(size)} "
+                    f"({len(progress.etags)} parts uploaded by an earlier attempt)"
+                )
+            else:
+                self.report(f"{file.where}: starting over, not resuming: {why}")
+                with suppress(Exception):
+                    self.store.abort_multipart(recorded.object_key, progress.upload_id)
+                self.transfer_log.drop_upload(claim)
+        if not self._resumable(size):
+            return None
+        return Journal(self.transfer_log, claim, file.object_name, size, mtime, previous)
 
     def _failed(self, file: _File, claim: Claim | None, me: str, exc: Exception) -> Outcome:
         """Record the failure in the log and report it, with advice on what to fix."""
@@ -261,6 +326,8 @@ class Worker:
         self, file: _File, result: TransferResult, claim: Claim, me: str, action: str
     ) -> Outcome:
         stored = "" if result.stored_bytes is None else f", {result.stored_bytes} stored"
+        if result.resumed_from:
+            stored += f", resumed from byte {result.resumed_from}"
         return Outcome(
             file.key,
             "transferred",
@@ -279,6 +346,8 @@ class Worker:
                 "attempt": claim.attempts,
                 "source_file": action,
                 **({} if result.stored_bytes is None else {"stored_bytes": result.stored_bytes}),
+                # Bytes an earlier attempt had uploaded already: this one read the rest only.
+                **({"resumed_from_bytes": result.resumed_from} if result.resumed_from else {}),
             },
         )
 
@@ -338,12 +407,12 @@ class Worker:
                     raise
                 time.sleep(self.retry.delay(failures))
 
-    def _abort_leftover_uploads(self, object_name: str) -> None:
+    def _abort_leftover_uploads(self, object_name: str, keep: str | None = None) -> None:
         """A previous attempt that died mid-upload left its multipart upload open; we hold the
-        claim now, so any open upload of this key is a leftover."""
+        claim now, so any open upload of this key is a leftover, but the one we resume."""
         with suppress(Exception):
             for upload in self.store.list_multipart_uploads(object_name):
-                if upload["Key"] == object_name:
+                if upload["Key"] == object_name and upload["UploadId"] != keep:
                     self.store.abort_multipart(object_name, upload["UploadId"])
 
     def _record_failure(
@@ -394,17 +463,27 @@ class Worker:
             "skipped here",
         )
 
-    def _heartbeat(self, claim: Claim):
-        last = time.monotonic()
+    def _heartbeat(self, claim: Claim, file: _File, size: int, resumed_from: int):
+        """Called with the bytes read so far as they stream: every heartbeat_seconds, the claim
+        is refreshed with them, and the run's log says how far the copy got."""
+        started = last = time.monotonic()
 
-        def beat() -> None:
+        def beat(done: int) -> None:
             nonlocal last
-            if time.monotonic() - last >= self.heartbeat_seconds:
-                last = time.monotonic()
-                try:
-                    self.transfer_log.heartbeat(claim)
-                except psycopg.OperationalError as exc:  # the log restarts: keep copying
-                    logger.warning("heartbeat of claim %s not recorded: %s", claim.id, exc)
+            now = time.monotonic()
+            if now - last < self.heartbeat_seconds:
+                return
+            last = now
+            try:
+                self.transfer_log.heartbeat(claim, done)
+            except psycopg.OperationalError as exc:  # the log restarts: keep copying
+                logger.warning("heartbeat of claim %s not recorded: %s", claim.id, exc)
+            rate = (done - resumed_from) / (now - started)
+            left = f", about {_duration((size - done) / rate)} left" if rate > 0 else ""
+            self.report(
+                f"{file.where}: {_mib(done)} of {_mib(size)} ({100 * done / max(size, 1):.0f}%), "
+                f"{rate / MIB:.1f} MB/s{left}"
+            )
 
         return beat
 
@@ -431,3 +510,15 @@ def _makedirs(sftp, path: str) -> None:
 
 def _absolute(path: str) -> str:
     return path if path.startswith("/") else "/" + path
+
+
+def _mib(size: int) -> str:
+    return f"{size / MIB:,.1f} MiB"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
