@@ -21,6 +21,7 @@ from pydantic import Field, PrivateAttr, ValidationError, WrapValidator, model_v
 from .discovery import AutoRetry, Plan, plan_transfers
 from .errors import SettingsError, TransferLogUnavailable, redact
 from .s3 import ObjectStore, S3Settings, bucket_problem, key_segments, object_key
+from .sessions import SessionBudget, server_of
 from .sftp import (
     VARIABLES,
     FileFilter,
@@ -108,9 +109,13 @@ def _database_server(url: str) -> str:
     return f"postgresql://{info.get('user', '')}@{host}:{port}/{info.get('dbname', '')}"
 
 
+# How long a listing waits for a session of the server's budget: a sensor tick must end within
+# Dagster's 60 s, and the next tick lists again.
+LISTING_PATIENCE_SECONDS = 20.0
+
+
 class SFTPConnection(dg.ConfigurableResource):
-    """How to reach, trust and log in to one SFTP server. Opens its sessions on first use (one
-    per thread) and closes them after the run or tick."""
+    """How to reach, trust and log in to one SFTP server, and how many sessions it allows."""
 
     host: Annotated[str, _check(_host)]
     port: Annotated[
@@ -133,6 +138,11 @@ class SFTPConnection(dg.ConfigurableResource):
     allow_unknown_host: bool = Field(
         default=False, description="Accept any host key (logged). Never in production."
     )
+    max_sessions: Annotated[int | None, _at_least(1)] = Field(
+        default=None,
+        description="SSH connections open at once to this server (host:port), every run, "
+        "sensor and machine sharing the transfer log together; unset: no limit.",
+    )
     # How messages name the source's settings to fix (sftp.SettingNames), as its user set them.
     settings_in: str = Field(
         default="",
@@ -142,8 +152,6 @@ class SFTPConnection(dg.ConfigurableResource):
     setting_keys: dict[str, str] = Field(
         default_factory=dict, description="The keys its settings were set with there."
     )
-
-    _pool: SFTPPool | None = PrivateAttr(default=None)
 
     @property
     def settings(self) -> SFTPSettings:
@@ -163,16 +171,6 @@ class SFTPConnection(dg.ConfigurableResource):
     def server(self) -> str:
         """How messages name the server (never with a secret)."""
         return self.settings.server
-
-    @property
-    def pool(self) -> SFTPPool:
-        if self._pool is None:
-            self._pool = SFTPPool(SFTPConnector(self.settings))
-        return self._pool
-
-    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
-        if self._pool is not None:
-            self._pool.close()
 
 
 class SourcePolicyConfig(dg.Config):
@@ -410,6 +408,8 @@ class SourceResource(dg.ConfigurableResource):
     transfer_log: TransferLogResource
     transfer_settings: TransferSettings
 
+    _pool: SFTPPool | None = PrivateAttr(default=None)
+
     @property
     def location(self) -> str:
         """Its server and root, for messages: sftp://user@host:port/root."""
@@ -422,15 +422,39 @@ class SourceResource(dg.ConfigurableResource):
 
     @property
     def concurrency(self) -> int:
-        """Files copied at once per run: the source's max_workers, else MAX_WORKERS."""
-        return self.policy.max_workers or self.transfer_settings.max_workers
+        """Files copied at once per run: the source's max_workers, else MAX_WORKERS; never more
+        than max_sessions, as each needs a session of its own."""
+        workers = self.policy.max_workers or self.transfer_settings.max_workers
+        return min(workers, self.connection.max_sessions or workers)
+
+    @property
+    def pool(self) -> SFTPPool:
+        """The source's SFTP sessions: one per thread, opened on first use and closed after the
+        run or tick. With max_sessions set, within the server's session budget, whose leases
+        live in the transfer log's database, so that every process sharing it counts."""
+        if self._pool is None:
+            settings, budget = self.connection.settings, None
+            if self.connection.max_sessions is not None:
+                budget = SessionBudget(
+                    self.transfer_log.log.session_leases(),
+                    server_of(settings.host, settings.port),
+                    self.name,
+                    self.connection.max_sessions,
+                )
+            self._pool = SFTPPool(SFTPConnector(settings), budget)
+        return self._pool
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._pool is not None:
+            self._pool.close()
 
     def list_files(self) -> Listing:
         """The files below root. Errors name the server and the setting to fix: RootUnavailable,
-        sftp.CredentialsError, sftp.HostKeyError, sftp.ServerUnreachable."""
+        sftp.CredentialsError, sftp.HostKeyError, sftp.ServerUnreachable; and
+        sessions.SessionsBusy when the server's session budget stays full."""
         settings = self.connection.settings
         return list_tree(
-            self.connection.pool.get(),
+            self.pool.get(purpose="listing", patience=LISTING_PATIENCE_SECONDS),
             self.policy.root,
             self.policy.follow_symlinks,
             settings.server,
@@ -460,7 +484,7 @@ class SourceResource(dg.ConfigurableResource):
         return Worker(
             source=self.name,
             sftp_settings=self.connection.settings,
-            sftp_pool=self.connection.pool,
+            sftp_pool=self.pool,
             store=self.minio.store,
             transfer_log=self.transfer_log.log,
             tuning=self.transfer_settings.tuning,

@@ -15,6 +15,7 @@ import dagster as dg
 from .discovery import Plan, batches
 from .partitions import keys_of_run, partitions_for, run_request_for
 from .resources import SourceResource
+from .sessions import SessionsBusy
 from .sftp import Listing, display
 from .sources import source_key, source_of
 from .transfer_log import TransferLog
@@ -66,7 +67,14 @@ def build_new_files_sensor(source: str, files_asset: dg.AssetsDefinition) -> dg.
         log = resource.transfer_log.log
         settings = resource.transfer_settings
         # List: the source's files, the partitions known, the files that runs are copying.
-        listing = resource.list_files()
+        # Not past its server's session budget: the partner's limits hold the source back,
+        # which is no error.
+        try:
+            listing = resource.list_files()
+        except SessionsBusy as busy:
+            return dg.SensorResult(
+                skip_reason=f"source {source} held back: {busy}; listed again at the next tick"
+            )
         keys = list(context.instance.get_dynamic_partitions(partitions.name))
         order = {key: i for i, key in enumerate(keys)}
         unfinished = _unfinished_runs(context.instance, files_asset.key)

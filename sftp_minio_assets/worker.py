@@ -137,9 +137,22 @@ class Worker:
         self.heartbeat_seconds = min(30.0, transfer_log.stale_minutes * 60 / 4)
 
     def transfer_many(self, keys: list[str], max_workers: int) -> Iterator[Outcome]:
-        """Outcomes in the order the files finish, max_workers at a time."""
+        """Outcomes in the order the files finish, max_workers at a time. A thread that finds
+        no file left to start closes its SFTP session: under a session budget, its slot goes to
+        whoever waits for one, in this run or another."""
+        last_started = threading.Event()  # files start in order: none is left to start
+
+        def transfer(key: str, last: bool) -> Outcome:
+            if last:
+                last_started.set()
+            try:
+                return self.transfer(key)
+            finally:
+                if last_started.is_set():
+                    self.pool.discard()
+
         with ThreadPoolExecutor(max_workers, thread_name_prefix="transfer") as pool:
-            futures = [pool.submit(self.transfer, key) for key in keys]
+            futures = [pool.submit(transfer, key, i == len(keys) - 1) for i, key in enumerate(keys)]
             for future in as_completed(futures):
                 yield future.result()
 
