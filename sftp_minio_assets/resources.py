@@ -35,6 +35,7 @@ from .sftp import (
 )
 from .transfer import MIB, Tuning
 from .transfer_log import TransferLog
+from .transfer_window import TransferWindow
 from .worker import Retry, SourcePolicy, Worker
 
 # What dg.EnvVar and dg.EnvVar.int give: names, resolved by Dagster when the resource starts. A
@@ -107,6 +108,14 @@ def _database_server(url: str) -> str:
     info = conninfo_to_dict(_libpq_url(url))
     host, port = info.get("host", "localhost"), info.get("port", "5432")
     return f"postgresql://{info.get('user', '')}@{host}:{port}/{info.get('dbname', '')}"
+
+
+def _window_problem(text: str) -> str | None:
+    try:
+        TransferWindow.parse(text)
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 # How long a listing waits for a session of the server's budget: a sensor tick must end within
@@ -197,6 +206,11 @@ class SourcePolicyConfig(dg.Config):
     max_workers: Annotated[int | None, _at_least(1)] = Field(
         default=None, description="Files copied at once per run; default: MAX_WORKERS."
     )
+    transfer_window: Annotated[str | None, _check(_window_problem)] = Field(
+        default=None,
+        description='Hours files may be fetched, e.g. "20:00-06:00 Europe/Paris" (UTC when no '
+        "time zone is given); unset: any time.",
+    )
     compression: Literal["none", "gzip", "zstd"] = Field(
         default="none", description="Compress in flight; the object key gets .gz or .zst."
     )
@@ -210,6 +224,10 @@ class SourcePolicyConfig(dg.Config):
     @property
     def file_filter(self) -> FileFilter:
         return FileFilter(tuple(self.include), tuple(self.exclude))
+
+    @property
+    def window(self) -> TransferWindow | None:
+        return TransferWindow.parse(self.transfer_window) if self.transfer_window else None
 
     def problem(self) -> str | None:
         """What is wrong with the after-copy settings together, if anything."""
@@ -239,6 +257,7 @@ class SourcePolicyConfig(dg.Config):
     def for_worker(self, source: str) -> SourcePolicy:
         return SourcePolicy(
             destination=self.destination_prefix or source,
+            window=self.window,
             compression=self.compression,
             after_copy=self.after_copy,
             archive_dir=self.archive_dir,

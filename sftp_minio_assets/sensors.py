@@ -9,6 +9,7 @@ cursor.
 """
 
 import os
+from datetime import UTC, datetime
 
 import dagster as dg
 
@@ -67,8 +68,10 @@ def build_new_files_sensor(source: str, files_asset: dg.AssetsDefinition) -> dg.
         log = resource.transfer_log.log
         settings = resource.transfer_settings
         # List: the source's files, the partitions known, the files that runs are copying.
-        # Not past its server's session budget: the partner's limits hold the source back,
-        # which is no error.
+        # Not outside the source's transfer window, nor past its server's session budget: the
+        # partner's limits hold the source back, which is no error.
+        if held_back := _outside_window(resource):
+            return dg.SensorResult(skip_reason=held_back)
         try:
             listing = resource.list_files()
         except SessionsBusy as busy:
@@ -105,6 +108,16 @@ def build_new_files_sensor(source: str, files_asset: dg.AssetsDefinition) -> dg.
         )
 
     return new_files
+
+
+def _outside_window(resource: SourceResource) -> str | None:
+    """Why the source may not be listed now, if it is outside its transfer window."""
+    window = resource.policy.window
+    closed = window and window.closed(datetime.now(UTC))
+    if not closed:
+        return None
+    setting = resource.connection.settings.names("transfer_window")
+    return f"source {resource.name} held back: {closed} ({setting}); nothing requested until then"
 
 
 def _unfinished_runs(instance: dg.DagsterInstance, asset_key: dg.AssetKey) -> list[dg.DagsterRun]:

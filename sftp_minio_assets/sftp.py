@@ -76,6 +76,7 @@ VARIABLES = {
     "root": "SFTP_ROOT",
     "follow_symlinks": "SFTP_FOLLOW_SYMLINKS",
     "min_file_age_seconds": "MIN_FILE_AGE_SECONDS",
+    "transfer_window": "SFTP_TRANSFER_WINDOW",
     "compression": "COMPRESSION",
     "after_copy": "AFTER_COPY",
     "archive_dir": "ARCHIVE_DIR",

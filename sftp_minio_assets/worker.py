@@ -42,6 +42,7 @@ from .transfer import (
     finish_commit,
 )
 from .transfer_log import Claim, TransferLog
+from .transfer_window import TransferWindow, wait_until_open
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +77,7 @@ class SourcePolicy:
     """What a source does with its files, besides copying them."""
 
     destination: str  # key prefix under the bucket's prefix
+    window: TransferWindow | None = None  # when files may be fetched; None: any time
     compression: str = "none"
     after_copy: Literal["keep", "delete", "move"] = "keep"
     archive_dir: str | None = None
@@ -175,6 +177,9 @@ class Worker:
     def _attempt(self, key: str, committed: Committed | None = None) -> Outcome:
         """One claim of the file and one copy; committed: what an earlier attempt may have left."""
         file = self._file(key)
+        # Outside the source's transfer window (a run launched by hand): wait, without holding
+        # a session, and without failing.
+        wait_until_open(self.policy.window, self.pool.discard, file.where)
         me = worker_id()
         claim: Claim | None = None
         try:
