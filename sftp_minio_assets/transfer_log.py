@@ -424,6 +424,13 @@ RETURNING id
 
 RELEASE_SESSION = "DELETE FROM sftp_sessions WHERE id = %(id)s"
 
+# Sessions open now per server (stats.py).
+SESSIONS_IN_USE = """
+SELECT server, count(*) AS sessions, count(*) FILTER (WHERE purpose = 'listing') AS listing,
+       string_agg(DISTINCT source, ', ' ORDER BY source) AS sources
+FROM sftp_sessions WHERE expires_at > now()
+GROUP BY server ORDER BY server
+"""
 
 # The statuses this project writes. QUEUED: requested by the sensor, not claimed yet. A row with
 # any other status (edited by hand, or by another tool) is never taken for a live claim: it is
@@ -704,6 +711,10 @@ class TransferLog:
 
     def history(self, days: int) -> list[dict]:
         return self._execute(HISTORY, {"days": days}).fetchall()
+
+    def sessions_in_use(self) -> list[dict]:
+        """Per SFTP server: the sessions open now (unexpired leases), of which listing."""
+        return self._execute(SESSIONS_IN_USE).fetchall()
 
     def session_leases(self) -> SessionLeases:
         """The sftp_sessions table over a connection of its own (see SessionLeases)."""

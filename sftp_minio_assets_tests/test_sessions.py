@@ -1,7 +1,7 @@
 """The session budget per SFTP server (sessions.py): never more than max_sessions SSH sessions
 open to a server, whichever process asks, counted by the kernel rather than by the project's
 own table; a killed process's slot comes back; the sensor says when the budget holds a source
-back."""
+back; the statistics show the sessions in use."""
 
 import json
 import os
@@ -20,6 +20,7 @@ from sftp_minio_assets.errors import SettingsError
 from sftp_minio_assets.resources import LISTING_PATIENCE_SECONDS, SFTPConnection, source_from_env
 from sftp_minio_assets.sessions import SessionBudget, SessionsBusy, server_of
 from sftp_minio_assets.sources import SourcesError, load_sources
+from sftp_minio_assets.stats import transfer_stats
 
 from .support import (
     PROJECT,
@@ -266,3 +267,25 @@ def test_a_tick_whose_server_budget_stays_full_skips_saying_who_holds_it(env, in
     busy.close()
     assert requested(tick(env, instance, max_sessions=1), instance) == ["a.csv"]
     assert leases(env) == []  # the tick's listing gave its session back
+
+
+@pytest.mark.integration
+def test_statistics_show_the_sessions_in_use_per_server(env, instance):
+    pool = env.source(max_sessions=3).pool
+    pool.get()
+    listing = threading.Thread(target=lambda: pool.get(purpose="listing"))
+    listing.start()
+    listing.join()
+    result = dg.materialize([transfer_stats], resources=env.resources(), instance=instance)
+    metadata = result.asset_materializations_for_node("transfer_stats")[0].metadata
+    assert metadata["sftp_sessions"].value == 2
+    table = metadata["sessions_per_server"].value
+    server = server_of(env.stack.ssh.host, env.stack.ssh.port)
+    [row] = [line for line in table.splitlines() if server in line]
+    assert [cell.strip() for cell in row.strip("|").split("|")] == [server, "2", "1", "default"]
+    pool.close()
+    result = dg.materialize([transfer_stats], resources=env.resources(), instance=instance)
+    assert (
+        result.asset_materializations_for_node("transfer_stats")[0].metadata["sftp_sessions"].value
+        == 0
+    )
