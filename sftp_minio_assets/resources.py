@@ -21,6 +21,7 @@ from pydantic import Field, PrivateAttr, ValidationError, WrapValidator, model_v
 from .discovery import AutoRetry, Plan, plan_transfers
 from .errors import SettingsError, TransferLogUnavailable, redact
 from .s3 import ObjectStore, S3Settings, bucket_problem, key_segments, object_key
+from .sessions import SessionBudget, server_of
 from .sftp import (
     VARIABLES,
     FileFilter,
@@ -34,6 +35,7 @@ from .sftp import (
 )
 from .transfer import MIB, Tuning
 from .transfer_log import TransferLog
+from .transfer_window import TransferWindow
 from .worker import Retry, SourcePolicy, Worker
 
 # What dg.EnvVar and dg.EnvVar.int give: names, resolved by Dagster when the resource starts. A
@@ -108,9 +110,21 @@ def _database_server(url: str) -> str:
     return f"postgresql://{info.get('user', '')}@{host}:{port}/{info.get('dbname', '')}"
 
 
+def _window_problem(text: str) -> str | None:
+    try:
+        TransferWindow.parse(text)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+# How long a listing waits for a session of the server's budget: a sensor tick must end within
+# Dagster's 60 s, and the next tick lists again.
+LISTING_PATIENCE_SECONDS = 20.0
+
+
 class SFTPConnection(dg.ConfigurableResource):
-    """How to reach, trust and log in to one SFTP server. Opens its sessions on first use (one
-    per thread) and closes them after the run or tick."""
+    """How to reach, trust and log in to one SFTP server, and how many sessions it allows."""
 
     host: Annotated[str, _check(_host)]
     port: Annotated[
@@ -133,6 +147,11 @@ class SFTPConnection(dg.ConfigurableResource):
     allow_unknown_host: bool = Field(
         default=False, description="Accept any host key (logged). Never in production."
     )
+    max_sessions: Annotated[int | None, _at_least(1)] = Field(
+        default=None,
+        description="SSH connections open at once to this server (host:port), every run, "
+        "sensor and machine sharing the transfer log together; unset: no limit.",
+    )
     # How messages name the source's settings to fix (sftp.SettingNames), as its user set them.
     settings_in: str = Field(
         default="",
@@ -142,8 +161,6 @@ class SFTPConnection(dg.ConfigurableResource):
     setting_keys: dict[str, str] = Field(
         default_factory=dict, description="The keys its settings were set with there."
     )
-
-    _pool: SFTPPool | None = PrivateAttr(default=None)
 
     @property
     def settings(self) -> SFTPSettings:
@@ -163,16 +180,6 @@ class SFTPConnection(dg.ConfigurableResource):
     def server(self) -> str:
         """How messages name the server (never with a secret)."""
         return self.settings.server
-
-    @property
-    def pool(self) -> SFTPPool:
-        if self._pool is None:
-            self._pool = SFTPPool(SFTPConnector(self.settings))
-        return self._pool
-
-    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
-        if self._pool is not None:
-            self._pool.close()
 
 
 class SourcePolicyConfig(dg.Config):
@@ -199,6 +206,11 @@ class SourcePolicyConfig(dg.Config):
     max_workers: Annotated[int | None, _at_least(1)] = Field(
         default=None, description="Files copied at once per run; default: MAX_WORKERS."
     )
+    transfer_window: Annotated[str | None, _check(_window_problem)] = Field(
+        default=None,
+        description='Hours files may be fetched, e.g. "20:00-06:00 Europe/Paris" (UTC when no '
+        "time zone is given); unset: any time.",
+    )
     compression: Literal["none", "gzip", "zstd"] = Field(
         default="none", description="Compress in flight; the object key gets .gz or .zst."
     )
@@ -216,6 +228,10 @@ class SourcePolicyConfig(dg.Config):
     @property
     def file_filter(self) -> FileFilter:
         return FileFilter(tuple(self.include), tuple(self.exclude))
+
+    @property
+    def window(self) -> TransferWindow | None:
+        return TransferWindow.parse(self.transfer_window) if self.transfer_window else None
 
     def problem(self) -> str | None:
         """What is wrong with the after-copy settings together, if anything."""
@@ -245,6 +261,7 @@ class SourcePolicyConfig(dg.Config):
     def for_worker(self, source: str) -> SourcePolicy:
         return SourcePolicy(
             destination=self.destination_prefix or source,
+            window=self.window,
             compression=self.compression,
             after_copy=self.after_copy,
             archive_dir=self.archive_dir,
@@ -422,6 +439,8 @@ class SourceResource(dg.ConfigurableResource):
     transfer_log: TransferLogResource
     transfer_settings: TransferSettings
 
+    _pool: SFTPPool | None = PrivateAttr(default=None)
+
     @property
     def location(self) -> str:
         """Its server and root, for messages: sftp://user@host:port/root."""
@@ -434,15 +453,39 @@ class SourceResource(dg.ConfigurableResource):
 
     @property
     def concurrency(self) -> int:
-        """Files copied at once per run: the source's max_workers, else MAX_WORKERS."""
-        return self.policy.max_workers or self.transfer_settings.max_workers
+        """Files copied at once per run: the source's max_workers, else MAX_WORKERS; never more
+        than max_sessions, as each needs a session of its own."""
+        workers = self.policy.max_workers or self.transfer_settings.max_workers
+        return min(workers, self.connection.max_sessions or workers)
+
+    @property
+    def pool(self) -> SFTPPool:
+        """The source's SFTP sessions: one per thread, opened on first use and closed after the
+        run or tick. With max_sessions set, within the server's session budget, whose leases
+        live in the transfer log's database, so that every process sharing it counts."""
+        if self._pool is None:
+            settings, budget = self.connection.settings, None
+            if self.connection.max_sessions is not None:
+                budget = SessionBudget(
+                    self.transfer_log.log.session_leases(),
+                    server_of(settings.host, settings.port),
+                    self.name,
+                    self.connection.max_sessions,
+                )
+            self._pool = SFTPPool(SFTPConnector(settings), budget)
+        return self._pool
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._pool is not None:
+            self._pool.close()
 
     def list_files(self) -> Listing:
         """The files below root. Errors name the server and the setting to fix: RootUnavailable,
-        sftp.CredentialsError, sftp.HostKeyError, sftp.ServerUnreachable."""
+        sftp.CredentialsError, sftp.HostKeyError, sftp.ServerUnreachable; and
+        sessions.SessionsBusy when the server's session budget stays full."""
         settings = self.connection.settings
         return list_tree(
-            self.connection.pool.get(),
+            self.pool.get(purpose="listing", patience=LISTING_PATIENCE_SECONDS),
             self.policy.root,
             self.policy.follow_symlinks,
             settings.server,
@@ -476,7 +519,7 @@ class SourceResource(dg.ConfigurableResource):
         return Worker(
             source=self.name,
             sftp_settings=self.connection.settings,
-            sftp_pool=self.connection.pool,
+            sftp_pool=self.pool,
             store=self.minio.store,
             transfer_log=self.transfer_log.log,
             tuning=self.transfer_settings.tuning,

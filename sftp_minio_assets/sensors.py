@@ -9,12 +9,14 @@ cursor.
 """
 
 import os
+from datetime import UTC, datetime
 
 import dagster as dg
 
 from .discovery import Plan, batches
 from .partitions import keys_of_run, partitions_for, run_request_for
 from .resources import SourceResource
+from .sessions import SessionsBusy
 from .sftp import Listing, display
 from .sources import source_key, source_of
 from .transfer_log import TransferLog
@@ -66,7 +68,16 @@ def build_new_files_sensor(source: str, files_asset: dg.AssetsDefinition) -> dg.
         log = resource.transfer_log.log
         settings = resource.transfer_settings
         # List: the source's files, the partitions known, the files that runs are copying.
-        listing = resource.list_files()
+        # Not outside the source's transfer window, nor past its server's session budget: the
+        # partner's limits hold the source back, which is no error.
+        if held_back := _outside_window(resource):
+            return dg.SensorResult(skip_reason=held_back)
+        try:
+            listing = resource.list_files()
+        except SessionsBusy as busy:
+            return dg.SensorResult(
+                skip_reason=f"source {source} held back: {busy}; listed again at the next tick"
+            )
         keys = list(context.instance.get_dynamic_partitions(partitions.name))
         order = {key: i for i, key in enumerate(keys)}
         unfinished = _unfinished_runs(context.instance, files_asset.key)
@@ -97,6 +108,16 @@ def build_new_files_sensor(source: str, files_asset: dg.AssetsDefinition) -> dg.
         )
 
     return new_files
+
+
+def _outside_window(resource: SourceResource) -> str | None:
+    """Why the source may not be listed now, if it is outside its transfer window."""
+    window = resource.policy.window
+    closed = window and window.closed(datetime.now(UTC))
+    if not closed:
+        return None
+    setting = resource.connection.settings.names("transfer_window")
+    return f"source {resource.name} held back: {closed} ({setting}); nothing requested until then"
 
 
 def _unfinished_runs(instance: dg.DagsterInstance, asset_key: dg.AssetKey) -> list[dg.DagsterRun]:

@@ -20,10 +20,14 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import paramiko
 
 from .sftp_wire import PipelinedReads, read_dir
+
+if TYPE_CHECKING:
+    from .sessions import SessionBudget
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +72,11 @@ VARIABLES = {
     "known_hosts_path": "SFTP_KNOWN_HOSTS_PATH",
     "host_key_sha256": "SFTP_HOST_KEY_SHA256",
     "allow_unknown_host": "SFTP_ALLOW_UNKNOWN_HOST",
+    "max_sessions": "SFTP_MAX_SESSIONS",
     "root": "SFTP_ROOT",
     "follow_symlinks": "SFTP_FOLLOW_SYMLINKS",
     "min_file_age_seconds": "MIN_FILE_AGE_SECONDS",
+    "transfer_window": "SFTP_TRANSFER_WINDOW",
     "compression": "COMPRESSION",
     "after_copy": "AFTER_COPY",
     "archive_dir": "ARCHIVE_DIR",
@@ -296,38 +302,72 @@ class SFTPConnector:
 
 
 class SFTPPool:
-    """One SFTP session per thread, opened on first use and kept for the pool's life.
+    """One SFTP session per thread, opened on first use and kept until the thread lets it go
+    (discard) or the pool closes.
 
     A handshake costs ~100 ms: reusing sessions is what makes thousands of small files fast.
+    With a budget (sessions.SessionBudget: the source's max_sessions), each session holds a
+    lease of the server's budget from before it connects until it is closed.
     """
 
-    def __init__(self, connector: SFTPConnector):
+    def __init__(self, connector: SFTPConnector, budget: SessionBudget | None = None):
         self.connector = connector
+        self.budget = budget
         self._local = threading.local()
-        self._all: list[paramiko.SFTPClient] = []
+        self._open: dict[paramiko.SFTPClient, int | None] = {}  # session -> its lease
         self._lock = threading.Lock()
 
-    def get(self) -> paramiko.SFTPClient:
+    def get(self, purpose: str = "transfer", patience: float | None = None) -> paramiko.SFTPClient:
+        """This thread's session. A new one waits for a slot of the budget first: as long as
+        it takes, or `patience` seconds before sessions.SessionsBusy; purpose names it there
+        ("transfer", "listing")."""
         sftp = getattr(self._local, "sftp", None)
         if sftp is None or not sftp.get_channel().get_transport().is_active():
-            sftp = self.connector.connect()
+            if sftp is not None:
+                self._close(sftp)  # dropped by the server: its slot is free
+            sftp = self._connect(purpose, patience)
             self._local.sftp = sftp
-            with self._lock:
-                self._all.append(sftp)
+        return sftp
+
+    def _connect(self, purpose: str, patience: float | None) -> paramiko.SFTPClient:
+        lease = self.budget.acquire(purpose, patience) if self.budget else None
+        try:
+            sftp = self.connector.connect()
+        except BaseException:
+            if lease is not None:
+                self.budget.release(lease)
+            raise
+        with self._lock:
+            self._open[sftp] = lease
         return sftp
 
     def discard(self) -> None:
-        """Drop this thread's session after an error, so the next use reconnects."""
+        """Close this thread's session: after an error, so that the next use reconnects; or
+        when the thread has nothing more to do for a while, so that its slot of the server's
+        budget goes to whoever waits."""
         sftp = getattr(self._local, "sftp", None)
         self._local.sftp = None
         if sftp is not None:
-            sftp.get_channel().get_transport().close()
+            self._close(sftp)
 
     def close(self) -> None:
         with self._lock:
-            sessions, self._all = self._all, []
+            sessions = list(self._open)
         for sftp in sessions:
-            sftp.get_channel().get_transport().close()
+            self._close(sftp)
+        if self.budget is not None:
+            self.budget.close()
+
+    def _close(self, sftp: paramiko.SFTPClient) -> None:
+        """Close the session, then give its lease back (never the other way round: the server
+        would see one session more than the budget for a moment)."""
+        with self._lock:
+            if sftp not in self._open:
+                return  # closed already
+            lease = self._open.pop(sftp)
+        sftp.get_channel().get_transport().close()
+        if lease is not None:
+            self.budget.release(lease)
 
 
 @dataclass(frozen=True)

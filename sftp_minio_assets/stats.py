@@ -1,5 +1,6 @@
-"""Statistics from `file_transfer_log` with pandas: throughput per source, worker and hour, and
-the workers copying a file right now with the age of their heartbeat.
+"""Statistics from `file_transfer_log` with pandas: throughput per source, worker and hour, the
+workers copying a file right now with the age of their heartbeat, and the SFTP sessions open
+per server (the leases of the session budget, sessions.py).
 
 `summarize` is plain pandas; the `transfer_stats` asset publishes its tables as Markdown and its
 totals as numeric metadata, which the UI plots over materializations; a schedule refreshes it.
@@ -93,6 +94,15 @@ def summarize(rows: list[dict]) -> dict[str, pd.DataFrame | dict[str, float]]:
     }
 
 
+def sessions_per_server(rows: list[dict]) -> pd.DataFrame:
+    """SFTP sessions open now per server (host:port), of which listing, and by which sources;
+    only servers of sources with max_sessions set have leases to count."""
+    import pandas as pd
+
+    frame = pd.DataFrame(rows, columns=["server", "sessions", "listing", "sources"])
+    return frame.set_index("server")
+
+
 def _number(value) -> float:
     return 0.0 if math.isnan(value) else round(float(value), 3)
 
@@ -100,16 +110,19 @@ def _number(value) -> float:
 @dg.asset(
     group_name="monitoring",
     kinds={"pandas", "postgres"},
-    description=f"Transfer statistics of the last {WINDOW_DAYS} days and the workers at work.",
+    description=f"Transfer statistics of the last {WINDOW_DAYS} days, the workers at work and "
+    "the SFTP sessions open per server.",
 )
 def transfer_stats(transfer_log: TransferLogResource) -> dg.MaterializeResult:
     summary = summarize(transfer_log.log.history(WINDOW_DAYS))
+    sessions = sessions_per_server(transfer_log.log.sessions_in_use())
     tables = {
         name: dg.MetadataValue.md(table.to_markdown() if len(table) else "(none)")
-        for name, table in summary.items()
+        for name, table in [*summary.items(), ("sessions_per_server", sessions)]
         if name != "totals"
     }
-    return dg.MaterializeResult(metadata={**summary["totals"], **tables})
+    totals = {**summary["totals"], "sftp_sessions": float(sessions["sessions"].sum())}
+    return dg.MaterializeResult(metadata={**totals, **tables})
 
 
 def build_health_job(files_assets: list[dg.AssetsDefinition]):

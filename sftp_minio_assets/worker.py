@@ -45,6 +45,7 @@ from .transfer import (
     finish_commit,
 )
 from .transfer_log import Claim, TransferLog
+from .transfer_window import TransferWindow, wait_until_open
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +80,7 @@ class SourcePolicy:
     """What a source does with its files, besides copying them."""
 
     destination: str  # key prefix under the bucket's prefix
+    window: TransferWindow | None = None  # when files may be fetched; None: any time
     compression: str = "none"
     after_copy: Literal["keep", "delete", "move"] = "keep"
     archive_dir: str | None = None
@@ -151,9 +153,22 @@ class Worker:
             )
 
     def transfer_many(self, keys: list[str], max_workers: int) -> Iterator[Outcome]:
-        """Outcomes in the order the files finish, max_workers at a time."""
+        """Outcomes in the order the files finish, max_workers at a time. A thread that finds
+        no file left to start closes its SFTP session: under a session budget, its slot goes to
+        whoever waits for one, in this run or another."""
+        last_started = threading.Event()  # files start in order: none is left to start
+
+        def transfer(key: str, last: bool) -> Outcome:
+            if last:
+                last_started.set()
+            try:
+                return self.transfer(key)
+            finally:
+                if last_started.is_set():
+                    self.pool.discard()
+
         with ThreadPoolExecutor(max_workers, thread_name_prefix="transfer") as pool:
-            futures = [pool.submit(self.transfer, key) for key in keys]
+            futures = [pool.submit(transfer, key, i == len(keys) - 1) for i, key in enumerate(keys)]
             for future in as_completed(futures):
                 yield future.result()
 
@@ -176,6 +191,9 @@ class Worker:
     def _attempt(self, key: str, committed: Committed | None = None) -> Outcome:
         """One claim of the file and one copy; committed: what an earlier attempt may have left."""
         file = self._file(key)
+        # Outside the source's transfer window (a run launched by hand): wait, without holding
+        # a session, and without failing.
+        wait_until_open(self.policy.window, self.pool.discard, file.where, self.report)
         me = worker_id()
         claim: Claim | None = None
         try:

@@ -139,10 +139,11 @@ MEMORY_PROBE = textwrap.dedent(
     """
     import json, resource, sys
     from sftp_minio_assets.resources import ObjectStoreResource, SFTPConnection
+    from sftp_minio_assets.sftp import SFTPConnector
     from sftp_minio_assets.transfer import Tuning, copy_file
     connection_args, s3_args, root, path = json.loads(sys.argv[1])
     connection, store = SFTPConnection(**connection_args), ObjectStoreResource(**s3_args).store
-    client = connection.pool.get()
+    client = SFTPConnector(connection.settings).connect()
     copy_file(client, root + "/warmup.bin", store, "warmup.bin", {})
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     result = copy_file(client, root + "/" + path, store, path, {})

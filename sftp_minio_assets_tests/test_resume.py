@@ -124,7 +124,7 @@ def test_a_copy_cut_by_an_s3_restart_resumes_on_retry(env):
         outcome = copy.result(timeout=300)
     assert outcome.status == "transferred", outcome.message
     assert outcome.metadata["attempt"] > 1
-    source.connection.pool.close()
+    source.pool.close()
     # The first connection is the one the restart cut; the rest is the retries'.
     row = assert_resumed(env, path, lambda: since_the_start.sent()[1:])
     assert outcome.metadata["resumed_from_bytes"] == row["resumed_from"]

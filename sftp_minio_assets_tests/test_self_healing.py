@@ -320,7 +320,7 @@ def test_a_copy_a_dead_attempt_committed_is_recorded_not_written_again(env, inst
         ghost_claim(env, key, dead)
         mtime = str(int((env.root / key).stat().st_mtime))
         copy_file(
-            env.connection().pool.get(),
+            env.source().pool.get(),
             str(env.root / key),
             env.store,
             f"default/{key}",

@@ -70,7 +70,7 @@ def test_a_wrong_key_is_an_authentication_error(env, tmp_path):
 def test_pipelined_reads_return_the_exact_bytes(env, window, request_size):
     data = os.urandom(5 * 1024 * 1024 + 123)
     env.write("read.bin", data)
-    sftp = env.connection().pool.get()
+    sftp = env.source().pool.get()
     with sftp.open(str(env.root / "read.bin"), "rb") as f:
         assert b"".join(read_chunks(f, len(data), window, request_size)) == data
     # Replies to the reads are all consumed: the session is still in step.
@@ -80,7 +80,7 @@ def test_pipelined_reads_return_the_exact_bytes(env, window, request_size):
 @pytest.mark.integration
 def test_reads_stop_at_the_end_of_a_file_that_shrank(env):
     path = env.write("shrunk.bin", os.urandom(3 * 1024 * 1024))
-    sftp = env.connection().pool.get()
+    sftp = env.source().pool.get()
     with sftp.open(str(path), "rb") as f:
         os.truncate(path, 1024 * 1024)
         assert len(b"".join(read_chunks(f, 3 * 1024 * 1024))) == 1024 * 1024

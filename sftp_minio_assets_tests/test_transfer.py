@@ -46,7 +46,7 @@ def test_parts_in_flight_are_shared_by_every_file_of_the_process(env):
     for name in names:
         env.write(name, os.urandom(21 * MIB))
     store = CountingStore(env.store.settings)
-    pool = env.connection().pool
+    pool = env.source().pool
     tuning = Tuning(part_size=5 * MIB, parts_in_flight=2)
 
     def copy(name: str):
