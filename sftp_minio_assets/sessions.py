@@ -17,9 +17,7 @@ Plain Python, no Dagster; without max_sessions there is no budget and no databas
 from __future__ import annotations
 
 import logging
-import os
 import random
-import socket
 import threading
 import time
 import weakref
@@ -27,6 +25,7 @@ import weakref
 import psycopg
 
 from .transfer_log import SessionLeases
+from .worker import worker_id
 
 logger = logging.getLogger(__name__)
 
@@ -55,12 +54,6 @@ def server_of(host: str, port: int) -> str:
     address) are two budgets: spell it the same way in every source.
     """
     return f"{host.lower()}:{port}"
-
-
-def holder() -> str:
-    """host:pid:thread, as the transfer log's worker_id names a worker."""
-    name = threading.current_thread().name
-    return f"{socket.gethostname()}:{os.getpid()}:{name}"[:100]
 
 
 class SessionBudget:
@@ -94,7 +87,7 @@ class SessionBudget:
             lease, holders = self.leases.grant(
                 self.server,
                 source=self.source,
-                holder=holder(),
+                holder=worker_id(),  # as the transfer log's worker_id names a worker
                 purpose=purpose,
                 max_sessions=self.max_sessions,
                 lease_seconds=self.lease_seconds,

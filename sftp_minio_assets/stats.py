@@ -33,12 +33,14 @@ def summarize(rows: list[dict]) -> dict[str, pd.DataFrame | dict[str, float]]:
         columns=[
             "source", "filename", "worker_id", "status", "size_bytes", "stored_bytes",
             "download_duration", "upload_duration", "total_duration", "transfer_start_time",
-            "transfer_end_time", "heartbeat_at", "attempts", "consecutive_failures", "now",
+            "transfer_end_time", "heartbeat_at", "attempts", "consecutive_failures",
+            "progress_bytes", "now",
         ],
     )  # fmt: skip
     numbers = (
         "size_bytes",
         "stored_bytes",
+        "progress_bytes",
         "download_duration",
         "upload_duration",
         "total_duration",
@@ -74,6 +76,8 @@ def summarize(rows: list[dict]) -> dict[str, pd.DataFrame | dict[str, float]]:
         .dt.total_seconds()
         .round(1)
     )
+    # How far long copies got at their last heartbeat (every 30 s; small files have none).
+    active["progress %"] = (100 * active["progress_bytes"] / active["size_bytes"]).round(1)
     totals = {
         "files_transferred": float(len(done)),
         "bytes_transferred": float(done["size_bytes"].sum()),
@@ -90,7 +94,9 @@ def summarize(rows: list[dict]) -> dict[str, pd.DataFrame | dict[str, float]]:
         "per_source": by_source.fillna(0),
         "per_worker": per("worker_id", done),
         "per_hour": per("hour", done).sort_index(ascending=False).head(48),
-        "active_workers": active[["worker_id", "source", "filename", "heartbeat age s"]],
+        "active_workers": active[
+            ["worker_id", "source", "filename", "heartbeat age s", "progress %"]
+        ],
     }
 
 

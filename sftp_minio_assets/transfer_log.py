@@ -430,7 +430,7 @@ ORDER BY transfer_end_time DESC LIMIT %(limit)s
 HISTORY = """
 SELECT source, filename, worker_id, status, size_bytes, stored_bytes, download_duration,
        upload_duration, total_duration, transfer_start_time, transfer_end_time, heartbeat_at,
-       attempts, consecutive_failures, now() AS now
+       attempts, consecutive_failures, progress_bytes, now() AS now
 FROM file_transfer_log
 WHERE updated_at >= now() - make_interval(days => %(days)s)
 """

@@ -55,10 +55,11 @@ def test_statistics_per_source_worker_and_hour_and_active_workers(env, instance)
     assert materialize(env, instance, [f"s{i}.bin" for i in range(3)]).success
     assert not materialize(env, instance, ["absent.bin"], retries=0).success
     claim = env.log.claim(
-        "default", "in-flight.bin", size_bytes=1, remote_mtime=0, object_key="k",
+        "default", "in-flight.bin", size_bytes=400, remote_mtime=0, object_key="k",
         worker_id="host:1:transfer_0", run_id=None,
     )  # fmt: skip
     assert claim is not None
+    env.log.heartbeat(claim, progress_bytes=100)  # a long copy, a quarter done
 
     summary = summarize(env.log.history(7))
     totals = summary["totals"]
@@ -69,6 +70,7 @@ def test_statistics_per_source_worker_and_hour_and_active_workers(env, instance)
     assert summary["per_source"].loc["default", "files"] == 3
     assert summary["per_source"].loc["default", "failed"] == 1
     assert list(summary["active_workers"]["filename"]) == ["in-flight.bin"]
+    assert list(summary["active_workers"]["progress %"]) == [25.0]
 
     result = dg.materialize([transfer_stats], resources=env.resources(), instance=instance)
     metadata = result.asset_materializations_for_node("transfer_stats")[0].metadata
