@@ -254,14 +254,14 @@ class Worker:
             "source-path": quote(remote_bytes(file.path)),
             "source-mtime": str(int(attrs.st_mtime or 0)),
         }
-        journal = self._journal(file, attrs, claim)
-        if claim.attempts > 1:
-            resuming = journal.previous.upload_id if journal and journal.previous else None
-            self._abort_leftover_uploads(file.object_name, keep=resuming)
         result = self._landed_commit(committed, attrs)
         if result is None and claim.attempts > 1:
             # An attempt that died between its commit and the log: its copy stands.
             result = earlier_copy(self.store, file.object_name, metadata, attrs.st_size or 0)
+        journal = self._journal(file, attrs, claim) if result is None else None
+        if claim.attempts > 1:
+            resuming = journal.previous.upload_id if journal and journal.previous else None
+            self._abort_leftover_uploads(file.object_name, keep=resuming)
         if result is None:
             resumed_from = journal.previous.done_bytes if journal and journal.previous else 0
             result = copy_file(
@@ -276,9 +276,9 @@ class Worker:
                 journal=journal,
                 pace=self.bandwidth_cap,
             )
-        if journal is not None:
+        if journal is not None or claim.attempts > 1:  # the upload is done with, or left
             with suppress(psycopg.Error):  # a row left behind is given up later
-                journal.forget()
+                self.transfer_log.drop_upload(claim)
         return result
 
     def _resumable(self, size: int) -> bool:
