@@ -306,7 +306,7 @@ WITH seen AS (
         AS s(filename, size_bytes, remote_mtime)
 ), gone AS (
     DELETE FROM file_sightings f
-    WHERE f.source = %(source)s AND NOT f.filename = ANY(%(filenames)s::text[])
+    WHERE f.source = %(source)s AND NOT EXISTS (SELECT 1 FROM seen WHERE seen.filename = f.filename)
 )
 INSERT INTO file_sightings AS f (source, filename, size_bytes, remote_mtime)
 SELECT %(source)s, filename, size_bytes, remote_mtime FROM seen

@@ -134,3 +134,13 @@ def test_the_dry_run_says_which_files_wait_for_a_marker_or_a_second_listing(env,
     assert dry_run() == (0, 1, 1)  # a dry run records no sighting
     tick(env, instance, **settings)  # the sensor does
     assert dry_run() == (1, 1, 0)
+
+
+def test_each_tick_replaces_the_sources_sightings(env):
+    log = env.log
+    log.record_sightings("default", [("a.csv", 1, 100), ("b.csv", 2, 200)])
+    log.record_sightings("other", [("a.csv", 9, 900)])
+    log.record_sightings("default", [("b.csv", 3, 300), ("c.csv", 4, 400)])
+    assert log.sightings("default") == {"b.csv": "3:300", "c.csv": "4:400"}
+    log.record_sightings("default", [])
+    assert log.sightings("default") == {} and log.sightings("other") == {"a.csv": "9:900"}
