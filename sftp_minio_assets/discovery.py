@@ -1,7 +1,8 @@
 """Which listed files need a transfer: the sensor's logic, as a plain function.
 
 The transfer log is the sensor's memory, so a tick stores nothing that grows with the backlog.
-A file is requested when it passed the filters and the stability gate and:
+A file is requested when it passed the filters and the stability gate (its age, and where the
+source asks for them its ready marker and a second listing: readiness.py) and:
 - it has no row yet (new), or its content (size and mtime) differs from the row's (changed);
 - or it FAILED with a fault that retrying can help, no unfinished run covers it, and its
   backoff has passed: the n-th automatic retry waits AutoRetry.backoff_minutes[n] (the last
@@ -14,9 +15,10 @@ those whose run is gone into FAILED rows before planning.
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .partitions import KeyTooLong, encode_key
+from .readiness import Readiness
 from .sftp import FileFilter, RemoteFile
 from .transfer_log import STATUSES, FileState
 
@@ -32,6 +34,9 @@ class AutoRetry:
         delays = self.backoff_minutes or (0,)
         wait = delays[min(state.auto_retries, len(delays) - 1)] * 60
         return now >= state.updated + wait
+
+
+EVERY_FILE_READY = Readiness()  # no marker, no stable listing required
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,11 @@ class Plan:
     backing_off: int  # failed files waiting for their next automatic retry
     given_up: list[str]  # failed files that wait for a human: permanent, or out of retries
     unknown_status: list[str]  # rows with a status this project does not write
+    waiting_for_marker: int = 0  # files whose ready marker is missing (or older than them)
+    unstable: int = 0  # new or changed files not seen with this size and mtime at the last tick
+    # (key, size, mtime) of the new or changed files found otherwise ready, for the next tick's
+    # stability check; collected only when a stable listing is required
+    sighted: list[tuple[str, int, int]] = field(default_factory=list)
 
 
 def plan_transfers(
@@ -62,17 +72,22 @@ def plan_transfers(
     file_filter: FileFilter,
     max_requests: int,
     auto_retry: AutoRetry,
+    readiness: Readiness = EVERY_FILE_READY,
 ) -> Plan:
     requests: list[Request] = []
     ignored: list[tuple[str, str]] = []
     given_up: list[str] = []
     unknown: list[str] = []
-    waiting = backing_off = 0
+    waiting = backing_off = waiting_for_marker = unstable = 0
+    sighted: list[tuple[str, int, int]] = []
     for file in files:
-        if not file_filter.accepts(file.path):
+        if readiness.is_marker(file.path) or not file_filter.accepts(file.path):
             continue
         if now - file.mtime < min_age_seconds:
             waiting += 1
+            continue
+        if readiness.waits_for_marker(file):
+            waiting_for_marker += 1
             continue
         try:
             key = encode_key(file.path)
@@ -85,6 +100,11 @@ def plan_transfers(
         if state is not None and state.status in ("IN_PROGRESS", "QUEUED"):
             continue  # its run reports it; the sensor released claims of runs that are gone
         if state is None or state.signature not in (None, file.signature):
+            if readiness.sightings is not None:
+                sighted.append((key, file.size, file.mtime))
+            if not readiness.stable(key, file):
+                unstable += 1
+                continue
             request = Request(key, file, retry=False, generation=0)
         elif state.status == "COMPLETED" or key in in_flight:
             continue
@@ -98,7 +118,17 @@ def plan_transfers(
             request = Request(key, file, retry=True, generation=state.auto_retries + 1)
         if len(requests) < max_requests:  # the rest: next tick
             requests.append(request)
-    return Plan(requests, ignored, waiting, backing_off, given_up, unknown)
+    return Plan(
+        requests,
+        ignored,
+        waiting,
+        backing_off,
+        given_up,
+        unknown,
+        waiting_for_marker,
+        unstable,
+        sighted,
+    )
 
 
 def batches(

@@ -1,7 +1,8 @@
 """Dry run: what the sensor would copy now, and where, without moving a byte.
 
 One job per source, `dry_run_<source>`, launched from the UI (Jobs) or the CLI. It lists the
-server, applies the same filters, stability gate and log lookup as the sensor, and reports
+server, applies the same filters, stability gate (age, ready marker, and the sightings the sensor
+recorded at its last tick) and log lookup as the sensor, and reports
 each file's destination object in its metadata. It adds no partition and requests no run.
 """
 
@@ -41,6 +42,8 @@ def build_dry_run_job(source: str) -> dg.JobDefinition:
         context.log.info(
             f"dry run of {resource.location}: {len(table)} files would be copied "
             f"({int(table['bytes'].sum())} bytes), {result.waiting} too recent, "
+            f"{result.waiting_for_marker} waiting for their ready marker, {result.unstable} "
+            "waiting for a second listing with the same size and mtime, "
             f"{len(skipped)} skipped; after copy: {resource.policy.after_copy}"
         )
         return dg.Output(
@@ -49,6 +52,8 @@ def build_dry_run_job(source: str) -> dg.JobDefinition:
                 "would_copy": len(table),
                 "bytes": int(table["bytes"].sum()),
                 "too_recent": result.waiting,
+                "waiting_for_marker": result.waiting_for_marker,
+                "waiting_for_second_listing": result.unstable,
                 "skipped": len(skipped),
                 "after_copy": resource.policy.after_copy,
                 "files": dg.MetadataValue.md(

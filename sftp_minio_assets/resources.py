@@ -20,6 +20,7 @@ from pydantic import Field, PrivateAttr, ValidationError, WrapValidator, model_v
 
 from .discovery import AutoRetry, Plan, plan_transfers
 from .errors import SettingsError, TransferLogUnavailable, redact
+from .readiness import Readiness, ReadyMarker, marker_problem
 from .s3 import ObjectStore, S3Settings, bucket_problem, key_segments, object_key
 from .sessions import SessionBudget, server_of
 from .sftp import (
@@ -224,6 +225,20 @@ class SourcePolicyConfig(dg.Config):
         default=None,
         description="Bandwidth cap of the source's reads, all its runs together; unset: none.",
     )
+    ready_marker: Annotated[str | None, _check(marker_problem)] = Field(
+        default=None,
+        description='Copy a file only once its marker exists: "{name}.done", "{stem}.ok", or '
+        '"_SUCCESS" (one per directory); markers are never copied. Unset: no marker.',
+    )
+    require_stable_listing: bool = Field(
+        default=False,
+        description="Copy a new or changed file only once two sensor ticks saw the same size "
+        "and mtime.",
+    )
+
+    @property
+    def marker(self) -> ReadyMarker | None:
+        return ReadyMarker(self.ready_marker) if self.ready_marker else None
 
     @property
     def file_filter(self) -> FileFilter:
@@ -267,6 +282,8 @@ class SourcePolicyConfig(dg.Config):
             archive_dir=self.archive_dir,
             root=self.root,
             max_bytes_per_second=self.max_bytes_per_second,
+            ready_marker=self.marker,
+            file_filter=self.file_filter,
         )
 
 
@@ -495,16 +512,20 @@ class SourceResource(dg.ConfigurableResource):
     def plan(
         self, listing: Listing, in_flight: Collection[str] = (), max_requests: int | None = None
     ) -> Plan:
-        """What to copy of the listed files, from the log: the sensor's plan and the dry run's."""
+        """What to copy of the listed files, from the log: the sensor's plan and the dry run's.
+        The sightings of the previous tick are read only where a stable listing is required."""
+        log = self.transfer_log.log
+        sightings = log.sightings(self.name) if self.policy.require_stable_listing else None
         return plan_transfers(
             listing.files,
-            self.transfer_log.log.states(self.name),
+            log.states(self.name),
             in_flight,
             now=time.time(),
             min_age_seconds=self.policy.min_file_age_seconds,
             file_filter=self.policy.file_filter,
             max_requests=len(listing.files) if max_requests is None else max_requests,
             auto_retry=self.transfer_settings.auto_retry,
+            readiness=Readiness.of(listing.files, self.policy.marker, sightings),
         )
 
     def worker(

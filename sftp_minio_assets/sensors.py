@@ -5,7 +5,8 @@ pool); a trickle gets one run per file. The sensor also heals what crashed: clai
 that Dagster reports finished, or by workers silent for the stale window, are released, and
 requested files that no run is left to copy are failed; all of them are then requested again
 with the per-file backoff (discovery.AutoRetry). Its memory is the transfer log: it stores no
-cursor.
+cursor. Where a source requires a stable listing, the files a tick held back are remembered
+there too (file_sightings), one statement per tick, for the next tick to compare.
 """
 
 import os
@@ -86,6 +87,8 @@ def build_new_files_sensor(source: str, files_asset: dg.AssetsDefinition) -> dg.
         # Plan: which files to copy, from the log as the clean-up left it.
         plan = resource.plan(listing, in_flight, MAX_REQUESTS_PER_TICK)
         _warn_about_skipped(context, resource, listing, plan)
+        if resource.policy.require_stable_listing:
+            log.record_sightings(source, plan.sighted)
         # Request: the files become QUEUED in the log, then partitions and runs.
         log.request(source, [(r.key, r.file.size, r.file.mtime, r.retry) for r in plan.requests])
         new_keys = [r.key for r in plan.requests if r.key not in order]
@@ -166,14 +169,30 @@ def _warn_about_skipped(
             f"{len(plan.unknown_status)} rows of source {resource.name} have a status this project "
             f"does not write (first: {plan.unknown_status[:5]}); treated as failed"
         )
+    if held := _not_ready(plan):
+        context.log.info(f"source {resource.name}: {', '.join(held)}")
 
 
 def _nothing_new(files_listed: int, plan: Plan) -> str:
-    return (
-        f"nothing new among {files_listed} files ({plan.waiting} too recent, "
-        f"{plan.backing_off} failed and waiting for their next retry, "
-        f"{len(plan.given_up)} failed and waiting for a rerun)"
-    )
+    held = [
+        f"{plan.waiting} too recent",
+        *_not_ready(plan),
+        f"{plan.backing_off} failed and waiting for their next retry",
+        f"{len(plan.given_up)} failed and waiting for a rerun",
+    ]
+    return f"nothing new among {files_listed} files ({', '.join(held)})"
+
+
+def _not_ready(plan: Plan) -> list[str]:
+    """The files held back by a ready marker or a stable listing, where there are any."""
+    return [
+        f"{count} {why}"
+        for count, why in (
+            (plan.waiting_for_marker, "waiting for their ready marker"),
+            (plan.unstable, "waiting for a second listing with the same size and mtime"),
+        )
+        if count
+    ]
 
 
 def _release_claims_of_finished_runs(

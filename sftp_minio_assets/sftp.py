@@ -81,6 +81,8 @@ VARIABLES = {
     "after_copy": "AFTER_COPY",
     "archive_dir": "ARCHIVE_DIR",
     "max_bytes_per_second": "SFTP_MAX_BYTES_PER_SECOND",
+    "ready_marker": "SFTP_READY_MARKER",
+    "require_stable_listing": "SFTP_REQUIRE_STABLE_LISTING",
 }
 # A source of a sources file is set by keys named as the settings, but for the key file's path.
 FILE_KEYS = {"private_key": "private_key_path"}
@@ -398,7 +400,7 @@ def remote_bytes(path: str) -> bytes:
     return path.encode("utf-8", "surrogateescape")
 
 
-def _listdir(sftp: paramiko.SFTPClient, path: str) -> list[tuple[str, paramiko.SFTPAttributes]]:
+def list_dir(sftp: paramiko.SFTPClient, path: str) -> list[tuple[str, paramiko.SFTPAttributes]]:
     """listdir_attr, but names that are not UTF-8 come back (as surrogates) instead of raising:
     paramiko decodes names strictly, and one such file would stop the whole listing."""
     return [
@@ -430,7 +432,7 @@ def list_tree(
     while pending:
         rel_dir = pending.pop()
         try:
-            entries = _listdir(sftp, posixpath.join(root, rel_dir) if rel_dir else root)
+            entries = list_dir(sftp, posixpath.join(root, rel_dir) if rel_dir else root)
         except PermissionError:
             if not rel_dir:
                 raise _root_unavailable(

@@ -190,7 +190,14 @@ def copy_file(
     with f:
 
         def check_unchanged() -> None:
-            after = f.stat()
+            # By its path, not the open handle: a file deleted, moved or replaced meanwhile
+            # still reads to its end through the handle, but is no longer the source's file.
+            try:
+                after = sftp.stat(remote_path)
+            except FileNotFoundError:
+                raise SourceChanged(
+                    "the file was deleted or moved while it was read; it is not recorded as copied"
+                ) from None
             if meter.size != before.st_size or (after.st_size, after.st_mtime) != (
                 before.st_size,
                 before.st_mtime,

@@ -124,6 +124,19 @@ MIGRATIONS = [
     )
     """,
     "CREATE INDEX IF NOT EXISTS sftp_sessions_server ON sftp_sessions (server, expires_at)",
+    # Stable across two listings (readiness.py): the size and mtime at which the last tick saw
+    # each new or changed file it held back, until a tick finds it ready and unchanged. Only
+    # files the log does not know in this version: rows stay few whatever the backlog's age.
+    """
+    CREATE TABLE IF NOT EXISTS file_sightings (
+        source TEXT NOT NULL,
+        filename TEXT NOT NULL,
+        size_bytes BIGINT NOT NULL,
+        remote_mtime BIGINT NOT NULL,
+        seen_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+        PRIMARY KEY (source, filename)
+    )
+    """,
 ]
 
 # Serialises concurrent migrations (several workers starting at once).
@@ -279,6 +292,27 @@ WHERE t.status <> 'IN_PROGRESS'
   -- copied meanwhile (the tick planned from an earlier read): done, not requested again
   AND NOT (t.status = 'COMPLETED' AND t.size_bytes = EXCLUDED.size_bytes
            AND t.remote_mtime = EXCLUDED.remote_mtime)
+"""
+
+SIGHTINGS = """
+SELECT filename, size_bytes, remote_mtime FROM file_sightings WHERE source = %(source)s
+"""
+
+# One statement per tick: the tick's sightings replace the previous ones; a row whose file was
+# seen the same again is left as it is (no write), one no longer sighted is deleted.
+RECORD_SIGHTINGS = """
+WITH seen AS (
+    SELECT * FROM unnest(%(filenames)s::text[], %(sizes)s::bigint[], %(mtimes)s::bigint[])
+        AS s(filename, size_bytes, remote_mtime)
+), gone AS (
+    DELETE FROM file_sightings f
+    WHERE f.source = %(source)s AND NOT EXISTS (SELECT 1 FROM seen WHERE seen.filename = f.filename)
+)
+INSERT INTO file_sightings AS f (source, filename, size_bytes, remote_mtime)
+SELECT %(source)s, filename, size_bytes, remote_mtime FROM seen
+ON CONFLICT (source, filename) DO UPDATE SET
+    size_bytes = EXCLUDED.size_bytes, remote_mtime = EXCLUDED.remote_mtime, seen_at = now()
+WHERE (f.size_bytes, f.remote_mtime) IS DISTINCT FROM (EXCLUDED.size_bytes, EXCLUDED.remote_mtime)
 """
 
 # Keys of claimed files, and of resumable uploads that a later claim may continue.
@@ -715,6 +749,17 @@ class TransferLog:
                 "retries": retries,
             },
         )
+
+    def sightings(self, source: str) -> dict[str, str]:
+        """filename -> "size:mtime" as the source's last tick saw its held-back files."""
+        rows = self._execute(SIGHTINGS, {"source": source}).fetchall()
+        return {r["filename"]: f"{r['size_bytes']}:{r['remote_mtime']}" for r in rows}
+
+    def record_sightings(self, source: str, files: list[tuple[str, int, int]]) -> None:
+        """Replace the source's sightings by this tick's: (filename, size, mtime)."""
+        filenames, sizes, mtimes = [list(c) for c in zip(*files, strict=True)] or [[], [], []]
+        params = {"source": source, "filenames": filenames, "sizes": sizes, "mtimes": mtimes}
+        self._execute(RECORD_SIGHTINGS, params)
 
     def being_copied(self, source: str) -> set[str]:
         """The object keys the source's claimed files are being copied to: their multipart

@@ -29,9 +29,10 @@ import psycopg
 from .bandwidth import BandwidthCap
 from .errors import NotAFile, advice, is_permanent, redact
 from .partitions import decode_key
+from .readiness import ReadyMarker
 from .resume import Journal, resumable_hashing, still_usable
 from .s3 import ObjectStore, object_key
-from .sftp import SFTPPool, SFTPSettings, display, remote_bytes
+from .sftp import FileFilter, SFTPPool, SFTPSettings, display, list_dir, remote_bytes
 from .transfer import (
     MIB,
     SUFFIXES,
@@ -86,6 +87,8 @@ class SourcePolicy:
     archive_dir: str | None = None
     root: str = "/"  # on the SFTP server; a file's path is relative to it
     max_bytes_per_second: int | None = None  # the source's bandwidth cap, all runs together
+    ready_marker: ReadyMarker | None = None  # the marker that says a file is complete
+    file_filter: FileFilter = FileFilter()  # the files the source takes
 
     def object_name(self, bucket_prefix: str, path: str) -> str:
         """The object a remote path (relative to the root) is copied to."""
@@ -385,14 +388,12 @@ class Worker:
                 done = "kept: it changed after it was copied; the next tick copies it again"
             elif action == "delete":
                 sftp.remove(remote_bytes(remote_path))
-                done = "deleted"
+                done = "deleted" + self._marker_after_copy(remote_path)
             else:
-                target = posixpath.join(
-                    self.policy.archive_dir, posixpath.relpath(remote_path, self.policy.root)
-                )
+                target = self._archived(remote_path)
                 _makedirs(sftp, posixpath.dirname(target))
                 sftp.posix_rename(remote_bytes(remote_path), remote_bytes(target))
-                done = f"moved to {display(target)}"
+                done = f"moved to {display(target)}" + self._marker_after_copy(remote_path)
         except Exception as exc:
             done = redact(
                 f"kept: could not {action} it ({exc}); check the account's rights on the "
@@ -405,6 +406,56 @@ class Worker:
         except psycopg.Error as exc:
             logger.warning("could not record the source action of claim %s: %s", claim.id, exc)
         return done
+
+    def _archived(self, remote_path: str) -> str:
+        """Where after_copy: move puts a remote file: its path below root, under archive_dir."""
+        return posixpath.join(
+            self.policy.archive_dir, posixpath.relpath(remote_path, self.policy.root)
+        )
+
+    def _marker_after_copy(self, remote_path: str) -> str:
+        """The ready marker goes the way of the files it covers (deleted or moved) once none of
+        them is left: at once for a {name} marker, else when its directory holds no other file
+        the marker covers and the source takes. Each worker looks after removing its own file,
+        so the last one to go sees the directory empty of them; a marker already gone (another
+        worker's doing) is fine. Returns what became of it, for the log."""
+        marker = self.policy.ready_marker
+        if marker is None:
+            return ""
+        path = posixpath.relpath(remote_path, self.policy.root)
+        marker_path = marker.marker_of(path)
+        remote_marker = posixpath.join(self.policy.root, marker_path)
+        sftp = self.pool.get()
+        try:
+            if not marker.per_file and self._still_covered(sftp, marker, marker_path):
+                return f"; its marker {display(marker_path)} stays for the other files it covers"
+            if self.policy.after_copy == "delete":
+                sftp.remove(remote_bytes(remote_marker))
+                return f"; its marker {display(marker_path)} deleted"
+            target = self._archived(remote_marker)
+            sftp.posix_rename(remote_bytes(remote_marker), remote_bytes(target))
+            return f"; its marker {display(marker_path)} moved to {display(target)}"
+        except FileNotFoundError:
+            return f"; its marker {display(marker_path)} already gone"
+        except Exception as exc:
+            why = redact(f"could not {self.policy.after_copy} it ({exc})", self.secrets)
+            logger.warning("%s%s: %s", self.sftp_settings.server, display(remote_marker), why)
+            return f"; its marker {display(marker_path)} kept: {why}"
+
+    def _still_covered(self, sftp, marker: ReadyMarker, marker_path: str) -> bool:
+        """Whether the marker's directory still holds a file that the marker covers and the
+        source takes (not yet copied, or kept because it changed)."""
+        directory = posixpath.dirname(marker_path)
+        for name, attrs in list_dir(sftp, posixpath.join(self.policy.root, directory)):
+            path = posixpath.join(directory, name)
+            if (
+                not stat.S_ISDIR(attrs.st_mode or 0)
+                and not marker.is_marker(path)
+                and marker.marker_of(path) == marker_path
+                and self.policy.file_filter.accepts(path)
+            ):
+                return True
+        return False
 
     def _landed_commit(self, committed: Committed | None, attrs) -> TransferResult | None:
         """An earlier attempt's object, if its commit landed and the file is still the same."""

@@ -131,25 +131,42 @@ def test_four_processes_racing_over_the_same_files_copy_each_exactly_once(env):
     assert writes_per_key(env) == {f"default/{p}": 1 for p in paths}
 
 
-def test_a_file_modified_mid_transfer_is_never_completed_torn(env):
-    path = env.write("growing.log", os.urandom(128 * 1024 * 1024))
+def copied_while(env, name: str, change) -> dict:
+    """A big file copied (not retried), change(its path) done once its upload has started; the
+    run must fail, leaving a FAILED row (returned), no object and no open upload."""
+    path = env.write(name, os.urandom(128 * 1024 * 1024))
     with ThreadPoolExecutor(1) as pool:
-        running = pool.submit(materialize, env, None, ["growing.log"], retries=0, parts_in_flight=1)
+        running = pool.submit(materialize, env, None, [name], retries=0, parts_in_flight=1)
         wait_for(lambda: env.store.list_multipart_uploads(), what="the upload to start")
-        with open(path, "ab") as f:
-            f.write(b"one more line\n")
+        change(path)
         result = running.result(timeout=120)
 
     assert not result.success
-    row = env.rows()["growing.log"]
+    row = env.rows()[name]
     assert row["status"] == "FAILED"
-    assert "changed while it was read" in row["error_message"]
-    assert env.store.head("default/growing.log") is None
+    assert env.store.head(f"default/{name}") is None
     assert env.store.list_multipart_uploads() == []
+    return row
 
+
+def test_a_file_modified_mid_transfer_is_never_completed_torn(env):
+    def append(path):
+        with open(path, "ab") as f:
+            f.write(b"one more line\n")
+
+    row = copied_while(env, "growing.log", append)
+    assert "changed while it was read" in row["error_message"]
+
+    path = env.root / "growing.log"
     rerun = materialize(env, None, ["growing.log"])
     assert rerun.success
     assert env.object_sha256("default/growing.log") == sha256_file(path)
+
+
+def test_a_file_deleted_mid_transfer_is_never_recorded_as_copied(env):
+    """Its open handle still reads to the end: only its path says it is gone (issue 14)."""
+    row = copied_while(env, "vanishing.bin", lambda path: path.unlink())
+    assert "deleted or moved while it was read" in row["error_message"]
 
 
 def test_only_the_failed_partitions_are_rerun(env, instance):
