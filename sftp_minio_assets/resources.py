@@ -224,6 +224,10 @@ class SourcePolicyConfig(dg.Config):
         default=None,
         description="Bandwidth cap of the source's reads, all its runs together; unset: none.",
     )
+    server_checksums: bool = Field(
+        default=False,
+        description="Send each upload's SHA-256 for the S3 server to verify, where it does.",
+    )
 
     @property
     def file_filter(self) -> FileFilter:
@@ -267,6 +271,7 @@ class SourcePolicyConfig(dg.Config):
             archive_dir=self.archive_dir,
             root=self.root,
             max_bytes_per_second=self.max_bytes_per_second,
+            server_checksums=self.server_checksums,
         )
 
 

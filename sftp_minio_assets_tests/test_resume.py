@@ -82,10 +82,13 @@ def run_partitions(env, keys: list[str], shared: dict | None = None, **sftp) -> 
     )
 
 
-def killed_half_way(env, name: str, size: int, cap: int = CAP, **shared) -> None:
+def killed_half_way(
+    env, name: str, size: int, cap: int = CAP, sftp: dict | None = None, **shared
+) -> None:
     """A run copying the file in a process of its own, killed with -9 once half of it is
-    uploaded; its claim then goes stale (here after 3 s, as after 30 min by default)."""
-    first = run_partitions(env, [name], shared=shared, max_bytes_per_second=cap)
+    uploaded; its claim then goes stale (here after 3 s, as after 30 min by default). sftp: more
+    settings of the source."""
+    first = run_partitions(env, [name], shared=shared, max_bytes_per_second=cap, **(sftp or {}))
     try:
         wait_for(lambda: uploaded(env) >= size // 2, 120, f"half of {name} to be uploaded")
     finally:
@@ -161,9 +164,10 @@ def test_a_run_killed_through_the_daemon_resumes_by_itself(env, start_daemon):
 SMALL = {"part_size_mb": 5, "resume_min_mb": 10}  # resumable from 10 MiB, in parts of 5
 
 
-def resuming_worker(env, lines: list[str]):
-    """A worker of another run, taking over stale claims, its run log in lines."""
-    source = env.source(env.shared(stale_minutes=0.05, retries=0, **SMALL))
+def resuming_worker(env, lines: list[str], **sftp):
+    """A worker of another run, taking over stale claims, its run log in lines; sftp: more
+    settings of the source."""
+    source = env.source(env.shared(stale_minutes=0.05, retries=0, **SMALL), **sftp)
     return source.worker(report=lines.append)
 
 
