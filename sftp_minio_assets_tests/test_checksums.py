@@ -2,16 +2,21 @@
 the server refuses bytes that do not match it; the log says how each copy was verified.
 
 SeaweedFS (the test server) verifies ChecksumSHA256 on PutObject and UploadPart: it refuses a
-mismatch with BadDigest.
+mismatch with BadDigest. s3rver (devstack's PlainS3Server) stores whatever it is sent: the
+fallback is tested on it.
 """
 
 import base64
 import hashlib
+import logging
 import os
+import tempfile
+from pathlib import Path
 
 import psycopg
 import pytest
 
+from devstack.local_stack import PlainS3Server
 from sftp_minio_assets.s3 import CHECKSUM_PROBE, sha256_checksum
 
 from .support import sha256_file
@@ -91,3 +96,50 @@ def test_a_resumed_upload_completes_with_the_checksums_of_the_earlier_parts(env)
     assert outcome.metadata["verification"] == "sha256-by-server"
     assert env.rows()["data.bin"]["verification"] == "sha256-by-server"
     assert env.object_sha256("default/data.bin") == sha256_file(path)
+
+
+@pytest.fixture(scope="module")
+def plain_s3():
+    """s3rver, started for this module's test only."""
+    with tempfile.TemporaryDirectory() as base:
+        server = PlainS3Server(Path(base))
+        server.start()
+        try:
+            yield server
+        finally:
+            server.stop()
+
+
+@pytest.mark.integration
+def test_on_a_server_that_does_not_verify_copies_fall_back_with_one_logged_line(
+    env, plain_s3, caplog
+):
+    """The probe finds that the server stores bytes whatever their checksum: one warning, and
+    copies verified as without the setting (the MD5 ETag of a small PUT, the size and token of
+    a multipart upload), which the log records."""
+    minio = env.minio(
+        endpoint_url=plain_s3.endpoint_url,
+        access_key=plain_s3.access_key,
+        secret_key=plain_s3.secret_key,
+    )
+    small = env.write("small.txt", b"a few bytes\n")
+    big = env.write("big.bin", os.urandom(12 * MIB))
+    source = env.source(env.shared(minio=minio, part_size_mb=5), server_checksums=True)
+    worker = source.worker()
+
+    with caplog.at_level(logging.WARNING, logger="sftp_minio_assets.s3"):
+        outcomes = {name: worker.transfer(name) for name in ("small.txt", "big.bin")}
+
+    [line] = [r.getMessage() for r in caplog.records if r.name == "sftp_minio_assets.s3"]
+    assert plain_s3.endpoint_url in line and "does not verify SHA-256 checksums" in line
+    rows = env.rows()
+    store = minio.store
+    for name, path, verification in (
+        ("small.txt", small, "md5-etag"),
+        ("big.bin", big, "size+token"),
+    ):
+        assert outcomes[name].status == "transferred", outcomes[name].message
+        assert rows[name]["verification"] == verification
+        assert outcomes[name].metadata["verification"] == verification
+        assert store.sha256(f"default/{name}") == sha256_file(path)
+    assert sorted(store.list_keys()) == ["default/big.bin", "default/small.txt"]  # no probe
