@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: install system-deps browser-deps bench-deps demo dev test test-unit screenshots bench \
+.PHONY: install system-deps browser-deps s3rver-deps bench-deps demo dev test test-unit screenshots bench \
 	bench-quick lint format
 
 install: system-deps $(VENV)/.installed
@@ -35,6 +35,15 @@ bench-deps:
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends rclone openssh-client; }
 
+# s3rver (npm), an S3 server that does not verify checksums, for the test of the fallback
+# (test_checksums.py); Debian's Node.js and npm if missing.
+S3RVER_VERSION := 3.7.1
+s3rver-deps:
+	@[ -x build/s3rver/node_modules/.bin/s3rver ] || { \
+		command -v npm >/dev/null || { $(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends nodejs npm; }; \
+		npm install --prefix build/s3rver --no-audit --no-fund --loglevel=error s3rver@$(S3RVER_VERSION); }
+
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
@@ -47,7 +56,7 @@ demo: install
 dev: install
 	$(BIN)/python -m devstack.demo dev
 
-test: install browser-deps
+test: install browser-deps s3rver-deps
 	$(BIN)/python -m pytest
 
 # The tests that need no server (not marked `integration`): seconds, on the virtualenv alone.

@@ -35,7 +35,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-__all__ = ["LocalStack", "PostgresServer", "S3Server", "SshServer", "free_port", "main"]
+__all__ = [
+    "LocalStack",
+    "PlainS3Server",
+    "PostgresServer",
+    "S3Server",
+    "SshServer",
+    "free_port",
+    "main",
+]
 
 HOST = "127.0.0.1"
 # weed derives some gRPC addresses as HTTP port + 10000 whatever its flags say.
@@ -769,6 +777,41 @@ class S3Server(_Server):
             with contextlib.suppress(Exception):
                 client.delete_bucket(Bucket=bucket)
         return True
+
+
+# --- an S3 server that does not verify checksums ----------------------------------------------
+
+# Where `make s3rver-deps` installs s3rver (npm), beside the project's other build products.
+S3RVER = Path(__file__).resolve().parent.parent / "build" / "s3rver" / "node_modules" / ".bin"
+
+
+class PlainS3Server(_Server):
+    """s3rver (npm): a small S3 server in Node.js that stores what it is sent without verifying
+    checksums, as many S3-compatible stores do. Only for the test of the fallback when a server
+    does not verify them (test_checksums.py); not part of the stack. Its one account is
+    S3RVER / S3RVER."""
+
+    name = "s3rver"
+    access_key = secret_key = "S3RVER"
+
+    def __init__(self, base: Path) -> None:
+        super().__init__(base)
+        self.binary = shutil.which("s3rver") or str(S3RVER / "s3rver")
+        self.port = free_port()
+        self.ports = [self.port]
+        self.endpoint_url = f"http://{HOST}:{self.port}"
+        self.dir = base / "s3rver"
+
+    def _prepare(self) -> None:
+        if not os.access(self.binary, os.X_OK):
+            raise RuntimeError(f"s3rver is not installed ({self.binary}): run make s3rver-deps")
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def _command(self) -> list[str]:
+        return [self.binary, "-d", str(self.dir), "-a", HOST, "-p", str(self.port), "--silent"]
+
+    def _ready(self) -> bool:
+        return self._tcp_open(self.port)
 
 
 # --- the stack -------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import dagster as dg
 
 from .partitions import partitions_for
 from .sources import source_key, source_of
+from .worker import Outcome
 
 DEFAULT_SOURCE = "default"
 
@@ -61,6 +62,7 @@ def build_files_asset(
         for outcome in worker.transfer_many(keys, resource.concurrency):
             if outcome.status == "failed":
                 context.log.error(outcome.message)
+                context.log_event(_failure_observation(context.asset_key, outcome))
                 failed.append(outcome)
                 continue
             # Per-file detail goes to the run's captured output, a line per file:
@@ -85,6 +87,24 @@ def build_files_asset(
             )
 
     return files
+
+
+def _failure_observation(asset_key: dg.AssetKey, outcome: Outcome) -> dg.AssetObservation:
+    """The error of a file's last attempt, on its own partition, where the UI shows it.
+
+    Dagster 1.13 marks the partition failed from the run, but attaches no error to it: an
+    observation records metadata on a partition without marking it materialized, and the
+    partition's page lists it (with its metadata) among the partition's events. One per failed
+    file; a copied file gets none.
+    """
+    return dg.AssetObservation(
+        asset_key=asset_key,
+        partition=outcome.key,
+        description=f"Copy failed: {outcome.message}",
+        # error (what failed, on which server, and what to do), worker, and whether retrying
+        # can help
+        metadata={**outcome.metadata, "permanent": outcome.permanent},
+    )
 
 
 def _finished(instance: dg.DagsterInstance, run_id: str) -> bool:

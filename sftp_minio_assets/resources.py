@@ -235,6 +235,10 @@ class SourcePolicyConfig(dg.Config):
         description="Copy a new or changed file only once two sensor ticks saw the same size "
         "and mtime.",
     )
+    server_checksums: bool = Field(
+        default=False,
+        description="Send each upload's SHA-256 for the S3 server to verify, where it does.",
+    )
 
     @property
     def marker(self) -> ReadyMarker | None:
@@ -284,6 +288,7 @@ class SourcePolicyConfig(dg.Config):
             max_bytes_per_second=self.max_bytes_per_second,
             ready_marker=self.marker,
             file_filter=self.file_filter,
+            server_checksums=self.server_checksums,
         )
 
 

@@ -102,6 +102,9 @@ class Progress:
     etags: tuple[str, ...] = ()
     done_bytes: int = 0
     sha256_state: bytes | None = None
+    # The SHA-256 checksum of each of those parts, when the upload was begun with checksums
+    # (the server verifies each part, and needs them all again to complete); else None.
+    checksums: tuple[str, ...] | None = None
 
 
 @dataclass

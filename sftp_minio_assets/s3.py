@@ -5,7 +5,9 @@ Plain s3fs, no Dagster. Only standard S3 calls: the same code runs on MinIO and 
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import logging
 import posixpath
 import re
 import threading
@@ -21,6 +23,16 @@ import s3fs
 _UNSAFE_IN_KEYS = re.compile("[%\\\\\x00-\x1f\x7f\udc80-\udcff]")
 _BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _IP_ADDRESS = re.compile(r"^\d+\.\d+\.\d+\.\d+$")
+
+logger = logging.getLogger(__name__)
+
+# The probe of checksum support: a tiny object under the bucket's prefix, sent with a checksum
+# that is not its own. Error codes by which S3 servers refuse a body that does not match it.
+CHECKSUM_PROBE = ".sftp-minio-assets-checksum-probe"
+_DIGEST_REFUSED = {"BadDigest", "InvalidDigest", "XAmzContentChecksumMismatch"}
+# endpoint -> whether it verifies ChecksumSHA256: probed once per process.
+_verifies: dict[str, bool] = {}
+_verifies_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -65,6 +77,11 @@ def bucket_problem(name: str) -> str | None:
         "not a valid bucket name: 3 to 63 lowercase letters, digits, dots and hyphens, "
         "starting and ending with a letter or digit, not an IP address"
     )
+
+
+def sha256_checksum(data: bytes | memoryview) -> str:
+    """S3's ChecksumSHA256 of data: the base64 of its SHA-256 digest."""
+    return base64.b64encode(hashlib.sha256(data).digest()).decode()
 
 
 def _percent(match: re.Match) -> str:
@@ -116,32 +133,107 @@ class ObjectStore:
                     self._call("create_bucket")
             self._bucket_ready = True
 
-    def put(self, key: str, data: bytes, metadata: dict[str, str], tags: dict[str, str]) -> str:
-        """One request: the object appears whole or not at all. Returns its ETag."""
+    def put(
+        self,
+        key: str,
+        data: bytes,
+        metadata: dict[str, str],
+        tags: dict[str, str],
+        checksum: str | None = None,
+    ) -> str:
+        """One request: the object appears whole or not at all. Returns its ETag. With a
+        checksum (sha256_checksum of data), a server that verifies it refuses other bytes."""
         self.ensure_bucket()
         reply = self._call(
-            "put_object", Key=key, Body=data, Metadata=metadata, Tagging=_tagging(tags)
+            "put_object",
+            Key=key,
+            Body=data,
+            Metadata=metadata,
+            Tagging=_tagging(tags),
+            **_checksum(checksum),
         )
         return reply.get("ETag", "")
 
-    def create_multipart(self, key: str, metadata: dict[str, str]) -> str:
+    def create_multipart(self, key: str, metadata: dict[str, str], checksums: bool = False) -> str:
+        """A multipart upload; with checksums, each part must then carry its own."""
         self.ensure_bucket()
-        return self._call("create_multipart_upload", Key=key, Metadata=metadata)["UploadId"]
+        algorithm = {"ChecksumAlgorithm": "SHA256"} if checksums else {}
+        return self._call("create_multipart_upload", Key=key, Metadata=metadata, **algorithm)[
+            "UploadId"
+        ]
 
-    def upload_part(self, key: str, upload_id: str, number: int, data: bytes | memoryview) -> str:
+    def upload_part(
+        self,
+        key: str,
+        upload_id: str,
+        number: int,
+        data: bytes | memoryview,
+        checksum: str | None = None,
+    ) -> str:
         reply = self._call(
-            "upload_part", Key=key, UploadId=upload_id, PartNumber=number, Body=bytes(data)
+            "upload_part",
+            Key=key,
+            UploadId=upload_id,
+            PartNumber=number,
+            Body=bytes(data),
+            **_checksum(checksum),
         )
         return reply["ETag"]
 
-    def complete_multipart(self, key: str, upload_id: str, etags: list[str]) -> None:
-        parts = [{"PartNumber": n, "ETag": etag} for n, etag in enumerate(etags, start=1)]
+    def complete_multipart(
+        self, key: str, upload_id: str, etags: list[str], checksums: list[str] | None = None
+    ) -> None:
+        """checksums: each part's, in order, when the upload was created with checksums."""
+        parts = [
+            {"PartNumber": n, "ETag": etag, **_checksum(checksums[n - 1] if checksums else None)}
+            for n, etag in enumerate(etags, start=1)
+        ]
         self._call(
             "complete_multipart_upload",
             Key=key,
             UploadId=upload_id,
             MultipartUpload={"Parts": parts},
         )
+
+    def verifies_checksums(self) -> bool:
+        """Whether the server refuses an upload whose bytes do not match its ChecksumSHA256.
+
+        Probed once per process and endpoint, by one PUT of a tiny object with a wrong
+        checksum: a server that verifies refuses it (nothing is written); one that ignores
+        checksums stores it (it is deleted at once); one that refuses the header, or answers
+        with another error, is taken as not verifying. Either of the last two says so in one
+        logged line: uploads then carry no checksum and are verified as before.
+        """
+        endpoint = self.settings.endpoint_url
+        with _verifies_lock:
+            if endpoint not in _verifies:
+                _verifies[endpoint] = self._probe_checksums()
+            return _verifies[endpoint]
+
+    def _probe_checksums(self) -> bool:
+        self.ensure_bucket()
+        key = posixpath.join(*key_segments(self.settings.prefix), CHECKSUM_PROBE)
+        body = b"checksum probe"
+        try:
+            self._call("put_object", Key=key, Body=body, **_checksum(sha256_checksum(body[::-1])))
+        except OSError as exc:
+            code = _error_code(exc)
+            if code in _DIGEST_REFUSED:
+                return True
+            if code is None:  # no answer from the server: not a reply about checksums
+                raise
+            why = f"refused an upload with a checksum ({code}: {exc})"
+        else:
+            with suppress(Exception):
+                self._call("delete_object", Key=key)
+            why = "stored an upload whose checksum did not match"
+        logger.warning(
+            "S3 server %s %s: it does not verify SHA-256 checksums; uploads are verified by "
+            "their size and transfer token (and small ones by their MD5 ETag) instead",
+            self.settings.endpoint_url,
+            why,
+        )
+        return False
 
     def list_parts(self, key: str, upload_id: str) -> dict[int, str]:
         """The parts a multipart upload holds so far: number -> ETag. FileNotFoundError when
@@ -208,6 +300,17 @@ class ObjectStore:
         for upload in stale:
             self.abort_multipart(upload["Key"], upload["UploadId"])
         return len(stale)
+
+
+def _checksum(checksum: str | None) -> dict[str, str]:
+    """The parameter that carries a checksum; botocore then computes none of its own."""
+    return {"ChecksumSHA256": checksum} if checksum else {}
+
+
+def _error_code(exc: BaseException) -> str | None:
+    """The S3 error code behind an s3fs error (s3fs keeps botocore's as the cause)."""
+    response = getattr(exc.__cause__, "response", None)
+    return response.get("Error", {}).get("Code") if isinstance(response, dict) else None
 
 
 def _tagging(tags: dict[str, str]) -> str:

@@ -83,6 +83,7 @@ VARIABLES = {
     "max_bytes_per_second": "SFTP_MAX_BYTES_PER_SECOND",
     "ready_marker": "SFTP_READY_MARKER",
     "require_stable_listing": "SFTP_REQUIRE_STABLE_LISTING",
+    "server_checksums": "SERVER_CHECKSUMS",
 }
 # A source of a sources file is set by keys named as the settings, but for the key file's path.
 FILE_KEYS = {"private_key": "private_key_path"}

@@ -7,6 +7,7 @@ all of them are being uploaded (per process); nothing is read ahead of the uploa
 
 from __future__ import annotations
 
+import base64
 import functools
 import hashlib
 import os
@@ -24,7 +25,7 @@ import paramiko
 import zstandard
 
 from .resume import Journal, Progress, Sha256
-from .s3 import ObjectStore
+from .s3 import ObjectStore, sha256_checksum
 from .sftp import READ_CHUNK, read_chunks
 
 MIB = 1024 * 1024
@@ -74,6 +75,13 @@ ETAG_CHECKED_BYTES = 1024 * 1024
 
 SUFFIXES = {"none": "", "gzip": ".gz", "zstd": ".zst"}
 
+# How the object was proven to hold the bytes sent (TransferResult.verification, in the log):
+# the server checked each request's SHA-256 (s3.ObjectStore.verifies_checksums); or a small
+# PUT's ETag is their MD5; or the object read back has this attempt's token and the right size.
+BY_SERVER = "sha256-by-server"
+BY_ETAG = "md5-etag"
+BY_SIZE = "size+token"
+
 
 @dataclass(frozen=True)
 class Committed:
@@ -98,6 +106,7 @@ class TransferResult:
     total_seconds: float
     stored_bytes: int | None = None  # of the object, when compressed
     resumed_from: int = 0  # bytes an earlier attempt had uploaded, not read again
+    verification: str = BY_SIZE  # BY_SERVER, BY_ETAG or BY_SIZE
 
     @property
     def mb_per_second(self) -> float:
@@ -141,6 +150,7 @@ class _Upload:
     tuning: Tuning
     meter: _Meter  # the source's bytes so far: their size and hash
     before_commit: Callable[[], None]  # the last check before the object becomes visible
+    checksums: bool = False  # each request carries its SHA-256, which the server verifies
 
     def committed(self) -> Committed:
         """What this upload commits, for the next attempt to look for."""
@@ -165,13 +175,18 @@ def copy_file(
     compression: str = "none",
     journal: Journal | None = None,
     pace: Callable[[int], None] | None = None,
+    checksums: bool = False,
 ) -> TransferResult:
     """Copy remote_path to key, compressed on the way ("gzip", "zstd") unless "none"; raises
     TransferFailed (and leaves no object) on any error. heartbeat(bytes read so far) is called
     as they stream. With a journal (a big uncompressed file), the upload is resumable: it goes
     on from journal.previous if set, and records its progress there (resume.py). pace(length)
-    before each read: the source's bandwidth cap (bandwidth.py)."""
+    before each read: the source's bandwidth cap (bandwidth.py). checksums: send each
+    request's SHA-256 for the server to verify, if it does (probed once per process)."""
     started = time.monotonic()
+    if checksums:
+        with _upload_stage(_Meter(None), "probing the server's checksum support"):
+            checksums = store.verifies_checksums()
     try:
         f = sftp.open(remote_path, "rb")
         before = f.stat()
@@ -207,9 +222,11 @@ def copy_file(
                     f"{meter.size} read, {after.st_size} now); it will be copied again once stable"
                 )
 
-        upload = _Upload(store, key, metadata, tuning, meter, before_commit=check_unchanged)
+        upload = _Upload(
+            store, key, metadata, tuning, meter, before_commit=check_unchanged, checksums=checksums
+        )
         if journal is not None:
-            verified = _resumable_upload(upload, f, before, journal, pace)
+            verification, proven = _resumable_upload(upload, f, before, journal, pace)
             stored.size = meter.size
         else:
             chunks = stored.wrap(
@@ -218,10 +235,10 @@ def copy_file(
                 )
             )
             if tuning.local_dir:
-                verified = _copy_via_local_file(upload, chunks)
+                verification, proven = _copy_via_local_file(upload, chunks)
             else:
-                verified = _upload(upload, chunks, before.st_size)
-    if not verified:
+                verification, proven = _upload(upload, chunks, before.st_size)
+    if not proven:
         try:
             _verify(store, key, stored.size, metadata[TOKEN])
         except TransferFailed as exc:
@@ -235,6 +252,7 @@ def copy_file(
         total_seconds=time.monotonic() - started,
         stored_bytes=stored.size if compression != "none" else None,
         resumed_from=previous.done_bytes if previous is not None else 0,
+        verification=verification,
     )
 
 
@@ -267,7 +285,7 @@ def _compressed(chunks: Iterator[bytes], compression: str) -> Iterator[bytes]:
     yield compressor.flush()
 
 
-def _copy_via_local_file(upload: _Upload, chunks: Iterator[bytes]) -> bool:
+def _copy_via_local_file(upload: _Upload, chunks: Iterator[bytes]) -> tuple[str, bool]:
     """The whole file to local_dir first, checked there, then uploaded from the disk."""
     os.makedirs(upload.tuning.local_dir, exist_ok=True)
     with tempfile.TemporaryFile(dir=upload.tuning.local_dir) as local:
@@ -292,12 +310,14 @@ def _reading(chunks: Iterator[bytes]) -> Iterator[bytes]:
         raise TransferFailed("read", f"reading failed: {_describe(exc)}") from exc
 
 
-def _upload(upload: _Upload, chunks: Iterator[bytes], size_hint: int) -> bool:
+def _upload(upload: _Upload, chunks: Iterator[bytes], size_hint: int) -> tuple[str, bool]:
     """A single PUT for small files, else a multipart upload with bounded parts in flight.
 
-    Either way the object becomes visible only at the last call, after before_commit. True when
-    the server's reply already proves the object holds the bytes sent: a small PUT whose ETag is
-    their MD5 (no request to read it back).
+    Either way the object becomes visible only at the last call, after before_commit. Returns
+    how the object holds the bytes sent (BY_SERVER, BY_ETAG or BY_SIZE), and whether the
+    server's reply proves it already: a single PUT (atomic) whose bytes the server verified or
+    whose ETag is their MD5 needs no request to read it back; any other is read back (its
+    token and size) by copy_file.
     """
     store, key, meter = upload.store, upload.key, upload.meter
     part_size = _part_size(upload.tuning, size_hint)
@@ -311,29 +331,43 @@ def _upload(upload: _Upload, chunks: Iterator[bytes], size_hint: int) -> bool:
     else:
         data = b"".join(pending)
         upload.before_commit()
+        sha256 = meter.digest.hexdigest()
+        checksum = None
+        if upload.checksums:  # stored as read: the meter's hash is the body's
+            stored_as_read = "compression" not in upload.metadata
+            checksum = _base64(sha256) if stored_as_read else sha256_checksum(data)
         with _committing(upload), _upload_stage(meter, "PUT"):
-            etag = store.put(key, data, upload.metadata, {"sha256": meter.digest.hexdigest()})
+            etag = store.put(key, data, upload.metadata, {"sha256": sha256}, checksum)
+        if checksum:
+            return BY_SERVER, True
         # Servers that encrypt with their own keys answer another ETag: then read it back.
-        return len(data) <= ETAG_CHECKED_BYTES and etag.strip('"') == _md5(data)
+        md5_matches = len(data) <= ETAG_CHECKED_BYTES and etag.strip('"') == _md5(data)
+        return (BY_ETAG, True) if md5_matches else (BY_SIZE, False)
 
     with _upload_stage(meter, "starting the multipart upload"):
-        upload_id = store.create_multipart(key, upload.metadata)
+        upload_id = store.create_multipart(key, upload.metadata, upload.checksums)
     try:
-        etags = _upload_parts(upload, upload_id, _parts(pending, chunks, part_size))
-        _complete(upload, upload_id, etags)
+        parts = _upload_parts(upload, upload_id, _parts(pending, chunks, part_size))
+        _complete(upload, upload_id, parts)
     except BaseException:
         with suppress(Exception):
             store.abort_multipart(key, upload_id)
         raise
     _tag(upload)
-    return False
+    return (BY_SERVER if upload.checksums else BY_SIZE), False
 
 
-def _complete(upload: _Upload, upload_id: str, etags: list[str]) -> None:
-    """The last check, then the object becomes visible, whole."""
+def _base64(hexdigest: str) -> str:
+    return base64.b64encode(bytes.fromhex(hexdigest)).decode()
+
+
+def _complete(upload: _Upload, upload_id: str, parts: list[tuple[str, str | None]]) -> None:
+    """The last check, then the object becomes visible, whole. parts: (ETag, checksum) each."""
+    etags = [etag for etag, _ in parts]
+    checksums = [checksum or "" for _, checksum in parts] if upload.checksums else None
     upload.before_commit()
     with _committing(upload), _upload_stage(upload.meter, "completing the upload"):
-        upload.store.complete_multipart(upload.key, upload_id, etags)
+        upload.store.complete_multipart(upload.key, upload_id, etags, checksums)
 
 
 def _tag(upload: _Upload) -> None:
@@ -381,10 +415,12 @@ def _resumable_upload(
     before,
     journal: Journal,
     pace: Callable[[int], None] | None = None,
-) -> bool:
+) -> tuple[str, bool]:
     """A multipart upload whose progress the journal records, continued from journal.previous
     when set. Not aborted when it fails (the next claim continues it), but when the file
-    changed: then it can never be completed."""
+    changed: then it can never be completed. An upload begun with checksums goes on with them
+    (the journal keeps each part's, which S3 needs to complete it; ListParts does not give them
+    on every server); one begun without goes on without."""
     store, key, meter, size = upload.store, upload.key, upload.meter, before.st_size
     progress = journal.previous
     if progress is not None and (size, int(before.st_mtime or 0)) != (journal.size, journal.mtime):
@@ -395,19 +431,26 @@ def _resumable_upload(
     if progress is None:
         part_size = _part_size(upload.tuning, size)
         with _upload_stage(meter, "starting the multipart upload"):
-            upload_id = store.create_multipart(key, upload.metadata)
+            upload_id = store.create_multipart(key, upload.metadata, upload.checksums)
         progress = Progress(
-            upload_id, upload.metadata[TOKEN], part_size, (), 0, meter.digest.state()
+            upload_id,
+            upload.metadata[TOKEN],
+            part_size,
+            (),
+            0,
+            meter.digest.state(),
+            () if upload.checksums else None,
         )
         journal.started(progress)
+    upload = replace(upload, checksums=progress.checksums is not None)
     ledger = _Ledger(journal, progress, meter)
     # No read crosses a part's end: the hash state at each part's end is known.
     chunks = read_chunks(f, size, start=progress.done_bytes, align=progress.part_size, pace=pace)
     parts = _aligned_parts(meter.wrap(_reading(chunks)), progress.part_size)
     try:
-        etags = _upload_parts(upload, progress.upload_id, parts, ledger)
+        _upload_parts(upload, progress.upload_id, parts, ledger)
         ledger.record(last=True)
-        _complete(upload, progress.upload_id, [*progress.etags, *etags])
+        _complete(upload, progress.upload_id, ledger.parts())
     except SourceChanged:
         with suppress(Exception):
             store.abort_multipart(key, progress.upload_id)
@@ -415,41 +458,57 @@ def _resumable_upload(
             journal.forget()
         raise
     _tag(upload)
-    return False
+    return (BY_SERVER if upload.checksums else BY_SIZE), False
 
 
 class _Ledger:
     """A resumable upload's parts as they go: the hash state at each part's end when it is
-    read, the ETag of each when it lands; records the parts done from the first on, in order."""
+    read, the ETag (and checksum) of each when it lands; records the parts done from the first
+    on, in order."""
 
     def __init__(self, journal: Journal, progress: Progress, meter: _Meter):
         self.journal, self.progress, self.meter = journal, progress, meter
         self.etags = list(progress.etags)
+        self.checksums = list(progress.checksums or ())
         self.first = len(self.etags) + 1  # the number of this attempt's first part
         self._ends: dict[int, tuple[int, bytes]] = {}  # part -> (bytes, hash state) at its end
-        self._landed: dict[int, str] = {}
+        self._landed: dict[int, tuple[str, str | None]] = {}
         self._lock = threading.Lock()
 
     def read(self, number: int) -> None:
         self._ends[number] = (self.meter.size, self.meter.digest.state())
 
-    def landed(self, number: int, etag: str) -> None:  # in the part's uploading thread
+    def landed(self, number: int, part: tuple[str, str | None]) -> None:  # in its upload thread
         with self._lock:
-            self._landed[number] = etag
+            self._landed[number] = part
+
+    def parts(self) -> list[tuple[str, str | None]]:
+        """Every part's (ETag, checksum), the earlier attempts' included."""
+        if self.progress.checksums is None:
+            return [(etag, None) for etag in self.etags]
+        return list(zip(self.etags, self.checksums, strict=True))
 
     def record(self, last: bool = False) -> None:
         """In the reading thread, between parts (the journal's connection is that thread's)."""
         with self._lock:
             while (number := len(self.etags) + 1) in self._landed:
-                self.etags.append(self._landed.pop(number))
+                etag, checksum = self._landed.pop(number)
+                self.etags.append(etag)
+                if checksum is not None:
+                    self.checksums.append(checksum)
         done = len(self.etags)
         if done < self.first or done == len(self.progress.etags):
             return
         size, state = self._ends[done]
         for number in [n for n in self._ends if n < done]:
             del self._ends[number]
+        checksums = None if self.progress.checksums is None else tuple(self.checksums)
         self.progress = replace(
-            self.progress, etags=tuple(self.etags), done_bytes=size, sha256_state=state
+            self.progress,
+            etags=tuple(self.etags),
+            done_bytes=size,
+            sha256_state=state,
+            checksums=checksums,
         )
         self.journal.advanced(self.progress, last)
 
@@ -464,17 +523,24 @@ def _part_slots(parts_in_flight: int) -> threading.BoundedSemaphore:
 
 def _upload_parts(
     upload: _Upload, upload_id: str, parts: Iterator[bytes], ledger: _Ledger | None = None
-) -> list[str]:
-    """Uploads the parts, numbered on from the ledger's (else from 1); their ETags."""
+) -> list[tuple[str, str | None]]:
+    """Uploads the parts, numbered on from the ledger's (else from 1); their ETags and, with
+    checksums, the SHA-256 each carried."""
     store, key, meter = upload.store, upload.key, upload.meter
     parts_in_flight = upload.tuning.parts_in_flight
     slots = _part_slots(parts_in_flight)
     first = ledger.first if ledger is not None else 1
-    futures: list[Future[str]] = []
-    errors: list[Future[str]] = []
+    futures: list[Future[tuple[str, str | None]]] = []
+    errors: list[Future[tuple[str, str | None]]] = []
     holding = False  # a slot for the part being read
 
-    def on_done(number: int, future: Future[str]) -> None:
+    def send(number: int, data: bytes) -> tuple[str, str | None]:
+        # Hashed here, in the part's upload thread: hashlib releases the GIL on big buffers,
+        # so parts are hashed in parallel while the reading thread goes on.
+        checksum = sha256_checksum(data) if upload.checksums else None
+        return store.upload_part(key, upload_id, number, data, checksum), checksum
+
+    def on_done(number: int, future: Future[tuple[str, str | None]]) -> None:
         if future.exception() is not None:
             errors.append(future)
         elif ledger is not None:
@@ -503,7 +569,7 @@ def _upload_parts(
                 number = first + len(futures)
                 if ledger is not None:
                     ledger.read(number)
-                future = pool.submit(store.upload_part, key, upload_id, number, data)
+                future = pool.submit(send, number, data)
                 holding = False  # the upload gives the slot back when it is done
                 future.add_done_callback(functools.partial(on_done, number))
                 futures.append(future)

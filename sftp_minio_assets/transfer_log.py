@@ -137,6 +137,13 @@ MIGRATIONS = [
         PRIMARY KEY (source, filename)
     )
     """,
+    # How each copy was verified (transfer.BY_SERVER, BY_ETAG, BY_SIZE); the SHA-256 checksum
+    # of each part of a resumable upload begun with checksums (NULL: begun without), which S3
+    # needs again to complete it.
+    """
+    ALTER TABLE file_transfer_log ADD COLUMN IF NOT EXISTS verification TEXT
+    """,
+    "ALTER TABLE transfer_uploads ADD COLUMN IF NOT EXISTS checksums TEXT[]",
 ]
 
 # Serialises concurrent migrations (several workers starting at once).
@@ -174,7 +181,7 @@ ON CONFLICT (source, filename) DO UPDATE SET
     remote_mtime = EXCLUDED.remote_mtime, object_key = EXCLUDED.object_key, sha256 = NULL,
     download_duration = NULL, upload_duration = NULL, total_duration = NULL,
     stored_bytes = NULL, source_action = NULL, permanent = false, progress_bytes = NULL,
-    resumed_from = NULL
+    resumed_from = NULL, verification = NULL
 WHERE t.status NOT IN ('IN_PROGRESS', 'COMPLETED')  -- FAILED, QUEUED, or not ours: see STATUSES
    OR (t.status = 'IN_PROGRESS'
        AND t.heartbeat_at < now() - make_interval(secs => %(stale_seconds)s))
@@ -201,7 +208,7 @@ UPDATE file_transfer_log SET
     sha256 = %(sha256)s, download_duration = %(download)s, upload_duration = %(upload)s,
     total_duration = %(total)s, error_message = NULL, stored_bytes = %(stored_bytes)s,
     consecutive_failures = 0, auto_retries = 0, progress_bytes = %(size_bytes)s,
-    resumed_from = %(resumed_from)s
+    resumed_from = %(resumed_from)s, verification = %(verification)s
 WHERE id = %(id)s AND attempts = %(attempts)s AND status = 'IN_PROGRESS'
 """
 
@@ -331,22 +338,23 @@ UPLOAD_OF = "SELECT * FROM transfer_uploads WHERE log_id = %(id)s"
 RECORD_UPLOAD = """
 INSERT INTO transfer_uploads AS u (
     log_id, object_key, upload_id, token, size_bytes, remote_mtime, part_size, etags,
-    done_bytes, sha256_state)
+    done_bytes, sha256_state, checksums)
 SELECT t.id, %(object_key)s, %(upload_id)s, %(token)s, %(size_bytes)s, %(remote_mtime)s,
-       %(part_size)s, %(etags)s, %(done_bytes)s, %(sha256_state)s
+       %(part_size)s, %(etags)s, %(done_bytes)s, %(sha256_state)s, %(checksums)s
 FROM file_transfer_log t
 WHERE t.id = %(id)s AND t.attempts = %(attempts)s AND t.status = 'IN_PROGRESS'
 ON CONFLICT (log_id) DO UPDATE SET
     object_key = EXCLUDED.object_key, upload_id = EXCLUDED.upload_id, token = EXCLUDED.token,
     size_bytes = EXCLUDED.size_bytes, remote_mtime = EXCLUDED.remote_mtime,
     part_size = EXCLUDED.part_size, etags = EXCLUDED.etags, done_bytes = EXCLUDED.done_bytes,
-    sha256_state = EXCLUDED.sha256_state, created_at = now(), updated_at = now()
+    sha256_state = EXCLUDED.sha256_state, checksums = EXCLUDED.checksums, created_at = now(),
+    updated_at = now()
 """
 
 RECORD_PARTS = """
 UPDATE transfer_uploads u SET
     etags = %(etags)s, done_bytes = %(done_bytes)s, sha256_state = %(sha256_state)s,
-    updated_at = now()
+    checksums = %(checksums)s, updated_at = now()
 FROM file_transfer_log t
 WHERE u.log_id = %(id)s AND u.upload_id = %(upload_id)s
   AND t.id = u.log_id AND t.attempts = %(attempts)s AND t.status = 'IN_PROGRESS'
@@ -557,6 +565,7 @@ def _progress_params(progress: Progress) -> dict:
         "etags": list(progress.etags),
         "done_bytes": progress.done_bytes,
         "sha256_state": progress.sha256_state,
+        "checksums": None if progress.checksums is None else list(progress.checksums),
     }
 
 
@@ -682,6 +691,7 @@ class TransferLog:
             "total": round(result.total_seconds, 2),
             "stored_bytes": result.stored_bytes,
             "resumed_from": result.resumed_from or None,
+            "verification": result.verification,
         }
         if self._execute(COMPLETE, params).rowcount != 1:
             raise ClaimLost(f"claim {claim.id} (attempt {claim.attempts}) was taken over")
@@ -780,6 +790,7 @@ class TransferLog:
                 tuple(row["etags"]),
                 row["done_bytes"],
                 row["sha256_state"],
+                None if row["checksums"] is None else tuple(row["checksums"]),
             ),
             row["object_key"],
             row["size_bytes"],

@@ -89,6 +89,7 @@ class SourcePolicy:
     max_bytes_per_second: int | None = None  # the source's bandwidth cap, all runs together
     ready_marker: ReadyMarker | None = None  # the marker that says a file is complete
     file_filter: FileFilter = FileFilter()  # the files the source takes
+    server_checksums: bool = False  # uploads carry their SHA-256, where the server verifies it
 
     def object_name(self, bucket_prefix: str, path: str) -> str:
         """The object a remote path (relative to the root) is copied to."""
@@ -278,6 +279,7 @@ class Worker:
                 compression=self.policy.compression,
                 journal=journal,
                 pace=self.bandwidth_cap,
+                checksums=self.policy.server_checksums,
             )
         if journal is not None or claim.attempts > 1:  # the upload is done with, or left
             with suppress(psycopg.Error):  # a row left behind is given up later
@@ -362,6 +364,7 @@ class Worker:
                 "total_seconds": round(result.total_seconds, 3),
                 "mb_per_second": round(result.mb_per_second, 2),
                 "sha256": result.sha256,
+                "verification": result.verification,
                 "object_uri": self.store.uri(file.object_name),
                 "worker": me,
                 "attempt": claim.attempts,

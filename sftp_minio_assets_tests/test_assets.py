@@ -5,8 +5,10 @@ import subprocess
 import sys
 import textwrap
 
+import dagster as dg
 import pytest
 
+from sftp_minio_assets.assets import files
 from sftp_minio_assets.partitions import encode_key
 
 from .support import materializations, materialize, sha256_file, statuses
@@ -189,3 +191,29 @@ def test_a_large_file_streams_in_bounded_memory(env, size_mib):
     grown_mib = (probe["after_kib"] - probe["before_kib"]) / 1024
     # The warm-up already reached the steady state of buffers: a 200 MiB file adds next to nothing.
     assert grown_mib < size_mib / 4, f"peak RSS grew by {grown_mib:.0f} MiB"
+
+
+def test_a_failed_partition_carries_the_error_of_its_last_attempt(env, instance):
+    """An observation on the failed partition holds its error (where the UI shows it, on the
+    partition's page); a copied partition gets none."""
+    env.write("good.csv", b"fine\n")
+    env.write("unreadable.csv", b"secret\n").chmod(0o000)  # a permanent failure
+    paths = ["good.csv", "unreadable.csv"]
+
+    result = materialize(env, instance, paths)
+
+    assert not result.success
+    assert statuses(instance, paths) == {"good.csv": "MATERIALIZED", "unreadable.csv": "FAILED"}
+
+    def observations(path: str) -> list:
+        records_filter = dg.AssetRecordsFilter(asset_key=files.key, asset_partitions=[path])
+        return instance.fetch_observations(records_filter, limit=10).records
+
+    [record] = observations("unreadable.csv")
+    observation = record.asset_observation
+    error = observation.metadata["error"].value
+    assert error == env.rows()["unreadable.csv"]["error_message"]
+    assert f"{env.root}/unreadable.csv" in error and "ermission" in error
+    assert observation.metadata["permanent"].value is True
+    assert error in observation.description
+    assert observations("good.csv") == []

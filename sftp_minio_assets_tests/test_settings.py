@@ -42,7 +42,16 @@ VALID = {
     "MINIO_SECRET_KEY": "s3-secret-never-shown",
     "TRANSFER_DB_URL": "postgresql://ingest:db-secret-never-shown@127.0.0.1:1/transfers",
 }
-SETTINGS = ("SFTP_", "MINIO_", "BUCKET_NAME", "TRANSFER_", "MAX_", "SOURCES_FILE", "ALERT_")
+SETTINGS = (
+    "SFTP_",
+    "MINIO_",
+    "BUCKET_NAME",
+    "TRANSFER_",
+    "MAX_",
+    "SOURCES_FILE",
+    "ALERT_",
+    "SERVER_CHECKSUMS",
+)
 
 
 def environment(**variables: str) -> dict[str, str]:
@@ -228,6 +237,7 @@ def test_max_workers_wrong_only_at_run_time_fails_the_run_at_once(env, instance,
         ("SFTP_HOST", "", "SFTP_HOST: required, and not set"),
         ("SFTP_ALLOW_UNKNOWN_HOST", "ture", "SFTP_ALLOW_UNKNOWN_HOST='ture'"),
         ("COMPRESSION", "lzma", "COMPRESSION='lzma'"),
+        ("SERVER_CHECKSUMS", "maybe", "SERVER_CHECKSUMS='maybe'"),
         ("AFTER_COPY", "move", "after_copy: move needs archive_dir (ARCHIVE_DIR)"),
         ("MIN_FILE_AGE_SECONDS", "-1", "MIN_FILE_AGE_SECONDS='-1': must be at least 0"),
         ("MAX_STALE_LOCK_MINUTES", "0", "MAX_STALE_LOCK_MINUTES='0': must be more than 0"),
@@ -249,6 +259,12 @@ def test_a_value_that_can_never_work_is_refused_at_load_naming_its_variable(
         load_from(monkeypatch, **{variable: value})
     assert says in str(error.value)
     assert "never-shown" not in str(error.value) and "pw@" not in str(error.value)
+
+
+def test_server_checksums_are_off_by_default_and_set_by_their_variable(monkeypatch):
+    assert not load_from(monkeypatch).policy.for_worker("default").server_checksums
+    source = load_from(monkeypatch, SERVER_CHECKSUMS="true")
+    assert source.policy.for_worker("default").server_checksums
 
 
 def test_the_single_source_names_its_settings_by_their_variables(monkeypatch):

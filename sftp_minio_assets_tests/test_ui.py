@@ -19,6 +19,7 @@ import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 
 from devstack.local_stack import free_port, stop_group
 
@@ -176,6 +177,16 @@ def test_a_failed_partition_is_seen_rerun_and_seen_materialized_in_the_ui(
     browser.find_element(By.XPATH, "//*[normalize-space()='unreadable.csv']").click()
     time.sleep(2)
     browser.save_screenshot(str(screenshots / "1-partition-failed.png"))
+    # The partition's events: the observation with the error of its last attempt.
+    browser.find_element(By.XPATH, "//button[contains(., 'View all historical events')]").click()
+    time.sleep(2)
+    # The dialog lists it last in the page; its row unfolds to show the metadata.
+    browser.find_elements(By.XPATH, "//*[normalize-space()='unreadable.csv']")[-1].click()
+    time.sleep(1)
+    events = browser.find_element(By.TAG_NAME, "body").text
+    browser.save_screenshot(str(screenshots / "1b-partition-error.png"))
+    assert "Permission denied" in events and "read access" in events, events
+    webdriver.ActionChains(browser).send_keys(Keys.ESCAPE).perform()
 
     bad.chmod(0o644)  # the fix
     launched = graphql(

@@ -1,0 +1,145 @@
+"""Checksums the S3 server verifies (server_checksums): each upload carries its SHA-256, and
+the server refuses bytes that do not match it; the log says how each copy was verified.
+
+SeaweedFS (the test server) verifies ChecksumSHA256 on PutObject and UploadPart: it refuses a
+mismatch with BadDigest. s3rver (devstack's PlainS3Server) stores whatever it is sent: the
+fallback is tested on it.
+"""
+
+import base64
+import hashlib
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from devstack.local_stack import PlainS3Server
+from sftp_minio_assets.s3 import CHECKSUM_PROBE, sha256_checksum
+
+from .support import sha256_file
+from .test_resume import SMALL, killed_half_way, resuming_worker
+
+MIB = 1024 * 1024
+
+
+def test_a_checksum_is_the_base64_of_the_sha256():
+    assert sha256_checksum(b"abc") == base64.b64encode(hashlib.sha256(b"abc").digest()).decode()
+
+
+@pytest.mark.integration
+def test_the_test_server_verifies_checksums_and_the_probe_leaves_nothing(env):
+    store = env.store
+    assert store.verifies_checksums()
+    assert CHECKSUM_PROBE not in store.list_keys()
+
+
+@pytest.mark.integration
+def test_the_server_refuses_a_corrupted_part_or_object(env):
+    """Bytes that differ from the checksum sent with them, one flipped byte: refused."""
+    store = env.store
+    data = os.urandom(5 * MIB)
+    corrupted = bytearray(data)
+    corrupted[12345] ^= 1
+    upload_id = store.create_multipart("big.bin", {}, checksums=True)
+    with pytest.raises(OSError, match="did not match"):
+        store.upload_part("big.bin", upload_id, 1, bytes(corrupted), sha256_checksum(data))
+    etag = store.upload_part("big.bin", upload_id, 1, data, sha256_checksum(data))
+    store.complete_multipart("big.bin", upload_id, [etag], [sha256_checksum(data)])
+    assert env.object_sha256("big.bin") == hashlib.sha256(data).hexdigest()
+
+    with pytest.raises(OSError, match="did not match"):
+        store.put("small.txt", b"hellp", {}, {}, sha256_checksum(b"hello"))
+    assert store.head("small.txt") is None
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("checksums", [True, False])
+def test_the_log_and_the_materialization_say_how_each_copy_was_verified(env, checksums):
+    """With server_checksums, small and multipart copies are verified by the server; without,
+    as before: a small PUT by its MD5 ETag, a multipart one by its size and token."""
+    small = env.write("small.txt", b"a few bytes\n")
+    big = env.write("big.bin", os.urandom(12 * MIB))  # three parts of 5 MiB
+    worker = env.source(env.shared(part_size_mb=5), server_checksums=checksums).worker()
+
+    outcomes = {name: worker.transfer(name) for name in ("small.txt", "big.bin")}
+
+    expected = {
+        "small.txt": "sha256-by-server" if checksums else "md5-etag",
+        "big.bin": "sha256-by-server" if checksums else "size+token",
+    }
+    rows = env.rows()
+    for name, path in (("small.txt", small), ("big.bin", big)):
+        assert outcomes[name].status == "transferred", outcomes[name].message
+        assert rows[name]["verification"] == expected[name]
+        assert outcomes[name].metadata["verification"] == expected[name]
+        assert env.object_sha256(f"default/{name}") == sha256_file(path)
+
+
+@pytest.mark.integration
+def test_a_resumed_upload_completes_with_the_checksums_of_the_earlier_parts(env):
+    """The parts an earlier attempt uploaded are not read again; their checksums, kept in the
+    journal, complete the upload, and the server verified every part."""
+    path = env.write("data.bin", os.urandom(40 * MIB))
+    settings = {"server_checksums": True}
+    killed_half_way(env, "data.bin", 40 * MIB, cap=10_000_000, sftp=settings, **SMALL)
+    with psycopg.connect(env.db_url) as conn:
+        [(etags, checksums)] = conn.execute("SELECT etags, checksums FROM transfer_uploads")
+    assert checksums is not None and len(checksums) == len(etags) > 0
+
+    outcome = resuming_worker(env, [], **settings).transfer("data.bin")
+
+    assert outcome.status == "transferred", outcome.message
+    assert outcome.metadata["resumed_from_bytes"] > 0
+    assert outcome.metadata["verification"] == "sha256-by-server"
+    assert env.rows()["data.bin"]["verification"] == "sha256-by-server"
+    assert env.object_sha256("default/data.bin") == sha256_file(path)
+
+
+@pytest.fixture(scope="module")
+def plain_s3():
+    """s3rver, started for this module's test only."""
+    with tempfile.TemporaryDirectory() as base:
+        server = PlainS3Server(Path(base))
+        server.start()
+        try:
+            yield server
+        finally:
+            server.stop()
+
+
+@pytest.mark.integration
+def test_on_a_server_that_does_not_verify_copies_fall_back_with_one_logged_line(
+    env, plain_s3, caplog
+):
+    """The probe finds that the server stores bytes whatever their checksum: one warning, and
+    copies verified as without the setting (the MD5 ETag of a small PUT, the size and token of
+    a multipart upload), which the log records."""
+    minio = env.minio(
+        endpoint_url=plain_s3.endpoint_url,
+        access_key=plain_s3.access_key,
+        secret_key=plain_s3.secret_key,
+    )
+    small = env.write("small.txt", b"a few bytes\n")
+    big = env.write("big.bin", os.urandom(12 * MIB))
+    source = env.source(env.shared(minio=minio, part_size_mb=5), server_checksums=True)
+    worker = source.worker()
+
+    with caplog.at_level(logging.WARNING, logger="sftp_minio_assets.s3"):
+        outcomes = {name: worker.transfer(name) for name in ("small.txt", "big.bin")}
+
+    [line] = [r.getMessage() for r in caplog.records if r.name == "sftp_minio_assets.s3"]
+    assert plain_s3.endpoint_url in line and "does not verify SHA-256 checksums" in line
+    rows = env.rows()
+    store = minio.store
+    for name, path, verification in (
+        ("small.txt", small, "md5-etag"),
+        ("big.bin", big, "size+token"),
+    ):
+        assert outcomes[name].status == "transferred", outcomes[name].message
+        assert rows[name]["verification"] == verification
+        assert outcomes[name].metadata["verification"] == verification
+        assert store.sha256(f"default/{name}") == sha256_file(path)
+    assert sorted(store.list_keys()) == ["default/big.bin", "default/small.txt"]  # no probe
