@@ -42,6 +42,8 @@ READ_WINDOW = 16
 READ_REQUEST = 255 * 1024
 # The SSH channel's receive window: room for the whole read window.
 CHANNEL_WINDOW = 8 * 1024 * 1024
+# How long closing a session of a budget waits for its connection to end.
+CLOSE_TIMEOUT_SECONDS = 10.0
 
 
 class HostKeyError(paramiko.SSHException):
@@ -368,8 +370,14 @@ class SFTPPool:
             if sftp not in self._open:
                 return  # closed already
             lease = self._open.pop(sftp)
-        sftp.get_channel().get_transport().close()
+        transport = sftp.get_channel().get_transport()
+        transport.close()
         if lease is not None:
+            # The connection ends only once paramiko's reader thread leaves its recv(), which
+            # holds the socket open for up to its 0.1 s poll (longer on a loaded machine):
+            # released before that, the slot could let another process connect while the
+            # server still counts this session.
+            transport.join(CLOSE_TIMEOUT_SECONDS)
             self.budget.release(lease)
 
 
