@@ -81,6 +81,7 @@ VARIABLES = {
     "after_copy": "AFTER_COPY",
     "archive_dir": "ARCHIVE_DIR",
     "max_bytes_per_second": "SFTP_MAX_BYTES_PER_SECOND",
+    "destination_template": "SFTP_DESTINATION_TEMPLATE",
 }
 # A source of a sources file is set by keys named as the settings, but for the key file's path.
 FILE_KEYS = {"private_key": "private_key_path"}
