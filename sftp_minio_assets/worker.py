@@ -226,7 +226,8 @@ class Worker:
             claim, row = self._claim(file, attrs, me)
             if claim is None:
                 return self._not_claimed(file, row)
-            if claim.object_key != file.object_name:  # a retry keeps its first claim's key
+            # A retry of a dated key ({date}) keeps the key of the content's first claim.
+            if claim.object_key and claim.object_key != file.object_name:
                 file = self._file(key, object_name=claim.object_key)
             result = self._copy(file, attrs, claim, committed)
             self._complete(claim, result)
