@@ -24,7 +24,8 @@ from .s3 import key_segments
 FIELDS = ("path", "name", "stem", "suffix", "dir", "mtime", "date", "source")
 DATES = ("mtime", "date")
 DEFAULT_DATE_FORMAT = "%Y-%m-%d"
-# The directives C89 and ISO 8601 define, which every platform's strftime knows.
+# C89's directives, C99's ISO 8601 ones (%G %u %V) and Python's %f: every platform has them,
+# where an unknown one would be copied as it is on one and refused on another.
 STRFTIME = set("aAbBcdHIjmMpSUwWxXyYzZGuVf%")
 
 
@@ -37,6 +38,9 @@ class _Piece:
 
 @dataclass(frozen=True)
 class DestinationTemplate:
+    """A template parsed once, when the settings load, into its literal text and fields, so
+    that filling it in for each file is a few joins."""
+
     text: str
     pieces: tuple[_Piece, ...]
 
