@@ -10,16 +10,20 @@ source asks for them its ready marker and a second listing: readiness.py) and:
   alert says so). A permanent failure waits for a change of the file or a rerun.
 QUEUED (requested) and IN_PROGRESS (claimed) files are left to their runs; the sensor turns
 those whose run is gone into FAILED rows before planning.
+Two listed files whose objects would have one key (a destination template without {path}, or
+a name S3 cannot hold escaped into another's) are refused, both, rather than one copied over
+the other: but one whose row is COMPLETED, whose copy holds the key. Once they no longer
+collide, they are requested again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from .partitions import KeyTooLong, encode_key
 from .readiness import Readiness
-from .sftp import FileFilter, RemoteFile
+from .sftp import FileFilter, RemoteFile, display
 from .transfer_log import STATUSES, FileState
 
 
@@ -60,6 +64,45 @@ class Plan:
     # (key, size, mtime) of the new or changed files found otherwise ready, for the next tick's
     # stability check; collected only when a stable listing is required
     sighted: list[tuple[str, int, int]] = field(default_factory=list)
+    refused: list[Request] = field(default_factory=list)  # keys taken by another listed file
+    why_refused: dict[str, str] = field(default_factory=dict)  # path -> why, for each refused
+
+
+def clashes(
+    files: Iterable[RemoteFile],
+    states: Mapping[str, FileState],
+    object_name: Callable[[RemoteFile], str],
+    setting: str,
+) -> dict[str, str]:
+    """Files whose object key another of `files` has too, and why each is refused: all of
+    them, but one whose row is COMPLETED (its copy holds the key). setting: how messages name
+    the destination template."""
+    by_key: dict[str, list[str]] = {}
+    for file in files:
+        by_key.setdefault(object_name(file), []).append(file.path)
+    refused = {}
+    for key, paths in by_key.items():
+        if len(paths) < 2:
+            continue
+        for path in paths:
+            if _completed(states, path):
+                continue
+            others = " and ".join(repr(display(p)) for p in paths if p != path)
+            refused[path] = (
+                f"{display(path)!r} and {others} would be copied to the same object {key}; none "
+                f"is copied over another: make {setting} keep them apart (with {{path}}, or "
+                "{dir} and {name}), or rename one of them on the server; it is copied at the "
+                "first tick after that"
+            )
+    return refused
+
+
+def _completed(states: Mapping[str, FileState], path: str) -> bool:
+    try:
+        state = states.get(encode_key(path))
+    except KeyTooLong:
+        return False
+    return state is not None and state.status == "COMPLETED"
 
 
 def plan_transfers(
@@ -73,7 +116,11 @@ def plan_transfers(
     max_requests: int,
     auto_retry: AutoRetry,
     readiness: Readiness = EVERY_FILE_READY,
+    refused: Mapping[str, str] | None = None,
 ) -> Plan:
+    """refused: path -> why, files that clash with another (see clashes)."""
+    refused = refused or {}
+    refusals: list[Request] = []
     requests: list[Request] = []
     ignored: list[tuple[str, str]] = []
     given_up: list[str] = []
@@ -99,7 +146,13 @@ def plan_transfers(
             unknown.append(key)
         if state is not None and state.status in ("IN_PROGRESS", "QUEUED"):
             continue  # its run reports it; the sensor released claims of runs that are gone
-        if state is None or state.signature not in (None, file.signature):
+        if file.path in refused:
+            if state is not None and state.refused and state.signature == file.signature:
+                given_up.append(key)  # recorded already
+            else:
+                refusals.append(Request(key, file, retry=False, generation=0))
+            continue
+        if state is None or state.refused or state.signature not in (None, file.signature):
             if readiness.sightings is not None:
                 sighted.append((key, file.size, file.mtime))
             if not readiness.stable(key, file):
@@ -125,9 +178,11 @@ def plan_transfers(
         backing_off,
         given_up,
         unknown,
-        waiting_for_marker,
-        unstable,
-        sighted,
+        waiting_for_marker=waiting_for_marker,
+        unstable=unstable,
+        sighted=sighted,
+        refused=refusals,
+        why_refused=dict(refused),
     )
 
 

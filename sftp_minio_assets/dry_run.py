@@ -8,7 +8,6 @@ each file's destination object in its metadata. It adds no partition and request
 
 import dagster as dg
 
-from .partitions import decode_key
 from .sftp import display
 from .sources import source_key, source_of
 
@@ -32,13 +31,13 @@ def build_dry_run_job(source: str) -> dg.JobDefinition:
                 {
                     "remote file": display(request.file.path),
                     "bytes": request.file.size,
-                    "object": resource.object_uri(decode_key(request.key)),
+                    "object": resource.object_uri(request.file.path, request.file.mtime),
                 }
                 for request in result.requests
             ],
             columns=["remote file", "bytes", "object"],
         )
-        skipped = listing.skipped + result.ignored
+        skipped = listing.skipped + result.ignored + list(result.why_refused.items())
         context.log.info(
             f"dry run of {resource.location}: {len(table)} files would be copied "
             f"({int(table['bytes'].sum())} bytes), {result.waiting} too recent, "

@@ -16,6 +16,11 @@ class NotAFile(Exception):
     """The path is a directory or a special file now."""
 
 
+class KeyTaken(Exception):
+    """Another file of the same source is copied to this file's object key: the destination
+    template (or the escaping of a name S3 cannot hold) maps both to one key."""
+
+
 class SettingsError(ValueError):
     """A setting that can never work, refused when the code location loads; the message names
     the environment variable (or the source and key) and what a valid value looks like."""
@@ -35,7 +40,7 @@ def is_permanent(exc: BaseException) -> bool:
     cause = root_cause(exc)
     if isinstance(exc, SourceChanged):
         return False  # the writer will finish; the next attempt sees a stable file
-    if isinstance(exc, ObjectOfAnotherSource) or isinstance(
+    if isinstance(exc, (ObjectOfAnotherSource, KeyTaken)) or isinstance(
         cause, (HostKeyError, paramiko.AuthenticationException, NotAFile)
     ):
         return True
@@ -58,6 +63,12 @@ def advice(exc: BaseException, names: SettingNames = ENVIRONMENT) -> str:
             "Two sources, or another tool, write the same object: give each source its own "
             "destination_prefix (prefix under MINIO_PREFIX), then rerun the partition. The "
             "remote file was left in place."
+        )
+    if isinstance(exc, KeyTaken):
+        return (
+            f"Make the keys of distinct files distinct: give {names('destination_template')} "
+            "the {path} (or {dir}/{name}) of each file, or rename one of the files on the "
+            "server; then rerun the partition. The remote file was left in place."
         )
     if isinstance(cause, HostKeyError):
         return f"Fix the host key setting ({names('known_hosts_path', 'host_key_sha256')})."

@@ -10,6 +10,7 @@ import os
 import posixpath
 import time
 from collections.abc import Callable, Collection
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
@@ -18,10 +19,11 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from pydantic import Field, PrivateAttr, ValidationError, WrapValidator, model_validator
 
-from .discovery import AutoRetry, Plan, plan_transfers
+from .destinations import DestinationTemplate
+from .discovery import AutoRetry, Plan, clashes, plan_transfers
 from .errors import SettingsError, TransferLogUnavailable, redact
 from .readiness import Readiness, ReadyMarker, marker_problem
-from .s3 import ObjectStore, S3Settings, bucket_problem, key_segments, object_key
+from .s3 import ObjectStore, S3Settings, bucket_problem, key_segments, needs_escaping
 from .sessions import SessionBudget, server_of
 from .sftp import (
     VARIABLES,
@@ -111,12 +113,17 @@ def _database_server(url: str) -> str:
     return f"postgresql://{info.get('user', '')}@{host}:{port}/{info.get('dbname', '')}"
 
 
-def _window_problem(text: str) -> str | None:
-    try:
-        TransferWindow.parse(text)
-    except ValueError as exc:
-        return str(exc)
-    return None
+def _parses(parse: Callable[[str], object]) -> WrapValidator:
+    """A check that a text setting parses; parse's ValueError says what is wrong."""
+
+    def problem(text: str) -> str | None:
+        try:
+            parse(text)
+        except ValueError as exc:
+            return str(exc)
+        return None
+
+    return _check(problem)
 
 
 # How long a listing waits for a session of the server's budget: a sensor tick must end within
@@ -204,10 +211,15 @@ class SourcePolicyConfig(dg.Config):
     ] = Field(
         default=None, description="Key prefix under MINIO_PREFIX; default: the source's name."
     )
+    destination_template: Annotated[str | None, _parses(DestinationTemplate.parse)] = Field(
+        default=None,
+        description='Object key under MINIO_PREFIX, e.g. "partner-a/{mtime:%Y/%m/%d}/{path}" '
+        "(destinations.py); unset: destination_prefix/path.",
+    )
     max_workers: Annotated[int | None, _at_least(1)] = Field(
         default=None, description="Files copied at once per run; default: MAX_WORKERS."
     )
-    transfer_window: Annotated[str | None, _check(_window_problem)] = Field(
+    transfer_window: Annotated[str | None, _parses(TransferWindow.parse)] = Field(
         default=None,
         description='Hours files may be fetched, e.g. "20:00-06:00 Europe/Paris" (UTC when no '
         "time zone is given); unset: any time.",
@@ -253,7 +265,13 @@ class SourcePolicyConfig(dg.Config):
         return TransferWindow.parse(self.transfer_window) if self.transfer_window else None
 
     def problem(self) -> str | None:
-        """What is wrong with the after-copy settings together, if anything."""
+        """What is wrong with the settings together, if anything."""
+        if self.destination_prefix and self.destination_template:
+            return (
+                "destination_prefix and destination_template are both set: a template gives "
+                "the whole key under MINIO_PREFIX; begin it with the prefix, e.g. "
+                f"{self.destination_prefix.strip('/')}/{{path}}"
+            )
         if self.after_copy != "move":
             return None
         if not self.archive_dir:
@@ -268,10 +286,11 @@ class SourcePolicyConfig(dg.Config):
 
     @model_validator(mode="wrap")
     @classmethod
-    def _after_copy_fits(cls, values: object, handler: Callable[[object], "SourcePolicyConfig"]):
+    def _settings_fit(cls, values: object, handler: Callable[[object], "SourcePolicyConfig"]):
         policy = handler(values)
         unresolved = isinstance(values, dict) and any(
-            isinstance(values.get(name), ENV_VARS) for name in ("root", "archive_dir")
+            isinstance(values.get(name), ENV_VARS)
+            for name in ("root", "archive_dir", "destination_prefix", "destination_template")
         )
         if not unresolved and (error := policy.problem()):
             raise ValueError(error)
@@ -280,6 +299,12 @@ class SourcePolicyConfig(dg.Config):
     def for_worker(self, source: str) -> SourcePolicy:
         return SourcePolicy(
             destination=self.destination_prefix or source,
+            template=(
+                DestinationTemplate.parse(self.destination_template)
+                if self.destination_template
+                else None
+            ),
+            source=source,
             window=self.window,
             compression=self.compression,
             after_copy=self.after_copy,
@@ -469,9 +494,9 @@ class SourceResource(dg.ConfigurableResource):
         return f"{self.connection.server}{self.policy.root}"
 
     @property
-    def destination(self) -> str:
-        """Where its files go: their key prefix under the bucket's prefix."""
-        return self.policy.for_worker(self.name).destination
+    def key_prefix(self) -> str:
+        """What the keys of all its objects begin with (worker.SourcePolicy.key_prefix)."""
+        return self.policy.for_worker(self.name).key_prefix(self.minio.prefix)
 
     @property
     def concurrency(self) -> int:
@@ -521,9 +546,10 @@ class SourceResource(dg.ConfigurableResource):
         The sightings of the previous tick are read only where a stable listing is required."""
         log = self.transfer_log.log
         sightings = log.sightings(self.name) if self.policy.require_stable_listing else None
+        states = log.states(self.name)
         return plan_transfers(
             listing.files,
-            log.states(self.name),
+            states,
             in_flight,
             now=time.time(),
             min_age_seconds=self.policy.min_file_age_seconds,
@@ -531,6 +557,22 @@ class SourceResource(dg.ConfigurableResource):
             max_requests=len(listing.files) if max_requests is None else max_requests,
             auto_retry=self.transfer_settings.auto_retry,
             readiness=Readiness.of(listing.files, self.policy.marker, sightings),
+            refused=self._clashes(listing, states),
+        )
+
+    def _clashes(self, listing: Listing, states: dict) -> dict[str, str]:
+        """Listed files that would share an object, and why each is refused (discovery.clashes).
+        Without a template, only names S3 cannot hold are escaped into others: when no listed
+        name needs escaping, no key is computed."""
+        policy, accepts = self.policy.for_worker(self.name), self.policy.file_filter.accepts
+        if policy.template is None and not any(needs_escaping(f.path) for f in listing.files):
+            return {}
+        today = datetime.now(UTC)
+        return clashes(
+            [f for f in listing.files if accepts(f.path)],
+            states,
+            lambda f: policy.object_name(self.minio.prefix, f.path, f.mtime, today),
+            self.connection.settings.names("destination_template"),
         )
 
     def worker(
@@ -561,14 +603,14 @@ class SourceResource(dg.ConfigurableResource):
         """Abort the multipart uploads of dead workers, older than the stale window; not those
         of files being copied (a big file may take longer than that)."""
         return self.minio.store.abort_stale_uploads(
-            object_key(self.minio.prefix, self.destination, "") + "/",
+            self.key_prefix,
             self.transfer_log.max_stale_lock_minutes * 60,
             live=self.transfer_log.log.being_copied(self.name),
         )
 
-    def object_uri(self, path: str) -> str:
-        """Where the file at path (relative to root) is copied to."""
-        name = self.policy.for_worker(self.name).object_name(self.minio.prefix, path)
+    def object_uri(self, path: str, mtime: int) -> str:
+        """Where the file at path (relative to root), modified at mtime, is copied to today."""
+        name = self.policy.for_worker(self.name).object_name(self.minio.prefix, path, mtime)
         return self.minio.store.uri(display(name))
 
 

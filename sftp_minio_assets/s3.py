@@ -20,7 +20,8 @@ from urllib.parse import quote
 
 import s3fs
 
-_UNSAFE_IN_KEYS = re.compile("[%\\\\\x00-\x1f\x7f\udc80-\udcff]")
+# What an S3 key cannot hold, or not safely: see object_key.
+_UNSAFE_IN_KEYS = re.compile("[\\\\\x00-\x1f\x7f\udc80-\udcff]")
 _BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _IP_ADDRESS = re.compile(r"^\d+\.\d+\.\d+\.\d+$")
 
@@ -50,12 +51,21 @@ def object_key(prefix: str, source: str, path: str) -> str:
     """prefix/source/path, normalised so that no remote path can leave the prefix.
 
     `..`, `.` and empty segments are dropped, so the result never starts with `/` nor climbs
-    out of the prefix. Within a name, `%`, backslashes (which some S3 servers turn into `/`),
-    control characters and bytes that are not UTF-8 (surrogates in path) become %XX, so that
-    two remote names never share an object; everything else is kept as it is.
+    out of the prefix. Names are kept as they are (`Q3 50%.csv` stays so) wherever S3 can hold
+    them: keys are any UTF-8. Only what it cannot hold, or not safely, becomes %XX: bytes that
+    are not UTF-8 (surrogates in path), control characters (XML listings cannot carry them)
+    and backslashes (which some S3 servers turn into `/`). So the encoding is not reversible:
+    a raw name may become another file's literal name (`caf\\xe9` and `caf%E9`); the sensor's
+    plan and the claim refuse such a pair rather than copy one over the other (see
+    discovery.py); the object's metadata keeps the exact remote path.
     """
     segments = (*key_segments(prefix), *key_segments(source), *key_segments(path))
     return posixpath.join(*(_UNSAFE_IN_KEYS.sub(_percent, segment) for segment in segments))
+
+
+def needs_escaping(path: str) -> bool:
+    """Whether object_key escapes something of path: then it may collide with another's."""
+    return _UNSAFE_IN_KEYS.search(path) is not None
 
 
 def key_segments(path: str) -> tuple[str, ...]:

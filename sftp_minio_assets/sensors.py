@@ -10,6 +10,7 @@ there too (file_sightings), one statement per tick, for the next tick to compare
 """
 
 import os
+import posixpath
 from datetime import UTC, datetime
 
 import dagster as dg
@@ -89,6 +90,7 @@ def build_new_files_sensor(source: str, files_asset: dg.AssetsDefinition) -> dg.
         _warn_about_skipped(context, resource, listing, plan)
         if resource.policy.require_stable_listing:
             log.record_sightings(source, plan.sighted)
+        _record_refusals(resource, plan)
         # Request: the files become QUEUED in the log, then partitions and runs.
         log.request(source, [(r.key, r.file.size, r.file.mtime, r.retry) for r in plan.requests])
         new_keys = [r.key for r in plan.requests if r.key not in order]
@@ -164,6 +166,8 @@ def _warn_about_skipped(
     """Files that are never requested as they are, and log rows this project did not write."""
     for path, why in listing.skipped + plan.ignored:
         context.log.warning(f"{resource.connection.server}: skipped {display(path)!r}: {why}")
+    for path in plan.why_refused:
+        context.log.warning(_refused(resource, plan, path))
     if plan.unknown_status:
         context.log.warning(
             f"{len(plan.unknown_status)} rows of source {resource.name} have a status this project "
@@ -171,6 +175,21 @@ def _warn_about_skipped(
         )
     if held := _not_ready(plan):
         context.log.info(f"source {resource.name}: {', '.join(held)}")
+
+
+def _record_refusals(resource: SourceResource, plan: Plan) -> None:
+    """Files that would share an object with another become permanent failures in the log:
+    one statement, only when there are such files not recorded yet."""
+    refusals = [
+        (r.key, r.file.size, r.file.mtime, _refused(resource, plan, r.file.path))
+        for r in plan.refused
+    ]
+    resource.transfer_log.log.refuse(resource.name, refusals)
+
+
+def _refused(resource: SourceResource, plan: Plan, path: str) -> str:
+    """Why a file is refused (its key is another's), as the log row and the tick's log say."""
+    return f"{posixpath.join(resource.location, display(path))}: {plan.why_refused[path]}"
 
 
 def _nothing_new(files_listed: int, plan: Plan) -> str:

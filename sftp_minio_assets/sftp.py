@@ -86,6 +86,7 @@ VARIABLES = {
     "ready_marker": "SFTP_READY_MARKER",
     "require_stable_listing": "SFTP_REQUIRE_STABLE_LISTING",
     "server_checksums": "SERVER_CHECKSUMS",
+    "destination_template": "SFTP_DESTINATION_TEMPLATE",
 }
 # A source of a sources file is set by keys named as the settings, but for the key file's path.
 FILE_KEYS = {"private_key": "private_key_path"}

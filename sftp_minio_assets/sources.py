@@ -12,6 +12,8 @@ root, filters, destination prefix, concurrency, compression and after-copy actio
         root: /outgoing
         include: ["*.csv"]
         destination_prefix: partner-a   # objects under MINIO_PREFIX/partner-a/...
+        # or the whole key under MINIO_PREFIX, from a template (destinations.py):
+        # destination_template: "partner-a/{mtime:%Y/%m/%d}/{path}"
         max_workers: 2
         compression: gzip          # none (default), gzip or zstd
         after_copy: move           # keep (default), delete, or move to archive_dir
@@ -25,7 +27,9 @@ root, filters, destination prefix, concurrency, compression and after-copy actio
 Secrets (`password`, `private_key`) must be `{env: NAME}`: a literal secret in the file is
 refused. Any other value may be a reference too. Every value, referenced ones included, is
 checked when the file is loaded, and so is the rule that no two sources write to the same
-objects. Without SOURCES_FILE, the SFTP_* variables make one source named `default`.
+objects (as far as destinations can be known before files are: see
+_refuse_shared_destinations).
+Without SOURCES_FILE, the SFTP_* variables make one source named `default`.
 """
 
 import itertools
@@ -47,7 +51,6 @@ from .resources import (
     source_resource,
     with_variables,
 )
-from .s3 import key_segments
 
 NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
 SECRETS = ("password", "private_key")
@@ -154,7 +157,7 @@ def _source(
     except SettingsError as exc:
         raise SourcesError(f"{where}: {exc}") from None
     (_, connection), (policy, as_given) = parts["connection"], parts["policy"]
-    return connection, as_given, policy.for_worker(name).destination
+    return connection, as_given, policy.for_worker(name).key_prefix("")
 
 
 def _naming(keys: dict[str, str], variables: dict[str, str]):
@@ -168,17 +171,22 @@ def _naming(keys: dict[str, str], variables: dict[str, str]):
 
 
 def _refuse_shared_destinations(path: Path, destinations: dict[str, str]) -> None:
-    """Objects are MINIO_PREFIX/destination/path: two sources whose destinations are equal, or
-    one inside the other, could write the same object, each overwriting the other's copy."""
+    """Objects are MINIO_PREFIX/destination/path, or MINIO_PREFIX/<template filled in>: two
+    sources whose keys may begin alike could write the same object, each overwriting the
+    other's copy. destinations: what each source's keys begin with for sure (its
+    destination_prefix or name and a `/`, or its template's constant beginning, "" when the
+    template begins with a field other than {source}); two may overlap when one begins with
+    the other. What the fields become is known only file by file: the claim refuses a key
+    that another source's file holds."""
     for (a, at), (b, bt) in itertools.combinations(destinations.items(), 2):
-        a_folder, b_folder = key_segments(at), key_segments(bt)
-        shorter = min(len(a_folder), len(b_folder))
-        if a_folder[:shorter] == b_folder[:shorter]:
+        if at.startswith(bt) or bt.startswith(at):
             raise SourcesError(
-                f"{path}: sources {a!r} and {b!r} write to the same objects: their "
-                f"destination_prefix {'/'.join(a_folder)!r} and {'/'.join(b_folder)!r} (a "
-                "source's name when unset) are the same or one is inside the other; give each "
-                "source a destination_prefix of its own"
+                f"{path}: sources {a!r} and {b!r} may write to the same objects: their keys "
+                f"begin with {at!r} and {bt!r}, which are the same or one begins with the other "
+                "(from destination_prefix, or the source's name when unset, or the constant "
+                "beginning of destination_template); give each source a first folder of its "
+                "own, e.g. destination_prefix: partner-a, or destination_template: "
+                "partner-a/{path} (or {source}/{path})"
             )
 
 

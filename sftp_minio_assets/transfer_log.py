@@ -170,15 +170,25 @@ INSERT INTO file_transfer_log AS t (
 SELECT
     %(source)s, %(filename)s, %(worker_id)s, %(run_id)s, 'IN_PROGRESS', 1, now(), now(),
     %(size_bytes)s, round(%(size_bytes)s / 1048576.0, 2), %(remote_mtime)s, %(object_key)s
--- never a key that another source's file is copied to: its object would be overwritten
+-- never a key that another source's file is copied to, nor one that another file of this
+-- source is copied or being copied to: its object would be overwritten
 WHERE NOT EXISTS (SELECT 1 FROM file_transfer_log o
-                  WHERE o.object_key = %(object_key)s AND o.source <> %(source)s)
+                  WHERE o.object_key = %(object_key)s
+                    AND (o.source <> %(source)s
+                         OR (o.filename <> %(filename)s
+                             AND o.status IN ('COMPLETED', 'IN_PROGRESS'))))
 ON CONFLICT (source, filename) DO UPDATE SET
     worker_id = EXCLUDED.worker_id, run_id = EXCLUDED.run_id, status = 'IN_PROGRESS',
     attempts = t.attempts + 1, transfer_start_time = now(), transfer_end_time = NULL,
     heartbeat_at = now(), updated_at = now(), error_message = NULL,
     size_bytes = EXCLUDED.size_bytes, file_size_mb = EXCLUDED.file_size_mb,
-    remote_mtime = EXCLUDED.remote_mtime, object_key = EXCLUDED.object_key, sha256 = NULL,
+    remote_mtime = EXCLUDED.remote_mtime, sha256 = NULL,
+    -- a key with the day of the copy in it ({date}) is the first claim's for this content
+    object_key = CASE WHEN %(keep_recorded_key)s AND t.object_key IS NOT NULL
+                           AND t.status <> 'COMPLETED'
+                           AND t.size_bytes = EXCLUDED.size_bytes
+                           AND t.remote_mtime = EXCLUDED.remote_mtime
+                      THEN t.object_key ELSE EXCLUDED.object_key END,
     download_duration = NULL, upload_duration = NULL, total_duration = NULL,
     stored_bytes = NULL, source_action = NULL, permanent = false, progress_bytes = NULL,
     resumed_from = NULL, verification = NULL
@@ -193,7 +203,7 @@ WHERE t.status NOT IN ('IN_PROGRESS', 'COMPLETED')  -- FAILED, QUEUED, or not ou
    OR (t.status = 'IN_PROGRESS' AND t.run_id = %(dead_run)s)
    OR (t.status = 'COMPLETED' AND (t.size_bytes IS DISTINCT FROM EXCLUDED.size_bytes
                                    OR t.remote_mtime IS DISTINCT FROM EXCLUDED.remote_mtime))
-RETURNING id, attempts
+RETURNING id, attempts, object_key
 """
 
 HEARTBEAT = """
@@ -294,7 +304,11 @@ ON CONFLICT (source, filename) DO UPDATE SET
     status = 'QUEUED', requested_at = now(), updated_at = now(),
     auto_retries = CASE WHEN EXCLUDED.auto_retries = 1 THEN t.auto_retries + 1 ELSE 0 END,
     size_bytes = EXCLUDED.size_bytes, file_size_mb = EXCLUDED.file_size_mb,
-    remote_mtime = EXCLUDED.remote_mtime
+    remote_mtime = EXCLUDED.remote_mtime,
+    -- the key recorded for other content is not for this one (see CLAIM)
+    object_key = CASE WHEN t.size_bytes = EXCLUDED.size_bytes
+                           AND t.remote_mtime = EXCLUDED.remote_mtime
+                      THEN t.object_key END
 WHERE t.status <> 'IN_PROGRESS'
   -- copied meanwhile (the tick planned from an earlier read): done, not requested again
   AND NOT (t.status = 'COMPLETED' AND t.size_bytes = EXCLUDED.size_bytes
@@ -362,9 +376,35 @@ WHERE u.log_id = %(id)s AND u.upload_id = %(upload_id)s
 
 DROP_UPLOAD = "DELETE FROM transfer_uploads WHERE log_id = %(id)s"
 
+# Who else is copied to a key: another source's file, or another file of this source (as CLAIM).
 OWNER = """
-SELECT source FROM file_transfer_log
-WHERE object_key = %(object_key)s AND source <> %(source)s LIMIT 1
+SELECT source, filename, status FROM file_transfer_log
+WHERE object_key = %(object_key)s
+  AND (source <> %(source)s
+       OR (filename <> %(filename)s AND status IN ('COMPLETED', 'IN_PROGRESS')))
+LIMIT 1
+"""
+
+# Files the sensor's plan refuses because another listed file maps to the same key: a
+# permanent failure, its row marked as the sensor's (worker_id), so that the plan requests the
+# file again once the collision is gone. A row already so is left as it is.
+REFUSE = """
+INSERT INTO file_transfer_log AS t (
+    source, filename, worker_id, status, attempts, transfer_start_time, transfer_end_time,
+    size_bytes, file_size_mb, remote_mtime, error_message, consecutive_failures, permanent)
+SELECT %(source)s, f.filename, 'sensor', 'FAILED', 0, now(), now(), f.size_bytes,
+       round(f.size_bytes / 1048576.0, 2), to_timestamp(f.mtime), f.error, 1, true
+FROM unnest(%(filenames)s::text[], %(sizes)s::bigint[], %(mtimes)s::bigint[],
+            %(errors)s::text[]) AS f(filename, size_bytes, mtime, error)
+ON CONFLICT (source, filename) DO UPDATE SET
+    worker_id = 'sensor', run_id = NULL, status = 'FAILED', permanent = true,
+    transfer_end_time = now(), updated_at = now(), error_message = EXCLUDED.error_message,
+    consecutive_failures = t.consecutive_failures + 1, size_bytes = EXCLUDED.size_bytes,
+    file_size_mb = EXCLUDED.file_size_mb, remote_mtime = EXCLUDED.remote_mtime
+WHERE t.status NOT IN ('IN_PROGRESS', 'COMPLETED')
+  AND NOT (t.status = 'FAILED' AND t.worker_id = 'sensor'
+           AND t.error_message IS NOT DISTINCT FROM EXCLUDED.error_message
+           AND t.size_bytes = EXCLUDED.size_bytes AND t.remote_mtime = EXCLUDED.remote_mtime)
 """
 
 # The source's copies in flight, and how many of them are one process's (the bandwidth cap's
@@ -380,7 +420,8 @@ GET = "SELECT * FROM file_transfer_log WHERE source = %(source)s AND filename = 
 
 STATES = """
 SELECT filename, status, size_bytes, extract(epoch FROM remote_mtime)::bigint AS mtime,
-       permanent, auto_retries, extract(epoch FROM updated_at) AS updated
+       permanent, auto_retries, extract(epoch FROM updated_at) AS updated,
+       (status = 'FAILED' AND worker_id = 'sensor') AS refused
 FROM file_transfer_log WHERE source = %(source)s
 """
 
@@ -535,6 +576,7 @@ class FileState:
     permanent: bool  # the last failure cannot be helped by retrying
     auto_retries: int  # automatic re-requests since the file last changed or was copied
     updated: float  # epoch seconds of the last change of the row (for a failure: its time)
+    refused: bool = False  # failed in the sensor's plan: its key is another listed file's
 
 
 # A resumable upload untouched this long is given up: the sensor aborts it (s3.py).
@@ -545,6 +587,7 @@ RESUMABLE_HOURS = 24
 class Claim:
     id: int
     attempts: int
+    object_key: str = ""  # recorded with the claim: a retry may keep an earlier claim's
 
 
 @dataclass(frozen=True)
@@ -655,10 +698,12 @@ class TransferLog:
         worker_id: str,
         run_id: str | None,
         dead_run: str | None = None,
+        keep_recorded_key: bool = False,
     ) -> Claim | None:
-        """The claim if this worker may transfer the file now; None if another holds it or the
-        same content is already COMPLETED. dead_run: a run known to be finished, whose claim
-        may be taken over."""
+        """The claim if this worker may transfer the file now; None if another holds it, the
+        same content is already COMPLETED, or object_key is another file's. dead_run: a run
+        known to be finished, whose claim may be taken over. keep_recorded_key: an earlier
+        claim of the same content keeps its key (the claim says which key to copy to)."""
         row = self._execute(
             CLAIM,
             {
@@ -671,9 +716,10 @@ class TransferLog:
                 "object_key": object_key,
                 "stale_seconds": self.stale_minutes * 60,
                 "dead_run": dead_run,
+                "keep_recorded_key": keep_recorded_key,
             },
         ).fetchone()
-        return Claim(row["id"], row["attempts"]) if row else None
+        return Claim(row["id"], row["attempts"], row["object_key"]) if row else None
 
     def heartbeat(self, claim: Claim, progress_bytes: int | None = None) -> None:
         params = {"id": claim.id, "attempts": claim.attempts, "progress_bytes": progress_bytes}
@@ -819,10 +865,19 @@ class TransferLog:
     def drop_upload(self, claim: Claim) -> None:
         self._execute(DROP_UPLOAD, {"id": claim.id})
 
-    def owner_of(self, object_key: str, source: str) -> str | None:
-        """Another source whose file is copied to object_key, if any."""
-        row = self._execute(OWNER, {"object_key": object_key, "source": source}).fetchone()
-        return row["source"] if row else None
+    def owner_of(self, object_key: str, source: str, filename: str) -> dict | None:
+        """The row of another file copied to object_key, if any (source, filename, status):
+        another source's, or another of this source's that is copied or being copied there."""
+        params = {"object_key": object_key, "source": source, "filename": filename}
+        return self._execute(OWNER, params).fetchone()
+
+    def refuse(self, source: str, files: list[tuple[str, int, int, str]]) -> None:
+        """Record the plan's refusals: (filename, size, mtime, why), permanent failures."""
+        if not files:
+            return
+        filenames, sizes, mtimes, errors = (list(column) for column in zip(*files, strict=True))
+        params = {"filenames": filenames, "sizes": sizes, "mtimes": mtimes, "errors": errors}
+        self._execute(REFUSE, {"source": source, **params})
 
     def share_of_copies(self, source: str, process: str) -> float:
         """The part of the source's copies in flight that workers of `process` (host:pid, as
@@ -845,6 +900,7 @@ class TransferLog:
                 r["permanent"],
                 r["auto_retries"],
                 float(r["updated"]),
+                r["refused"],
             )
             for r in rows
         }

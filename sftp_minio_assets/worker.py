@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import suppress
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import partial
 from typing import Literal
 from urllib.parse import quote
@@ -27,11 +28,12 @@ from urllib.parse import quote
 import psycopg
 
 from .bandwidth import BandwidthCap
-from .errors import NotAFile, advice, is_permanent, redact
+from .destinations import DestinationTemplate
+from .errors import KeyTaken, NotAFile, advice, is_permanent, redact
 from .partitions import decode_key
 from .readiness import ReadyMarker
 from .resume import Journal, resumable_hashing, still_usable
-from .s3 import ObjectStore, object_key
+from .s3 import ObjectStore, key_segments, object_key
 from .sftp import FileFilter, SFTPPool, SFTPSettings, display, list_dir, remote_bytes
 from .transfer import (
     MIB,
@@ -80,7 +82,9 @@ class Outcome:
 class SourcePolicy:
     """What a source does with its files, besides copying them."""
 
-    destination: str  # key prefix under the bucket's prefix
+    destination: str  # key prefix under the bucket's prefix, when there is no template
+    template: DestinationTemplate | None = None  # the whole key under the bucket's prefix
+    source: str = ""  # the template's {source}
     window: TransferWindow | None = None  # when files may be fetched; None: any time
     compression: str = "none"
     after_copy: Literal["keep", "delete", "move"] = "keep"
@@ -91,9 +95,28 @@ class SourcePolicy:
     file_filter: FileFilter = FileFilter()  # the files the source takes
     server_checksums: bool = False  # uploads carry their SHA-256, where the server verifies it
 
-    def object_name(self, bucket_prefix: str, path: str) -> str:
-        """The object a remote path (relative to the root) is copied to."""
-        return object_key(bucket_prefix, self.destination, path) + SUFFIXES[self.compression]
+    def object_name(
+        self, bucket_prefix: str, path: str, mtime: int = 0, date: datetime | None = None
+    ) -> str:
+        """The object a remote path (relative to the root), modified at mtime, is copied to on
+        date (default: today); without a template, the path alone decides."""
+        if self.template is None:
+            key = object_key(bucket_prefix, self.destination, path)
+        else:
+            filled = self.template.render(self.source, path, mtime, date)
+            key = object_key(bucket_prefix, "", filled)
+        return key + SUFFIXES[self.compression]
+
+    def key_prefix(self, bucket_prefix: str) -> str:
+        """What every key of the source begins with: a folder, or with a template whose first
+        folder has a field, a part of one ("" when a field comes first)."""
+        if self.template is None:
+            return object_key(bucket_prefix, self.destination, "") + "/"
+        constant = self.template.constant_prefix(self.source)
+        if not constant and not key_segments(bucket_prefix):
+            return ""
+        key = object_key(bucket_prefix, "", constant)
+        return key if constant and not constant.endswith("/") else key + "/"
 
 
 @dataclass(frozen=True)
@@ -202,9 +225,14 @@ class Worker:
         claim: Claim | None = None
         try:
             attrs = self._stat(file)
+            if self.policy.template is not None:  # its key may depend on the mtime
+                file = self._file(key, int(attrs.st_mtime or 0))
             claim, row = self._claim(file, attrs, me)
             if claim is None:
                 return self._not_claimed(file, row)
+            # A retry of a dated key ({date}) keeps the key of the content's first claim.
+            if claim.object_key and claim.object_key != file.object_name:
+                file = self._file(key, object_name=claim.object_key)
             result = self._copy(file, attrs, claim, committed)
             self._complete(claim, result)
         except Exception as exc:
@@ -212,15 +240,20 @@ class Worker:
         action = self._after_copy(file.remote_path, attrs, claim)
         return self._transferred(file, result, claim, me, action)
 
-    def _file(self, key: str) -> _File:
+    def _file(self, key: str, mtime: int | None = None, object_name: str | None = None) -> _File:
+        """The file of a partition key. With a template, its object is known once its mtime
+        is (before that, messages show the template)."""
         path = decode_key(key)
         remote_path = posixpath.join(self.policy.root, path)
-        object_name = self.policy.object_name(self.store.settings.prefix, path)
+        prefix, template = self.store.settings.prefix, self.policy.template
+        if object_name is None and (template is None or mtime is not None):
+            object_name = self.policy.object_name(prefix, path, mtime or 0)
+        shown = display(object_name) if object_name else prefix.strip("/") + "/" + template.text
         where = (
             f"{self.sftp_settings.server}{display(_absolute(remote_path))} -> "
-            f"{self.store.uri(display(object_name))}"
+            f"{self.store.uri(shown.lstrip('/'))}"
         )
-        return _File(key, path, remote_path, object_name, where)
+        return _File(key, path, remote_path, object_name or "", where)
 
     def _stat(self, file: _File):
         attrs = self.pool.get().stat(remote_bytes(file.remote_path))
@@ -240,6 +273,7 @@ class Worker:
             object_key=file.object_name,
             worker_id=me,
             run_id=self.run_id,
+            keep_recorded_key=self.policy.template is not None and self.policy.template.dated,
         )
         claim = claim_now()
         if claim is not None:
@@ -510,10 +544,17 @@ class Worker:
     def _not_claimed(self, file: _File, row: dict) -> Outcome:
         """Why the claim was refused (its log row says): another source copies to the same
         object (a failure), the file is copied already, or another worker holds it."""
-        if owner := self.transfer_log.owner_of(file.object_name, self.source):
+        owner = self.transfer_log.owner_of(file.object_name, self.source, file.key)
+        if owner and owner["source"] != self.source:
             raise ObjectOfAnotherSource(
-                f"the object is where source {owner!r} copies its file of that name; "
+                f"the object is where source {owner['source']!r} copies its file of that name; "
                 "it is left as it is, and this file is not copied over it"
+            )
+        if owner:
+            raise KeyTaken(
+                f"{display(decode_key(owner['filename']))} of this source is copied to the same "
+                f"object ({owner['status']}): {display(file.path)} and it map to one key; the "
+                "object is left as it is, and this file is not copied over it"
             )
         if row.get("status") == "COMPLETED":
             return Outcome(

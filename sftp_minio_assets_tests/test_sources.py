@@ -60,10 +60,10 @@ def test_a_sources_file_names_each_source_and_keeps_secrets_in_variables(tmp_pat
     sources = load_sources(path, offline_shared())
     assert set(sources) == {"partner", "legacy"}
     partner = sources["partner"]
-    assert partner.destination == "partner-a"
+    assert partner.key_prefix == "partner-a/"
     assert (partner.policy.compression, partner.policy.after_copy) == ("zstd", "move")
     assert partner.concurrency == 2
-    assert sources["legacy"].destination == "legacy"
+    assert sources["legacy"].key_prefix == "legacy/"
     assert sources["legacy"].connection.private_key == "/secrets/legacy_ed25519"
     # The secret is a reference, resolved only when the resource is used.
     assert "s3cr3t-from-env" not in repr(partner.model_dump())

@@ -36,7 +36,7 @@ def test_a_zero_base_retries_at_once():
         (SourcePolicy("partner-a", compression="gzip"), "a.csv", "landing/partner-a/a.csv.gz"),
         (SourcePolicy("p", compression="zstd"), "a.csv", "landing/p/a.csv.zst"),
         (SourcePolicy("nested/dest/"), "../../x.csv", "landing/nested/dest/x.csv"),
-        (SourcePolicy("p"), "100%.csv", "landing/p/100%25.csv"),
+        (SourcePolicy("p"), "Q3 50%.csv", "landing/p/Q3 50%.csv"),
     ],
 )
 def test_a_file_goes_under_the_prefix_and_its_sources_destination(policy, path, expected):
