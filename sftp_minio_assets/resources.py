@@ -20,6 +20,7 @@ from pydantic import Field, PrivateAttr, ValidationError, WrapValidator, model_v
 
 from .discovery import AutoRetry, Plan, plan_transfers
 from .errors import SettingsError, TransferLogUnavailable, redact
+from .pgp import DEFAULT_SUFFIXES, PgpSettings, key_problem
 from .s3 import ObjectStore, S3Settings, bucket_problem, key_segments, object_key
 from .sessions import SessionBudget, server_of
 from .sftp import (
@@ -224,6 +225,30 @@ class SourcePolicyConfig(dg.Config):
         default=None,
         description="Bandwidth cap of the source's reads, all its runs together; unset: none.",
     )
+    pgp_private_key: Annotated[str | None, _check(lambda key: key_problem(key, secret=True))] = (
+        Field(
+            default=None,
+            description="Armored PGP private key, or its file's path: files named with "
+            "pgp_suffixes are decrypted in flight; unset: copied as they are.",
+        )
+    )
+    pgp_passphrase: str | None = Field(default=None, description="The private key's passphrase.")
+    pgp_verify_key: Annotated[str | None, _check(lambda key: key_problem(key, secret=False))] = (
+        Field(
+            default=None,
+            description="The partner's armored PGP public key, or its file's path: set, a file "
+            "not signed by it is refused.",
+        )
+    )
+    pgp_suffixes: list[
+        Annotated[
+            str,
+            _check(lambda suffix: None if len(suffix) > 1 and suffix[0] == "." else "e.g. .pgp"),
+        ]
+    ] = Field(
+        default=list(DEFAULT_SUFFIXES),
+        description="Names of encrypted files end so; the object's name is without it.",
+    )
 
     @property
     def file_filter(self) -> FileFilter:
@@ -234,7 +259,9 @@ class SourcePolicyConfig(dg.Config):
         return TransferWindow.parse(self.transfer_window) if self.transfer_window else None
 
     def problem(self) -> str | None:
-        """What is wrong with the after-copy settings together, if anything."""
+        """What is wrong with the after-copy or PGP settings together, if anything."""
+        if not self.pgp_private_key and (self.pgp_passphrase or self.pgp_verify_key):
+            return "pgp_passphrase and pgp_verify_key need pgp_private_key (SFTP_PGP_PRIVATE_KEY)"
         if self.after_copy != "move":
             return None
         if not self.archive_dir:
@@ -267,6 +294,18 @@ class SourcePolicyConfig(dg.Config):
             archive_dir=self.archive_dir,
             root=self.root,
             max_bytes_per_second=self.max_bytes_per_second,
+            pgp=self.pgp,
+        )
+
+    @property
+    def pgp(self) -> PgpSettings | None:
+        if not self.pgp_private_key:
+            return None
+        return PgpSettings(
+            self.pgp_private_key,
+            self.pgp_passphrase,
+            self.pgp_verify_key,
+            tuple(self.pgp_suffixes),
         )
 
 
@@ -524,7 +563,13 @@ class SourceResource(dg.ConfigurableResource):
             transfer_log=self.transfer_log.log,
             tuning=self.transfer_settings.tuning,
             run_id=run_id,
-            secrets=(self.connection.password, self.minio.secret_key, self.minio.access_key),
+            secrets=(
+                self.connection.password,
+                self.minio.secret_key,
+                self.minio.access_key,
+                self.policy.pgp_passphrase,
+                self.policy.pgp_private_key,
+            ),
             retry=self.transfer_settings.retry,
             policy=self.policy.for_worker(self.name),
             run_finished=run_finished,
@@ -551,6 +596,7 @@ R = TypeVar("R", bound=dg.ConfigurableResource)
 # Fields whose values no message repeats: secrets, and URLs that may carry one.
 UNECHOED = {
     *("password", "private_key", "access_key", "secret_key"),
+    *("pgp_private_key", "pgp_passphrase", "pgp_verify_key"),
     *("url", "endpoint_url", "webhook_url"),
 }
 
@@ -639,6 +685,7 @@ def source_from_env(shared: dict[str, dg.ConfigurableResource]) -> SourceResourc
             _variables_of(SourcePolicyConfig),
             include=_globs("SFTP_INCLUDE"),
             exclude=_globs("SFTP_EXCLUDE"),
+            **_given(pgp_suffixes=_globs("SFTP_PGP_SUFFIXES") or None),
         ),
     )
     return source_resource("default", parts["connection"], parts["policy"], shared)

@@ -81,6 +81,9 @@ VARIABLES = {
     "after_copy": "AFTER_COPY",
     "archive_dir": "ARCHIVE_DIR",
     "max_bytes_per_second": "SFTP_MAX_BYTES_PER_SECOND",
+    "pgp_private_key": "SFTP_PGP_PRIVATE_KEY",
+    "pgp_passphrase": "SFTP_PGP_PASSPHRASE",
+    "pgp_verify_key": "SFTP_PGP_VERIFY_KEY",
 }
 # A source of a sources file is set by keys named as the settings, but for the key file's path.
 FILE_KEYS = {"private_key": "private_key_path"}

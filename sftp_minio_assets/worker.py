@@ -29,6 +29,7 @@ import psycopg
 from .bandwidth import BandwidthCap
 from .errors import NotAFile, advice, is_permanent, redact
 from .partitions import decode_key
+from .pgp import PgpSettings
 from .resume import Journal, resumable_hashing, still_usable
 from .s3 import ObjectStore, object_key
 from .sftp import SFTPPool, SFTPSettings, display, remote_bytes
@@ -86,10 +87,18 @@ class SourcePolicy:
     archive_dir: str | None = None
     root: str = "/"  # on the SFTP server; a file's path is relative to it
     max_bytes_per_second: int | None = None  # the source's bandwidth cap, all runs together
+    pgp: PgpSettings | None = None  # set: encrypted files are decrypted (pgp.py)
 
     def object_name(self, bucket_prefix: str, path: str) -> str:
-        """The object a remote path (relative to the root) is copied to."""
+        """The object a remote path (relative to the root) is copied to: without its
+        encryption suffix when it is decrypted, with the compression's suffix."""
+        if self.decrypts(path):
+            path = self.pgp.plain_name(path)
         return object_key(bucket_prefix, self.destination, path) + SUFFIXES[self.compression]
+
+    def decrypts(self, path: str) -> bool:
+        """Whether the file at path is decrypted on its way (its name says it is encrypted)."""
+        return self.pgp is not None and self.pgp.encrypted(path)
 
 
 @dataclass(frozen=True)
@@ -275,20 +284,23 @@ class Worker:
                 compression=self.policy.compression,
                 journal=journal,
                 pace=self.bandwidth_cap,
+                pgp=self.policy.pgp if self.policy.decrypts(file.path) else None,
             )
         if journal is not None:
             with suppress(psycopg.Error):  # a row left behind is given up later
                 journal.forget()
         return result
 
-    def _resumable(self, size: int) -> bool:
+    def _resumable(self, file: _File, size: int) -> bool:
         """Whether a file of this size is copied resumably (see resume.py): big enough, stored
-        as it is (a compressor's state cannot be saved), streamed, and hashable resumably."""
+        as it is (a compressor's or gpg's state cannot be saved), streamed, and hashable
+        resumably."""
         tuning = self.tuning
         return (
             bool(tuning.resume_min)
             and size >= max(tuning.resume_min, 2 * tuning.part_size)
             and self.policy.compression == "none"
+            and not self.policy.decrypts(file.path)
             and not tuning.local_dir
             and resumable_hashing()
         )
@@ -303,7 +315,7 @@ class Worker:
             progress = recorded.progress
             if (recorded.size_bytes, recorded.remote_mtime) != (size, mtime):
                 why = "the file changed since its upload began"
-            elif recorded.object_key != file.object_name or not self._resumable(size):
+            elif recorded.object_key != file.object_name or not self._resumable(file, size):
                 why = "its destination or settings changed since its upload began"
             else:
                 why = still_usable(self.store, file.object_name, progress)
@@ -318,7 +330,7 @@ class Worker:
                 with suppress(Exception):
                     self.store.abort_multipart(recorded.object_key, progress.upload_id)
                 self.transfer_log.drop_upload(claim)
-        if not self._resumable(size):
+        if not self._resumable(file, size):
             return None
         return Journal(self.transfer_log, claim, file.object_name, size, mtime, previous)
 
@@ -364,6 +376,8 @@ class Worker:
                 "attempt": claim.attempts,
                 "source_file": action,
                 **({} if result.stored_bytes is None else {"stored_bytes": result.stored_bytes}),
+                # A decrypted object's own hash; sha256 is the (encrypted) remote file's.
+                **({"stored_sha256": result.stored_sha256} if result.stored_sha256 else {}),
                 # Bytes an earlier attempt had uploaded already: this one read the rest only.
                 **({"resumed_from_bytes": result.resumed_from} if result.resumed_from else {}),
             },
