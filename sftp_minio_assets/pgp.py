@@ -127,32 +127,49 @@ class _Keyring:
         # Short: gpg-agent's socket lives in it, and socket paths are limited to 108 bytes.
         self.home = tempfile.mkdtemp(prefix="sftp-pgp-")
         atexit.register(self.close)
+        # The passphrase unlocks the key once, here, and the agent keeps it for the process's
+        # life: asked for it by several gpg at once, gpg-agent refuses some (tested).
+        with open(os.path.join(self.home, "gpg-agent.conf"), "w") as conf:
+            conf.write("allow-loopback-pinentry\ndefault-cache-ttl 2000000000\n")
+            conf.write("max-cache-ttl 2000000000\n")
         self._import(key_text(settings.private_key), "pgp_private_key")
         self.partner: frozenset[str] = frozenset()
         if settings.verify_key:
             text = key_text(settings.verify_key)
             self._import(text, "pgp_verify_key")
-            self.partner = frozenset(_fingerprints(self._gpg("--with-colons", "--show-keys", text)))
+            shown = self._gpg("--with-colons", "--show-keys", data=text.encode()).decode()
+            self.partner = frozenset(_fingerprints(shown))
+        self._unlock()
 
-    def _gpg(self, *args: str) -> str:
-        """gpg's output for args (the last is its input)."""
-        command = [GPG, "--homedir", self.home, "--batch", "--no-tty", *args[:-1]]
-        done = subprocess.run(command, input=args[-1].encode(), capture_output=True, check=False)
-        if done.returncode != 0:
-            raise DecryptionFailed(
-                "the key could not be imported into GnuPG", (), "Check the key's format."
-            )
-        return done.stdout.decode(errors="replace")
+    def _gpg(self, *args: str, data: bytes) -> bytes:
+        """gpg's output for args and data on its stdin; CalledProcessError if it fails."""
+        command = [GPG, "--homedir", self.home, "--batch", "--no-tty", *args]
+        return subprocess.run(command, input=data, capture_output=True, check=True).stdout
 
     def _import(self, text: str, setting: str) -> None:
         try:
-            self._gpg("--import", text)
-        except DecryptionFailed:
+            self._gpg("--import", data=text.encode())
+        except subprocess.CalledProcessError:
             raise DecryptionFailed(
-                "GnuPG refused the key to import",
+                "GnuPG refused to import the key.",
                 (setting,),
                 "Set {settings} to an armored PGP key (gpg --armor --export...), then rerun.",
             ) from None
+
+    def _unlock(self) -> None:
+        """A message to the key itself, decrypted: the passphrase is checked and cached."""
+        try:
+            sealed = self._gpg(
+                "--trust-model", "always", "--default-recipient-self", "--encrypt", data=b"."
+            )
+        except subprocess.CalledProcessError:
+            raise DecryptionFailed(
+                "the PGP private key cannot decrypt (it has no encryption subkey).",
+                ("pgp_private_key",),
+                "Set {settings} to the key the partner encrypts for, then rerun.",
+            ) from None
+        for _ in self.decrypt(iter([sealed]), verify=False):
+            pass
 
     def close(self) -> None:
         subprocess.run(
@@ -162,7 +179,7 @@ class _Keyring:
         )
         shutil.rmtree(self.home, ignore_errors=True)
 
-    def decrypt(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
+    def decrypt(self, chunks: Iterator[bytes], verify: bool = True) -> Iterator[bytes]:
         command = [
             *(GPG, "--homedir", self.home, "--batch", "--no-tty", "--status-fd", "2"),
             *("--trust-model", "always", "--pinentry-mode", "loopback"),
@@ -188,12 +205,14 @@ class _Keyring:
             if process.poll() is None:
                 process.kill()
                 process.wait()
+            if hasattr(chunks, "close"):  # gpg gave up early: the reads in flight end now
+                chunks.close()
             for pipe in (process.stdin, process.stdout, process.stderr):
                 if not pipe.closed:
                     pipe.close()
-        self._judge(report, process.returncode)
+        self._judge(report, process.returncode, verify)
 
-    def _judge(self, report: _Report, returncode: int) -> None:
+    def _judge(self, report: _Report, returncode: int, verify: bool) -> None:
         """Raises DecryptionFailed unless the message decrypted whole (and, with a verify_key,
         was signed by the partner's key)."""
         said = report.status
@@ -222,7 +241,7 @@ class _Keyring:
                 "Ask the partner to send the file again, encrypted for your key; then rerun the "
                 "partition.",
             )
-        if not self.settings.verify_key:
+        if not (verify and self.settings.verify_key):
             return
         signers = [args.split()[-1] for args in said.get("VALIDSIG", ())]
         if "GOODSIG" in said and signers and all(signer in self.partner for signer in signers):

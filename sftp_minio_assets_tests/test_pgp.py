@@ -140,6 +140,21 @@ def test_an_encrypted_file_is_stored_decrypted_without_its_suffix_in_bounded_mem
     assert peak < smaller_peak + 12 * MIB, f"{peak / MIB:.1f} MiB, {smaller_peak / MIB:.1f} MiB"
 
 
+@pytest.mark.integration
+def test_encrypted_files_copied_at_once_share_the_key_unlocked_once(env, keys):
+    """gpg-agent refuses some of several unlocks asked at once: the key is unlocked once."""
+    plaintexts = {f"batch/{n}.csv.pgp": os.urandom(256 * 1024 + n) for n in range(6)}
+    for path, plaintext in plaintexts.items():
+        env.write(path, keys.encrypt(plaintext))
+    worker = env.source(**decrypting(keys)).worker()
+
+    outcomes = list(worker.transfer_many([encode_key(path) for path in plaintexts], 6))
+
+    assert [o.status for o in outcomes] == ["transferred"] * 6, [o.message for o in outcomes]
+    for path, plaintext in plaintexts.items():
+        assert env.object_sha256("default/" + path.removesuffix(".pgp")) == sha256(plaintext)
+
+
 def corrupt(data: bytes) -> bytes:
     """Bytes flipped in the middle, as a broken transfer on the partner's side leaves them."""
     middle = len(data) // 2
