@@ -128,7 +128,7 @@ class _Keyring:
         self.home = tempfile.mkdtemp(prefix="sftp-pgp-")
         atexit.register(self.close)
         # The passphrase unlocks the key once, here, and the agent keeps it for the process's
-        # life: asked for it by several gpg at once, gpg-agent refuses some (tested).
+        # life: asked for it by several gpg at once, gpg-agent was seen to refuse one.
         with open(os.path.join(self.home, "gpg-agent.conf"), "w") as conf:
             conf.write("allow-loopback-pinentry\ndefault-cache-ttl 2000000000\n")
             conf.write("max-cache-ttl 2000000000\n")
