@@ -5,6 +5,10 @@ FROM python:3.11-slim
 ENV PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1 DAGSTER_HOME=/opt/dagster/home
 WORKDIR /opt/dagster/app
 
+# GnuPG decrypts PGP-encrypted files in flight (sftp_minio_assets/pgp.py).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gnupg \
+ && rm -rf /var/lib/apt/lists/*
 COPY pyproject.toml README.md ./
 COPY sftp_minio_assets ./sftp_minio_assets
 RUN pip install . \

@@ -11,10 +11,12 @@ SUDO   := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
 install: system-deps $(VENV)/.installed
 
-# sshd for the SFTP server, PostgreSQL for the transfer log and the Dagster instance.
+# sshd for the SFTP server, PostgreSQL for the transfer log and the Dagster instance, GnuPG to
+# decrypt PGP-encrypted files (pgp.py).
 system-deps:
 	@missing=""; \
 	[ -x /usr/sbin/sshd ] || missing="$$missing openssh-server"; \
+	command -v gpg >/dev/null || missing="$$missing gnupg"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 import paramiko
 import psycopg
 
+from .pgp import DecryptionFailed
 from .sftp import ENVIRONMENT, HostKeyError, SettingNames, credentials
 from .transfer import ObjectOfAnotherSource, SourceChanged, TransferFailed
 
@@ -41,7 +42,7 @@ def is_permanent(exc: BaseException) -> bool:
     if isinstance(exc, SourceChanged):
         return False  # the writer will finish; the next attempt sees a stable file
     if isinstance(exc, (ObjectOfAnotherSource, KeyTaken)) or isinstance(
-        cause, (HostKeyError, paramiko.AuthenticationException, NotAFile)
+        cause, (HostKeyError, paramiko.AuthenticationException, NotAFile, DecryptionFailed)
     ):
         return True
     # On either side, a missing file or bucket, a refused read or write; anything else
@@ -74,6 +75,9 @@ def advice(exc: BaseException, names: SettingNames = ENVIRONMENT) -> str:
         return f"Fix the host key setting ({names('known_hosts_path', 'host_key_sha256')})."
     if isinstance(cause, paramiko.AuthenticationException):
         return f"Check {credentials(names)}, then rerun."
+    if isinstance(cause, DecryptionFailed):
+        fix = cause.fix.format(settings=names(*cause.settings)) if cause.settings else cause.fix
+        return f"{fix} The remote file was left in place; nothing was stored."
     if isinstance(cause, NotAFile):
         return "Only regular files are copied; nothing to do if this is expected."
     if upload and isinstance(cause, PermissionError):

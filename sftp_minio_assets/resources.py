@@ -22,6 +22,7 @@ from pydantic import Field, PrivateAttr, ValidationError, WrapValidator, model_v
 from .destinations import DestinationTemplate
 from .discovery import AutoRetry, Plan, clashes, plan_transfers
 from .errors import SettingsError, TransferLogUnavailable, redact
+from .pgp import DEFAULT_SUFFIXES, PgpSettings, key_problem
 from .readiness import Readiness, ReadyMarker, marker_problem
 from .s3 import ObjectStore, S3Settings, bucket_problem, key_segments, needs_escaping
 from .sessions import SessionBudget, server_of
@@ -251,6 +252,30 @@ class SourcePolicyConfig(dg.Config):
         default=False,
         description="Send each upload's SHA-256 for the S3 server to verify, where it does.",
     )
+    pgp_private_key: Annotated[str | None, _check(lambda key: key_problem(key, secret=True))] = (
+        Field(
+            default=None,
+            description="Armored PGP private key, or its file's path: files named with "
+            "pgp_suffixes are decrypted in flight; unset: copied as they are.",
+        )
+    )
+    pgp_passphrase: str | None = Field(default=None, description="The private key's passphrase.")
+    pgp_verify_key: Annotated[str | None, _check(lambda key: key_problem(key, secret=False))] = (
+        Field(
+            default=None,
+            description="The partner's armored PGP public key, or its file's path: set, a file "
+            "not signed by it is refused.",
+        )
+    )
+    pgp_suffixes: list[
+        Annotated[
+            str,
+            _check(lambda suffix: None if len(suffix) > 1 and suffix[0] == "." else "e.g. .pgp"),
+        ]
+    ] = Field(
+        default=list(DEFAULT_SUFFIXES),
+        description="Names of encrypted files end so; the object's name is without it.",
+    )
 
     @property
     def marker(self) -> ReadyMarker | None:
@@ -272,6 +297,8 @@ class SourcePolicyConfig(dg.Config):
                 "the whole key under MINIO_PREFIX; begin it with the prefix, e.g. "
                 f"{self.destination_prefix.strip('/')}/{{path}}"
             )
+        if not self.pgp_private_key and (self.pgp_passphrase or self.pgp_verify_key):
+            return "pgp_passphrase and pgp_verify_key need pgp_private_key (SFTP_PGP_PRIVATE_KEY)"
         if self.after_copy != "move":
             return None
         if not self.archive_dir:
@@ -314,6 +341,18 @@ class SourcePolicyConfig(dg.Config):
             ready_marker=self.marker,
             file_filter=self.file_filter,
             server_checksums=self.server_checksums,
+            pgp=self.pgp,
+        )
+
+    @property
+    def pgp(self) -> PgpSettings | None:
+        if not self.pgp_private_key:
+            return None
+        return PgpSettings(
+            self.pgp_private_key,
+            self.pgp_passphrase,
+            self.pgp_verify_key,
+            tuple(self.pgp_suffixes),
         )
 
 
@@ -562,10 +601,14 @@ class SourceResource(dg.ConfigurableResource):
 
     def _clashes(self, listing: Listing, states: dict) -> dict[str, str]:
         """Listed files that would share an object, and why each is refused (discovery.clashes).
-        Without a template, only names S3 cannot hold are escaped into others: when no listed
-        name needs escaping, no key is computed."""
+        Without a template or decryption, only names S3 cannot hold are escaped into others:
+        when no listed name needs escaping, no key is computed."""
         policy, accepts = self.policy.for_worker(self.name), self.policy.file_filter.accepts
-        if policy.template is None and not any(needs_escaping(f.path) for f in listing.files):
+        if (
+            policy.template is None
+            and policy.pgp is None  # data.csv.pgp is stored as data.csv
+            and not any(needs_escaping(f.path) for f in listing.files)
+        ):
             return {}
         today = datetime.now(UTC)
         return clashes(
@@ -592,7 +635,13 @@ class SourceResource(dg.ConfigurableResource):
             transfer_log=self.transfer_log.log,
             tuning=self.transfer_settings.tuning,
             run_id=run_id,
-            secrets=(self.connection.password, self.minio.secret_key, self.minio.access_key),
+            secrets=(
+                self.connection.password,
+                self.minio.secret_key,
+                self.minio.access_key,
+                self.policy.pgp_passphrase,
+                self.policy.pgp_private_key,
+            ),
             retry=self.transfer_settings.retry,
             policy=self.policy.for_worker(self.name),
             run_finished=run_finished,
@@ -619,6 +668,7 @@ R = TypeVar("R", bound=dg.ConfigurableResource)
 # Fields whose values no message repeats: secrets, and URLs that may carry one.
 UNECHOED = {
     *("password", "private_key", "access_key", "secret_key"),
+    *("pgp_private_key", "pgp_passphrase", "pgp_verify_key"),
     *("url", "endpoint_url", "webhook_url"),
 }
 
@@ -707,6 +757,7 @@ def source_from_env(shared: dict[str, dg.ConfigurableResource]) -> SourceResourc
             _variables_of(SourcePolicyConfig),
             include=_globs("SFTP_INCLUDE"),
             exclude=_globs("SFTP_EXCLUDE"),
+            **_given(pgp_suffixes=_globs("SFTP_PGP_SUFFIXES") or None),
         ),
     )
     return source_resource("default", parts["connection"], parts["policy"], shared)

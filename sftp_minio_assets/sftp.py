@@ -87,6 +87,9 @@ VARIABLES = {
     "require_stable_listing": "SFTP_REQUIRE_STABLE_LISTING",
     "server_checksums": "SERVER_CHECKSUMS",
     "destination_template": "SFTP_DESTINATION_TEMPLATE",
+    "pgp_private_key": "SFTP_PGP_PRIVATE_KEY",
+    "pgp_passphrase": "SFTP_PGP_PASSPHRASE",
+    "pgp_verify_key": "SFTP_PGP_VERIFY_KEY",
 }
 # A source of a sources file is set by keys named as the settings, but for the key file's path.
 FILE_KEYS = {"private_key": "private_key_path"}

@@ -24,12 +24,12 @@ root, filters, destination prefix, concurrency, compression and after-copy actio
         password: {env: LEGACY_SFTP_PASSWORD}   # secrets only as references to variables
         host_key_sha256: "SHA256:..."
 
-Secrets (`password`, `private_key`) must be `{env: NAME}`: a literal secret in the file is
-refused. Any other value may be a reference too. Every value, referenced ones included, is
-checked when the file is loaded, and so is the rule that no two sources write to the same
-objects (as far as destinations can be known before files are: see
-_refuse_shared_destinations).
-Without SOURCES_FILE, the SFTP_* variables make one source named `default`.
+Secrets (`password`, `private_key`, `pgp_private_key`, `pgp_passphrase`) must be
+`{env: NAME}`: a literal secret in the file is refused. Any other value may be a reference too.
+Every value, referenced ones included, is checked when the file is loaded, and so is the rule
+that no two sources write to the same objects (as far as destinations can be known before
+files are: see _refuse_shared_destinations). Without SOURCES_FILE, the SFTP_* variables make
+one source named `default`.
 """
 
 import itertools
@@ -53,7 +53,7 @@ from .resources import (
 )
 
 NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
-SECRETS = ("password", "private_key")
+SECRETS = ("password", "private_key", "pgp_private_key", "pgp_passphrase")
 # A source's keys: its connection's and its policy's settings, and private_key_path (the key
 # as a file); not the connection's record of how they were spelled.
 NAMING = {"settings_in", "setting_keys"}

@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 import paramiko
 import zstandard
 
+from .pgp import DecryptionFailed, PgpSettings, decrypt
 from .resume import Journal, Progress, Sha256
 from .s3 import ObjectStore, sha256_checksum
 from .sftp import READ_CHUNK, read_chunks
@@ -31,6 +32,7 @@ from .sftp import READ_CHUNK, read_chunks
 MIB = 1024 * 1024
 MAX_PARTS = 9_000  # S3 allows 10,000; keep room for a file that grows a little
 TOKEN = "transfer-token"  # object metadata: which attempt wrote the object
+DECRYPTED = "decrypted"  # object metadata: the remote file was PGP-encrypted, the object is not
 
 
 class TransferFailed(Exception):
@@ -38,7 +40,7 @@ class TransferFailed(Exception):
 
     def __init__(self, stage: str, message: str):
         super().__init__(message)
-        self.stage = stage  # "read" (SFTP), "upload" (S3) or "verify"
+        self.stage = stage  # "read" (SFTP), "upload" (S3), "verify" or "decrypt" (PGP)
         # Set when the failure came at or after the commit: the object may be in place.
         self.committed: Committed | None = None
 
@@ -104,7 +106,8 @@ class TransferResult:
     download_seconds: float
     upload_seconds: float
     total_seconds: float
-    stored_bytes: int | None = None  # of the object, when compressed
+    stored_bytes: int | None = None  # of the object, when compressed or decrypted
+    stored_sha256: str | None = None  # of the object, when decrypted
     resumed_from: int = 0  # bytes an earlier attempt had uploaded, not read again
     verification: str = BY_SIZE  # BY_SERVER, BY_ETAG or BY_SIZE
 
@@ -160,7 +163,7 @@ class _Upload:
             self.meter.size,
             self.meter.digest.hexdigest(),
             self.metadata.get("source-mtime", ""),
-            compressed="compression" in self.metadata,
+            compressed=_transformed(self.metadata),
         )
 
 
@@ -176,13 +179,17 @@ def copy_file(
     journal: Journal | None = None,
     pace: Callable[[int], None] | None = None,
     checksums: bool = False,
+    pgp: PgpSettings | None = None,
 ) -> TransferResult:
-    """Copy remote_path to key, compressed on the way ("gzip", "zstd") unless "none"; raises
+    """Copy remote_path to key, decrypted on the way with pgp (pgp.py) when set, then
+    compressed ("gzip", "zstd") unless "none"; raises
     TransferFailed (and leaves no object) on any error. heartbeat(bytes read so far) is called
     as they stream. With a journal (a big uncompressed file), the upload is resumable: it goes
     on from journal.previous if set, and records its progress there (resume.py). pace(length)
     before each read: the source's bandwidth cap (bandwidth.py). checksums: send each
-    request's SHA-256 for the server to verify, if it does (probed once per process)."""
+    request's SHA-256 for the server to verify, if it does (probed once per process). sha256
+    and size_bytes are the remote file's (what the partner sent); stored_bytes (and for a
+    decrypted file stored_sha256) the object's."""
     started = time.monotonic()
     if checksums:
         with _upload_stage(_Meter(None), "probing the server's checksum support"):
@@ -199,9 +206,11 @@ def copy_file(
     else:
         meter = _Meter(heartbeat, Sha256(state=previous.sha256_state), previous.done_bytes)
         metadata = {**metadata, TOKEN: previous.token}
-    stored = _Counter()
+    stored = _Counter(hashlib.sha256() if pgp is not None else None)
     if compression != "none":
         metadata.update({"compression": compression, "original-size": str(before.st_size)})
+    if pgp is not None:
+        metadata.update({DECRYPTED: "pgp", "original-size": str(before.st_size)})
     with f:
 
         def check_unchanged() -> None:
@@ -229,15 +238,17 @@ def copy_file(
             verification, proven = _resumable_upload(upload, f, before, journal, pace)
             stored.size = meter.size
         else:
-            chunks = stored.wrap(
-                _compressed(
-                    meter.wrap(_reading(read_chunks(f, before.st_size, pace=pace))), compression
-                )
-            )
-            if tuning.local_dir:
-                verification, proven = _copy_via_local_file(upload, chunks)
-            else:
-                verification, proven = _upload(upload, chunks, before.st_size)
+            chunks = meter.wrap(_reading(read_chunks(f, before.st_size, pace=pace)))
+            if pgp is not None:
+                chunks = decrypt(pgp, chunks)
+            chunks = stored.wrap(_compressed(chunks, compression))
+            try:
+                if tuning.local_dir:
+                    verification, proven = _copy_via_local_file(upload, chunks)
+                else:
+                    verification, proven = _upload(upload, chunks, before.st_size)
+            except DecryptionFailed as exc:
+                raise _decryption_failed(exc, f, before) from exc
     if not proven:
         try:
             _verify(store, key, stored.size, metadata[TOKEN])
@@ -250,22 +261,48 @@ def copy_file(
         download_seconds=meter.read_seconds,
         upload_seconds=meter.upload_seconds,
         total_seconds=time.monotonic() - started,
-        stored_bytes=stored.size if compression != "none" else None,
+        stored_bytes=stored.size if _transformed(metadata) else None,
+        stored_sha256=stored.digest.hexdigest() if stored.digest is not None else None,
         resumed_from=previous.done_bytes if previous is not None else 0,
         verification=verification,
     )
 
 
 class _Counter:
-    """Counts the bytes that go into the object (after compression)."""
+    """Counts the bytes that go into the object (after decryption and compression), and hashes
+    them when given a digest (a decrypted object's hash is not the remote file's)."""
 
-    def __init__(self) -> None:
+    def __init__(self, digest=None) -> None:
         self.size = 0
+        self.digest = digest
 
     def wrap(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
         for chunk in chunks:
             self.size += len(chunk)
+            if self.digest is not None:
+                self.digest.update(chunk)
             yield chunk
+
+
+def _transformed(metadata: dict[str, str]) -> bool:
+    """Whether the object's bytes are not the remote file's (compressed or decrypted): its size
+    is then not the file's, which metadata original-size records."""
+    return "compression" in metadata or DECRYPTED in metadata
+
+
+def _decryption_failed(exc: DecryptionFailed, f: paramiko.SFTPFile, before) -> TransferFailed:
+    """A file that does not decrypt is permanently wrong, unless it changed while it was read
+    (a torn copy of a file still being written): then it is retried once stable."""
+    try:
+        after = f.stat()
+    except (OSError, EOFError, paramiko.SSHException):
+        after = before
+    if (after.st_size, after.st_mtime) != (before.st_size, before.st_mtime):
+        return SourceChanged(
+            f"the file changed while it was decrypted ({before.st_size} bytes at open, "
+            f"{after.st_size} now); it will be copied again once stable"
+        )
+    return TransferFailed("decrypt", f"PGP decryption failed: {exc}")
 
 
 def _compressed(chunks: Iterator[bytes], compression: str) -> Iterator[bytes]:
@@ -665,7 +702,7 @@ def earlier_copy(
         if any(found.get(name) != value for name, value in metadata.items()):
             return None
         stored = head["ContentLength"]
-        compressed = "compression" in found
+        compressed = _transformed(found)
         if (found.get("original-size") if compressed else str(stored)) != str(size):
             return None
         sha256 = store.tags(key).get("sha256")

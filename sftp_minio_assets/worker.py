@@ -31,6 +31,7 @@ from .bandwidth import BandwidthCap
 from .destinations import DestinationTemplate
 from .errors import KeyTaken, NotAFile, advice, is_permanent, redact
 from .partitions import decode_key
+from .pgp import PgpSettings
 from .readiness import ReadyMarker
 from .resume import Journal, resumable_hashing, still_usable
 from .s3 import ObjectStore, key_segments, object_key
@@ -94,12 +95,16 @@ class SourcePolicy:
     ready_marker: ReadyMarker | None = None  # the marker that says a file is complete
     file_filter: FileFilter = FileFilter()  # the files the source takes
     server_checksums: bool = False  # uploads carry their SHA-256, where the server verifies it
+    pgp: PgpSettings | None = None  # set: encrypted files are decrypted (pgp.py)
 
     def object_name(
         self, bucket_prefix: str, path: str, mtime: int = 0, date: datetime | None = None
     ) -> str:
         """The object a remote path (relative to the root), modified at mtime, is copied to on
-        date (default: today); without a template, the path alone decides."""
+        date (default: today): without its encryption suffix when it is decrypted, with the
+        compression's suffix; without a template, the path alone decides."""
+        if self.decrypts(path):
+            path = self.pgp.plain_name(path)
         if self.template is None:
             key = object_key(bucket_prefix, self.destination, path)
         else:
@@ -117,6 +122,10 @@ class SourcePolicy:
             return ""
         key = object_key(bucket_prefix, "", constant)
         return key if constant and not constant.endswith("/") else key + "/"
+
+    def decrypts(self, path: str) -> bool:
+        """Whether the file at path is decrypted on its way (its name says it is encrypted)."""
+        return self.pgp is not None and self.pgp.encrypted(path)
 
 
 @dataclass(frozen=True)
@@ -314,20 +323,23 @@ class Worker:
                 journal=journal,
                 pace=self.bandwidth_cap,
                 checksums=self.policy.server_checksums,
+                pgp=self.policy.pgp if self.policy.decrypts(file.path) else None,
             )
         if journal is not None or claim.attempts > 1:  # the upload is done with, or left
             with suppress(psycopg.Error):  # a row left behind is given up later
                 self.transfer_log.drop_upload(claim)
         return result
 
-    def _resumable(self, size: int) -> bool:
+    def _resumable(self, file: _File, size: int) -> bool:
         """Whether a file of this size is copied resumably (see resume.py): big enough, stored
-        as it is (a compressor's state cannot be saved), streamed, and hashable resumably."""
+        as it is (a compressor's or gpg's state cannot be saved), streamed, and hashable
+        resumably."""
         tuning = self.tuning
         return (
             bool(tuning.resume_min)
             and size >= max(tuning.resume_min, 2 * tuning.part_size)
             and self.policy.compression == "none"
+            and not self.policy.decrypts(file.path)
             and not tuning.local_dir
             and resumable_hashing()
         )
@@ -342,7 +354,7 @@ class Worker:
             progress = recorded.progress
             if (recorded.size_bytes, recorded.remote_mtime) != (size, mtime):
                 why = "the file changed since its upload began"
-            elif recorded.object_key != file.object_name or not self._resumable(size):
+            elif recorded.object_key != file.object_name or not self._resumable(file, size):
                 why = "its destination or settings changed since its upload began"
             else:
                 why = still_usable(self.store, file.object_name, progress)
@@ -357,7 +369,7 @@ class Worker:
                 with suppress(Exception):
                     self.store.abort_multipart(recorded.object_key, progress.upload_id)
                 self.transfer_log.drop_upload(claim)
-        if not self._resumable(size):
+        if not self._resumable(file, size):
             return None
         return Journal(self.transfer_log, claim, file.object_name, size, mtime, previous)
 
@@ -404,6 +416,8 @@ class Worker:
                 "attempt": claim.attempts,
                 "source_file": action,
                 **({} if result.stored_bytes is None else {"stored_bytes": result.stored_bytes}),
+                # A decrypted object's own hash; sha256 is the (encrypted) remote file's.
+                **({"stored_sha256": result.stored_sha256} if result.stored_sha256 else {}),
                 # Bytes an earlier attempt had uploaded already: this one read the rest only.
                 **({"resumed_from_bytes": result.resumed_from} if result.resumed_from else {}),
             },
