@@ -183,9 +183,10 @@ def copy_file(
 ) -> TransferResult:
     """Copy remote_path to key, decrypted on the way with pgp (pgp.py) when set, then
     compressed ("gzip", "zstd") unless "none"; raises TransferFailed (and leaves no object) on
-    any error. heartbeat(bytes read so far) is called as they stream. With a journal (a big uncompressed file), the upload is resumable: it goes
-    on from journal.previous if set, and records its progress there (resume.py). pace(length)
-    before each read: the source's bandwidth cap (bandwidth.py). checksums: send each
+    any error. heartbeat(bytes read so far) is called as they stream. With a journal (a big
+    uncompressed file), the upload is resumable: it goes on from journal.previous if set, and
+    records its progress there (resume.py). pace(length) before each read: the source's
+    bandwidth cap (bandwidth.py). checksums: send each
     request's SHA-256 for the server to verify, if it does (probed once per process). sha256
     and size_bytes are the remote file's (what the partner sent); stored_bytes (and for a
     decrypted file stored_sha256) the object's."""
