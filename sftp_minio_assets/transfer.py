@@ -384,7 +384,7 @@ def _upload(upload: _Upload, chunks: Iterator[bytes], size_hint: int) -> tuple[s
     with _upload_stage(meter, "starting the multipart upload"):
         upload_id = store.create_multipart(key, upload.metadata, upload.checksums)
     try:
-        parts = _upload_parts(upload, upload_id, _parts(pending, chunks, part_size))
+        parts = _upload_parts(upload, upload_id, _parts(chunks, part_size, pending))
         _complete(upload, upload_id, parts)
     except BaseException:
         with suppress(Exception):
@@ -412,16 +412,25 @@ def _tag(upload: _Upload) -> None:
         upload.store.set_tags(upload.key, {"sha256": upload.meter.digest.hexdigest()})
 
 
-def _parts(pending: list[bytes], chunks: Iterator[bytes], part_size: int) -> Iterator[bytes]:
-    """The parts of a multipart upload, the first read into pending already. Parts end on chunk
-    boundaries (a little over part_size): one copy per byte."""
+def _parts(
+    chunks: Iterator[bytes], part_size: int, pending: list[bytes] | None = None
+) -> Iterator[bytes]:
+    """The parts of a multipart upload (the first perhaps read into pending already), each
+    yielded as soon as it holds part_size bytes: one copy per byte, and nothing read ahead of
+    the part. A part ends on a chunk's end, so a little over part_size; from chunks that never
+    cross a multiple of part_size (resumable uploads) exactly part_size, and the meter's hash
+    is then at its end."""
+    pending = pending or []
     buffered = sum(map(len, pending))
+    if buffered >= part_size:
+        yield b"".join(pending)
+        pending, buffered = [], 0
     for chunk in chunks:
+        pending.append(chunk)
+        buffered += len(chunk)
         if buffered >= part_size:
             yield b"".join(pending)
             pending, buffered = [], 0
-        pending.append(chunk)
-        buffered += len(chunk)
     if pending:
         yield b"".join(pending)
 
@@ -429,21 +438,6 @@ def _parts(pending: list[bytes], chunks: Iterator[bytes], part_size: int) -> Ite
 def _part_size(tuning: Tuning, size: int) -> int:
     """S3 allows 10,000 parts: very large files get larger parts."""
     return max(tuning.part_size, -(-size // MAX_PARTS))
-
-
-def _aligned_parts(chunks: Iterator[bytes], part_size: int) -> Iterator[bytes]:
-    """Parts of exactly part_size (the last one shorter) from chunks that never cross a part's
-    end, each yielded as soon as it is complete: the meter's hash is then at its end."""
-    pending: list[bytes] = []
-    buffered = 0
-    for chunk in chunks:
-        pending.append(chunk)
-        buffered += len(chunk)
-        if buffered >= part_size:
-            yield b"".join(pending)
-            pending, buffered = [], 0
-    if pending:
-        yield b"".join(pending)
 
 
 def _resumable_upload(
@@ -483,7 +477,7 @@ def _resumable_upload(
     ledger = _Ledger(journal, progress, meter)
     # No read crosses a part's end: the hash state at each part's end is known.
     chunks = read_chunks(f, size, start=progress.done_bytes, align=progress.part_size, pace=pace)
-    parts = _aligned_parts(meter.wrap(_reading(chunks)), progress.part_size)
+    parts = _parts(meter.wrap(_reading(chunks)), progress.part_size)
     try:
         _upload_parts(upload, progress.upload_id, parts, ledger)
         ledger.record(last=True)

@@ -21,7 +21,7 @@ import pytest
 
 from sftp_minio_assets.bandwidth import BandwidthCap
 from sftp_minio_assets.resume import Sha256, resumable_hashing
-from sftp_minio_assets.transfer import _aligned_parts
+from sftp_minio_assets.transfer import _parts
 
 from .support import sha256_file, wait_for
 from .test_self_healing import DAEMON_SETTINGS
@@ -230,7 +230,9 @@ def test_a_saved_hash_state_goes_on_where_it_stopped():
 
 def test_parts_of_a_resumable_upload_end_exactly_at_part_boundaries():
     chunks = [b"a" * 3, b"b" * 2, b"c" * 5, b"d" * 4, b"e"]  # reads never cross a boundary at 5
-    assert list(_aligned_parts(iter(chunks), 5)) == [b"aaabb", b"ccccc", b"dddde"]
+    assert list(_parts(iter(chunks), 5)) == [b"aaabb", b"ccccc", b"dddde"]
+    # The simple path's first part, read already to choose between a PUT and parts.
+    assert list(_parts(iter([b"cc"]), 5, [b"aaaa", b"bb"])) == [b"aaaabb", b"cc"]
 
 
 def test_the_bandwidth_cap_is_shared_by_the_processes_copying_the_source():
