@@ -299,8 +299,8 @@ class ObjectStore:
         self, prefix: str, older_than_seconds: float, live: Collection[str] = ()
     ) -> int:
         """Abort multipart uploads under prefix started long ago, but those to a `live` key (a
-        big file may take longer than that to copy): leftovers of dead workers (a live transfer
-        aborts its own on error). Returns how many."""
+        big file may take longer than that to copy, and a resumable upload waits for the next
+        claim): leftovers of dead workers. Returns how many."""
         deadline = time.time() - older_than_seconds
         stale = [
             upload

@@ -818,8 +818,9 @@ class TransferLog:
         self._execute(RECORD_SIGHTINGS, params)
 
     def being_copied(self, source: str) -> set[str]:
-        """The object keys the source's claimed files are being copied to: their multipart
-        uploads are live, however long ago they started."""
+        """The object keys the source's claimed files are being copied to, and those of
+        resumable uploads touched within RESUMABLE_HOURS: their multipart uploads are live (or
+        wait for the next claim), however long ago they started."""
         params = {"source": source, "resumable_seconds": RESUMABLE_HOURS * 3600}
         return {row["object_key"] for row in self._execute(BEING_COPIED, params)}
 
