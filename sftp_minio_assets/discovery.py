@@ -10,6 +10,10 @@ source asks for them its ready marker and a second listing: readiness.py) and:
   alert says so). A permanent failure waits for a change of the file or a rerun.
 QUEUED (requested) and IN_PROGRESS (claimed) files are left to their runs; the sensor turns
 those whose run is gone into FAILED rows before planning.
+A COMPLETED row that does not say which content it copied (the Airflow DAG's rows record
+neither size nor mtime) is never taken for unchanged: the file's object decides
+(object_differs), and the row is adopted or the file copied again.
+A file stamped in the future is held back until listings saw it unchanged for the minimum age.
 Two listed files whose objects would have one key (a destination template without {path}, or
 a name S3 cannot hold escaped into another's) are refused, both, rather than one copied over
 the other: but one whose row is COMPLETED, whose copy holds the key. Once they no longer
@@ -66,6 +70,12 @@ class Plan:
     sighted: list[tuple[str, int, int]] = field(default_factory=list)
     refused: list[Request] = field(default_factory=list)  # keys taken by another listed file
     why_refused: dict[str, str] = field(default_factory=dict)  # path -> why, for each refused
+    # (path, seconds ahead) of new or changed files stamped in the future, held back until
+    # listings saw them unchanged for the minimum age (Readiness.settled)
+    ahead: list[tuple[str, float]] = field(default_factory=list)
+    # COMPLETED files whose row does not say which content was copied (the Airflow DAG's rows):
+    # their objects decide whether they are copied again (object_differs); not in requests
+    unverified: list[Request] = field(default_factory=list)
 
 
 def clashes(
@@ -127,10 +137,13 @@ def plan_transfers(
     unknown: list[str] = []
     waiting = backing_off = waiting_for_marker = unstable = 0
     sighted: list[tuple[str, int, int]] = []
+    ahead: list[tuple[str, float]] = []
+    unverified: list[Request] = []
     for file in files:
         if readiness.is_marker(file.path) or not file_filter.accepts(file.path):
             continue
-        if now - file.mtime < min_age_seconds:
+        future = file.mtime > now  # its age is unknown: see Readiness.settled
+        if not future and now - file.mtime < min_age_seconds:
             waiting += 1
             continue
         if readiness.waits_for_marker(file):
@@ -146,19 +159,26 @@ def plan_transfers(
             unknown.append(key)
         if state is not None and state.status in ("IN_PROGRESS", "QUEUED"):
             continue  # its run reports it; the sensor released claims of runs that are gone
+        same = None if state is None else state.same_content(file.size, file.mtime)
         if file.path in refused:
-            if state is not None and state.refused and state.signature == file.signature:
+            if state is not None and state.refused and same:
                 given_up.append(key)  # recorded already
             else:
                 refusals.append(Request(key, file, retry=False, generation=0))
             continue
-        if state is None or state.refused or state.signature not in (None, file.signature):
-            if readiness.sightings is not None:
+        if state is None or state.refused or same is False:
+            if readiness.stable_listing or future:
                 sighted.append((key, file.size, file.mtime))
-            if not readiness.stable(key, file):
+            if future and not readiness.settled(key, file, min_age_seconds):
+                ahead.append((file.path, file.mtime - now))
+                continue
+            if readiness.stable_listing and not readiness.stable(key, file):
                 unstable += 1
                 continue
             request = Request(key, file, retry=False, generation=0)
+        elif state.status == "COMPLETED" and same is None:
+            unverified.append(Request(key, file, retry=False, generation=0))
+            continue
         elif state.status == "COMPLETED" or key in in_flight:
             continue
         else:  # FAILED, or a status that is not ours: a failure for all we know
@@ -183,7 +203,30 @@ def plan_transfers(
         sighted=sighted,
         refused=refusals,
         why_refused=dict(refused),
+        ahead=ahead,
+        unverified=unverified,
     )
+
+
+def object_differs(head: dict | None, file: RemoteFile) -> str | None:
+    """Why a file whose COMPLETED row does not say which content was copied must be copied
+    again, judged by its object (head: the S3 HEAD of the key it is copied to, None if there
+    is none); None if the object is that file's. The size is the file's, or the original size
+    this project records beside a compressed or decrypted object; the mtime is the one it
+    records (source-mtime), else the object must be newer than the file (an object written by
+    another tool, such as the Airflow DAG, records none)."""
+    if head is None:
+        return "there is no object where it would be copied"
+    metadata = head.get("Metadata", {})
+    size = int(metadata.get("original-size") or head["ContentLength"])
+    if size != file.size:
+        return f"its object holds {size} bytes, the file {file.size}"
+    if "source-mtime" in metadata:
+        if metadata["source-mtime"] != str(file.mtime):
+            return "its object was copied from another version of the file (another mtime)"
+    elif file.mtime > head["LastModified"].timestamp():
+        return "the file was modified after its object was written"
+    return None
 
 
 def batches(

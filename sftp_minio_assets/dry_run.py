@@ -41,6 +41,8 @@ def build_dry_run_job(source: str) -> dg.JobDefinition:
         context.log.info(
             f"dry run of {resource.location}: {len(table)} files would be copied "
             f"({int(table['bytes'].sum())} bytes), {result.waiting} too recent, "
+            f"{len(result.ahead)} stamped in the future, {len(result.unverified)} recorded "
+            "COMPLETED without their size and mtime (judged by their objects at the next tick), "
             f"{result.waiting_for_marker} waiting for their ready marker, {result.unstable} "
             "waiting for a second listing with the same size and mtime, "
             f"{len(skipped)} skipped; after copy: {resource.policy.after_copy}"
@@ -51,6 +53,8 @@ def build_dry_run_job(source: str) -> dg.JobDefinition:
                 "would_copy": len(table),
                 "bytes": int(table["bytes"].sum()),
                 "too_recent": result.waiting,
+                "stamped_in_the_future": len(result.ahead),
+                "completed_without_content": len(result.unverified),
                 "waiting_for_marker": result.waiting_for_marker,
                 "waiting_for_second_listing": result.unstable,
                 "skipped": len(skipped),

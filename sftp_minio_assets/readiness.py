@@ -6,6 +6,8 @@ Partners say "this file is complete" in two common ways, and a third needs no he
 - one marker per directory, written after all its files (`_SUCCESS`, as Spark and Hadoop do);
 - no marker at all: the file is taken once two listings, a sensor tick apart, saw the same size
   and mtime (require_stable_listing).
+A file stamped in the future (the server's clock, or the writer's, ahead of this one) has no
+age to tell: it is taken once listings saw it unchanged for the minimum age (Readiness.settled).
 Plain functions of paths and listings, no I/O: the sensor's plan (discovery.py) and the
 worker's after-copy action (worker.py) share them.
 """
@@ -87,23 +89,28 @@ class Readiness:
     """What one tick knows of whether its listed files are complete, besides their age.
 
     markers: each marker listed, by path, and its mtime (None: no marker is required);
-    sightings: the previous tick's size and mtime ("size:mtime") of the new or changed files it
-    held back, by partition key (None: no stable listing is required).
+    sightings: what the previous ticks saw of the new or changed files they held back, by
+    partition key: their size and mtime ("size:mtime"), and for how many seconds listings have
+    seen them so; stable_listing: whether every new or changed file needs a second
+    listing that sees it the same (require_stable_listing). A file stamped in the future always
+    does (settled).
     """
 
     marker: ReadyMarker | None = None
     markers: Mapping[str, int] = field(default_factory=dict)
-    sightings: Mapping[str, str] | None = None
+    sightings: Mapping[str, tuple[str, float]] = field(default_factory=dict)
+    stable_listing: bool = False
 
     @classmethod
     def of(
         cls,
         files: Iterable[RemoteFile],
         marker: ReadyMarker | None,
-        sightings: Mapping[str, str] | None,
+        sightings: Mapping[str, tuple[str, float]] | None = None,
+        stable_listing: bool = False,
     ) -> Readiness:
         markers = {f.path: f.mtime for f in files if marker.is_marker(f.path)} if marker else {}
-        return cls(marker, markers, sightings)
+        return cls(marker, markers, sightings or {}, stable_listing)
 
     def is_marker(self, path: str) -> bool:
         return self.marker is not None and self.marker.is_marker(path)
@@ -118,4 +125,12 @@ class Readiness:
 
     def stable(self, key: str, file: RemoteFile) -> bool:
         """Whether the previous tick saw this new or changed file with the same size and mtime."""
-        return self.sightings is None or self.sightings.get(key) == file.signature
+        seen = self.sightings.get(key)
+        return seen is not None and seen[0] == file.signature
+
+    def settled(self, key: str, file: RemoteFile, min_age_seconds: float) -> bool:
+        """For a file stamped in the future, whose age its mtime cannot tell: whether listings
+        saw it with this size and mtime for min_age_seconds at least, and at least twice: the
+        age gate, measured from its first sighting instead."""
+        seen = self.sightings.get(key)
+        return seen is not None and seen[0] == file.signature and seen[1] >= min_age_seconds

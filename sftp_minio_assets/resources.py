@@ -10,6 +10,7 @@ import os
 import posixpath
 import time
 from collections.abc import Callable, Collection
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
@@ -20,7 +21,7 @@ from psycopg.conninfo import conninfo_to_dict
 from pydantic import Field, PrivateAttr, ValidationError, WrapValidator, model_validator
 
 from .destinations import DestinationTemplate
-from .discovery import AutoRetry, Plan, clashes, plan_transfers
+from .discovery import AutoRetry, Plan, Request, clashes, object_differs, plan_transfers
 from .errors import SettingsError, TransferLogUnavailable, redact
 from .pgp import DEFAULT_SUFFIXES, PgpSettings, key_problem
 from .readiness import Readiness, ReadyMarker, marker_problem
@@ -130,6 +131,9 @@ def _parses(parse: Callable[[str], object]) -> WrapValidator:
 # How long a listing waits for a session of the server's budget: a sensor tick must end within
 # Dagster's 60 s, and the next tick lists again.
 LISTING_PATIENCE_SECONDS = 20.0
+
+# Objects looked up at once when the sensor adopts rows that do not say what they copied.
+ADOPTION_LOOKUPS = 8
 
 
 class SFTPConnection(dg.ConfigurableResource):
@@ -581,10 +585,9 @@ class SourceResource(dg.ConfigurableResource):
     def plan(
         self, listing: Listing, in_flight: Collection[str] = (), max_requests: int | None = None
     ) -> Plan:
-        """What to copy of the listed files, from the log: the sensor's plan and the dry run's.
-        The sightings of the previous tick are read only where a stable listing is required."""
+        """What to copy of the listed files, from the log: the sensor's plan and the dry run's."""
         log = self.transfer_log.log
-        sightings = log.sightings(self.name) if self.policy.require_stable_listing else None
+        sightings = log.sightings(self.name)
         states = log.states(self.name)
         return plan_transfers(
             listing.files,
@@ -595,9 +598,29 @@ class SourceResource(dg.ConfigurableResource):
             file_filter=self.policy.file_filter,
             max_requests=len(listing.files) if max_requests is None else max_requests,
             auto_retry=self.transfer_settings.auto_retry,
-            readiness=Readiness.of(listing.files, self.policy.marker, sightings),
+            readiness=Readiness.of(
+                listing.files, self.policy.marker, sightings, self.policy.require_stable_listing
+            ),
             refused=self._clashes(listing, states),
         )
+
+    def adopt(self, unverified: list[Request]) -> tuple[list[str], list[tuple[Request, str]]]:
+        """Files whose COMPLETED row does not say which content was copied, judged by their
+        objects (discovery.object_differs): the rows of those whose object is the file's say
+        so from now on (adopted, returned by key); the others are to be copied again (returned
+        with why). Their objects are looked up ADOPTION_LOOKUPS at a time."""
+        policy, store = self.policy.for_worker(self.name), self.minio.store
+
+        def judge(request: Request) -> tuple[Request, str, str | None]:
+            file = request.file
+            key = policy.object_name(self.minio.prefix, file.path, file.mtime)
+            return request, key, object_differs(store.head(key), file)
+
+        with ThreadPoolExecutor(ADOPTION_LOOKUPS) as pool:
+            judged = list(pool.map(judge, unverified))
+        adopted = [(r.key, r.file.size, r.file.mtime, key) for r, key, why in judged if not why]
+        self.transfer_log.log.adopt(self.name, adopted)
+        return [key for key, *_ in adopted], [(r, why) for r, _, why in judged if why]
 
     def _clashes(self, listing: Listing, states: dict) -> dict[str, str]:
         """Listed files that would share an object, and why each is refused (discovery.clashes).

@@ -15,8 +15,8 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
-from .discovery import Plan, batches
-from .partitions import keys_of_run, partitions_for, run_request_for
+from .discovery import Plan, Request, batches
+from .partitions import decode_key, keys_of_run, partitions_for, run_request_for
 from .resources import SourceResource
 from .sessions import SessionsBusy
 from .sftp import Listing, display
@@ -26,6 +26,13 @@ from .transfer_log import TransferLog
 # Files requested by one tick, at most: the rest waits for the next tick. New files travel in
 # batches (one run request each), so even the cap costs the daemon only ~20 requests.
 MAX_REQUESTS_PER_TICK = 10_000
+
+# Rows that do not say which content they copied (the Airflow DAG's) whose files one tick
+# judges by their objects, at most: a long history is adopted over several ticks.
+MAX_ADOPTIONS_PER_TICK = 1_000
+
+# Files named in a tick's log line, at most, where a line lists files.
+NAMED = 10
 
 # A requested file is left to its run for this long even when no unfinished run covers it
 # yet: the daemon creates the runs of a tick right after it.
@@ -88,14 +95,14 @@ def build_new_files_sensor(source: str, files_asset: dg.AssetsDefinition) -> dg.
         # Plan: which files to copy, from the log as the clean-up left it.
         plan = resource.plan(listing, in_flight, MAX_REQUESTS_PER_TICK)
         _warn_about_skipped(context, resource, listing, plan)
-        if resource.policy.require_stable_listing:
-            log.record_sightings(source, plan.sighted)
+        log.record_sightings(source, plan.sighted)
         _record_refusals(resource, plan)
+        requests = [*plan.requests, *_adopt(context, resource, plan)][:MAX_REQUESTS_PER_TICK]
         # Request: the files become QUEUED in the log, then partitions and runs.
-        log.request(source, [(r.key, r.file.size, r.file.mtime, r.retry) for r in plan.requests])
-        new_keys = [r.key for r in plan.requests if r.key not in order]
-        again = [r.key for r in plan.requests if r.key in order]
-        versions = {r.key: f"{r.file.signature}#{r.generation}" for r in plan.requests}
+        log.request(source, [(r.key, r.file.size, r.file.mtime, r.retry) for r in requests])
+        new_keys = [r.key for r in requests if r.key not in order]
+        again = [r.key for r in requests if r.key in order]
+        versions = {r.key: f"{r.file.signature}#{r.generation}" for r in requests}
         runs = batches(
             new_keys, again, order, settings.max_partitions_per_run, settings.parallel_runs
         )
@@ -109,7 +116,7 @@ def build_new_files_sensor(source: str, files_asset: dg.AssetsDefinition) -> dg.
                 *([partitions.build_add_request(new_keys)] if new_keys else []),
                 *([partitions.build_delete_request(expired)] if expired else []),
             ],
-            skip_reason=None if plan.requests else _nothing_new(len(listing.files), plan),
+            skip_reason=None if requests else _nothing_new(len(listing.files), plan),
         )
 
     return new_files
@@ -175,6 +182,61 @@ def _warn_about_skipped(
         )
     if held := _not_ready(plan):
         context.log.info(f"source {resource.name}: {', '.join(held)}")
+    if plan.ahead:
+        setting = resource.connection.settings.names("min_file_age_seconds")
+        ahead = _first([f"{display(p)!r} ({_duration(s)} ahead)" for p, s in plan.ahead])
+        context.log.warning(
+            f"{resource.connection.server}: {len(plan.ahead)} files are stamped in the future "
+            f"(the server's clock, or the writer's, is ahead of this one): {ahead}; each "
+            f"is copied once listings have seen its size and mtime unchanged for {setting} "
+            "(two listings at least); check the server's clock"
+        )
+
+
+def _adopt(
+    context: dg.SensorEvaluationContext, resource: SourceResource, plan: Plan
+) -> list[Request]:
+    """Files whose COMPLETED row does not say which content was copied (rows the Airflow DAG
+    left): adopted where their object in the bucket is the file's, else requested again. Never
+    taken for unchanged: S3 unreachable, they are judged at the next tick."""
+    if not plan.unverified:
+        return []
+    judged = plan.unverified[:MAX_ADOPTIONS_PER_TICK]
+    later = len(plan.unverified) - len(judged)
+    try:
+        adopted, again = resource.adopt(judged)
+    except Exception as exc:
+        context.log.warning(
+            f"source {resource.name}: could not look up the objects of {len(plan.unverified)} "
+            f"files recorded COMPLETED without their size and mtime: {exc}; they are not copied "
+            "again, nor taken for copied, until the next tick finds the bucket"
+        )
+        return []
+    source = resource.name
+    if adopted:
+        context.log.info(
+            f"source {source}: adopted {len(adopted)} files recorded COMPLETED without their size "
+            "and mtime (rows left by the Airflow DAG, or by hand), as their objects in the bucket "
+            f"are these files: {_first([repr(display(decode_key(k))) for k in adopted])}; their "
+            "rows record them now, and a later change of a file is copied"
+        )
+    for request, why in again[:NAMED]:
+        context.log.warning(
+            f"source {source}: copying {display(request.file.path)!r} again: its row says "
+            f"COMPLETED but not which content was copied (a row left by the Airflow DAG, or by "
+            f"hand), and {why}"
+        )
+    if len(again) > NAMED:
+        context.log.warning(f"source {source}: and {len(again) - NAMED} more such files")
+    if later:
+        context.log.info(f"source {source}: {later} more such files are judged next tick")
+    return [request for request, _ in again]
+
+
+def _first(items: list[str]) -> str:
+    """The first NAMED items, and how many more."""
+    more = f" and {len(items) - NAMED} more" if len(items) > NAMED else ""
+    return ", ".join(items[:NAMED]) + more
 
 
 def _record_refusals(resource: SourceResource, plan: Plan) -> None:
@@ -192,9 +254,18 @@ def _refused(resource: SourceResource, plan: Plan, path: str) -> str:
     return f"{posixpath.join(resource.location, display(path))}: {plan.why_refused[path]}"
 
 
+def _duration(seconds: float) -> str:
+    """A span in the unit people read it in: 40 s, 12 min, 5.0 h, 3.0 d."""
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= 1.5 * size:
+            return f"{seconds / size:.1f} {unit}" if size > 60 else f"{seconds / size:.0f} {unit}"
+    return f"{seconds:.0f} s"
+
+
 def _nothing_new(files_listed: int, plan: Plan) -> str:
     held = [
         f"{plan.waiting} too recent",
+        *([f"{len(plan.ahead)} stamped in the future"] if plan.ahead else []),
         *_not_ready(plan),
         f"{plan.backing_off} failed and waiting for their next retry",
         f"{len(plan.given_up)} failed and waiting for a rerun",

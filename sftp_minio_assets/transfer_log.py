@@ -193,8 +193,11 @@ ON CONFLICT (source, filename) DO UPDATE SET
     stored_bytes = NULL, source_action = NULL, permanent = false, progress_bytes = NULL,
     resumed_from = NULL, verification = NULL
 WHERE t.status NOT IN ('IN_PROGRESS', 'COMPLETED')  -- FAILED, QUEUED, or not ours: see STATUSES
+   -- a claim with no heartbeat (the Airflow DAG's rows have none) is as old as its last update,
+   -- and one that says nothing of its age is dead: never taken for alive
    OR (t.status = 'IN_PROGRESS'
-       AND t.heartbeat_at < now() - make_interval(secs => %(stale_seconds)s))
+       AND coalesce(t.heartbeat_at, t.updated_at, '-infinity')
+           < now() - make_interval(secs => %(stale_seconds)s))
    -- our own claim, left IN_PROGRESS when the database went away under us, or our run's,
    -- left by an earlier attempt of the step that died: take it again
    OR (t.status = 'IN_PROGRESS' AND (t.worker_id = EXCLUDED.worker_id
@@ -246,7 +249,8 @@ ON CONFLICT (source, filename) DO UPDATE SET
     consecutive_failures = t.consecutive_failures + 1, permanent = EXCLUDED.permanent
 WHERE t.status NOT IN ('IN_PROGRESS', 'COMPLETED')
    OR (t.status = 'IN_PROGRESS'
-       AND t.heartbeat_at < now() - make_interval(secs => %(stale_seconds)s))
+       AND coalesce(t.heartbeat_at, t.updated_at, '-infinity')
+           < now() - make_interval(secs => %(stale_seconds)s))
 """
 
 SWEEP_STALE = """
@@ -255,9 +259,10 @@ UPDATE file_transfer_log SET
     permanent = false,
     error_message = format('claim by worker %%s expired: no heartbeat since %%s '
                            '(the worker stopped or crashed); the file will be transferred again',
-                           worker_id, heartbeat_at)
+                           worker_id, coalesce(heartbeat_at, updated_at))
 WHERE status = 'IN_PROGRESS' AND source = %(source)s
-  AND heartbeat_at < now() - make_interval(secs => %(stale_seconds)s)
+  AND coalesce(heartbeat_at, updated_at, '-infinity')
+      < now() - make_interval(secs => %(stale_seconds)s)
 """
 
 # Claims held by runs that Dagster reports finished (their workers are gone): released at once.
@@ -310,13 +315,29 @@ ON CONFLICT (source, filename) DO UPDATE SET
                            AND t.remote_mtime = EXCLUDED.remote_mtime
                       THEN t.object_key END
 WHERE t.status <> 'IN_PROGRESS'
-  -- copied meanwhile (the tick planned from an earlier read): done, not requested again
-  AND NOT (t.status = 'COMPLETED' AND t.size_bytes = EXCLUDED.size_bytes
-           AND t.remote_mtime = EXCLUDED.remote_mtime)
+  -- copied meanwhile (the tick planned from an earlier read): done, not requested again; a
+  -- row that does not say what it copied is requested (see FileState.same_content)
+  AND NOT (t.status = 'COMPLETED' AND t.size_bytes IS NOT DISTINCT FROM EXCLUDED.size_bytes
+           AND t.remote_mtime IS NOT DISTINCT FROM EXCLUDED.remote_mtime)
+"""
+
+# COMPLETED rows that did not say which content they copied (left by the Airflow DAG, which
+# records neither size nor mtime), whose object in the bucket is that of the listed file: they
+# say so from now on.
+ADOPT = """
+UPDATE file_transfer_log t SET
+    size_bytes = f.size_bytes, file_size_mb = round(f.size_bytes / 1048576.0, 2),
+    remote_mtime = to_timestamp(f.mtime), object_key = coalesce(t.object_key, f.object_key),
+    verification = coalesce(t.verification, 'adopted'), updated_at = now()
+FROM unnest(%(filenames)s::text[], %(sizes)s::bigint[], %(mtimes)s::bigint[],
+            %(object_keys)s::text[]) AS f(filename, size_bytes, mtime, object_key)
+WHERE t.source = %(source)s AND t.filename = f.filename AND t.status = 'COMPLETED'
+  AND (t.size_bytes IS NULL OR t.remote_mtime IS NULL)
 """
 
 SIGHTINGS = """
-SELECT filename, size_bytes, remote_mtime FROM file_sightings WHERE source = %(source)s
+SELECT filename, size_bytes, remote_mtime, extract(epoch FROM now() - seen_at)::float8 AS age
+FROM file_sightings WHERE source = %(source)s
 """
 
 # One statement per tick: the tick's sightings replace the previous ones; a row whose file was
@@ -413,7 +434,7 @@ COPIES_IN_FLIGHT = """
 SELECT count(*) AS total, count(*) FILTER (WHERE worker_id LIKE %(process)s) AS mine
 FROM file_transfer_log
 WHERE status = 'IN_PROGRESS' AND source = %(source)s
-  AND heartbeat_at > now() - make_interval(secs => %(stale_seconds)s)
+  AND coalesce(heartbeat_at, updated_at) > now() - make_interval(secs => %(stale_seconds)s)
 """
 
 GET = "SELECT * FROM file_transfer_log WHERE source = %(source)s AND filename = %(filename)s"
@@ -494,12 +515,14 @@ CLOSE_ALERT = "DELETE FROM transfer_alerts WHERE subject = %(subject)s RETURNING
 # Claims that outlived the stale window, and rows whose status this project does not write
 # (asset checks).
 STUCK = """
-SELECT source, filename, worker_id, heartbeat_at, status FROM file_transfer_log
+SELECT source, filename, worker_id, coalesce(heartbeat_at, updated_at) AS heartbeat_at, status
+FROM file_transfer_log
 WHERE source = %(source)s
   AND ((status = 'IN_PROGRESS'
-        AND heartbeat_at < now() - make_interval(secs => %(stale_seconds)s))
+        AND coalesce(heartbeat_at, updated_at, '-infinity')
+            < now() - make_interval(secs => %(stale_seconds)s))
        OR NOT status = ANY(%(statuses)s))
-ORDER BY heartbeat_at
+ORDER BY 4
 """
 
 # The most recent COMPLETED files of a source, for the bucket check.
@@ -572,11 +595,24 @@ class FileState:
     """What the sensor needs to know of a file's row to decide whether to request it."""
 
     status: str
-    signature: str | None  # "size:mtime" of the content last requested or claimed
+    # The content last requested or claimed; None where the row does not say (the Airflow DAG's
+    # rows have neither)
+    size: int | None
+    mtime: int | None
     permanent: bool  # the last failure cannot be helped by retrying
     auto_retries: int  # automatic re-requests since the file last changed or was copied
     updated: float  # epoch seconds of the last change of the row (for a failure: its time)
     refused: bool = False  # failed in the sensor's plan: its key is another listed file's
+
+    def same_content(self, size: int, mtime: int) -> bool | None:
+        """Whether the row is of the file with this size and mtime: False when what it records
+        differs, True when it records both and both match, None when it cannot say (unknown is
+        never taken for unchanged: the file's object decides, discovery.object_differs)."""
+        if (self.size is not None and self.size != size) or (
+            self.mtime is not None and self.mtime != mtime
+        ):
+            return False
+        return None if self.size is None or self.mtime is None else True
 
 
 # A resumable upload untouched this long is given up: the sensor aborts it (s3.py).
@@ -806,16 +842,26 @@ class TransferLog:
             },
         )
 
-    def sightings(self, source: str) -> dict[str, str]:
-        """filename -> "size:mtime" as the source's last tick saw its held-back files."""
+    def sightings(self, source: str) -> dict[str, tuple[str, float]]:
+        """filename -> ("size:mtime", for how many seconds listings have seen it so) as the
+        source's last tick saw its held-back files (the database's clock: one clock for all)."""
         rows = self._execute(SIGHTINGS, {"source": source}).fetchall()
-        return {r["filename"]: f"{r['size_bytes']}:{r['remote_mtime']}" for r in rows}
+        return {r["filename"]: (f"{r['size_bytes']}:{r['remote_mtime']}", r["age"]) for r in rows}
 
     def record_sightings(self, source: str, files: list[tuple[str, int, int]]) -> None:
         """Replace the source's sightings by this tick's: (filename, size, mtime)."""
         filenames, sizes, mtimes = [list(c) for c in zip(*files, strict=True)] or [[], [], []]
         params = {"source": source, "filenames": filenames, "sizes": sizes, "mtimes": mtimes}
         self._execute(RECORD_SIGHTINGS, params)
+
+    def adopt(self, source: str, files: list[tuple[str, int, int, str]]) -> int:
+        """Record the content of COMPLETED rows that did not say it, as their objects showed:
+        (filename, size, mtime, object key); returns how many rows now say it."""
+        if not files:
+            return 0
+        filenames, sizes, mtimes, keys = (list(column) for column in zip(*files, strict=True))
+        params = {"filenames": filenames, "sizes": sizes, "mtimes": mtimes, "object_keys": keys}
+        return self._execute(ADOPT, {"source": source, **params}).rowcount
 
     def being_copied(self, source: str) -> set[str]:
         """The object keys the source's claimed files are being copied to, and those of
@@ -897,7 +943,8 @@ class TransferLog:
         return {
             r["filename"]: FileState(
                 r["status"],
-                None if r["size_bytes"] is None else f"{r['size_bytes']}:{r['mtime']}",
+                r["size_bytes"],
+                r["mtime"],
                 r["permanent"],
                 r["auto_retries"],
                 float(r["updated"]),

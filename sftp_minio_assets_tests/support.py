@@ -23,6 +23,25 @@ from sftp_minio_assets.sensors import build_new_files_sensor
 
 PROJECT = Path(__file__).resolve().parents[1]
 
+# The table of the Airflow DAG this project replaces, as it made it (its own columns only).
+AIRFLOW_TABLE = """
+CREATE TABLE file_transfer_log (
+    id SERIAL PRIMARY KEY,
+    filename VARCHAR(255) UNIQUE NOT NULL,
+    worker_id VARCHAR(100),
+    transfer_start_time TIMESTAMP,
+    transfer_end_time TIMESTAMP,
+    file_size_mb DECIMAL(10,2),
+    download_duration DECIMAL(10,2),
+    upload_duration DECIMAL(10,2),
+    total_duration DECIMAL(10,2),
+    status VARCHAR(20),
+    error_message TEXT,
+    created_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP,
+    updated_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP
+)
+"""
+
 PARTITIONS = "files_default"
 # The worker's own retries are tested; the step's (30 s apart) would only slow the tests down.
 files = build_files_asset(retry_policy=None)

@@ -203,11 +203,11 @@ def test_the_plan_refuses_every_file_of_a_shared_key_but_one_that_holds_it():
     assert [r.key for r in result.refused] == ["a/x.csv", "b/x.csv"]
 
     # a/x.csv was copied there before b/x.csv appeared: its copy holds the key.
-    copied = {"a/x.csv": FileState("COMPLETED", "1:1", False, 0, 0)}
+    copied = {"a/x.csv": FileState("COMPLETED", 1, 1, False, 0, 0)}
     assert set(clashes(files, copied, name_only, "t")) == {"b/x.csv"}
 
     # Refused already: not recorded again; once the clash is gone, requested again.
-    refused = {"b/x.csv": FileState("FAILED", "2:2", True, 0, 0, refused=True)}
+    refused = {"b/x.csv": FileState("FAILED", 2, 2, True, 0, 0, refused=True)}
     again = plan(files, refused, why)
     assert [r.key for r in again.refused] == ["a/x.csv"] and "b/x.csv" in again.given_up
     assert "b/x.csv" in [r.key for r in plan(files, refused).requests]

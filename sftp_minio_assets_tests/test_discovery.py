@@ -1,9 +1,12 @@
 """What the sensor requests, and in which runs: discovery's plain functions, no server."""
 
+from datetime import UTC, datetime
+
 import pytest
 
-from sftp_minio_assets.discovery import AutoRetry, batches, plan_transfers
+from sftp_minio_assets.discovery import AutoRetry, batches, object_differs, plan_transfers
 from sftp_minio_assets.partitions import encode_key
+from sftp_minio_assets.readiness import Readiness
 from sftp_minio_assets.sftp import FileFilter, RemoteFile
 from sftp_minio_assets.transfer_log import FileState
 
@@ -17,8 +20,8 @@ def remote(path: str, size: int = 10, mtime: int = OLD) -> RemoteFile:
 
 def state(status: str, file: RemoteFile | None = None, **fields) -> FileState:
     defaults = dict(permanent=False, auto_retries=0, updated=NOW - 3600)
-    signature = file.signature if file else None
-    return FileState(status, signature, **{**defaults, **fields})
+    size, mtime = (file.size, file.mtime) if file else (None, None)
+    return FileState(status, size, mtime, **{**defaults, **fields})
 
 
 def plan(files, states=None, in_flight=(), **settings):
@@ -80,6 +83,78 @@ def test_a_completed_file_is_left_alone_until_its_content_changes():
     changed = remote("done.csv", size=11)
     [request] = plan([changed], {"done.csv": state("COMPLETED", done)}).requests
     assert (request.key, request.retry, request.generation) == ("done.csv", False, 0)
+
+
+def test_a_completed_row_is_compared_by_what_it_records_and_never_unknown_for_unchanged():
+    # The Airflow DAG's rows record neither size nor mtime; a row may record one of them.
+    file = remote("f.csv", size=23, mtime=OLD + 60)
+    rows = {
+        "mtime differs": FileState("COMPLETED", None, OLD, False, 0, NOW),
+        "size differs": FileState("COMPLETED", 2, None, False, 0, NOW),
+        "mtime the same, size unknown": FileState("COMPLETED", None, OLD + 60, False, 0, NOW),
+        "nothing recorded": FileState("COMPLETED", None, None, False, 0, NOW),
+    }
+    outcomes = {}
+    for case, row in rows.items():
+        result = plan([file], {"f.csv": row})
+        outcomes[case] = (requested(result), [r.key for r in result.unverified])
+    assert outcomes == {
+        "mtime differs": (["f.csv"], []),
+        "size differs": (["f.csv"], []),
+        "mtime the same, size unknown": ([], ["f.csv"]),
+        "nothing recorded": ([], ["f.csv"]),
+    }
+
+
+def head(size: int, metadata: dict | None = None, written: float = NOW) -> dict:
+    return {
+        "ContentLength": size,
+        "Metadata": metadata or {},
+        "LastModified": datetime.fromtimestamp(written, UTC),
+    }
+
+
+@pytest.mark.parametrize(
+    "found, differs",
+    [
+        (None, "there is no object"),
+        (head(10), None),  # another tool's object, written after the file
+        (head(10, written=OLD - 1), "modified after its object was written"),
+        (head(2), "holds 2 bytes, the file 10"),
+        (head(10, {"source-mtime": str(OLD)}), None),
+        (head(10, {"source-mtime": str(OLD - 5)}, written=OLD - 1), "another mtime"),
+        (head(4, {"original-size": "10", "source-mtime": str(OLD)}), None),  # compressed
+        (head(4, {"compression": "gzip"}), "holds 4 bytes"),
+    ],
+)
+def test_a_row_without_its_content_is_judged_by_the_files_object(found, differs):
+    why = object_differs(found, remote("f.csv", size=10, mtime=OLD))
+    assert why is None if differs is None else differs in why
+
+
+def test_a_file_stamped_in_the_future_waits_for_listings_that_saw_it_unchanged_long_enough():
+    future = remote("future.csv", mtime=int(NOW) + 86400)
+    first = plan([future], min_age_seconds=60)
+    assert requested(first) == [] and first.waiting == 0
+    assert first.ahead == [("future.csv", 86400.0)]
+    assert first.sighted == [("future.csv", 10, int(NOW) + 86400)]
+
+    def seen(signature: str, seconds: float) -> Readiness:
+        return Readiness(sightings={"future.csv": (signature, seconds)})
+
+    too_soon = plan([future], min_age_seconds=60, readiness=seen(future.signature, 30))
+    assert requested(too_soon) == [] and len(too_soon.ahead) == 1
+    grown = plan([future], min_age_seconds=60, readiness=seen("9:1", 3600))
+    assert requested(grown) == [] and len(grown.ahead) == 1
+    settled = plan([future], min_age_seconds=60, readiness=seen(future.signature, 60))
+    assert requested(settled) == ["future.csv"] and settled.ahead == []
+    # With no minimum age, the second listing is enough.
+    assert requested(plan([future], min_age_seconds=0, readiness=seen(future.signature, 0))) == [
+        "future.csv"
+    ]
+    # Copied already: nothing to say about it.
+    done = {"future.csv": state("COMPLETED", future)}
+    assert plan([future], done).ahead == []
 
 
 @pytest.mark.parametrize("status", ["QUEUED", "IN_PROGRESS"])
@@ -149,13 +224,13 @@ def test_requests_beyond_the_cap_are_left_for_the_next_tick():
 )
 def test_auto_retry_waits_the_nth_backoff_and_stops_at_the_limit(retries, waited_minutes, due):
     auto_retry = AutoRetry(backoff_minutes=(0, 1, 5), limit=6)
-    failed = FileState("FAILED", "1:1", False, retries, updated=NOW - waited_minutes * 60)
+    failed = FileState("FAILED", 1, 1, False, retries, updated=NOW - waited_minutes * 60)
     assert auto_retry.due(failed, NOW) is due
 
 
 def test_auto_retry_never_retries_a_permanent_failure_and_an_empty_backoff_means_at_once():
-    assert not AutoRetry().due(FileState("FAILED", "1:1", True, 0, updated=0), NOW)
-    assert AutoRetry(backoff_minutes=()).due(FileState("FAILED", "1:1", False, 3, NOW), NOW)
+    assert not AutoRetry().due(FileState("FAILED", 1, 1, True, 0, updated=0), NOW)
+    assert AutoRetry(backoff_minutes=()).due(FileState("FAILED", 1, 1, False, 3, NOW), NOW)
 
 
 # --- batches -------------------------------------------------------------------------------

@@ -33,7 +33,11 @@ def plan(files, states=None, marker=None, sightings=None, **settings):
         max_requests=100,
         auto_retry=AutoRetry(backoff_minutes=(0,), limit=3),
     )
-    readiness = Readiness.of(files, ReadyMarker(marker) if marker else None, sightings)
+    # sightings: "size:mtime" by key, as the last tick saw them; given, a stable listing is required
+    seen = {key: (signature, 30.0) for key, signature in (sightings or {}).items()}
+    readiness = Readiness.of(
+        files, ReadyMarker(marker) if marker else None, seen, stable_listing=sightings is not None
+    )
     options.update(settings)
     return plan_transfers(files, states or {}, set(), readiness=readiness, **options)
 
@@ -152,8 +156,8 @@ def test_a_new_file_is_requested_at_its_second_listing_with_the_same_size_and_mt
 def test_a_changed_file_needs_two_listings_but_a_failed_one_retried_does_not():
     copied, failed = remote("copied.csv"), remote("failed.csv")
     states = {
-        "copied.csv": FileState("COMPLETED", f"5:{OLD}", False, 0, NOW - 3600),
-        "failed.csv": FileState("FAILED", failed.signature, False, 0, NOW - 3600),
+        "copied.csv": FileState("COMPLETED", 5, OLD, False, 0, NOW - 3600),
+        "failed.csv": FileState("FAILED", failed.size, failed.mtime, False, 0, NOW - 3600),
     }
     result = plan([copied, failed], states, sightings={})
     assert requested(result) == ["failed.csv"]  # its content was seen when it was requested

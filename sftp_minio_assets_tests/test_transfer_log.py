@@ -13,25 +13,9 @@ from psycopg.conninfo import conninfo_to_dict
 from sftp_minio_assets.resources import TransferLogResource
 from sftp_minio_assets.transfer_log import MIGRATION_LOCK, MIGRATIONS, SchemaTooNew, TransferLog
 
-pytestmark = pytest.mark.integration  # the real servers (conftest's stack)
+from .support import AIRFLOW_TABLE
 
-SEED_TABLE = """
-CREATE TABLE file_transfer_log (
-    id SERIAL PRIMARY KEY,
-    filename VARCHAR(255) UNIQUE NOT NULL,
-    worker_id VARCHAR(100),
-    transfer_start_time TIMESTAMP,
-    transfer_end_time TIMESTAMP,
-    file_size_mb DECIMAL(10,2),
-    download_duration DECIMAL(10,2),
-    upload_duration DECIMAL(10,2),
-    total_duration DECIMAL(10,2),
-    status VARCHAR(20),
-    error_message TEXT,
-    created_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP,
-    updated_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP
-)
-"""
+pytestmark = pytest.mark.integration  # the real servers (conftest's stack)
 
 
 def claim(log: TransferLog, filename: str, worker: str, size: int = 10, mtime: int = 1000):
@@ -48,7 +32,7 @@ def claim(log: TransferLog, filename: str, worker: str, size: int = 10, mtime: i
 
 def test_a_seed_table_is_migrated_without_losing_rows_and_migration_is_idempotent(env):
     with psycopg.connect(env.db_url, autocommit=True) as conn:
-        conn.execute(SEED_TABLE)
+        conn.execute(AIRFLOW_TABLE)
         conn.execute(
             "INSERT INTO file_transfer_log (filename, status, file_size_mb) "
             "VALUES ('old.csv', 'COMPLETED', 1.5)"
