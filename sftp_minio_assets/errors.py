@@ -56,8 +56,8 @@ def advice(exc: BaseException, names: SettingNames = ENVIRONMENT) -> str:
     upload = isinstance(exc, TransferFailed) and exc.stage in ("upload", "verify")
     if isinstance(exc, SourceChanged):
         return (
-            f"Wait until the writer has finished (see {names('min_file_age_seconds')}); "
-            "it is retried."
+            "Nothing to do if its writer was still at work: the file is copied again once it "
+            f"looks complete (see {names('min_file_age_seconds')})."
         )
     if isinstance(exc, ObjectOfAnotherSource):
         return (

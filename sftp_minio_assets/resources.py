@@ -346,6 +346,8 @@ class SourcePolicyConfig(dg.Config):
             file_filter=self.file_filter,
             server_checksums=self.server_checksums,
             pgp=self.pgp,
+            min_file_age_seconds=self.min_file_age_seconds,
+            require_stable_listing=self.require_stable_listing,
         )
 
     @property

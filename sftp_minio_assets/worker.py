@@ -41,6 +41,7 @@ from .transfer import (
     SUFFIXES,
     Committed,
     ObjectOfAnotherSource,
+    SourceChanged,
     TransferFailed,
     TransferResult,
     Tuning,
@@ -75,6 +76,7 @@ class Outcome:
     message: str
     metadata: dict[str, object] = field(default_factory=dict)
     permanent: bool = False  # failed, and retrying cannot help
+    changed: bool = False  # failed because the file changed while it was copied
     # failed around the commit: the object may have landed (see transfer.Committed)
     committed: Committed | None = field(default=None, repr=False)
 
@@ -96,6 +98,10 @@ class SourcePolicy:
     file_filter: FileFilter = FileFilter()  # the files the source takes
     server_checksums: bool = False  # uploads carry their SHA-256, where the server verifies it
     pgp: PgpSettings | None = None  # set: encrypted files are decrypted (pgp.py)
+    # The sensor's stability gate besides the marker (readiness.py): a file that changed while
+    # it was copied is copied again only once it passes the gate again
+    min_file_age_seconds: float = 0
+    require_stable_listing: bool = False
 
     def object_name(
         self, bucket_prefix: str, path: str, mtime: int = 0, date: datetime | None = None
@@ -126,6 +132,13 @@ class SourcePolicy:
     def decrypts(self, path: str) -> bool:
         """Whether the file at path is decrypted on its way (its name says it is encrypted)."""
         return self.pgp is not None and self.pgp.encrypted(path)
+
+    @property
+    def gated(self) -> bool:
+        """Whether the source holds new files back until they look complete: then a file that
+        changed under its copy is left to the sensor, which copies it once it passes that gate
+        again; an immediate retry would copy a pausing writer's half-written file."""
+        return bool(self.min_file_age_seconds or self.ready_marker or self.require_stable_listing)
 
 
 @dataclass(frozen=True)
@@ -217,6 +230,8 @@ class Worker:
             committed = outcome.committed or committed
             if outcome.status != "failed" or outcome.permanent:
                 return outcome
+            if outcome.changed and self.policy.gated:
+                return outcome  # the sensor requests it again once it passes the gate
             failures += 1
             if failures >= self.retry.attempts:
                 return outcome
@@ -388,7 +403,8 @@ class Worker:
             message,
             {"error": message, "worker": me},
             permanent,
-            exc.committed if isinstance(exc, TransferFailed) else None,
+            changed=isinstance(exc, SourceChanged),
+            committed=exc.committed if isinstance(exc, TransferFailed) else None,
         )
 
     def _transferred(

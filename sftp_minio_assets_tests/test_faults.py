@@ -18,8 +18,10 @@ from .support import (
     enable_versioning,
     materializations,
     materialize,
+    requested,
     sha256_file,
     statuses,
+    tick,
     wait_for,
     writes_per_key,
 )
@@ -161,6 +163,31 @@ def test_a_file_modified_mid_transfer_is_never_completed_torn(env):
     rerun = materialize(env, None, ["growing.log"])
     assert rerun.success
     assert env.object_sha256("default/growing.log") == sha256_file(path)
+
+
+def test_a_file_truncated_mid_copy_waits_for_the_stability_gate_not_an_immediate_retry(
+    env, instance
+):
+    """A writer that pauses (issue 19, 2): the in-run retry used to copy the truncated state
+    a second later and record it COMPLETED, though the file was modified a second before."""
+    gate = {"sftp": {"min_file_age_seconds": 60}, "retry_base_seconds": 0.1}
+    path = env.write("paused.bin", os.urandom(128 * 1024 * 1024))
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(materialize, env, None, ["paused.bin"], parts_in_flight=1, **gate)
+        wait_for(lambda: env.store.list_multipart_uploads(), what="the upload to start")
+        os.truncate(path, 32 * 1024 * 1024)
+        result = running.result(timeout=120)
+
+    assert not result.success
+    row = env.rows()["paused.bin"]
+    assert (row["status"], row["attempts"]) == ("FAILED", 1), row
+    assert "copied again once it looks complete" in row["error_message"]
+    assert env.store.head("default/paused.bin") is None
+    # The sensor holds it back while it is younger than the gate, then requests it.
+    assert tick(env, instance, min_file_age_seconds=60).run_requests == []
+    stamp = time.time() - 120
+    os.utime(path, (stamp, stamp))
+    assert requested(tick(env, instance, min_file_age_seconds=60), instance) == ["paused.bin"]
 
 
 def test_a_file_deleted_mid_transfer_is_never_recorded_as_copied(env):
