@@ -67,6 +67,19 @@ class PgpSettings:
         return path
 
 
+def _environment(home: str) -> dict[str, str]:
+    """What gpg and gpg-agent run with: not the worker's environment, which holds the passphrase,
+    the private key and the servers' passwords, all readable in /proc/<pid>/environ for as long
+    as the process lives (the agent outlives a file). The C locale keeps gpg's words English, as
+    _judge reads them."""
+    return {
+        "PATH": os.environ.get("PATH", os.defpath),
+        "GNUPGHOME": home,
+        "HOME": home,
+        "LC_ALL": "C",
+    }
+
+
 def key_text(value: str) -> str:
     """The armored key a setting gives: the text itself, or the file at that path."""
     if value.lstrip().startswith(ARMOR):
@@ -91,6 +104,7 @@ def key_problem(value: str, secret: bool) -> str | None:
             input=text.encode(),
             capture_output=True,
             check=False,
+            env=_environment(home),
         )
     records = {line.split(":")[0] for line in shown.stdout.decode(errors="replace").splitlines()}
     if secret and "sec" not in records:
@@ -144,7 +158,10 @@ class _Keyring:
     def _gpg(self, *args: str, data: bytes) -> bytes:
         """gpg's output for args and data on its stdin; CalledProcessError if it fails."""
         command = [GPG, "--homedir", self.home, "--batch", "--no-tty", *args]
-        return subprocess.run(command, input=data, capture_output=True, check=True).stdout
+        done = subprocess.run(
+            command, input=data, capture_output=True, check=True, env=_environment(self.home)
+        )
+        return done.stdout
 
     def _import(self, text: str, setting: str) -> None:
         try:
@@ -176,6 +193,7 @@ class _Keyring:
             ["gpgconf", "--homedir", self.home, "--kill", "gpg-agent"],
             capture_output=True,
             check=False,
+            env=_environment(self.home),
         )
         shutil.rmtree(self.home, ignore_errors=True)
 
@@ -195,6 +213,7 @@ class _Keyring:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             pass_fds=(passphrase_fd,),
+            env=_environment(self.home),
         )
         os.close(passphrase_fd)
         report = _Report()

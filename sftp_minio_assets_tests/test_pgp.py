@@ -8,8 +8,13 @@ import shutil
 import subprocess
 import tempfile
 import textwrap
+import threading
+import time
 import tracemalloc
+import uuid
+from contextlib import suppress
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -201,6 +206,83 @@ def test_without_a_verify_key_a_signature_by_an_unknown_key_does_not_matter(keys
     encrypted = keys.encrypt(b"id,amount\n1,2\n", signer="stranger")
     chunks = (encrypted[i : i + 100] for i in range(0, len(encrypted), 100))
     assert b"".join(decrypt(settings, chunks)) == b"id,amount\n1,2\n"
+
+
+# --- what gpg runs with, and what a killed run leaves ----------------------------------------
+
+
+@dataclass
+class Process:
+    pid: int
+    ppid: int
+    command: list[str]
+    environment: bytes
+
+    def homedir(self) -> str:
+        return self.command[self.command.index("--homedir") + 1]
+
+
+def running(name: str) -> list[Process]:
+    """The processes called name (gpg, gpg-agent) now, read at once: they may end any moment."""
+    found = []
+    for entry in os.listdir("/proc"):
+        with suppress(OSError, ValueError):
+            if not entry.isdigit() or Path(f"/proc/{entry}/comm").read_text().strip() != name:
+                continue
+            ppid = int(Path(f"/proc/{entry}/stat").read_text().rpartition(")")[2].split()[1])
+            command = Path(f"/proc/{entry}/cmdline").read_bytes().decode().split("\0")
+            environment = Path(f"/proc/{entry}/environ").read_bytes()
+            found.append(Process(int(entry), ppid, command, environment))
+    return found
+
+
+def agents_of(home: str) -> list[Process]:
+    return [agent for agent in running("gpg-agent") if home in agent.command]
+
+
+@pytest.mark.integration
+def test_gpg_and_its_agent_run_without_the_workers_secrets(env, keys, monkeypatch):
+    secrets = {
+        "SFTP_PGP_PASSPHRASE": PASSPHRASE,
+        "SFTP_PGP_PRIVATE_KEY": keys.secret("us"),
+        "SFTP_PASSWORD": f"sftp-password-{uuid.uuid4().hex}",
+        "MINIO_SECRET_KEY": env.stack.s3.secret_key,
+        "TRANSFER_DB_URL": env.db_url,
+        "DAGSTER_PG_PASSWORD": env.stack.postgres.password,
+    }
+    for name, value in secrets.items():
+        monkeypatch.setenv(name, value)
+    env.write("in/big.csv.pgp", keys.encrypt(os.urandom(24 * MIB)))
+    # Settings no other test uses: their keyring, and its agent, start here, the secrets set.
+    settings = decrypting(keys, pgp_suffixes=[".pgp", ".environ"])
+    worker = env.source(env.shared(part_size_mb=5, parts_in_flight=1), **settings).worker()
+    decrypting_now: list[Process] = []
+    done = threading.Event()
+
+    def watch():
+        while not done.is_set():
+            gpgs = running("gpg")
+            mine = [p for p in gpgs if p.ppid == os.getpid() and "--decrypt" in p.command]
+            decrypting_now.extend(mine)
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        outcome = worker.transfer(encode_key("in/big.csv.pgp"))
+    finally:
+        done.set()
+        watcher.join()
+
+    assert outcome.status == "transferred", outcome.message
+    assert decrypting_now, "no gpg --decrypt was seen while the file was copied"
+    agents = [agent for p in decrypting_now for agent in agents_of(p.homedir())]
+    assert agents, "the keyring's gpg-agent is not running"
+    for process in decrypting_now + agents:
+        leaked = sorted(
+            name for name, value in secrets.items() if value.encode() in process.environment
+        )
+        assert leaked == [], f"{process.command[0]} (pid {process.pid}) runs with {leaked}"
 
 
 # --- settings, checked at load ---------------------------------------------------------------
