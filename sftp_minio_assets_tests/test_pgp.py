@@ -5,7 +5,9 @@ The settings' checks at load need no server."""
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
 import textwrap
 import threading
@@ -25,7 +27,7 @@ from sftp_minio_assets.resources import source_from_env
 from sftp_minio_assets.sources import SourcesError, load_sources
 from sftp_minio_assets.worker import SourcePolicy
 
-from .support import offline_shared
+from .support import PROJECT, offline_shared, wait_for
 
 MIB = 1024 * 1024
 PASSPHRASE = "correct horse battery 42"
@@ -283,6 +285,75 @@ def test_gpg_and_its_agent_run_without_the_workers_secrets(env, keys, monkeypatc
             name for name, value in secrets.items() if value.encode() in process.environment
         )
         assert leaked == [], f"{process.command[0]} (pid {process.pid}) runs with {leaked}"
+
+
+# A run's decryption: the keyring made, and gpg fed the first half of the message; then it waits
+# for the rest on stdin, which never comes (the test kills it, or closes stdin to end it).
+RUN = """
+import os, sys
+from sftp_minio_assets.pgp import PgpSettings, _keyring, decrypt
+
+settings = PgpSettings(sys.argv[1], os.environ["PASSPHRASE"])
+message = open(sys.argv[2], "rb").read()
+
+def chunks():
+    yield message[: len(message) // 2]
+    print(_keyring(settings).home, flush=True)
+    sys.stdin.read()
+
+for _ in decrypt(settings, chunks()):
+    pass
+"""
+
+
+def test_a_killed_runs_keyring_and_agent_are_gone_by_the_next_start(keys, tmp_path):
+    key = tmp_path / "us.asc"
+    key.write_text(keys.secret("us"))
+    message = tmp_path / "message.pgp"
+    message.write_bytes(keys.encrypt(os.urandom(MIB)))
+
+    def start() -> tuple[subprocess.Popen, str]:
+        run = subprocess.Popen(
+            [sys.executable, "-c", RUN, str(key), str(message)],
+            cwd=PROJECT,
+            env={**os.environ, "PASSPHRASE": PASSPHRASE},
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        return run, run.stdout.readline().decode().strip()
+
+    killed, killed_home = start()
+    alive, alive_home = start()
+    try:
+        assert killed_home and agents_of(killed_home), "the run's keyring has no agent"
+        killed.send_signal(signal.SIGKILL)
+        killed.wait()
+        # The agent, with the key it unlocked, ends with the run, before any other start.
+        wait_for(lambda: not agents_of(killed_home), 15, "the killed run's gpg-agent to exit")
+
+        following = subprocess.run(
+            [sys.executable, "-c", RUN, str(key), str(message)],
+            cwd=PROJECT,
+            env={**os.environ, "PASSPHRASE": PASSPHRASE},
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=60,
+        )
+        assert following.stdout.strip(), following.stderr.decode()[-2000:]
+
+        assert not os.path.exists(killed_home), "the killed run's keyring is still there"
+        assert os.path.exists(os.path.join(alive_home, "private-keys-v1.d"))
+        assert agents_of(alive_home), "the next start stopped a live run's agent"
+    finally:
+        alive.stdin.close()  # the message ends short: the run fails and cleans up after itself
+        alive.wait(timeout=30)
+        alive_left = os.path.exists(alive_home)
+        for home in (killed_home, alive_home):
+            if home:  # what the code before the fix left behind
+                subprocess.run(["gpgconf", "--homedir", home, "--kill", "gpg-agent"], check=False)
+                shutil.rmtree(home, ignore_errors=True)
+    assert not alive_left, "a run that ends removes its keyring"
 
 
 # --- settings, checked at load ---------------------------------------------------------------
