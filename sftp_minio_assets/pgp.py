@@ -19,6 +19,8 @@ message carries its signature last): the failure is raised then, before the obje
 from __future__ import annotations
 
 import atexit
+import fcntl
+import glob
 import os
 import selectors
 import shutil
@@ -29,6 +31,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 GPG = "gpg"
+GPG_AGENT = "gpg-agent"
+HOME_PREFIX = "sftp-pgp-"
+OWNER = "owner.lock"
+# Never cached: every gpg brings the passphrase (--passphrase-fd), so the key is unlocked only
+# while a gpg uses it, and an agent left behind holds nothing. Tried: 8 rounds of 12 files at
+# once all decrypted, with no refusal.
+CACHE_TTL_SECONDS = 0
 DEFAULT_SUFFIXES = (".pgp", ".gpg", ".asc")
 ARMOR = "-----BEGIN PGP "
 STATUS = "[GNUPG:] "
@@ -67,6 +76,19 @@ class PgpSettings:
         return path
 
 
+def _environment(home: str) -> dict[str, str]:
+    """What gpg and gpg-agent run with: not the worker's environment, which holds the passphrase,
+    the private key and the servers' passwords, all readable in /proc/<pid>/environ for as long
+    as the process lives (the agent outlives a file). The C locale keeps gpg's words English, as
+    _judge reads them."""
+    return {
+        "PATH": os.environ.get("PATH", os.defpath),
+        "GNUPGHOME": home,
+        "HOME": home,
+        "LC_ALL": "C",
+    }
+
+
 def key_text(value: str) -> str:
     """The armored key a setting gives: the text itself, or the file at that path."""
     if value.lstrip().startswith(ARMOR):
@@ -91,6 +113,7 @@ def key_problem(value: str, secret: bool) -> str | None:
             input=text.encode(),
             capture_output=True,
             check=False,
+            env=_environment(home),
         )
     records = {line.split(":")[0] for line in shown.stdout.decode(errors="replace").splitlines()}
     if secret and "sec" not in records:
@@ -119,19 +142,93 @@ def _keyring(settings: PgpSettings) -> _Keyring:
         return _keyrings[settings]
 
 
+def _claim(home: str) -> int:
+    """A lock on home held for the process's life, which the kernel releases however the process
+    ends (SIGKILL too): _sweep tells a live owner from a dead one by it, where a pid can be reused
+    or, in another container sharing /tmp, be another process's. Locked before it has its name,
+    so no sweep finds it unlocked."""
+    staged = os.path.join(home, OWNER + ".new")
+    owner = os.open(staged, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    fcntl.flock(owner, fcntl.LOCK_EX)
+    os.rename(staged, os.path.join(home, OWNER))
+    return owner
+
+
+def _sweep() -> None:
+    """Removes the homes that killed or crashed processes left, with their private key files,
+    and stops their agents. A home whose owner lives is locked, and left alone; one without an
+    owner lock (another version's, or another user's) is not judged."""
+    for home in glob.glob(os.path.join(tempfile.gettempdir(), HOME_PREFIX + "*")):
+        try:
+            owner = os.open(os.path.join(home, OWNER), os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(owner, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _remove(home)
+        except BlockingIOError:
+            pass
+        finally:
+            os.close(owner)
+
+
+def _remove(home: str) -> None:
+    subprocess.run(
+        ["gpgconf", "--homedir", home, "--kill", "gpg-agent"],
+        capture_output=True,
+        check=False,
+        env=_environment(home),
+    )
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def _start_agent(home: str) -> tuple[subprocess.Popen, int]:
+    """home's gpg-agent, which ends within seconds of this process, however it ends: given a
+    command, `gpg-agent --daemon` runs it as the agent's parent and exits when it is gone
+    ("parent process died"). The command is cat reading a pipe that only this process writes:
+    it ends when the kernel closes this process's descriptors. Returns cat and the pipe.
+
+    Started here rather than by gpg on demand, as gpg would start one that outlives the run."""
+    reader, lifeline = os.pipe()
+    agent = subprocess.Popen(
+        [GPG_AGENT, "--homedir", home, "--daemon", "cat"],
+        stdin=reader,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=_environment(home),
+    )
+    os.close(reader)
+    # The agent listens before it runs cat: a byte echoed by cat means gpg finds it ready.
+    os.write(lifeline, b".")
+    if agent.stdout.read(1) != b".":
+        said = agent.stderr.read().decode(errors="replace").strip().splitlines()[-1:]
+        os.close(lifeline)
+        agent.wait()
+        raise OSError(
+            f"gpg-agent did not start for the PGP keyring {home} ({'; '.join(said)}): check "
+            "that GnuPG's gpg-agent is installed (the gnupg package) and that "
+            f"{tempfile.gettempdir()} is writable; the partition is retried."
+        )
+    agent.stdout.close()
+    agent.stderr.close()
+    return agent, lifeline
+
+
 class _Keyring:
     """A private GNUPGHOME with the source's keys imported, removed when the process ends."""
 
     def __init__(self, settings: PgpSettings):
         self.settings = settings
-        # Short: gpg-agent's socket lives in it, and socket paths are limited to 108 bytes.
-        self.home = tempfile.mkdtemp(prefix="sftp-pgp-")
-        atexit.register(self.close)
-        # The passphrase unlocks the key once, here, and the agent keeps it for the process's
-        # life: asked for it by several gpg at once, gpg-agent was seen to refuse one.
+        _sweep()
+        # Short: gpg-agent's socket lives in it, and socket paths are limited to 108 bytes. The
+        # pid tells a reader of /tmp whose it is; the owner lock tells _sweep.
+        self.home = tempfile.mkdtemp(prefix=f"{HOME_PREFIX}{os.getpid()}-")
+        self._owner = _claim(self.home)
         with open(os.path.join(self.home, "gpg-agent.conf"), "w") as conf:
-            conf.write("allow-loopback-pinentry\ndefault-cache-ttl 2000000000\n")
-            conf.write("max-cache-ttl 2000000000\n")
+            conf.write(f"allow-loopback-pinentry\ndefault-cache-ttl {CACHE_TTL_SECONDS}\n")
+            conf.write(f"max-cache-ttl {CACHE_TTL_SECONDS}\n")
+        self._agent, self._lifeline = _start_agent(self.home)
+        atexit.register(self.close)
         self._import(key_text(settings.private_key), "pgp_private_key")
         self.partner: frozenset[str] = frozenset()
         if settings.verify_key:
@@ -144,7 +241,10 @@ class _Keyring:
     def _gpg(self, *args: str, data: bytes) -> bytes:
         """gpg's output for args and data on its stdin; CalledProcessError if it fails."""
         command = [GPG, "--homedir", self.home, "--batch", "--no-tty", *args]
-        return subprocess.run(command, input=data, capture_output=True, check=True).stdout
+        done = subprocess.run(
+            command, input=data, capture_output=True, check=True, env=_environment(self.home)
+        )
+        return done.stdout
 
     def _import(self, text: str, setting: str) -> None:
         try:
@@ -157,7 +257,7 @@ class _Keyring:
             ) from None
 
     def _unlock(self) -> None:
-        """A message to the key itself, decrypted: the passphrase is checked and cached."""
+        """A message to the key itself, decrypted: the passphrase is checked at the start."""
         try:
             sealed = self._gpg(
                 "--trust-model", "always", "--default-recipient-self", "--encrypt", data=b"."
@@ -172,12 +272,10 @@ class _Keyring:
             pass
 
     def close(self) -> None:
-        subprocess.run(
-            ["gpgconf", "--homedir", self.home, "--kill", "gpg-agent"],
-            capture_output=True,
-            check=False,
-        )
-        shutil.rmtree(self.home, ignore_errors=True)
+        _remove(self.home)
+        os.close(self._lifeline)
+        self._agent.wait()
+        os.close(self._owner)
 
     def decrypt(self, chunks: Iterator[bytes], verify: bool = True) -> Iterator[bytes]:
         command = [
@@ -195,6 +293,7 @@ class _Keyring:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             pass_fds=(passphrase_fd,),
+            env=_environment(self.home),
         )
         os.close(passphrase_fd)
         report = _Report()

@@ -5,11 +5,18 @@ The settings' checks at load need no server."""
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
 import textwrap
+import threading
+import time
 import tracemalloc
+import uuid
+from contextlib import suppress
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -20,7 +27,7 @@ from sftp_minio_assets.resources import source_from_env
 from sftp_minio_assets.sources import SourcesError, load_sources
 from sftp_minio_assets.worker import SourcePolicy
 
-from .support import offline_shared
+from .support import PROJECT, offline_shared, wait_for
 
 MIB = 1024 * 1024
 PASSPHRASE = "correct horse battery 42"
@@ -201,6 +208,152 @@ def test_without_a_verify_key_a_signature_by_an_unknown_key_does_not_matter(keys
     encrypted = keys.encrypt(b"id,amount\n1,2\n", signer="stranger")
     chunks = (encrypted[i : i + 100] for i in range(0, len(encrypted), 100))
     assert b"".join(decrypt(settings, chunks)) == b"id,amount\n1,2\n"
+
+
+# --- what gpg runs with, and what a killed run leaves ----------------------------------------
+
+
+@dataclass
+class Process:
+    pid: int
+    ppid: int
+    command: list[str]
+    environment: bytes
+
+    def homedir(self) -> str:
+        return self.command[self.command.index("--homedir") + 1]
+
+
+def running(name: str) -> list[Process]:
+    """The processes called name (gpg, gpg-agent) now, read at once: they may end any moment."""
+    found = []
+    for entry in os.listdir("/proc"):
+        with suppress(OSError, ValueError):
+            if not entry.isdigit() or Path(f"/proc/{entry}/comm").read_text().strip() != name:
+                continue
+            ppid = int(Path(f"/proc/{entry}/stat").read_text().rpartition(")")[2].split()[1])
+            command = Path(f"/proc/{entry}/cmdline").read_bytes().decode().split("\0")
+            environment = Path(f"/proc/{entry}/environ").read_bytes()
+            found.append(Process(int(entry), ppid, command, environment))
+    return found
+
+
+def agents_of(home: str) -> list[Process]:
+    return [agent for agent in running("gpg-agent") if home in agent.command]
+
+
+@pytest.mark.integration
+def test_gpg_and_its_agent_run_without_the_workers_secrets(env, keys, monkeypatch):
+    secrets = {
+        "SFTP_PGP_PASSPHRASE": PASSPHRASE,
+        "SFTP_PGP_PRIVATE_KEY": keys.secret("us"),
+        "SFTP_PASSWORD": f"sftp-password-{uuid.uuid4().hex}",
+        "MINIO_SECRET_KEY": env.stack.s3.secret_key,
+        "TRANSFER_DB_URL": env.db_url,
+        "DAGSTER_PG_PASSWORD": env.stack.postgres.password,
+    }
+    for name, value in secrets.items():
+        monkeypatch.setenv(name, value)
+    env.write("in/big.csv.pgp", keys.encrypt(os.urandom(24 * MIB)))
+    # Settings no other test uses: their keyring, and its agent, start here, the secrets set.
+    settings = decrypting(keys, pgp_suffixes=[".pgp", ".environ"])
+    worker = env.source(env.shared(part_size_mb=5, parts_in_flight=1), **settings).worker()
+    decrypting_now: list[Process] = []
+    done = threading.Event()
+
+    def watch():
+        while not done.is_set():
+            gpgs = running("gpg")
+            mine = [p for p in gpgs if p.ppid == os.getpid() and "--decrypt" in p.command]
+            decrypting_now.extend(mine)
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        outcome = worker.transfer(encode_key("in/big.csv.pgp"))
+    finally:
+        done.set()
+        watcher.join()
+
+    assert outcome.status == "transferred", outcome.message
+    assert decrypting_now, "no gpg --decrypt was seen while the file was copied"
+    agents = [agent for p in decrypting_now for agent in agents_of(p.homedir())]
+    assert agents, "the keyring's gpg-agent is not running"
+    for process in decrypting_now + agents:
+        leaked = sorted(
+            name for name, value in secrets.items() if value.encode() in process.environment
+        )
+        assert leaked == [], f"{process.command[0]} (pid {process.pid}) runs with {leaked}"
+
+
+# A run's decryption: the keyring made, and gpg fed the first half of the message; then it waits
+# for the rest on stdin, which never comes (the test kills it, or closes stdin to end it).
+RUN = """
+import os, sys
+from sftp_minio_assets.pgp import PgpSettings, _keyring, decrypt
+
+settings = PgpSettings(sys.argv[1], os.environ["PASSPHRASE"])
+message = open(sys.argv[2], "rb").read()
+
+def chunks():
+    yield message[: len(message) // 2]
+    print(_keyring(settings).home, flush=True)
+    sys.stdin.read()
+
+for _ in decrypt(settings, chunks()):
+    pass
+"""
+
+
+def test_a_killed_runs_keyring_and_agent_are_gone_by_the_next_start(keys, tmp_path):
+    key = tmp_path / "us.asc"
+    key.write_text(keys.secret("us"))
+    message = tmp_path / "message.pgp"
+    message.write_bytes(keys.encrypt(os.urandom(MIB)))
+
+    def start() -> tuple[subprocess.Popen, str]:
+        run = subprocess.Popen(
+            [sys.executable, "-c", RUN, str(key), str(message)],
+            cwd=PROJECT,
+            env={**os.environ, "PASSPHRASE": PASSPHRASE},
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        return run, run.stdout.readline().decode().strip()
+
+    killed, killed_home = start()
+    alive, alive_home = start()
+    try:
+        assert killed_home and agents_of(killed_home), "the run's keyring has no agent"
+        killed.send_signal(signal.SIGKILL)
+        killed.wait()
+        # The agent, with the key it unlocked, ends with the run, before any other start.
+        wait_for(lambda: not agents_of(killed_home), 15, "the killed run's gpg-agent to exit")
+
+        following = subprocess.run(
+            [sys.executable, "-c", RUN, str(key), str(message)],
+            cwd=PROJECT,
+            env={**os.environ, "PASSPHRASE": PASSPHRASE},
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=60,
+        )
+        assert following.stdout.strip(), following.stderr.decode()[-2000:]
+
+        assert not os.path.exists(killed_home), "the killed run's keyring is still there"
+        assert os.path.exists(os.path.join(alive_home, "private-keys-v1.d"))
+        assert agents_of(alive_home), "the next start stopped a live run's agent"
+    finally:
+        alive.stdin.close()  # the message ends short: the run fails and cleans up after itself
+        alive.wait(timeout=30)
+        alive_left = os.path.exists(alive_home)
+        for home in (killed_home, alive_home):
+            if home:  # what the code before the fix left behind
+                subprocess.run(["gpgconf", "--homedir", home, "--kill", "gpg-agent"], check=False)
+                shutil.rmtree(home, ignore_errors=True)
+    assert not alive_left, "a run that ends removes its keyring"
 
 
 # --- settings, checked at load ---------------------------------------------------------------
