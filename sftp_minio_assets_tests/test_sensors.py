@@ -1,5 +1,6 @@
 """The sensor against the real SFTP server and transfer log, evaluated as the daemon would."""
 
+import os
 import time
 
 import dagster as dg
@@ -43,6 +44,37 @@ def test_discovery_new_unchanged_changed_filtered_young_and_nested(env, instance
         "deep/er/b.csv",
         "young.csv",
     ]
+
+
+def test_files_stamped_in_the_future_are_named_and_copied_once_seen_unchanged(
+    env, instance, capsys
+):
+    """Issue 19, 5: such a file was counted "too recent" without a name, and one stamped years
+    ahead was never copied. Its age is measured from its first sighting instead."""
+    tomorrow = env.write("tomorrow.csv", b"a day ahead", age_seconds=-86400)
+    env.write("y2100.csv", b"far ahead", age_seconds=time.time() - 4102444800)
+    gate = {"min_file_age_seconds": 60}
+    capsys.readouterr()
+
+    first = tick(env, instance, **gate)
+    said = capsys.readouterr().err
+    assert requested(first, instance) == []
+    assert "2 stamped in the future" in first.skip_reason.skip_message
+    assert "2 files are stamped in the future" in said
+    assert "'tomorrow.csv' (24.0 h ahead)" in said and "'y2100.csv'" in said
+    assert "MIN_FILE_AGE_SECONDS" in said
+
+    # Seen unchanged, but for less than the minimum age: still held back.
+    assert requested(tick(env, instance, **gate), instance) == []
+    env.log._execute("UPDATE file_sightings SET seen_at = seen_at - interval '61 seconds'")
+    tomorrow.write_bytes(b"rewritten: its first sighting starts again")
+    os.utime(tomorrow, (time.time() + 86400, time.time() + 86400))
+    assert requested(tick(env, instance, **gate), instance) == ["y2100.csv"]
+
+    env.log._execute("UPDATE file_sightings SET seen_at = seen_at - interval '61 seconds'")
+    assert requested(tick(env, instance, **gate), instance) == ["tomorrow.csv"]
+    assert materialize(env, instance, ["tomorrow.csv", "y2100.csv"]).success
+    assert tick(env, instance, **gate).run_requests == []
 
 
 def test_a_completed_file_is_not_requested_again(env, instance):
