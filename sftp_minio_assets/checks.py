@@ -50,7 +50,7 @@ def build_file_checks(
         failing = transfer_log.log.failing_files(alerts.after_failures + 1, source)
         lines = [
             f"- `{r['filename']}`: IN_PROGRESS by {r['worker_id']}, no heartbeat since "
-            f"{r['heartbeat_at']:%Y-%m-%d %H:%M:%S}"
+            + (f"{r['heartbeat_at']:%Y-%m-%d %H:%M:%S}" if r["heartbeat_at"] else "ever")
             if r["status"] == "IN_PROGRESS"
             else f"- `{r['filename']}`: status {r['status']!r} is not one this project writes "
             "(edited by hand, or by another tool): it is taken for a failure and copied again"
