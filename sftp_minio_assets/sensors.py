@@ -22,6 +22,7 @@ from .sessions import SessionsBusy
 from .sftp import Listing, display
 from .sources import source_key, source_of
 from .transfer_log import TransferLog
+from .units import duration
 
 # Files requested by one tick, at most: the rest waits for the next tick. New files travel in
 # batches (one run request each), so even the cap costs the daemon only ~20 requests.
@@ -184,7 +185,7 @@ def _warn_about_skipped(
         context.log.info(f"source {resource.name}: {', '.join(held)}")
     if plan.ahead:
         setting = resource.connection.settings.names("min_file_age_seconds")
-        ahead = _first([f"{display(p)!r} ({_duration(s)} ahead)" for p, s in plan.ahead])
+        ahead = _first([f"{display(p)!r} ({duration(s)} ahead)" for p, s in plan.ahead])
         context.log.warning(
             f"{resource.connection.server}: {len(plan.ahead)} files are stamped in the future "
             f"(the server's clock, or the writer's, is ahead of this one): {ahead}; each "
@@ -252,14 +253,6 @@ def _record_refusals(resource: SourceResource, plan: Plan) -> None:
 def _refused(resource: SourceResource, plan: Plan, path: str) -> str:
     """Why a file is refused (its key is another's), as the log row and the tick's log say."""
     return f"{posixpath.join(resource.location, display(path))}: {plan.why_refused[path]}"
-
-
-def _duration(seconds: float) -> str:
-    """A span in the unit people read it in: 40 s, 12 min, 5.0 h, 3.0 d."""
-    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
-        if seconds >= 1.5 * size:
-            return f"{seconds / size:.1f} {unit}" if size > 60 else f"{seconds / size:.0f} {unit}"
-    return f"{seconds:.0f} s"
 
 
 def _nothing_new(files_listed: int, plan: Plan) -> str:

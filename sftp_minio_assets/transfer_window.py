@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from .units import duration
+
 logger = logging.getLogger(__name__)
 
 WINDOW = re.compile(r"(?P<start>\S+)\s*-\s*(?P<end>\S+)(?:\s+(?P<zone>\S+))?")
@@ -86,7 +88,7 @@ class TransferWindow:
         shown = "%Y-%m-%d %H:%M:%S %Z" if self.start.second else "%Y-%m-%d %H:%M %Z"
         return (
             f"outside its transfer window {self.text}; next opening at "
-            f"{opening.strftime(shown)} (in {_duration((opening - now).total_seconds())})"
+            f"{opening.strftime(shown)} (in {duration((opening - now).total_seconds())})"
         )
 
 
@@ -118,12 +120,3 @@ def _time_of_day(text: str) -> time:
     if hour > 23 or minute > 59 or second > 59:
         raise ValueError(f"{text!r} is not a time of day (00:00 to 23:59); {EXPECTED}")
     return time(hour, minute, second)
-
-
-def _duration(seconds: float) -> str:
-    minutes = round(seconds / 60)
-    if minutes < 1:
-        return f"{max(seconds, 0):.0f} s"
-    if minutes < 60:
-        return f"{minutes} min"
-    return f"{minutes // 60} h {minutes % 60} min"

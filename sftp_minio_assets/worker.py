@@ -51,6 +51,7 @@ from .transfer import (
 )
 from .transfer_log import Claim, TransferLog
 from .transfer_window import TransferWindow, wait_until_open
+from .units import duration, mib
 
 logger = logging.getLogger(__name__)
 
@@ -376,7 +377,7 @@ class Worker:
             if why is None:
                 previous = progress
                 self.report(
-                    f"{file.where}: resuming at {_mib(progress.done_bytes)} of {_mib(size)} "
+                    f"{file.where}: resuming at {mib(progress.done_bytes)} of {mib(size)} "
                     f"({len(progress.etags)} parts uploaded by an earlier attempt)"
                 )
             else:
@@ -622,9 +623,9 @@ class Worker:
             except psycopg.OperationalError as exc:  # the log restarts: keep copying
                 logger.warning("heartbeat of claim %s not recorded: %s", claim.id, exc)
             rate = (done - resumed_from) / (now - started)
-            left = f", about {_duration((size - done) / rate)} left" if rate > 0 else ""
+            left = f", about {duration((size - done) / rate)} left" if rate > 0 else ""
             self.report(
-                f"{file.where}: {_mib(done)} of {_mib(size)} ({100 * done / max(size, 1):.0f}%), "
+                f"{file.where}: {mib(done)} of {mib(size)} ({100 * done / max(size, 1):.0f}%), "
                 f"{rate / MIB:.1f} MB/s{left}"
             )
 
@@ -653,15 +654,3 @@ def _makedirs(sftp, path: str) -> None:
 
 def _absolute(path: str) -> str:
     return path if path.startswith("/") else "/" + path
-
-
-def _mib(size: int) -> str:
-    return f"{size / MIB:,.1f} MiB"
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"

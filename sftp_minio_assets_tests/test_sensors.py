@@ -61,7 +61,7 @@ def test_files_stamped_in_the_future_are_named_and_copied_once_seen_unchanged(
     assert requested(first, instance) == []
     assert "2 stamped in the future" in first.skip_reason.skip_message
     assert "2 files are stamped in the future" in said
-    assert "'tomorrow.csv' (24.0 h ahead)" in said and "'y2100.csv'" in said
+    assert "'tomorrow.csv' (24 h 0 min ahead)" in said and "'y2100.csv'" in said
     assert "MIN_FILE_AGE_SECONDS" in said
 
     # Seen unchanged, but for less than the minimum age: still held back.
