@@ -7,6 +7,7 @@ fallback is tested on it.
 """
 
 import base64
+import gzip
 import hashlib
 import logging
 import os
@@ -15,14 +16,20 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import zstandard
 
 from devstack.local_stack import PlainS3Server
 from sftp_minio_assets.s3 import CHECKSUM_PROBE, sha256_checksum
+from sftp_minio_assets.transfer import SUFFIXES
 
-from .support import sha256_file
+from .support import decrypting, sha256_file
 from .test_resume import SMALL, killed_half_way, resuming_worker
 
 MIB = 1024 * 1024
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def test_a_checksum_is_the_base64_of_the_sha256():
@@ -76,6 +83,66 @@ def test_the_log_and_the_materialization_say_how_each_copy_was_verified(env, che
         assert rows[name]["verification"] == expected[name]
         assert outcomes[name].metadata["verification"] == expected[name]
         assert env.object_sha256(f"default/{name}") == sha256_file(path)
+
+
+def decompressed(body: bytes, compression: str) -> bytes:
+    if compression == "gzip":
+        return gzip.decompress(body)
+    if compression == "zstd":
+        return zstandard.ZstdDecompressor().decompressobj().decompress(body)
+    return body
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("size", [64 * 1024, 6 * MIB], ids=["one-put", "multipart"])
+@pytest.mark.parametrize("checksums", [True, False], ids=["checksums", "no-checksums"])
+@pytest.mark.parametrize("compression", ["none", "gzip", "zstd"])
+@pytest.mark.parametrize("pgp", [True, False], ids=["pgp", "plain"])
+def test_every_byte_path_lands_whole_verified_as_the_log_says(
+    env, keys, pgp, compression, checksums, size
+):
+    """Decrypted or not, compressed or not, in one PUT or in parts (of 5 MiB), with checksums or
+    without: the object holds the file's content; the log keeps the remote file's size and hash,
+    the object's size (and the materialization its hash) when a stage changed the bytes, and how
+    the object was verified. Each checksum is the one of the bytes sent: a small decrypted file
+    was sent with the encrypted bytes' and refused by the server (issue 19, item 6)."""
+    content = os.urandom(size)  # random: compressed, a multipart-size file still fills two parts
+    remote = keys.encrypt(content) if pgp else content
+    name = "data.csv.pgp" if pgp else "data.csv"
+    env.write(name, remote)
+    source = env.source(
+        env.shared(part_size_mb=5),
+        compression=compression,
+        server_checksums=checksums,
+        **(decrypting(keys) if pgp else {}),
+    )
+
+    outcome = source.worker().transfer(name)
+
+    assert outcome.status == "transferred", outcome.message
+    key = "default/data.csv" + SUFFIXES[compression]
+    assert env.store.list_keys() == [key]
+    body = env.store.fs.cat_file(f"{env.bucket}/{key}")
+    assert decompressed(body, compression) == content
+    row = env.rows()[name]
+    if checksums:
+        verification = "sha256-by-server"
+    else:
+        verification = "md5-etag" if size < 5 * MIB else "size+token"
+    assert row["verification"] == outcome.metadata["verification"] == verification
+    # The server keeps the checksum it verified: a PUT's is its body's (the bytes stored, not
+    # the bytes read), a multipart upload's is made of its parts'.
+    held = env.store._call("head_object", Key=key, ChecksumMode="ENABLED").get("ChecksumSHA256")
+    if not checksums:
+        assert held is None
+    elif size < 5 * MIB:
+        assert held == sha256_checksum(body)
+    else:
+        assert held.endswith("-2")
+    assert (row["size_bytes"], row["sha256"].strip()) == (len(remote), sha256(remote))
+    changed = pgp or compression != "none"
+    assert row["stored_bytes"] == (len(body) if changed else None)
+    assert outcome.metadata.get("stored_sha256") == (sha256(body) if changed else None)
 
 
 @pytest.mark.integration
