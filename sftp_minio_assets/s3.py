@@ -12,8 +12,8 @@ import posixpath
 import re
 import threading
 import time
-from collections.abc import Collection
-from contextlib import suppress
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -34,6 +34,12 @@ _DIGEST_REFUSED = {"BadDigest", "InvalidDigest", "XAmzContentChecksumMismatch"}
 # endpoint -> whether it verifies ChecksumSHA256: probed once per process.
 _verifies: dict[str, bool] = {}
 _verifies_lock = threading.Lock()
+
+
+class ChecksumRefused(OSError):
+    """The server refused bytes as not matching the SHA-256 checksum sent with them. This
+    project computes both from the same bytes, so another attempt would send the same pair:
+    a defect to report (server_checksums off copies meanwhile), not an S3 outage."""
 
 
 @dataclass(frozen=True)
@@ -154,14 +160,15 @@ class ObjectStore:
         """One request: the object appears whole or not at all. Returns its ETag. With a
         checksum (sha256_checksum of data), a server that verifies it refuses other bytes."""
         self.ensure_bucket()
-        reply = self._call(
-            "put_object",
-            Key=key,
-            Body=data,
-            Metadata=metadata,
-            Tagging=_tagging(tags),
-            **_checksum(checksum),
-        )
+        with self._checksum_refusal(key, checksum is not None):
+            reply = self._call(
+                "put_object",
+                Key=key,
+                Body=data,
+                Metadata=metadata,
+                Tagging=_tagging(tags),
+                **_checksum(checksum),
+            )
         return reply.get("ETag", "")
 
     def create_multipart(self, key: str, metadata: dict[str, str], checksums: bool = False) -> str:
@@ -180,14 +187,15 @@ class ObjectStore:
         data: bytes | memoryview,
         checksum: str | None = None,
     ) -> str:
-        reply = self._call(
-            "upload_part",
-            Key=key,
-            UploadId=upload_id,
-            PartNumber=number,
-            Body=bytes(data),
-            **_checksum(checksum),
-        )
+        with self._checksum_refusal(key, checksum is not None):
+            reply = self._call(
+                "upload_part",
+                Key=key,
+                UploadId=upload_id,
+                PartNumber=number,
+                Body=bytes(data),
+                **_checksum(checksum),
+            )
         return reply["ETag"]
 
     def complete_multipart(
@@ -198,12 +206,27 @@ class ObjectStore:
             {"PartNumber": n, "ETag": etag, **_checksum(checksums[n - 1] if checksums else None)}
             for n, etag in enumerate(etags, start=1)
         ]
-        self._call(
-            "complete_multipart_upload",
-            Key=key,
-            UploadId=upload_id,
-            MultipartUpload={"Parts": parts},
-        )
+        with self._checksum_refusal(key, checksums is not None):
+            self._call(
+                "complete_multipart_upload",
+                Key=key,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": parts},
+            )
+
+    @contextmanager
+    def _checksum_refusal(self, key: str, checksummed: bool) -> Iterator[None]:
+        """A request that carried checksums and was refused for them raises ChecksumRefused."""
+        try:
+            yield
+        except OSError as exc:
+            code = _error_code(exc)
+            if not checksummed or code not in _DIGEST_REFUSED:
+                raise
+            raise ChecksumRefused(
+                f"the S3 server {self.settings.endpoint_url} refused {self.uri(key)}: its bytes "
+                f"do not match the SHA-256 checksum sent with them ({code}: {exc})"
+            ) from exc
 
     def verifies_checksums(self) -> bool:
         """Whether the server refuses an upload whose bytes do not match its ChecksumSHA256.
