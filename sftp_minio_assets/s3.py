@@ -12,8 +12,8 @@ import posixpath
 import re
 import threading
 import time
-from collections.abc import Collection, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Collection
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -160,15 +160,15 @@ class ObjectStore:
         """One request: the object appears whole or not at all. Returns its ETag. With a
         checksum (sha256_checksum of data), a server that verifies it refuses other bytes."""
         self.ensure_bucket()
-        with self._checksum_refusal(key, checksum is not None):
-            reply = self._call(
-                "put_object",
-                Key=key,
-                Body=data,
-                Metadata=metadata,
-                Tagging=_tagging(tags),
-                **_checksum(checksum),
-            )
+        reply = self._send(
+            "put_object",
+            key,
+            checksum is not None,
+            Body=data,
+            Metadata=metadata,
+            Tagging=_tagging(tags),
+            **_checksum(checksum),
+        )
         return reply.get("ETag", "")
 
     def create_multipart(self, key: str, metadata: dict[str, str], checksums: bool = False) -> str:
@@ -187,15 +187,15 @@ class ObjectStore:
         data: bytes | memoryview,
         checksum: str | None = None,
     ) -> str:
-        with self._checksum_refusal(key, checksum is not None):
-            reply = self._call(
-                "upload_part",
-                Key=key,
-                UploadId=upload_id,
-                PartNumber=number,
-                Body=bytes(data),
-                **_checksum(checksum),
-            )
+        reply = self._send(
+            "upload_part",
+            key,
+            checksum is not None,
+            UploadId=upload_id,
+            PartNumber=number,
+            Body=bytes(data),
+            **_checksum(checksum),
+        )
         return reply["ETag"]
 
     def complete_multipart(
@@ -206,19 +206,19 @@ class ObjectStore:
             {"PartNumber": n, "ETag": etag, **_checksum(checksums[n - 1] if checksums else None)}
             for n, etag in enumerate(etags, start=1)
         ]
-        with self._checksum_refusal(key, checksums is not None):
-            self._call(
-                "complete_multipart_upload",
-                Key=key,
-                UploadId=upload_id,
-                MultipartUpload={"Parts": parts},
-            )
+        self._send(
+            "complete_multipart_upload",
+            key,
+            checksums is not None,
+            UploadId=upload_id,
+            MultipartUpload={"Parts": parts},
+        )
 
-    @contextmanager
-    def _checksum_refusal(self, key: str, checksummed: bool) -> Iterator[None]:
-        """A request that carried checksums and was refused for them raises ChecksumRefused."""
+    def _send(self, method: str, key: str, checksummed: bool, **params: Any) -> dict:
+        """A request writing key; when it carries checksums and is refused for them,
+        ChecksumRefused."""
         try:
-            yield
+            return self._call(method, Key=key, **params)
         except OSError as exc:
             code = _error_code(exc)
             if not checksummed or code not in _DIGEST_REFUSED:
