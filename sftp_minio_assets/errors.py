@@ -9,6 +9,7 @@ import paramiko
 import psycopg
 
 from .pgp import DecryptionFailed
+from .s3 import ChecksumRefused
 from .sftp import ENVIRONMENT, HostKeyError, SettingNames, credentials
 from .transfer import ObjectOfAnotherSource, SourceChanged, TransferFailed
 
@@ -32,6 +33,16 @@ class TransferLogUnavailable(psycopg.OperationalError):
     TRANSFER_DB_URL's server (never its password) and what to check."""
 
 
+# Faults another attempt meets again: a setting, the file or this project's code must change.
+_PERMANENT = (
+    HostKeyError,
+    paramiko.AuthenticationException,
+    NotAFile,
+    DecryptionFailed,
+    ChecksumRefused,
+)
+
+
 def root_cause(exc: BaseException) -> BaseException:
     return exc.__cause__ if isinstance(exc, TransferFailed) and exc.__cause__ else exc
 
@@ -41,9 +52,7 @@ def is_permanent(exc: BaseException) -> bool:
     cause = root_cause(exc)
     if isinstance(exc, SourceChanged):
         return False  # the writer will finish; the next attempt sees a stable file
-    if isinstance(exc, (ObjectOfAnotherSource, KeyTaken)) or isinstance(
-        cause, (HostKeyError, paramiko.AuthenticationException, NotAFile, DecryptionFailed)
-    ):
+    if isinstance(exc, (ObjectOfAnotherSource, KeyTaken)) or isinstance(cause, _PERMANENT):
         return True
     # On either side, a missing file or bucket, a refused read or write; anything else
     # (connection resets, time-outs, S3 5xx, a restarting database) is worth another try.
@@ -80,6 +89,12 @@ def advice(exc: BaseException, names: SettingNames = ENVIRONMENT) -> str:
         return f"{fix} The remote file was left in place; nothing was stored."
     if isinstance(cause, NotAFile):
         return "Only regular files are copied; nothing to do if this is expected."
+    if isinstance(cause, ChecksumRefused):
+        return (
+            "The checksum this copy computed does not match the bytes it sent: a defect of "
+            "sftp-minio-assets, not of the S3 server; please report this message. To copy "
+            f"meanwhile, turn {names('server_checksums')} off (false), then rerun the partition."
+        )
     if upload and isinstance(cause, PermissionError):
         return "The S3 store refused the write: check MINIO_ACCESS_KEY/SECRET_KEY and the policy."
     if upload and isinstance(cause, FileNotFoundError):

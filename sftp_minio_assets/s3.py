@@ -36,6 +36,12 @@ _verifies: dict[str, bool] = {}
 _verifies_lock = threading.Lock()
 
 
+class ChecksumRefused(OSError):
+    """The server refused bytes as not matching the SHA-256 checksum sent with them. This
+    project computes both from the same bytes, so another attempt would send the same pair:
+    a defect to report (server_checksums off copies meanwhile), not an S3 outage."""
+
+
 @dataclass(frozen=True)
 class S3Settings:
     endpoint_url: str
@@ -154,9 +160,10 @@ class ObjectStore:
         """One request: the object appears whole or not at all. Returns its ETag. With a
         checksum (sha256_checksum of data), a server that verifies it refuses other bytes."""
         self.ensure_bucket()
-        reply = self._call(
+        reply = self._send(
             "put_object",
-            Key=key,
+            key,
+            checksum is not None,
             Body=data,
             Metadata=metadata,
             Tagging=_tagging(tags),
@@ -180,9 +187,10 @@ class ObjectStore:
         data: bytes | memoryview,
         checksum: str | None = None,
     ) -> str:
-        reply = self._call(
+        reply = self._send(
             "upload_part",
-            Key=key,
+            key,
+            checksum is not None,
             UploadId=upload_id,
             PartNumber=number,
             Body=bytes(data),
@@ -198,12 +206,27 @@ class ObjectStore:
             {"PartNumber": n, "ETag": etag, **_checksum(checksums[n - 1] if checksums else None)}
             for n, etag in enumerate(etags, start=1)
         ]
-        self._call(
+        self._send(
             "complete_multipart_upload",
-            Key=key,
+            key,
+            checksums is not None,
             UploadId=upload_id,
             MultipartUpload={"Parts": parts},
         )
+
+    def _send(self, method: str, key: str, checksummed: bool, **params: Any) -> dict:
+        """A request writing key; when it carries checksums and is refused for them,
+        ChecksumRefused."""
+        try:
+            return self._call(method, Key=key, **params)
+        except OSError as exc:
+            code = _error_code(exc)
+            if not checksummed or code not in _DIGEST_REFUSED:
+                raise
+            raise ChecksumRefused(
+                f"the S3 server {self.settings.endpoint_url} refused {self.uri(key)}: its bytes "
+                f"do not match the SHA-256 checksum sent with them ({code}: {exc})"
+            ) from exc
 
     def verifies_checksums(self) -> bool:
         """Whether the server refuses an upload whose bytes do not match its ChecksumSHA256.

@@ -107,7 +107,7 @@ class TransferResult:
     upload_seconds: float
     total_seconds: float
     stored_bytes: int | None = None  # of the object, when compressed or decrypted
-    stored_sha256: str | None = None  # of the object, when decrypted
+    stored_sha256: str | None = None  # of the object, when compressed or decrypted
     resumed_from: int = 0  # bytes an earlier attempt had uploaded, not read again
     verification: str = BY_SIZE  # BY_SERVER, BY_ETAG or BY_SIZE
 
@@ -154,6 +154,9 @@ class _Upload:
     meter: _Meter  # the source's bytes so far: their size and hash
     before_commit: Callable[[], None]  # the last check before the object becomes visible
     checksums: bool = False  # each request carries its SHA-256, which the server verifies
+    # A stage (decryption, compression) changes the bytes: the body sent is not the bytes read,
+    # so neither its size nor its hash is the meter's.
+    transforms: bool = False
 
     def committed(self) -> Committed:
         """What this upload commits, for the next attempt to look for."""
@@ -163,7 +166,7 @@ class _Upload:
             self.meter.size,
             self.meter.digest.hexdigest(),
             self.metadata.get("source-mtime", ""),
-            compressed=_transformed(self.metadata),
+            compressed=self.transforms,
         )
 
 
@@ -187,10 +190,14 @@ def copy_file(
     uncompressed file), the upload is resumable: it goes on from journal.previous if set, and
     records its progress there (resume.py). pace(length) before each read: the source's
     bandwidth cap (bandwidth.py). checksums: send each
-    request's SHA-256 for the server to verify, if it does (probed once per process). sha256
-    and size_bytes are the remote file's (what the partner sent); stored_bytes (and for a
-    decrypted file stored_sha256) the object's."""
+    request's SHA-256 (of the bytes sent) for the server to verify, if it does (probed once per
+    process). sha256 and size_bytes are the remote file's (what the partner sent); when a stage
+    changed the bytes (decrypted or compressed), stored_bytes and stored_sha256 the object's."""
     started = time.monotonic()
+    stages = _stages(pgp, compression)
+    if journal is not None and stages:
+        # A compressor's or gpg's state cannot be saved: the worker never asks for this.
+        raise ValueError("a resumable copy stores the bytes read: it cannot decrypt nor compress")
     if checksums:
         with _upload_stage(_Meter(None), "probing the server's checksum support"):
             checksums = store.verifies_checksums()
@@ -206,7 +213,7 @@ def copy_file(
     else:
         meter = _Meter(heartbeat, Sha256(state=previous.sha256_state), previous.done_bytes)
         metadata = {**metadata, TOKEN: previous.token}
-    stored = _Counter(hashlib.sha256() if pgp is not None else None)
+    stored = _Counter(hashlib.sha256() if stages else None)
     if compression != "none":
         metadata.update({"compression": compression, "original-size": str(before.st_size)})
     if pgp is not None:
@@ -232,16 +239,23 @@ def copy_file(
                 )
 
         upload = _Upload(
-            store, key, metadata, tuning, meter, before_commit=check_unchanged, checksums=checksums
+            store,
+            key,
+            metadata,
+            tuning,
+            meter,
+            before_commit=check_unchanged,
+            checksums=checksums,
+            transforms=bool(stages),
         )
         if journal is not None:
             verification, proven = _resumable_upload(upload, f, before, journal, pace)
             stored.size = meter.size
         else:
             chunks = meter.wrap(_reading(read_chunks(f, before.st_size, pace=pace)))
-            if pgp is not None:
-                chunks = decrypt(pgp, chunks)
-            chunks = stored.wrap(_compressed(chunks, compression))
+            for stage in stages:
+                chunks = stage(chunks)
+            chunks = stored.wrap(chunks)
             try:
                 if tuning.local_dir:
                     verification, proven = _copy_via_local_file(upload, chunks)
@@ -261,8 +275,8 @@ def copy_file(
         download_seconds=meter.read_seconds,
         upload_seconds=meter.upload_seconds,
         total_seconds=time.monotonic() - started,
-        stored_bytes=stored.size if _transformed(metadata) else None,
-        stored_sha256=stored.digest.hexdigest() if stored.digest is not None else None,
+        stored_bytes=stored.size if upload.transforms else None,
+        stored_sha256=stored.digest.hexdigest() if upload.transforms else None,
         resumed_from=previous.done_bytes if previous is not None else 0,
         verification=verification,
     )
@@ -270,7 +284,7 @@ def copy_file(
 
 class _Counter:
     """Counts the bytes that go into the object (after decryption and compression), and hashes
-    them when given a digest (a decrypted object's hash is not the remote file's)."""
+    them when given a digest (a decrypted or compressed object's hash is not the remote file's)."""
 
     def __init__(self, digest=None) -> None:
         self.size = 0
@@ -284,10 +298,24 @@ class _Counter:
             yield chunk
 
 
-def _transformed(metadata: dict[str, str]) -> bool:
-    """Whether the object's bytes are not the remote file's (compressed or decrypted): its size
-    is then not the file's, which metadata original-size records."""
-    return "compression" in metadata or DECRYPTED in metadata
+Stage = Callable[[Iterator[bytes]], Iterator[bytes]]
+
+
+def _stages(pgp: PgpSettings | None, compression: str) -> list[Stage]:
+    """What the bytes read go through, in order, before they are stored; each changes them."""
+    stages: list[Stage] = []
+    if pgp is not None:
+        stages.append(functools.partial(decrypt, pgp))
+    if compression != "none":
+        stages.append(functools.partial(_compressed, compression=compression))
+    return stages
+
+
+def _transformed(found: dict[str, str]) -> bool:
+    """Whether an object found in the bucket holds other bytes than the remote file's
+    (compressed or decrypted), by its metadata: no byte path tells it of an earlier attempt's
+    object. Its size is then not the file's, which metadata original-size records."""
+    return "compression" in found or DECRYPTED in found
 
 
 def _decryption_failed(exc: DecryptionFailed, f: paramiko.SFTPFile, before) -> TransferFailed:
@@ -307,9 +335,6 @@ def _decryption_failed(exc: DecryptionFailed, f: paramiko.SFTPFile, before) -> T
 
 def _compressed(chunks: Iterator[bytes], compression: str) -> Iterator[bytes]:
     """The stream, gzip- or zstd-compressed on the way (a standard .gz / .zst file)."""
-    if compression == "none":
-        yield from chunks
-        return
     if compression == "gzip":
         compressor = zlib.compressobj(6, zlib.DEFLATED, 31)  # 31: gzip header and trailer
     elif compression == "zstd":
@@ -370,9 +395,10 @@ def _upload(upload: _Upload, chunks: Iterator[bytes], size_hint: int) -> tuple[s
         upload.before_commit()
         sha256 = meter.digest.hexdigest()
         checksum = None
-        if upload.checksums:  # stored as read: the meter's hash is the body's
-            stored_as_read = "compression" not in upload.metadata
-            checksum = _base64(sha256) if stored_as_read else sha256_checksum(data)
+        if upload.checksums:
+            # The meter hashed the bytes read; a body a stage changed is hashed here (the
+            # server refuses a checksum of other bytes than the body's).
+            checksum = sha256_checksum(data) if upload.transforms else _base64(sha256)
         with _committing(upload), _upload_stage(meter, "PUT"):
             etag = store.put(key, data, upload.metadata, {"sha256": sha256}, checksum)
         if checksum:

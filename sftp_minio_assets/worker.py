@@ -433,7 +433,8 @@ class Worker:
                 "attempt": claim.attempts,
                 "source_file": action,
                 **({} if result.stored_bytes is None else {"stored_bytes": result.stored_bytes}),
-                # A decrypted object's own hash; sha256 is the (encrypted) remote file's.
+                # The object's own hash when a stage changed the bytes (decrypted, compressed);
+                # sha256 is the remote file's.
                 **({"stored_sha256": result.stored_sha256} if result.stored_sha256 else {}),
                 # Bytes an earlier attempt had uploaded already: this one read the rest only.
                 **({"resumed_from_bytes": result.resumed_from} if result.resumed_from else {}),

@@ -5,7 +5,9 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import uuid
+from collections.abc import Iterator
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +29,7 @@ from sftp_minio_assets.resources import (
 from sftp_minio_assets.s3 import ObjectStore, S3Settings
 from sftp_minio_assets.transfer_log import TransferLog
 
-from .support import PROJECT
+from .support import PROJECT, Keys
 
 
 def pytest_collection_modifyitems(items):
@@ -157,6 +159,15 @@ def env(stack) -> Env:
     root = stack.ssh.root / name
     root.mkdir()
     return Env(stack, root, f"test-{name}", stack.postgres.create_database(f"log_{name}"))
+
+
+@pytest.fixture(scope="module")
+def keys() -> Iterator[Keys]:
+    """PGP key pairs made by GnuPG (support.Keys), for one test module; no server needed."""
+    home = tempfile.mkdtemp(prefix="pgp-test-")  # short: gpg-agent's socket lives in it
+    yield Keys.generate(home)
+    subprocess.run(["gpgconf", "--homedir", home, "--kill", "gpg-agent"], check=False)
+    shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture

@@ -3,8 +3,10 @@ from another. Most take the `env` fixture's Env: they need the real servers."""
 
 import hashlib
 import json
+import subprocess
 import threading
 import time
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
@@ -218,3 +220,65 @@ def run_status_sensor(sensor, env, instance, result, receiver, transfer_settings
         },
     ) as context:
         sensor(context if result.success else context.for_run_failure())
+
+
+# --- PGP -------------------------------------------------------------------------------------
+
+PASSPHRASE = "correct horse battery 42"
+
+
+@dataclass
+class Keys:
+    """Our key pair (its private key protected by PASSPHRASE), the partner's who signs, and a
+    stranger's; all in one GnuPG home, where test files are made."""
+
+    home: str
+    fingerprints: dict[str, str]  # "us", "partner", "stranger" -> primary key fingerprint
+
+    @classmethod
+    def generate(cls, home: str) -> "Keys":
+        made = cls(home, {})
+        for who in ("us", "partner", "stranger"):
+            passphrase = PASSPHRASE if who == "us" else ""
+            uid = f"{who} <{who}@example.org>"
+            made.gpg(
+                *("--pinentry-mode", "loopback", "--passphrase", passphrase),
+                *("--quick-gen-key", uid, "future-default", "default", "0"),
+            )
+            colons = made.gpg("--with-colons", "--list-keys", f"<{who}@example.org>").decode()
+            made.fingerprints[who] = next(
+                line.split(":")[9] for line in colons.splitlines() if line.startswith("fpr:")
+            )
+        return made
+
+    def gpg(self, *args: str, data: bytes = b"") -> bytes:
+        command = ["gpg", "--homedir", self.home, "--batch", "--no-tty", "--trust-model", "always"]
+        done = subprocess.run([*command, *args], input=data, capture_output=True, check=True)
+        return done.stdout
+
+    def secret(self, who: str) -> str:
+        return self.gpg(
+            *("--pinentry-mode", "loopback", "--passphrase", PASSPHRASE if who == "us" else ""),
+            *("--armor", "--export-secret-keys", self.fingerprints[who]),
+        ).decode()
+
+    def public(self, who: str) -> str:
+        return self.gpg("--armor", "--export", self.fingerprints[who]).decode()
+
+    def encrypt(self, data: bytes, to: str = "us", signer: str | None = "partner") -> bytes:
+        signing = ["--sign", "--local-user", self.fingerprints[signer]] if signer else []
+        return self.gpg(
+            *("--pinentry-mode", "loopback", "--passphrase", ""),
+            *("--recipient", self.fingerprints[to], *signing, "--encrypt"),
+            data=data,
+        )
+
+
+def decrypting(keys: Keys, **overrides) -> dict:
+    """A source's PGP settings: our key, and files required to be signed by the partner."""
+    settings = {
+        "pgp_private_key": keys.secret("us"),
+        "pgp_passphrase": PASSPHRASE,
+        "pgp_verify_key": keys.public("partner"),
+    }
+    return {**settings, **overrides}

@@ -5,6 +5,7 @@ import psycopg
 import pytest
 
 from sftp_minio_assets.errors import NotAFile, advice, is_permanent, redact
+from sftp_minio_assets.s3 import ChecksumRefused
 from sftp_minio_assets.sftp import CredentialsError, HostKeyError, SettingNames
 from sftp_minio_assets.transfer import ObjectOfAnotherSource, SourceChanged, TransferFailed
 
@@ -29,6 +30,8 @@ CASES = {
     "bucket missing": (failed("upload", FileNotFoundError("b")), True, "bucket"),
     "write refused": (failed("upload", PermissionError("denied")), True, "refused the write"),
     "s3 down": (failed("upload", ConnectionRefusedError()), False, "S3 endpoint"),
+    # The project computes both the bytes and their checksum: another try sends the same.
+    "checksum refused": (failed("upload", ChecksumRefused("BadDigest")), True, "report"),
     "copy unverifiable": (failed("verify", TimeoutError()), False, "S3 endpoint"),
     "sftp reset": (failed("read", ConnectionResetError()), False, "SFTP server"),
     "sftp timeout": (failed("read", TimeoutError()), False, "SFTP server"),
@@ -94,10 +97,15 @@ def test_redact_takes_any_iterable_of_secrets_once():
         (SourceChanged("size changed"), "min_file_age_seconds"),
         (failed("read", HostKeyError("mismatch")), "known_hosts_path"),
         (failed("read", CredentialsError("no")), "password"),
+        (failed("upload", ChecksumRefused("BadDigest")), "server_checksums"),
     ],
 )
 def test_the_advice_names_a_setting_as_its_user_set_it(exc, setting):
-    variable = {"min_file_age_seconds": "MIN_FILE_AGE_SECONDS"}.get(setting, f"SFTP_{setting}")
+    variables = {
+        "min_file_age_seconds": "MIN_FILE_AGE_SECONDS",
+        "server_checksums": "SERVER_CHECKSUMS",
+    }
+    variable = variables.get(setting, f"SFTP_{setting}")
     assert variable.upper() in advice(exc)  # the single source: its environment variables
     in_file = advice(exc, SettingNames("source partner_a in /etc/sources.yaml"))
     assert f"`{setting}`" in in_file and "of source partner_a in /etc/sources.yaml" in in_file

@@ -8,7 +8,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import textwrap
 import threading
 import time
@@ -27,71 +26,9 @@ from sftp_minio_assets.resources import source_from_env
 from sftp_minio_assets.sources import SourcesError, load_sources
 from sftp_minio_assets.worker import SourcePolicy
 
-from .support import PROJECT, offline_shared, wait_for
+from .support import PASSPHRASE, PROJECT, decrypting, offline_shared, wait_for
 
 MIB = 1024 * 1024
-PASSPHRASE = "correct horse battery 42"
-
-
-@dataclass
-class Keys:
-    """Our key pair (its private key protected by PASSPHRASE), the partner's who signs, and a
-    stranger's; all in one GnuPG home, where test files are made."""
-
-    home: str
-    fingerprints: dict[str, str]  # "us", "partner", "stranger" -> primary key fingerprint
-
-    def gpg(self, *args: str, data: bytes = b"") -> bytes:
-        command = ["gpg", "--homedir", self.home, "--batch", "--no-tty", "--trust-model", "always"]
-        done = subprocess.run([*command, *args], input=data, capture_output=True, check=True)
-        return done.stdout
-
-    def secret(self, who: str) -> str:
-        return self.gpg(
-            *("--pinentry-mode", "loopback", "--passphrase", PASSPHRASE if who == "us" else ""),
-            *("--armor", "--export-secret-keys", self.fingerprints[who]),
-        ).decode()
-
-    def public(self, who: str) -> str:
-        return self.gpg("--armor", "--export", self.fingerprints[who]).decode()
-
-    def encrypt(self, data: bytes, to: str = "us", signer: str | None = "partner") -> bytes:
-        signing = ["--sign", "--local-user", self.fingerprints[signer]] if signer else []
-        return self.gpg(
-            *("--pinentry-mode", "loopback", "--passphrase", ""),
-            *("--recipient", self.fingerprints[to], *signing, "--encrypt"),
-            data=data,
-        )
-
-
-@pytest.fixture(scope="module")
-def keys():
-    home = tempfile.mkdtemp(prefix="pgp-test-")  # short: gpg-agent's socket lives in it
-    made = Keys(home, {})
-    for who in ("us", "partner", "stranger"):
-        passphrase = PASSPHRASE if who == "us" else ""
-        uid = f"{who} <{who}@example.org>"
-        made.gpg(
-            *("--pinentry-mode", "loopback", "--passphrase", passphrase),
-            *("--quick-gen-key", uid, "future-default", "default", "0"),
-        )
-        colons = made.gpg("--with-colons", "--list-keys", f"<{who}@example.org>").decode()
-        made.fingerprints[who] = next(
-            line.split(":")[9] for line in colons.splitlines() if line.startswith("fpr:")
-        )
-    yield made
-    subprocess.run(["gpgconf", "--homedir", home, "--kill", "gpg-agent"], check=False)
-    shutil.rmtree(home, ignore_errors=True)
-
-
-def decrypting(keys: Keys, **overrides) -> dict:
-    """A source's PGP settings: our key, and files required to be signed by the partner."""
-    settings = {
-        "pgp_private_key": keys.secret("us"),
-        "pgp_passphrase": PASSPHRASE,
-        "pgp_verify_key": keys.public("partner"),
-    }
-    return {**settings, **overrides}
 
 
 def sha256(data: bytes) -> str:
