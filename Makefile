@@ -77,9 +77,12 @@ bench: install bench-deps
 bench-quick: install bench-deps
 	$(BIN)/python -m benchmarks.run --quick
 
+# ruff, then the layers: each imports only those below it, and only defs/ imports dagster
+# (the contracts are in pyproject.toml).
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 format: install
 	$(BIN)/ruff check --fix .

@@ -3,14 +3,14 @@ then the statistics and the alerts, shared by all sources."""
 
 import dagster as dg
 
-from .alerts import alert_on_recovery, alert_on_repeated_failures
-from .assets import build_files_asset
-from .checks import build_file_checks
-from .dry_run import build_dry_run_job
-from .resources import shared_resources_from_env
-from .sensors import build_new_files_sensor
-from .sources import source_key, sources_from_env
-from .stats import build_health_job, build_health_schedule, transfer_stats
+from .defs.alerts import alert_on_recovery, alert_on_repeated_failures
+from .defs.assets import build_files_asset
+from .defs.checks import build_file_checks
+from .defs.dry_run import build_dry_run_job
+from .defs.resources import shared_resources_from_env
+from .defs.sensors import build_new_files_sensor
+from .defs.sources import source_key, sources_from_env
+from .defs.stats import build_health_job, build_health_schedule, transfer_stats
 
 shared = shared_resources_from_env()
 sources = sources_from_env(shared)

@@ -17,7 +17,8 @@ import psycopg
 import pytest
 
 from devstack.local_stack import LocalStack, stop_group
-from sftp_minio_assets.resources import (
+from sftp_minio_assets.db.transfer_log import TransferLog
+from sftp_minio_assets.defs.resources import (
     ObjectStoreResource,
     SFTPConnection,
     SourcePolicyConfig,
@@ -26,8 +27,7 @@ from sftp_minio_assets.resources import (
     TransferSettings,
     source_resource,
 )
-from sftp_minio_assets.s3 import ObjectStore, S3Settings
-from sftp_minio_assets.transfer_log import TransferLog
+from sftp_minio_assets.s3.store import ObjectStore, S3Settings
 
 from .support import PROJECT, Keys
 

@@ -11,10 +11,10 @@ import json
 import sys
 import time
 
-from sftp_minio_assets.resources import SFTPConnection
-from sftp_minio_assets.sessions import SessionBudget, server_of
-from sftp_minio_assets.sftp import SFTPConnector, SFTPPool
-from sftp_minio_assets.transfer_log import TransferLog
+from sftp_minio_assets.db.transfer_log import TransferLog
+from sftp_minio_assets.defs.resources import SFTPConnection
+from sftp_minio_assets.sftp.client import SFTPConnector, SFTPPool
+from sftp_minio_assets.sftp.sessions import SessionBudget, server_of
 
 
 def main() -> None:

@@ -10,8 +10,8 @@ import sys
 
 import dagster as dg
 
-from sftp_minio_assets.assets import build_files_asset
-from sftp_minio_assets.resources import (
+from sftp_minio_assets.defs.assets import build_files_asset
+from sftp_minio_assets.defs.resources import (
     ObjectStoreResource,
     SourceResource,
     TransferLogResource,

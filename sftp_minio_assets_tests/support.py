@@ -13,15 +13,15 @@ from pathlib import Path
 import dagster as dg
 
 from devstack.demo import apply_partition_requests
-from sftp_minio_assets.assets import build_files_asset
-from sftp_minio_assets.partitions import encode_key
-from sftp_minio_assets.resources import (
+from sftp_minio_assets.core.keys import encode_key
+from sftp_minio_assets.defs.assets import build_files_asset
+from sftp_minio_assets.defs.resources import (
     AlertSettings,
     ObjectStoreResource,
     TransferLogResource,
     TransferSettings,
 )
-from sftp_minio_assets.sensors import build_new_files_sensor
+from sftp_minio_assets.defs.sensors import build_new_files_sensor
 
 PROJECT = Path(__file__).resolve().parents[1]
 

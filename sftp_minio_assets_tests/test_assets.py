@@ -8,8 +8,8 @@ import textwrap
 import dagster as dg
 import pytest
 
-from sftp_minio_assets.assets import files
-from sftp_minio_assets.partitions import encode_key
+from sftp_minio_assets.core.keys import encode_key
+from sftp_minio_assets.defs.assets import files
 
 from .support import materializations, materialize, sha256_file, statuses
 
@@ -140,9 +140,9 @@ def test_local_dir_mode_copies_through_a_temporary_file(env, instance, tmp_path)
 MEMORY_PROBE = textwrap.dedent(
     """
     import json, resource, sys
-    from sftp_minio_assets.resources import ObjectStoreResource, SFTPConnection
-    from sftp_minio_assets.sftp import SFTPConnector
-    from sftp_minio_assets.transfer import Tuning, copy_file
+    from sftp_minio_assets.defs.resources import ObjectStoreResource, SFTPConnection
+    from sftp_minio_assets.sftp.client import SFTPConnector
+    from sftp_minio_assets.transfer.copy import Tuning, copy_file
     connection_args, s3_args, root, path = json.loads(sys.argv[1])
     connection, store = SFTPConnection(**connection_args), ObjectStoreResource(**s3_args).store
     client = SFTPConnector(connection.settings).connect()

@@ -19,9 +19,9 @@ import pytest
 import zstandard
 
 from devstack.local_stack import PlainS3Server
-from sftp_minio_assets.errors import advice, is_permanent
-from sftp_minio_assets.s3 import CHECKSUM_PROBE, ChecksumRefused, ObjectStore, sha256_checksum
-from sftp_minio_assets.transfer import SUFFIXES, TransferFailed, Tuning, copy_file
+from sftp_minio_assets.s3.store import CHECKSUM_PROBE, ChecksumRefused, ObjectStore, sha256_checksum
+from sftp_minio_assets.transfer.copy import SUFFIXES, TransferFailed, Tuning, copy_file
+from sftp_minio_assets.worker.errors import advice, is_permanent
 
 from .support import decrypting, sha256_file
 from .test_resume import SMALL, killed_half_way, resuming_worker
@@ -237,10 +237,10 @@ def test_on_a_server_that_does_not_verify_copies_fall_back_with_one_logged_line(
     source = env.source(env.shared(minio=minio, part_size_mb=5), server_checksums=True)
     worker = source.worker()
 
-    with caplog.at_level(logging.WARNING, logger="sftp_minio_assets.s3"):
+    with caplog.at_level(logging.WARNING, logger="sftp_minio_assets.s3.store"):
         outcomes = {name: worker.transfer(name) for name in ("small.txt", "big.bin")}
 
-    [line] = [r.getMessage() for r in caplog.records if r.name == "sftp_minio_assets.s3"]
+    [line] = [r.getMessage() for r in caplog.records if r.name == "sftp_minio_assets.s3.store"]
     assert plain_s3.endpoint_url in line and "does not verify SHA-256 checksums" in line
     rows = env.rows()
     store = minio.store

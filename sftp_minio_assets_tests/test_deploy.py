@@ -93,7 +93,7 @@ def test_every_instance_keeps_its_event_log_on_the_pooled_storage():
         assert "storage" not in config, name  # cannot be mixed with the three entries below
         event_log = config["event_log_storage"]
         assert (event_log["module"], event_log["class"]) == (
-            "sftp_minio_assets.instance_storage",
+            "sftp_minio_assets.defs.instance_storage",
             "PooledPostgresEventLogStorage",
         ), name
         assert config["run_storage"]["class"] == "PostgresRunStorage", name

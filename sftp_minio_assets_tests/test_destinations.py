@@ -12,15 +12,15 @@ from datetime import UTC, datetime
 import dagster as dg
 import pytest
 
-from sftp_minio_assets.destinations import DestinationTemplate
-from sftp_minio_assets.discovery import AutoRetry, clashes, plan_transfers
-from sftp_minio_assets.errors import SettingsError
-from sftp_minio_assets.partitions import decode_key, encode_key
-from sftp_minio_assets.resources import SourcePolicyConfig, checked, source_from_env
-from sftp_minio_assets.sftp import FileFilter, RemoteFile
-from sftp_minio_assets.sources import SourcesError, load_sources
-from sftp_minio_assets.transfer_log import FileState
-from sftp_minio_assets.worker import SourcePolicy
+from sftp_minio_assets.core.keys import decode_key, encode_key
+from sftp_minio_assets.db.transfer_log import FileState
+from sftp_minio_assets.defs.resources import SourcePolicyConfig, checked, source_from_env
+from sftp_minio_assets.defs.sources import SourcesError, load_sources
+from sftp_minio_assets.policy.destinations import DestinationTemplate
+from sftp_minio_assets.policy.discovery import AutoRetry, clashes, plan_transfers
+from sftp_minio_assets.sftp.client import FileFilter, RemoteFile
+from sftp_minio_assets.worker.errors import SettingsError
+from sftp_minio_assets.worker.worker import SourcePolicy
 
 from .support import materialize, offline_shared, requested, tick
 

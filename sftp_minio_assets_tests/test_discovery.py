@@ -4,11 +4,11 @@ from datetime import UTC, datetime
 
 import pytest
 
-from sftp_minio_assets.discovery import AutoRetry, batches, object_differs, plan_transfers
-from sftp_minio_assets.partitions import encode_key
-from sftp_minio_assets.readiness import Readiness
-from sftp_minio_assets.sftp import FileFilter, RemoteFile
-from sftp_minio_assets.transfer_log import FileState
+from sftp_minio_assets.core.keys import encode_key
+from sftp_minio_assets.db.transfer_log import FileState
+from sftp_minio_assets.policy.discovery import AutoRetry, batches, object_differs, plan_transfers
+from sftp_minio_assets.policy.readiness import Readiness
+from sftp_minio_assets.sftp.client import FileFilter, RemoteFile
 
 NOW = 1_000_000.0
 OLD = int(NOW) - 3600  # an mtime well past any stability gate

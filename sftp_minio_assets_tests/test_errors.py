@@ -4,14 +4,14 @@ import paramiko
 import psycopg
 import pytest
 
-from sftp_minio_assets.errors import NotAFile, advice, is_permanent, redact
-from sftp_minio_assets.s3 import ChecksumRefused
-from sftp_minio_assets.sftp import CredentialsError, HostKeyError, SettingNames
-from sftp_minio_assets.transfer import ObjectOfAnotherSource, SourceChanged, TransferFailed
+from sftp_minio_assets.s3.store import ChecksumRefused
+from sftp_minio_assets.sftp.client import CredentialsError, HostKeyError, SettingNames
+from sftp_minio_assets.transfer.copy import ObjectOfAnotherSource, SourceChanged, TransferFailed
+from sftp_minio_assets.worker.errors import NotAFile, advice, is_permanent, redact
 
 
 def failed(stage: str, cause: BaseException) -> TransferFailed:
-    """A transfer failure as transfer.py raises it: the stage, and the fault as its cause."""
+    """A transfer failure as transfer/copy.py raises it: the stage, and the fault as its cause."""
     exc = TransferFailed(stage, f"{stage} failed: {cause}")
     exc.__cause__ = cause
     return exc

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from sftp_minio_assets.transfer import TOKEN, Committed, Tuning, copy_file
+from sftp_minio_assets.transfer.copy import TOKEN, Committed, Tuning, copy_file
 
 from .support import (
     PROJECT,

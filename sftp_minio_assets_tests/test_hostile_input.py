@@ -5,10 +5,10 @@ import time
 
 import pytest
 
-from sftp_minio_assets.discovery import AutoRetry, plan_transfers
-from sftp_minio_assets.partitions import decode_key
-from sftp_minio_assets.s3 import object_key
-from sftp_minio_assets.sftp import FileFilter
+from sftp_minio_assets.core.keys import decode_key
+from sftp_minio_assets.policy.discovery import AutoRetry, plan_transfers
+from sftp_minio_assets.s3.store import object_key
+from sftp_minio_assets.sftp.client import FileFilter
 
 from .support import materialize, requested, sha256_file, tick
 

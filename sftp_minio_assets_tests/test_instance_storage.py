@@ -16,7 +16,10 @@ from dagster._core.storage.config import pg_config
 from dagster_postgres import PostgresEventLogStorage
 from sqlalchemy import event
 
-from sftp_minio_assets.instance_storage import IDLE_CHECK_SECONDS, PooledPostgresEventLogStorage
+from sftp_minio_assets.defs.instance_storage import (
+    IDLE_CHECK_SECONDS,
+    PooledPostgresEventLogStorage,
+)
 
 from .support import PROJECT
 

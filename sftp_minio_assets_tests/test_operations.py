@@ -5,12 +5,12 @@ import os
 import dagster as dg
 import pytest
 
-from sftp_minio_assets.alerts import alert_on_recovery, alert_on_repeated_failures
-from sftp_minio_assets.assets import files
-from sftp_minio_assets.checks import build_file_checks
-from sftp_minio_assets.dry_run import build_dry_run_job
-from sftp_minio_assets.resources import AlertSettings
-from sftp_minio_assets.stats import summarize, transfer_stats
+from sftp_minio_assets.defs.alerts import alert_on_recovery, alert_on_repeated_failures
+from sftp_minio_assets.defs.assets import files
+from sftp_minio_assets.defs.checks import build_file_checks
+from sftp_minio_assets.defs.dry_run import build_dry_run_job
+from sftp_minio_assets.defs.resources import AlertSettings
+from sftp_minio_assets.defs.stats import summarize, transfer_stats
 
 from .support import PARTITIONS, Receiver, materialize, run_status_sensor, tick
 

@@ -2,13 +2,11 @@
 
 import pytest
 
-from sftp_minio_assets.partitions import (
+from sftp_minio_assets.core.keys import KeyTooLong, decode_key, encode_key
+from sftp_minio_assets.defs.partitions import (
     RANGE_END_TAG,
     RANGE_START_TAG,
     SOURCE_TAG,
-    KeyTooLong,
-    decode_key,
-    encode_key,
     keys_of_run,
     run_request_for,
 )

@@ -19,12 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from sftp_minio_assets.errors import SettingsError
-from sftp_minio_assets.partitions import encode_key
-from sftp_minio_assets.pgp import PgpSettings, decrypt
-from sftp_minio_assets.resources import source_from_env
-from sftp_minio_assets.sources import SourcesError, load_sources
-from sftp_minio_assets.worker import SourcePolicy
+from sftp_minio_assets.core.keys import encode_key
+from sftp_minio_assets.defs.resources import source_from_env
+from sftp_minio_assets.defs.sources import SourcesError, load_sources
+from sftp_minio_assets.transfer.pgp import PgpSettings, decrypt
+from sftp_minio_assets.worker.errors import SettingsError
+from sftp_minio_assets.worker.worker import SourcePolicy
 
 from .support import PASSPHRASE, PROJECT, decrypting, offline_shared, wait_for
 
@@ -228,7 +228,7 @@ def test_gpg_and_its_agent_run_without_the_workers_secrets(env, keys, monkeypatc
 # for the rest on stdin, which never comes (the test kills it, or closes stdin to end it).
 RUN = """
 import os, sys
-from sftp_minio_assets.pgp import PgpSettings, _keyring, decrypt
+from sftp_minio_assets.transfer.pgp import PgpSettings, _keyring, decrypt
 
 settings = PgpSettings(sys.argv[1], os.environ["PASSPHRASE"])
 message = open(sys.argv[2], "rb").read()

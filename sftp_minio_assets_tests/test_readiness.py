@@ -7,13 +7,13 @@ import dagster as dg
 import pytest
 import yaml
 
-from sftp_minio_assets.discovery import AutoRetry, plan_transfers
-from sftp_minio_assets.errors import SettingsError
-from sftp_minio_assets.readiness import Readiness, ReadyMarker, marker_problem
-from sftp_minio_assets.resources import shared_resources_from_env, source_from_env
-from sftp_minio_assets.sftp import FileFilter, RemoteFile
-from sftp_minio_assets.sources import SourcesError, load_sources
-from sftp_minio_assets.transfer_log import FileState
+from sftp_minio_assets.db.transfer_log import FileState
+from sftp_minio_assets.defs.resources import shared_resources_from_env, source_from_env
+from sftp_minio_assets.defs.sources import SourcesError, load_sources
+from sftp_minio_assets.policy.discovery import AutoRetry, plan_transfers
+from sftp_minio_assets.policy.readiness import Readiness, ReadyMarker, marker_problem
+from sftp_minio_assets.sftp.client import FileFilter, RemoteFile
+from sftp_minio_assets.worker.errors import SettingsError
 
 from .support import offline_shared
 

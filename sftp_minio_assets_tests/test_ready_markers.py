@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from sftp_minio_assets.dry_run import build_dry_run_job
+from sftp_minio_assets.defs.dry_run import build_dry_run_job
 
 from .support import PARTITIONS, materialize, requested, tick
 

@@ -19,9 +19,9 @@ from concurrent.futures import ThreadPoolExecutor
 import psycopg
 import pytest
 
-from sftp_minio_assets.bandwidth import BandwidthCap
-from sftp_minio_assets.resume import Sha256, resumable_hashing
-from sftp_minio_assets.transfer import _parts
+from sftp_minio_assets.transfer.bandwidth import BandwidthCap
+from sftp_minio_assets.transfer.copy import _parts
+from sftp_minio_assets.transfer.resume import Sha256, resumable_hashing
 
 from .support import sha256_file, wait_for
 from .test_self_healing import DAEMON_SETTINGS

@@ -10,11 +10,11 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from sftp_minio_assets.alerts import alert_on_repeated_failures
-from sftp_minio_assets.checks import build_file_checks
-from sftp_minio_assets.partitions import RANGE_END_TAG, RANGE_START_TAG
-from sftp_minio_assets.resources import AlertSettings
-from sftp_minio_assets.transfer import Tuning, copy_file
+from sftp_minio_assets.defs.alerts import alert_on_repeated_failures
+from sftp_minio_assets.defs.checks import build_file_checks
+from sftp_minio_assets.defs.partitions import RANGE_END_TAG, RANGE_START_TAG
+from sftp_minio_assets.defs.resources import AlertSettings
+from sftp_minio_assets.transfer.copy import Tuning, copy_file
 
 from .support import (
     Receiver,

@@ -6,8 +6,8 @@ import time
 import dagster as dg
 import pytest
 
-from sftp_minio_assets.assets import files
-from sftp_minio_assets.partitions import encode_key
+from sftp_minio_assets.core.keys import encode_key
+from sftp_minio_assets.defs.assets import files
 
 from .support import PARTITIONS, keys_of, materialize, requested, tick
 

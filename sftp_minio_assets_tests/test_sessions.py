@@ -16,11 +16,15 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from sftp_minio_assets.errors import SettingsError
-from sftp_minio_assets.resources import LISTING_PATIENCE_SECONDS, SFTPConnection, source_from_env
-from sftp_minio_assets.sessions import SessionBudget, SessionsBusy, server_of
-from sftp_minio_assets.sources import SourcesError, load_sources
-from sftp_minio_assets.stats import transfer_stats
+from sftp_minio_assets.defs.resources import (
+    LISTING_PATIENCE_SECONDS,
+    SFTPConnection,
+    source_from_env,
+)
+from sftp_minio_assets.defs.sources import SourcesError, load_sources
+from sftp_minio_assets.defs.stats import transfer_stats
+from sftp_minio_assets.sftp.sessions import SessionBudget, SessionsBusy, server_of
+from sftp_minio_assets.worker.errors import SettingsError
 
 from .support import (
     PROJECT,

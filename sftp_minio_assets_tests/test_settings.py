@@ -16,10 +16,8 @@ import pytest
 import yaml
 
 from devstack.demo import apply_partition_requests
-from sftp_minio_assets.assets import build_files_asset
-from sftp_minio_assets.discovery import AutoRetry
-from sftp_minio_assets.errors import SettingsError, TransferLogUnavailable
-from sftp_minio_assets.resources import (
+from sftp_minio_assets.defs.assets import build_files_asset
+from sftp_minio_assets.defs.resources import (
     ObjectStoreResource,
     SourceResource,
     TransferLogResource,
@@ -27,9 +25,11 @@ from sftp_minio_assets.resources import (
     shared_resources_from_env,
     source_from_env,
 )
-from sftp_minio_assets.sensors import build_new_files_sensor
-from sftp_minio_assets.sftp import CredentialsError, RootUnavailable, ServerUnreachable
-from sftp_minio_assets.sources import SourcesError, load_sources
+from sftp_minio_assets.defs.sensors import build_new_files_sensor
+from sftp_minio_assets.defs.sources import SourcesError, load_sources
+from sftp_minio_assets.policy.discovery import AutoRetry
+from sftp_minio_assets.sftp.client import CredentialsError, RootUnavailable, ServerUnreachable
+from sftp_minio_assets.worker.errors import SettingsError, TransferLogUnavailable
 
 from .support import PROJECT, offline_shared
 

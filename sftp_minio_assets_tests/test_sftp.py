@@ -6,7 +6,7 @@ import os
 import paramiko
 import pytest
 
-from sftp_minio_assets.sftp import (
+from sftp_minio_assets.sftp.client import (
     ENVIRONMENT,
     CredentialsError,
     FileFilter,

@@ -12,11 +12,11 @@ import paramiko.sftp
 import pytest
 from packaging.requirements import Requirement
 
-from sftp_minio_assets.sftp_wire import PipelinedReads
+from sftp_minio_assets.sftp.wire import PipelinedReads
 
 PYPROJECT = Path(__file__).parents[1] / "pyproject.toml"
 WHAT_TO_DO = (
-    "adapt sftp_minio_assets/sftp_wire.py to it, run test_sftp.py and test_hostile_input.py, "
+    "adapt sftp_minio_assets/sftp/wire.py to it, run test_sftp.py and test_hostile_input.py, "
     "then widen the paramiko pin in pyproject.toml"
 )
 

@@ -15,13 +15,13 @@ import yaml
 import zstandard
 
 from devstack.demo import apply_partition_requests
-from sftp_minio_assets import sources as sources_module
-from sftp_minio_assets.assets import build_files_asset
-from sftp_minio_assets.partitions import SOURCE_TAG
-from sftp_minio_assets.resources import SourcePolicyConfig, source_resource
-from sftp_minio_assets.sensors import build_new_files_sensor
-from sftp_minio_assets.sftp import CredentialsError
-from sftp_minio_assets.sources import SourcesError, load_sources, source_key
+from sftp_minio_assets.defs import sources as sources_module
+from sftp_minio_assets.defs.assets import build_files_asset
+from sftp_minio_assets.defs.partitions import SOURCE_TAG
+from sftp_minio_assets.defs.resources import SourcePolicyConfig, source_resource
+from sftp_minio_assets.defs.sensors import build_new_files_sensor
+from sftp_minio_assets.defs.sources import SourcesError, load_sources, source_key
+from sftp_minio_assets.sftp.client import CredentialsError
 
 from .support import PROJECT, offline_shared
 

@@ -1,4 +1,5 @@
-"""Moving bytes (transfer.py) on the real servers: memory bounded across files, not per file."""
+"""Moving bytes (transfer/copy.py) on the real servers: memory bounded across files, not per
+file."""
 
 import os
 import threading
@@ -7,8 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from sftp_minio_assets.s3 import ObjectStore
-from sftp_minio_assets.transfer import Tuning, copy_file
+from sftp_minio_assets.s3.store import ObjectStore
+from sftp_minio_assets.transfer.copy import Tuning, copy_file
 
 from .support import sha256_file
 

@@ -10,8 +10,8 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from sftp_minio_assets.resources import TransferLogResource
-from sftp_minio_assets.transfer_log import MIGRATION_LOCK, MIGRATIONS, SchemaTooNew, TransferLog
+from sftp_minio_assets.db.transfer_log import MIGRATION_LOCK, MIGRATIONS, SchemaTooNew, TransferLog
+from sftp_minio_assets.defs.resources import TransferLogResource
 
 from .support import AIRFLOW_TABLE
 
@@ -142,7 +142,7 @@ def test_a_schema_newer_than_the_code_is_refused_naming_the_fix(env):
 def test_the_migrate_command_migrates_and_refuses_a_newer_schema_without_the_password(env):
     def migrate() -> subprocess.CompletedProcess:
         return subprocess.run(
-            [sys.executable, "-m", "sftp_minio_assets.transfer_log", "migrate"],
+            [sys.executable, "-m", "sftp_minio_assets.cli", "migrate"],
             env={**os.environ, "TRANSFER_DB_URL": env.db_url},
             capture_output=True,
             text=True,

@@ -7,10 +7,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from sftp_minio_assets.errors import SettingsError
-from sftp_minio_assets.resources import source_from_env
-from sftp_minio_assets.sources import SourcesError, load_sources
-from sftp_minio_assets.transfer_window import TransferWindow
+from sftp_minio_assets.defs.resources import source_from_env
+from sftp_minio_assets.defs.sources import SourcesError, load_sources
+from sftp_minio_assets.policy.transfer_window import TransferWindow
+from sftp_minio_assets.worker.errors import SettingsError
 
 from .support import materialize, offline_shared, requested, tick
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from sftp_minio_assets.units import duration, mib
+from sftp_minio_assets.core.units import duration, mib
 
 
 @pytest.mark.parametrize(

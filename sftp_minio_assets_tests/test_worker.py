@@ -7,7 +7,8 @@ import threading
 
 import pytest
 
-from sftp_minio_assets.worker import Retry, SourcePolicy, worker_id
+from sftp_minio_assets.core.identity import worker_id
+from sftp_minio_assets.worker.worker import Retry, SourcePolicy
 
 
 @pytest.mark.parametrize("jitter", [0.5, 1.0, 1.5])

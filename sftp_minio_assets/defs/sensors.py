@@ -15,14 +15,15 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
-from .discovery import Plan, Request, batches
-from .partitions import decode_key, keys_of_run, partitions_for, run_request_for
+from ..core.keys import decode_key
+from ..core.units import duration
+from ..db.transfer_log import TransferLog
+from ..policy.discovery import Plan, Request, batches
+from ..sftp.client import Listing, display
+from ..sftp.sessions import SessionsBusy
+from .partitions import keys_of_run, partitions_for, run_request_for
 from .resources import SourceResource
-from .sessions import SessionsBusy
-from .sftp import Listing, display
 from .sources import source_key, source_of
-from .transfer_log import TransferLog
-from .units import duration
 
 # Files requested by one tick, at most: the rest waits for the next tick. New files travel in
 # batches (one run request each), so even the cap costs the daemon only ~20 requests.

@@ -19,7 +19,7 @@ import string
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from .s3 import key_segments
+from ..s3.store import key_segments
 
 FIELDS = ("path", "name", "stem", "suffix", "dir", "mtime", "date", "source")
 DATES = ("mtime", "date")

@@ -10,9 +10,9 @@ import logging
 
 import dagster as dg
 
+from ..worker.worker import Outcome
 from .partitions import partitions_for
 from .sources import source_key, source_of
-from .worker import Outcome
 
 DEFAULT_SOURCE = "default"
 

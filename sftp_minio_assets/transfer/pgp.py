@@ -13,7 +13,7 @@ writes the plaintext on stdout, both pumped by one selector loop in the transfer
 they are), and reports on stderr with `--status-fd`. Whether the file decrypted whole, and
 whether its signature was good, is only known at the end of the stream (a one-pass signed
 message carries its signature last): the failure is raised then, before the object's commit
-(transfer.py completes the upload only after the last chunk was read), so nothing appears.
+(transfer/copy.py completes the upload only after the last chunk was read), so nothing appears.
 """
 
 from __future__ import annotations

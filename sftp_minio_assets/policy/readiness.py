@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from string import Formatter
 
-from .sftp import RemoteFile
+from ..sftp.client import RemoteFile
 
 PLACEHOLDERS = ("name", "stem")
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from .units import duration
+from ..core.units import duration
 
 logger = logging.getLogger(__name__)
 

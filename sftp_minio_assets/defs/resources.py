@@ -1,4 +1,5 @@
-"""Dagster resources: thin, typed adapters over sftp.py, s3.py, transfer_log.py and worker.py.
+"""Dagster resources: thin, typed adapters over the SFTP client, the S3 store, the transfer log
+and the worker.
 
 Each opens its connections on first use and keeps them for the run (or sensor tick),
 so that a batch of files shares SSH sessions, S3 connections and database connections.
@@ -20,14 +21,13 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from pydantic import Field, PrivateAttr, ValidationError, WrapValidator, model_validator
 
-from .destinations import DestinationTemplate
-from .discovery import AutoRetry, Plan, Request, clashes, object_differs, plan_transfers
-from .errors import SettingsError, TransferLogUnavailable, redact
-from .pgp import DEFAULT_SUFFIXES, PgpSettings, key_problem
-from .readiness import Readiness, ReadyMarker, marker_problem
-from .s3 import ObjectStore, S3Settings, bucket_problem, key_segments, needs_escaping
-from .sessions import SessionBudget, server_of
-from .sftp import (
+from ..db.transfer_log import TransferLog, libpq_url
+from ..policy.destinations import DestinationTemplate
+from ..policy.discovery import AutoRetry, Plan, Request, clashes, object_differs, plan_transfers
+from ..policy.readiness import Readiness, ReadyMarker, marker_problem
+from ..policy.transfer_window import TransferWindow
+from ..s3.store import ObjectStore, S3Settings, bucket_problem, key_segments, needs_escaping
+from ..sftp.client import (
     VARIABLES,
     FileFilter,
     Listing,
@@ -38,10 +38,12 @@ from .sftp import (
     display,
     list_tree,
 )
-from .transfer import MIB, Tuning
-from .transfer_log import TransferLog
-from .transfer_window import TransferWindow
-from .worker import Retry, SourcePolicy, Worker
+from ..sftp.sessions import SessionBudget, server_of
+from ..transfer.copy import MIB, Tuning
+from ..transfer.pgp import DEFAULT_SUFFIXES, PgpSettings, key_problem
+from ..transfer.resume import RESUMABLE_HOURS
+from ..worker.errors import SettingsError, TransferLogUnavailable, redact
+from ..worker.worker import Retry, SourcePolicy, Worker
 
 # What dg.EnvVar and dg.EnvVar.int give: names, resolved by Dagster when the resource starts. A
 # field given one is checked then (Dagster builds the resource again from the values), and
@@ -92,7 +94,7 @@ def _host(host: str) -> str | None:
 def _database_url(url: str) -> str | None:
     expected = "must be postgresql://user:password@host:port/database"
     try:
-        port = conninfo_to_dict(_libpq_url(url)).get("port") or "5432"
+        port = conninfo_to_dict(libpq_url(url)).get("port") or "5432"
     except (psycopg.Error, ValueError):
         return expected
     if not url.startswith(("postgresql", "postgres")) or "://" not in url:
@@ -102,15 +104,9 @@ def _database_url(url: str) -> str | None:
     return None
 
 
-def _libpq_url(url: str) -> str:
-    """SQLAlchemy-style URLs (postgresql+psycopg2://) as libpq reads them."""
-    scheme, sep, rest = url.partition("://")
-    return f"{scheme.split('+')[0]}{sep}{rest}"
-
-
 def _database_server(url: str) -> str:
     """How messages name the database: never with its password."""
-    info = conninfo_to_dict(_libpq_url(url))
+    info = conninfo_to_dict(libpq_url(url))
     host, port = info.get("host", "localhost"), info.get("port", "5432")
     return f"postgresql://{info.get('user', '')}@{host}:{port}/{info.get('dbname', '')}"
 
@@ -363,7 +359,7 @@ class SourcePolicyConfig(dg.Config):
 
 
 class ObjectStoreResource(dg.ConfigurableResource):
-    """The destination bucket on MinIO or any S3-compatible store, as s3.py's ObjectStore (its
+    """The destination bucket on MinIO or any S3-compatible store, as s3/store.py's ObjectStore (its
     S3Settings from these fields). Users know it as MinIO: its resource key is `minio` and its
     variables MINIO_*."""
 
@@ -430,7 +426,7 @@ class TransferLogResource(dg.ConfigurableResource):
                         f"be used: {reason}. Check that the database is up and reachable from "
                         "here, and the host, port, user, password and database of "
                         "TRANSFER_DB_URL; the sensor tries again at its next tick.",
-                        [conninfo_to_dict(_libpq_url(self.url)).get("password")],
+                        [conninfo_to_dict(libpq_url(self.url)).get("password")],
                     )
                 ) from exc
             self._log = transfer_log
@@ -679,7 +675,7 @@ class SourceResource(dg.ConfigurableResource):
         return self.minio.store.abort_stale_uploads(
             self.key_prefix,
             self.transfer_log.max_stale_lock_minutes * 60,
-            live=self.transfer_log.log.being_copied(self.name),
+            live=self.transfer_log.log.being_copied(self.name, RESUMABLE_HOURS * 3600),
         )
 
     def object_uri(self, path: str, mtime: int) -> str:

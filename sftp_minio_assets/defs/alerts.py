@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import dagster as dg
 
+from ..db.transfer_log import TransferLog
 from .resources import AlertSettings, TransferLogResource, TransferSettings
-from .transfer_log import TransferLog
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,9 @@
 """Moving bytes: one remote file into one S3 object, hashed in flight, never half visible.
 
-Plain Python over `sftp.py` and `s3.py`, no Dagster. Memory stays bounded whatever the size and
-number of files: each file copied at once fills one part, and at most parts_in_flight parts of
-all of them are being uploaded (per process); nothing is read ahead of the uploads.
+Plain Python over `sftp/client.py` and `s3/store.py`, no Dagster. Memory stays bounded whatever
+the size and number of files: each file copied at once fills one part, and at most
+parts_in_flight parts of all of them are being uploaded (per process); nothing is read ahead of
+the uploads.
 """
 
 from __future__ import annotations
@@ -24,12 +25,13 @@ from dataclasses import dataclass, replace
 import paramiko
 import zstandard
 
+from ..core.model import BY_ETAG, BY_SERVER, BY_SIZE, Progress, TransferResult
+from ..core.units import MIB
+from ..s3.store import ObjectStore, sha256_checksum
+from ..sftp.client import READ_CHUNK, read_chunks
 from .pgp import DecryptionFailed, PgpSettings, decrypt
-from .resume import Journal, Progress, Sha256
-from .s3 import ObjectStore, sha256_checksum
-from .sftp import READ_CHUNK, read_chunks
+from .resume import Journal, Sha256
 
-MIB = 1024 * 1024
 MAX_PARTS = 9_000  # S3 allows 10,000; keep room for a file that grows a little
 TOKEN = "transfer-token"  # object metadata: which attempt wrote the object
 DECRYPTED = "decrypted"  # object metadata: the remote file was PGP-encrypted, the object is not
@@ -77,13 +79,6 @@ ETAG_CHECKED_BYTES = 1024 * 1024
 
 SUFFIXES = {"none": "", "gzip": ".gz", "zstd": ".zst"}
 
-# How the object was proven to hold the bytes sent (TransferResult.verification, in the log):
-# the server checked each request's SHA-256 (s3.ObjectStore.verifies_checksums); or a small
-# PUT's ETag is their MD5; or the object read back has this attempt's token and the right size.
-BY_SERVER = "sha256-by-server"
-BY_ETAG = "md5-etag"
-BY_SIZE = "size+token"
-
 
 @dataclass(frozen=True)
 class Committed:
@@ -97,25 +92,6 @@ class Committed:
     sha256: str
     source_mtime: str
     compressed: bool = False
-
-
-@dataclass(frozen=True)
-class TransferResult:
-    size_bytes: int  # of the remote file
-    sha256: str  # of the remote file's bytes
-    download_seconds: float
-    upload_seconds: float
-    total_seconds: float
-    stored_bytes: int | None = None  # of the object, when compressed or decrypted
-    stored_sha256: str | None = None  # of the object, when compressed or decrypted
-    resumed_from: int = 0  # bytes an earlier attempt had uploaded, not read again
-    verification: str = BY_SIZE  # BY_SERVER, BY_ETAG or BY_SIZE
-
-    @property
-    def mb_per_second(self) -> float:
-        """Of this attempt's bytes (a resumed copy's only)."""
-        copied = self.size_bytes - self.resumed_from
-        return copied / MIB / self.total_seconds if self.total_seconds > 0 else 0.0
 
 
 class _Meter:

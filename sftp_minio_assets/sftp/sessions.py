@@ -21,13 +21,36 @@ import random
 import threading
 import time
 import weakref
+from typing import Protocol
 
 import psycopg
 
-from .transfer_log import SessionLeases
-from .worker import worker_id
+from ..core.identity import worker_id
 
 logger = logging.getLogger(__name__)
+
+
+class SessionLeases(Protocol):
+    """Where the leases live: the transfer log's sftp_sessions table (db.transfer_log), handed
+    in by whoever builds the budget."""
+
+    def grant(
+        self,
+        server: str,
+        *,
+        source: str,
+        holder: str,
+        purpose: str,
+        max_sessions: int,
+        lease_seconds: float,
+    ) -> tuple[int | None, list[dict]]: ...
+
+    def renew(self, ids: list[int], lease_seconds: float) -> set[int]: ...
+
+    def release(self, lease: int) -> None: ...
+
+    def close(self) -> None: ...
+
 
 # A lease not renewed for this long is a dead process's: its slot is free again.
 LEASE_SECONDS = 60.0

@@ -25,16 +25,21 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .s3 import ObjectStore
+from ..core.model import Progress
+from ..s3.store import ObjectStore
 
 if TYPE_CHECKING:  # transfer_log.py imports this module
-    from .transfer_log import Claim, TransferLog
+    from ..db.transfer_log import Claim, TransferLog
 
 # OpenSSL's SHA256_CTX: h[8], Nl, Nh, data[16], num, md_len, all 32-bit: the same everywhere.
 SHA256_CTX_SIZE = 112
 # Progress is recorded at most this often (and when the upload completes its parts): at most a
 # second of reading is redone after a crash, at the price of one UPDATE a second.
 SAVE_EVERY_SECONDS = 1.0
+
+# A resumable upload untouched this long is given up: the sensor's sweep aborts it, and the next
+# claim of its file starts over.
+RESUMABLE_HOURS = 24
 
 
 @functools.cache
@@ -91,26 +96,10 @@ class Sha256:
         return out.raw.hex()
 
 
-@dataclass(frozen=True)
-class Progress:
-    """A resumable upload as recorded: its parts 1..len(etags) hold the file's first done_bytes
-    bytes, and sha256_state is the hash after them."""
-
-    upload_id: str
-    token: str  # the object's transfer-token (transfer.TOKEN), set when the upload began
-    part_size: int
-    etags: tuple[str, ...] = ()
-    done_bytes: int = 0
-    sha256_state: bytes | None = None
-    # The SHA-256 checksum of each of those parts, when the upload was begun with checksums
-    # (the server verifies each part, and needs them all again to complete); else None.
-    checksums: tuple[str, ...] | None = None
-
-
 @dataclass
 class Journal:
     """One claim's resumable upload: what an earlier claim left (`previous`, checked still
-    usable), and how this one records its own progress. transfer.py calls started() once the
+    usable), and how this one records its own progress. transfer/copy.py calls started() once the
     upload exists and advanced() as its parts complete; forget() drops it."""
 
     transfer_log: TransferLog

@@ -315,8 +315,24 @@ class ObjectStore:
                 return keys
             token = {"ContinuationToken": reply["NextContinuationToken"]}
 
-    def list_multipart_uploads(self, prefix: str = "") -> list[dict]:
-        return self._call("list_multipart_uploads", Prefix=prefix).get("Uploads", [])
+    def list_multipart_uploads(self, prefix: str = "", page_size: int = 1000) -> list[dict]:
+        """Every open upload under prefix, page after page (S3 answers 1,000 at most a page),
+        each starting at the markers the server names (SeaweedFS names only the upload id's)."""
+        uploads: dict[str, dict] = {}
+        marker: dict[str, str] = {}
+        while True:
+            reply = self._call(
+                "list_multipart_uploads", Prefix=prefix, MaxUploads=page_size, **marker
+            )
+            page = reply.get("Uploads", [])
+            new = [upload for upload in page if upload["UploadId"] not in uploads]
+            uploads.update((upload["UploadId"], upload) for upload in new)
+            if not reply.get("IsTruncated") or not new:
+                return list(uploads.values())
+            marker = {
+                "KeyMarker": reply.get("NextKeyMarker") or "",
+                "UploadIdMarker": reply.get("NextUploadIdMarker") or "",
+            }
 
     def abort_stale_uploads(
         self, prefix: str, older_than_seconds: float, live: Collection[str] = ()

@@ -25,10 +25,10 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from .partitions import KeyTooLong, encode_key
+from ..core.keys import KeyTooLong, encode_key
+from ..db.transfer_log import STATUSES, FileState
+from ..sftp.client import FileFilter, RemoteFile, display
 from .readiness import Readiness
-from .sftp import FileFilter, RemoteFile, display
-from .transfer_log import STATUSES, FileState
 
 
 @dataclass(frozen=True)

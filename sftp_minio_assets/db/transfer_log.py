@@ -8,8 +8,6 @@ so a worker whose claim was taken over can no longer overwrite the new owner's r
 
 from __future__ import annotations
 
-import argparse
-import sys
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,8 +15,7 @@ from datetime import UTC, datetime
 import psycopg
 from psycopg.rows import dict_row
 
-from .resume import Progress
-from .transfer import TransferResult
+from ..core.model import Progress, TransferResult
 
 # Only ever appended to, each statement idempotent: a database's schema version is how many of
 # these it has run, and a database migrated before versions were recorded runs them all again.
@@ -86,7 +83,7 @@ MIGRATIONS = [
         ADD COLUMN IF NOT EXISTS permanent BOOLEAN NOT NULL DEFAULT false,
         ADD COLUMN IF NOT EXISTS auto_retries INTEGER NOT NULL DEFAULT 0
     """,
-    # Resumable transfers (transfer.py): a big file's multipart upload and how far it got, so
+    # Resumable transfers (transfer/copy.py): a big file's multipart upload and how far it got, so
     # that the next claim of the unchanged file continues it; one row per file, kept until the
     # file is copied or its upload is given up.
     """
@@ -615,10 +612,6 @@ class FileState:
         return None if self.size is None or self.mtime is None else True
 
 
-# A resumable upload untouched this long is given up: the sensor aborts it (s3.py).
-RESUMABLE_HOURS = 24
-
-
 @dataclass(frozen=True)
 class Claim:
     id: int
@@ -666,13 +659,18 @@ class SchemaTooNew(Exception):
         self.known = known
 
 
+def libpq_url(url: str) -> str:
+    """A database URL as libpq reads it: SQLAlchemy-style ones (postgresql+psycopg2://, as
+    dagster.yaml names its own database) are accepted for convenience."""
+    scheme, sep, rest = url.partition("://")
+    return f"{scheme.split('+')[0]}{sep}{rest}" if sep else url
+
+
 class TransferLog:
     """The table, over one psycopg connection per thread (autocommit)."""
 
     def __init__(self, dsn: str, stale_minutes: float = 30):
-        # SQLAlchemy-style URLs ("postgresql+psycopg2://") are accepted for convenience.
-        scheme, sep, rest = dsn.partition("://")
-        self._dsn = f"{scheme.split('+')[0]}{sep}{rest}" if sep else dsn
+        self._dsn = libpq_url(dsn)
         self.stale_minutes = stale_minutes
         self._local = threading.local()
         self._all: list[psycopg.Connection] = []
@@ -863,11 +861,11 @@ class TransferLog:
         params = {"filenames": filenames, "sizes": sizes, "mtimes": mtimes, "object_keys": keys}
         return self._execute(ADOPT, {"source": source, **params}).rowcount
 
-    def being_copied(self, source: str) -> set[str]:
+    def being_copied(self, source: str, resumable_seconds: float) -> set[str]:
         """The object keys the source's claimed files are being copied to, and those of
-        resumable uploads touched within RESUMABLE_HOURS: their multipart uploads are live (or
-        wait for the next claim), however long ago they started."""
-        params = {"source": source, "resumable_seconds": RESUMABLE_HOURS * 3600}
+        resumable uploads touched within resumable_seconds: their multipart uploads are live
+        (or wait for the next claim), however long ago they started."""
+        params = {"source": source, "resumable_seconds": resumable_seconds}
         return {row["object_key"] for row in self._execute(BEING_COPIED, params)}
 
     def upload_of(self, claim: Claim) -> RecordedUpload | None:
@@ -1072,37 +1070,3 @@ class SessionLeases:
         with self._lock:
             if self._conn is not None:
                 self._conn.close()
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m sftp_minio_assets.transfer_log migrate`, for deployments that migrate before
-    starting the code location rather than in its first process."""
-    parser = argparse.ArgumentParser(
-        prog="python -m sftp_minio_assets.transfer_log",
-        description="Bring the schema of the transfer log at TRANSFER_DB_URL to this release's "
-        "version; safe while other processes use it or start.",
-    )
-    parser.add_argument("command", choices=["migrate"])
-    parser.parse_args(argv)
-    # Imported here: resources.py imports this module. Through the resource, TRANSFER_DB_URL is
-    # read and checked as the code location reads it, and errors never show its password.
-    from .errors import SettingsError, TransferLogUnavailable
-    from .resources import TransferLogResource, from_environment
-
-    try:
-        settings = from_environment(TransferLogResource, {"url": "TRANSFER_DB_URL"})
-        with settings.process_config_and_initialize_cm() as resource:
-            version = resource.log.schema_version()
-    except (SettingsError, TransferLogUnavailable, SchemaTooNew) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(f"the transfer log's schema is at version {version}, this release's")
-    return 0
-
-
-if __name__ == "__main__":
-    # Run as the package's copy of this module, the one resources.py imports: the SchemaTooNew
-    # that main() catches is then the one the resource raises.
-    from sftp_minio_assets.transfer_log import main as package_main
-
-    sys.exit(package_main())

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import paramiko
 
-from .sftp_wire import PipelinedReads, read_dir
+from .wire import PipelinedReads, read_dir
 
 if TYPE_CHECKING:
     from .sessions import SessionBudget

@@ -8,10 +8,10 @@ from collections.abc import Iterable
 import paramiko
 import psycopg
 
-from .pgp import DecryptionFailed
-from .s3 import ChecksumRefused
-from .sftp import ENVIRONMENT, HostKeyError, SettingNames, credentials
-from .transfer import ObjectOfAnotherSource, SourceChanged, TransferFailed
+from ..s3.store import ChecksumRefused
+from ..sftp.client import ENVIRONMENT, HostKeyError, SettingNames, credentials
+from ..transfer.copy import ObjectOfAnotherSource, SourceChanged, TransferFailed
+from ..transfer.pgp import DecryptionFailed
 
 
 class NotAFile(Exception):

@@ -8,7 +8,7 @@ each file's destination object in its metadata. It adds no partition and request
 
 import dagster as dg
 
-from .sftp import display
+from ..sftp.client import display
 from .sources import source_key, source_of
 
 SHOWN = 200  # files listed in the report; the counts cover all of them

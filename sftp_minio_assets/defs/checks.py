@@ -6,8 +6,8 @@ and names every one that is wrong in its metadata.
 
 import dagster as dg
 
+from ..s3.store import ObjectStore
 from .resources import AlertSettings, ObjectStoreResource, TransferLogResource
-from .s3 import ObjectStore
 
 CHECKED_FILES = 500  # the most recent COMPLETED files, at each evaluation (a HEAD each)
 

@@ -40,7 +40,7 @@ from pathlib import Path
 import dagster as dg
 import yaml
 
-from .errors import SettingsError
+from ..worker.errors import SettingsError
 from .resources import (
     SFTPConnection,
     SourcePolicyConfig,

@@ -9,10 +9,8 @@ credentials or host key) fail at once.
 from __future__ import annotations
 
 import logging
-import os
 import posixpath
 import random
-import socket
 import stat
 import threading
 import time
@@ -27,31 +25,32 @@ from urllib.parse import quote
 
 import psycopg
 
-from .bandwidth import BandwidthCap
-from .destinations import DestinationTemplate
-from .errors import KeyTaken, NotAFile, advice, is_permanent, redact
-from .partitions import decode_key
-from .pgp import PgpSettings
-from .readiness import ReadyMarker
-from .resume import Journal, resumable_hashing, still_usable
-from .s3 import ObjectStore, key_segments, object_key
-from .sftp import FileFilter, SFTPPool, SFTPSettings, display, list_dir, remote_bytes
-from .transfer import (
+from ..core.identity import process_id, worker_id
+from ..core.keys import decode_key
+from ..core.model import TransferResult
+from ..core.units import duration, mib
+from ..db.transfer_log import Claim, TransferLog
+from ..policy.destinations import DestinationTemplate
+from ..policy.readiness import ReadyMarker
+from ..policy.transfer_window import TransferWindow, wait_until_open
+from ..s3.store import ObjectStore, key_segments, object_key
+from ..sftp.client import FileFilter, SFTPPool, SFTPSettings, display, list_dir, remote_bytes
+from ..transfer.bandwidth import BandwidthCap
+from ..transfer.copy import (
     MIB,
     SUFFIXES,
     Committed,
     ObjectOfAnotherSource,
     SourceChanged,
     TransferFailed,
-    TransferResult,
     Tuning,
     copy_file,
     earlier_copy,
     finish_commit,
 )
-from .transfer_log import Claim, TransferLog
-from .transfer_window import TransferWindow, wait_until_open
-from .units import duration, mib
+from ..transfer.pgp import PgpSettings
+from ..transfer.resume import Journal, resumable_hashing, still_usable
+from .errors import KeyTaken, NotAFile, advice, is_permanent, redact
 
 logger = logging.getLogger(__name__)
 
@@ -153,12 +152,6 @@ class _File:
     where: str  # "server/path -> s3://bucket/key", to begin messages with
 
 
-def worker_id() -> str:
-    """host:pid:thread, the name a worker goes by in the log's worker_id column."""
-    name = threading.current_thread().name
-    return f"{socket.gethostname()}:{os.getpid()}:{name}"[:100]
-
-
 class Worker:
     """Copies the files of one source, each under its claim in the transfer log (the table,
     `self.transfer_log`; `logger` is Python's), and retries transient faults."""
@@ -196,7 +189,7 @@ class Worker:
         self.report = report or logger.info
         self.bandwidth_cap = None
         if self.policy.max_bytes_per_second:
-            process = f"{socket.gethostname()}:{os.getpid()}"
+            process = process_id()
             self.bandwidth_cap = BandwidthCap(
                 self.policy.max_bytes_per_second,
                 share=partial(transfer_log.share_of_copies, source, process),

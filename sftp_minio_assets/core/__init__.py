@@ -1,0 +1,1 @@
+"""The values every layer shares: no Dagster, no database, no server."""

@@ -1,0 +1,1 @@
+"""The transfer log's tables in PostgreSQL: every SQL statement of the project."""

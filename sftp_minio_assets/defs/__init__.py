@@ -1,0 +1,1 @@
+"""The Dagster adapters: the only package that imports dagster."""

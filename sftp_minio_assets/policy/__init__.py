@@ -1,0 +1,1 @@
+"""Pure decisions: what to copy (planning, readiness), where (destinations), when (windows)."""

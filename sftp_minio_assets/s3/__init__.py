@@ -1,0 +1,1 @@
+"""The S3 store: one bucket, its objects and multipart uploads."""

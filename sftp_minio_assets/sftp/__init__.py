@@ -1,0 +1,1 @@
+"""The SFTP transport: connections, the session pool and budget, listings and reads."""

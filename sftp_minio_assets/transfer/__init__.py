@@ -1,0 +1,1 @@
+"""The byte path: SFTP reads, decryption, compression, hashing and the upload."""

@@ -1,0 +1,1 @@
+"""One file: stat, claim, copy, complete, report, after-copy; and what failures mean."""
