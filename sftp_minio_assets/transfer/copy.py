@@ -16,25 +16,23 @@ import tempfile
 import threading
 import time
 import uuid
-import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass, replace
 
 import paramiko
-import zstandard
 
 from ..core.model import BY_ETAG, BY_SERVER, BY_SIZE, Progress, TransferResult
 from ..core.units import MIB
 from ..s3.store import ObjectStore, sha256_checksum
 from ..sftp.client import READ_CHUNK, read_chunks
-from .pgp import DecryptionFailed, PgpSettings, decrypt
+from .pgp import DecryptionFailed
 from .resume import Journal, Sha256
+from .stages import AS_READ, BytePath, changed_bytes
 
 MAX_PARTS = 9_000  # S3 allows 10,000; keep room for a file that grows a little
 TOKEN = "transfer-token"  # object metadata: which attempt wrote the object
-DECRYPTED = "decrypted"  # object metadata: the remote file was PGP-encrypted, the object is not
 
 
 class TransferFailed(Exception):
@@ -76,8 +74,6 @@ class Tuning:
 # A small PUT is verified by its reply's ETag (the MD5 of the bytes sent); a larger one is read
 # back, which costs less than hashing it again.
 ETAG_CHECKED_BYTES = 1024 * 1024
-
-SUFFIXES = {"none": "", "gzip": ".gz", "zstd": ".zst"}
 
 
 @dataclass(frozen=True)
@@ -154,26 +150,24 @@ def copy_file(
     metadata: dict[str, str],
     tuning: Tuning = Tuning(),
     heartbeat: Callable[[int], None] | None = None,
-    compression: str = "none",
     journal: Journal | None = None,
     pace: Callable[[int], None] | None = None,
     checksums: bool = False,
-    pgp: PgpSettings | None = None,
+    path: BytePath = AS_READ,
 ) -> TransferResult:
-    """Copy remote_path to key, decrypted on the way with pgp (pgp.py) when set, then
-    compressed ("gzip", "zstd") unless "none"; raises TransferFailed (and leaves no object) on
-    any error. heartbeat(bytes read so far) is called as they stream. With a journal (a big
-    uncompressed file), the upload is resumable: it goes on from journal.previous if set, and
-    records its progress there (resume.py). pace(length) before each read: the source's
-    bandwidth cap (bandwidth.py). checksums: send each
-    request's SHA-256 (of the bytes sent) for the server to verify, if it does (probed once per
-    process). sha256 and size_bytes are the remote file's (what the partner sent); when a stage
-    changed the bytes (decrypted or compressed), stored_bytes and stored_sha256 the object's."""
+    """Copy remote_path to key through the stages of path (stages.py: decrypted, compressed);
+    raises TransferFailed (and leaves no object) on any error. heartbeat(bytes read so far) is
+    called as they stream. With a journal (a big file, its path resumable), the upload is
+    resumable: it goes on from journal.previous if set, and records its progress there
+    (resume.py). pace(length) before each read: the source's bandwidth cap (bandwidth.py).
+    checksums: send each request's SHA-256 (of the bytes sent) for the server to verify, if it
+    does (probed once per process). sha256 and size_bytes are the remote file's (what the
+    partner sent); when a stage changed the bytes, stored_bytes and stored_sha256 the
+    object's."""
     started = time.monotonic()
-    stages = _stages(pgp, compression)
-    if journal is not None and stages:
+    if journal is not None and not path.resumable:
         # A compressor's or gpg's state cannot be saved: the worker never asks for this.
-        raise ValueError("a resumable copy stores the bytes read: it cannot decrypt nor compress")
+        raise ValueError("a resumable copy goes through resumable stages only")
     if checksums:
         with _upload_stage(_Meter(None), "probing the server's checksum support"):
             checksums = store.verifies_checksums()
@@ -189,11 +183,8 @@ def copy_file(
     else:
         meter = _Meter(heartbeat, Sha256(state=previous.sha256_state), previous.done_bytes)
         metadata = {**metadata, TOKEN: previous.token}
-    stored = _Counter(hashlib.sha256() if stages else None)
-    if compression != "none":
-        metadata.update({"compression": compression, "original-size": str(before.st_size)})
-    if pgp is not None:
-        metadata.update({DECRYPTED: "pgp", "original-size": str(before.st_size)})
+    stored = _Counter(hashlib.sha256() if path.changes_bytes else None)
+    metadata.update(path.metadata(before.st_size))
     with f:
 
         def check_unchanged() -> None:
@@ -222,16 +213,14 @@ def copy_file(
             meter,
             before_commit=check_unchanged,
             checksums=checksums,
-            transforms=bool(stages),
+            transforms=path.changes_bytes,
         )
         if journal is not None:
             verification, proven = _resumable_upload(upload, f, before, journal, pace)
             stored.size = meter.size
         else:
             chunks = meter.wrap(_reading(read_chunks(f, before.st_size, pace=pace)))
-            for stage in stages:
-                chunks = stage(chunks)
-            chunks = stored.wrap(chunks)
+            chunks = stored.wrap(path.apply(chunks))
             try:
                 if tuning.local_dir:
                     verification, proven = _copy_via_local_file(upload, chunks)
@@ -274,26 +263,6 @@ class _Counter:
             yield chunk
 
 
-Stage = Callable[[Iterator[bytes]], Iterator[bytes]]
-
-
-def _stages(pgp: PgpSettings | None, compression: str) -> list[Stage]:
-    """What the bytes read go through, in order, before they are stored; each changes them."""
-    stages: list[Stage] = []
-    if pgp is not None:
-        stages.append(functools.partial(decrypt, pgp))
-    if compression != "none":
-        stages.append(functools.partial(_compressed, compression=compression))
-    return stages
-
-
-def _transformed(found: dict[str, str]) -> bool:
-    """Whether an object found in the bucket holds other bytes than the remote file's
-    (compressed or decrypted), by its metadata: no byte path tells it of an earlier attempt's
-    object. Its size is then not the file's, which metadata original-size records."""
-    return "compression" in found or DECRYPTED in found
-
-
 def _decryption_failed(exc: DecryptionFailed, f: paramiko.SFTPFile, before) -> TransferFailed:
     """A file that does not decrypt is permanently wrong, unless it changed while it was read
     (a torn copy of a file still being written): then it is retried once stable."""
@@ -307,20 +276,6 @@ def _decryption_failed(exc: DecryptionFailed, f: paramiko.SFTPFile, before) -> T
             f"{after.st_size} now); it will be copied again once stable"
         )
     return TransferFailed("decrypt", f"PGP decryption failed: {exc}")
-
-
-def _compressed(chunks: Iterator[bytes], compression: str) -> Iterator[bytes]:
-    """The stream, gzip- or zstd-compressed on the way (a standard .gz / .zst file)."""
-    if compression == "gzip":
-        compressor = zlib.compressobj(6, zlib.DEFLATED, 31)  # 31: gzip header and trailer
-    elif compression == "zstd":
-        compressor = zstandard.ZstdCompressor(level=3).compressobj()
-    else:
-        raise ValueError(f"unknown compression {compression!r}: none, gzip or zstd")
-    for chunk in chunks:
-        if out := compressor.compress(chunk):
-            yield out
-    yield compressor.flush()
 
 
 def _copy_via_local_file(upload: _Upload, chunks: Iterator[bytes]) -> tuple[str, bool]:
@@ -698,7 +653,7 @@ def earlier_copy(
         if any(found.get(name) != value for name, value in metadata.items()):
             return None
         stored = head["ContentLength"]
-        compressed = _transformed(found)
+        compressed = changed_bytes(found)
         if (found.get("original-size") if compressed else str(stored)) != str(size):
             return None
         sha256 = store.tags(key).get("sha256")

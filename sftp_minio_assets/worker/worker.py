@@ -38,7 +38,6 @@ from ..sftp.client import FileFilter, SFTPPool, SFTPSettings, display, list_dir,
 from ..transfer.bandwidth import BandwidthCap
 from ..transfer.copy import (
     MIB,
-    SUFFIXES,
     Committed,
     ObjectOfAnotherSource,
     SourceChanged,
@@ -50,6 +49,7 @@ from ..transfer.copy import (
 )
 from ..transfer.pgp import PgpSettings
 from ..transfer.resume import Journal, resumable_hashing, still_usable
+from ..transfer.stages import BytePath, byte_path
 from .errors import KeyTaken, NotAFile, advice, is_permanent, redact
 
 logger = logging.getLogger(__name__)
@@ -107,16 +107,17 @@ class SourcePolicy:
         self, bucket_prefix: str, path: str, mtime: int = 0, date: datetime | None = None
     ) -> str:
         """The object a remote path (relative to the root), modified at mtime, is copied to on
-        date (default: today): without its encryption suffix when it is decrypted, with the
-        compression's suffix; without a template, the path alone decides."""
-        if self.decrypts(path):
-            path = self.pgp.plain_name(path)
+        date (default: today), as its byte path names it (without its encryption suffix when it
+        is decrypted, with the compression's suffix); without a template, the path alone
+        decides."""
+        chain = self.byte_path(path)
+        path = chain.object_path(path)
         if self.template is None:
             key = object_key(bucket_prefix, self.destination, path)
         else:
             filled = self.template.render(self.source, path, mtime, date)
             key = object_key(bucket_prefix, "", filled)
-        return key + SUFFIXES[self.compression]
+        return key + chain.suffix
 
     def key_prefix(self, bucket_prefix: str) -> str:
         """What every key of the source begins with: a folder, or with a template whose first
@@ -132,6 +133,10 @@ class SourcePolicy:
     def decrypts(self, path: str) -> bool:
         """Whether the file at path is decrypted on its way (its name says it is encrypted)."""
         return self.pgp is not None and self.pgp.encrypted(path)
+
+    def byte_path(self, path: str) -> BytePath:
+        """The stages the file at path goes through (transfer/stages.py)."""
+        return byte_path(self.pgp if self.decrypts(path) else None, self.compression)
 
     @property
     def gated(self) -> bool:
@@ -328,11 +333,10 @@ class Worker:
                 metadata=metadata,
                 tuning=self.tuning,
                 heartbeat=self._heartbeat(claim, file, attrs.st_size or 0, resumed_from),
-                compression=self.policy.compression,
                 journal=journal,
                 pace=self.bandwidth_cap,
                 checksums=self.policy.server_checksums,
-                pgp=self.policy.pgp if self.policy.decrypts(file.path) else None,
+                path=self.policy.byte_path(file.path),
             )
         if journal is not None or claim.attempts > 1:  # the upload is done with, or left
             with suppress(psycopg.Error):  # a row left behind is given up later
@@ -347,8 +351,7 @@ class Worker:
         return (
             bool(tuning.resume_min)
             and size >= max(tuning.resume_min, 2 * tuning.part_size)
-            and self.policy.compression == "none"
-            and not self.policy.decrypts(file.path)
+            and self.policy.byte_path(file.path).resumable
             and not tuning.local_dir
             and resumable_hashing()
         )
