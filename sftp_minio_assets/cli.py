@@ -5,7 +5,7 @@ process."""
 import argparse
 import sys
 
-from .db.transfer_log import SchemaTooNew
+from .db.schema import SchemaTooNew
 from .defs.resources import TransferLogResource, from_environment
 from .worker.errors import SettingsError, TransferLogUnavailable
 
@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = from_environment(TransferLogResource, {"url": "TRANSFER_DB_URL"})
         with settings.process_config_and_initialize_cm() as resource:
-            version = resource.log.schema_version()
+            version = resource.log.schema.version()
     except (SettingsError, TransferLogUnavailable, SchemaTooNew) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

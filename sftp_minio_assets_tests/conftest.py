@@ -141,11 +141,11 @@ class Env:
     @property
     def log(self) -> TransferLog:
         transfer_log = TransferLog(self.db_url)
-        transfer_log.migrate()
+        transfer_log.schema.migrate()
         return transfer_log
 
     def rows(self) -> dict[str, dict]:
-        with self.log._connection().execute("SELECT * FROM file_transfer_log") as cursor:
+        with self.log.db.connection().execute("SELECT * FROM file_transfer_log") as cursor:
             return {row["filename"]: row for row in cursor.fetchall()}
 
     def object_sha256(self, key: str) -> str:

@@ -21,9 +21,9 @@ def main() -> None:
     spec = json.loads(sys.argv[1])
     settings = SFTPConnection(**spec["connection"]).settings
     transfer_log = TransferLog(spec["db_url"])
-    transfer_log.ensure_schema()
+    transfer_log.schema.ensure()
     budget = SessionBudget(
-        transfer_log.session_leases(),
+        transfer_log.sessions.leases(),
         server_of(settings.host, settings.port),
         "default",
         spec["max_sessions"],

@@ -55,9 +55,9 @@ def test_the_sensor_adopts_the_dags_rows_whose_objects_match_and_copies_the_othe
         env, *((f"{name}.csv", "COMPLETED", "3 days") for name in ("kept", "changed", "lost"))
     )
     # A row that records its mtime but not its size (written by hand, or a tool in between).
-    env.log.migrate()
+    env.log.schema.migrate()
     dated = env.write("dated.csv", b"ab")
-    env.log._execute(
+    env.log.db.execute(
         "INSERT INTO file_transfer_log (filename, status, remote_mtime) "
         "VALUES ('dated.csv', 'COMPLETED', to_timestamp(%(mtime)s))",
         {"mtime": int(dated.stat().st_mtime)},

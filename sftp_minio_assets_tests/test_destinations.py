@@ -13,7 +13,7 @@ import dagster as dg
 import pytest
 
 from sftp_minio_assets.core.keys import decode_key, encode_key
-from sftp_minio_assets.db.transfer_log import FileState
+from sftp_minio_assets.db.sensor_memory import FileState
 from sftp_minio_assets.defs.resources import SourcePolicyConfig, checked, source_from_env
 from sftp_minio_assets.defs.sources import SourcesError, load_sources
 from sftp_minio_assets.policy.destinations import DestinationTemplate
@@ -337,7 +337,7 @@ def test_a_retry_keeps_the_key_of_its_first_claim_though_the_day_changed(env, in
     assert (row["status"], row["object_key"]) == ("FAILED", f"in/{today}/d.csv")
 
     # As if that attempt had been made the day before: its claim recorded that day's key.
-    with env.log._connection() as conn:
+    with env.log.db.connection() as conn:
         conn.execute("UPDATE file_transfer_log SET object_key = 'in/2020-02-29/d.csv'")
     locked.chmod(0o644)
     assert requested(tick(env, instance, **dated), instance) == []  # permanent: rerun by hand

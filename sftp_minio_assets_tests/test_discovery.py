@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 import pytest
 
 from sftp_minio_assets.core.keys import encode_key
-from sftp_minio_assets.db.transfer_log import FileState
+from sftp_minio_assets.db.sensor_memory import FileState
 from sftp_minio_assets.policy.discovery import AutoRetry, batches, object_differs, plan_transfers
 from sftp_minio_assets.policy.readiness import Readiness
 from sftp_minio_assets.sftp.client import FileFilter, RemoteFile

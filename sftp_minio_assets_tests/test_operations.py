@@ -54,14 +54,14 @@ def test_statistics_per_source_worker_and_hour_and_active_workers(env, instance)
         env.write(f"s{i}.bin", os.urandom(2 * 1024 * 1024))
     assert materialize(env, instance, [f"s{i}.bin" for i in range(3)]).success
     assert not materialize(env, instance, ["absent.bin"], retries=0).success
-    claim = env.log.claim(
+    claim = env.log.claims.claim(
         "default", "in-flight.bin", size_bytes=400, remote_mtime=0, object_key="k",
         worker_id="host:1:transfer_0", run_id=None,
     )  # fmt: skip
     assert claim is not None
-    env.log.heartbeat(claim, progress_bytes=100)  # a long copy, a quarter done
+    env.log.claims.heartbeat(claim, progress_bytes=100)  # a long copy, a quarter done
 
-    summary = summarize(env.log.history(7))
+    summary = summarize(env.log.reports.history(7))
     totals = summary["totals"]
     assert totals["files_transferred"] == 3
     assert totals["bytes_transferred"] == 3 * 2 * 1024 * 1024
@@ -104,11 +104,11 @@ def test_checks_find_a_changed_object_and_a_stuck_claim(env, instance):
     assert "good.csv" not in evaluation.metadata["details"].value
 
     assert evaluate(no_stuck).passed
-    env.log.claim(
+    env.log.claims.claim(
         "default", "abandoned.bin", size_bytes=1, remote_mtime=0, object_key="k",
         worker_id="dead:1:transfer_0", run_id=None,
     )  # fmt: skip
-    with env.log._connection() as conn:
+    with env.log.db.connection() as conn:
         conn.execute("UPDATE file_transfer_log SET heartbeat_at = now() - interval '1 hour'")
     evaluation = evaluate(no_stuck)
     assert not evaluation.passed and "abandoned.bin" in evaluation.metadata["details"].value
@@ -121,7 +121,7 @@ def test_retention_deletes_partitions_of_long_completed_files_not_their_history(
     env.write("old.csv", b"old")
     env.write("new.csv", b"new")
     assert materialize(env, instance, ["old.csv"]).success
-    with env.log._connection() as conn:
+    with env.log.db.connection() as conn:
         conn.execute(
             "UPDATE file_transfer_log SET transfer_end_time = now() - interval '1 day' "
             "WHERE filename = 'old.csv'"

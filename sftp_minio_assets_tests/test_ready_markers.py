@@ -138,13 +138,15 @@ def test_the_dry_run_says_which_files_wait_for_a_marker_or_a_second_listing(env,
 
 def test_each_tick_replaces_the_sources_sightings(env):
     log = env.log
-    log.record_sightings("default", [("a.csv", 1, 100), ("b.csv", 2, 200)])
-    log.record_sightings("other", [("a.csv", 9, 900)])
-    log.record_sightings("default", [("b.csv", 3, 300), ("c.csv", 4, 400)])
-    assert {k: v for k, (v, _) in log.sightings("default").items()} == {
+    log.sensor_memory.record_sightings("default", [("a.csv", 1, 100), ("b.csv", 2, 200)])
+    log.sensor_memory.record_sightings("other", [("a.csv", 9, 900)])
+    log.sensor_memory.record_sightings("default", [("b.csv", 3, 300), ("c.csv", 4, 400)])
+    assert {k: v for k, (v, _) in log.sensor_memory.sightings("default").items()} == {
         "b.csv": "3:300",
         "c.csv": "4:400",
     }
-    log.record_sightings("default", [])
-    assert log.sightings("default") == {}
-    assert {k: v for k, (v, _) in log.sightings("other").items()} == {"a.csv": "9:900"}
+    log.sensor_memory.record_sightings("default", [])
+    assert log.sensor_memory.sightings("default") == {}
+    assert {k: v for k, (v, _) in log.sensor_memory.sightings("other").items()} == {
+        "a.csv": "9:900"
+    }

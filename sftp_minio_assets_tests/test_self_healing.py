@@ -47,7 +47,7 @@ def ghost_claim(env, key: str, run_id: str):
     """A claim with a fresh heartbeat (well inside the stale window) whose worker is gone."""
     size = (env.root / key).stat().st_size
     mtime = int((env.root / key).stat().st_mtime)
-    claim = env.log.claim(
+    claim = env.log.claims.claim(
         "default",
         key,
         size_bytes=size,
@@ -62,7 +62,7 @@ def ghost_claim(env, key: str, run_id: str):
 
 def age_row(env, key: str, column: str, seconds: float) -> None:
     """Move a row's timestamp into the past: what waiting that long would do."""
-    with env.log._connection() as conn:
+    with env.log.db.connection() as conn:
         conn.execute(
             f"UPDATE file_transfer_log SET {column} = {column} - make_interval(secs => %s) "
             "WHERE filename = %s",
@@ -198,7 +198,7 @@ def test_a_row_with_a_status_this_project_does_not_write_is_not_taken_for_a_live
 ):
     env.write("odd.csv", b"odd")
     ghost_claim(env, "odd.csv", "not-a-run-of-this-instance")
-    with env.log._connection() as conn:
+    with env.log.db.connection() as conn:
         conn.execute("UPDATE file_transfer_log SET status = 'RUNNING' WHERE filename = 'odd.csv'")
 
     [check] = [c for c in build_file_checks(files, "default") if "stuck" in c.check_key.name]

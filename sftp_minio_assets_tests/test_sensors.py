@@ -66,12 +66,12 @@ def test_files_stamped_in_the_future_are_named_and_copied_once_seen_unchanged(
 
     # Seen unchanged, but for less than the minimum age: still held back.
     assert requested(tick(env, instance, **gate), instance) == []
-    env.log._execute("UPDATE file_sightings SET seen_at = seen_at - interval '61 seconds'")
+    env.log.db.execute("UPDATE file_sightings SET seen_at = seen_at - interval '61 seconds'")
     tomorrow.write_bytes(b"rewritten: its first sighting starts again")
     os.utime(tomorrow, (time.time() + 86400, time.time() + 86400))
     assert requested(tick(env, instance, **gate), instance) == ["y2100.csv"]
 
-    env.log._execute("UPDATE file_sightings SET seen_at = seen_at - interval '61 seconds'")
+    env.log.db.execute("UPDATE file_sightings SET seen_at = seen_at - interval '61 seconds'")
     assert requested(tick(env, instance, **gate), instance) == ["tomorrow.csv"]
     assert materialize(env, instance, ["tomorrow.csv", "y2100.csv"]).success
     assert tick(env, instance, **gate).run_requests == []
@@ -129,9 +129,9 @@ def test_a_big_file_copied_for_longer_than_the_stale_window_keeps_its_upload(env
     env.write("big.bin", b"big")
     env.write("dead.bin", b"dead")
     log, store = env.log, env.store
-    log.stale_minutes = stale_minutes
+    log.claims.stale_minutes = stale_minutes
     claims = {
-        name: log.claim(
+        name: log.claims.claim(
             "default",
             name,
             size_bytes=3,
@@ -146,7 +146,7 @@ def test_a_big_file_copied_for_longer_than_the_stale_window_keeps_its_upload(env
         store.create_multipart(f"default/{name}", {})
     deadline = time.monotonic() + stale_minutes * 60 + 1.5
     while time.monotonic() < deadline:  # only big.bin's worker is alive
-        log.heartbeat(claims["big.bin"])
+        log.claims.heartbeat(claims["big.bin"])
         time.sleep(0.5)
 
     tick(env, instance, {"stale_minutes": stale_minutes})

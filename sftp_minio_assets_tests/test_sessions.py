@@ -80,7 +80,7 @@ class SessionMeter:
 
 
 def leases(env) -> list[dict]:
-    with env.log._connection().execute("SELECT * FROM sftp_sessions ORDER BY id") as cursor:
+    with env.log.db.connection().execute("SELECT * FROM sftp_sessions ORDER BY id") as cursor:
         return cursor.fetchall()
 
 
@@ -88,7 +88,7 @@ def budget(env, max_sessions: int, lease_seconds: float = 60) -> SessionBudget:
     """A budget on the test's server, as a source with that max_sessions has."""
     ssh = env.stack.ssh
     return SessionBudget(
-        env.log.session_leases(), server_of(ssh.host, ssh.port), "other", max_sessions,
+        env.log.sessions.leases(), server_of(ssh.host, ssh.port), "other", max_sessions,
         lease_seconds,
     )  # fmt: skip
 

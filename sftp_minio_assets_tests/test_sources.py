@@ -246,7 +246,7 @@ def test_two_sources_each_with_its_partitions_policy_and_destination(env, instan
     assert store.tags("packed-here/report.csv.gz")["sha256"] == hashlib.sha256(text).hexdigest()
 
     # The log keeps both sizes, and what became of each source file.
-    with env.log._connection().execute(
+    with env.log.db.connection().execute(
         "SELECT source, filename, size_bytes, stored_bytes, source_action, sha256 "
         "FROM file_transfer_log"
     ) as cursor:
@@ -304,7 +304,7 @@ def test_a_second_source_never_overwrites_nor_deletes_another_sources_copy(env, 
     assert not run_source(env, instance, "dupb", clash)
 
     assert env.store.fs.cat_file(f"{env.bucket}/plain/same.txt") == b"source A's bytes"
-    with env.log._connection().execute(
+    with env.log.db.connection().execute(
         "SELECT status, permanent, error_message FROM file_transfer_log WHERE source = 'dupb'"
     ) as cursor:
         [row] = cursor.fetchall()

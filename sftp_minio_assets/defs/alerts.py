@@ -32,7 +32,7 @@ class Alert:
 def evaluate(transfer_log: TransferLog, threshold: int, retry_limit: int) -> list[Alert]:
     """Open alerts for new repeated failures, close those that recovered; what to send."""
     raised: list[tuple[str, str, str]] = []  # (subject, what happened, last error)
-    for row in transfer_log.failing_files(threshold):
+    for row in transfer_log.reports.failing_files(threshold):
         file = f"file {row['source']}/{row['filename']}"
         what = (
             "failed, and waits for a fix: retrying cannot help. Fix the cause, then rerun the "
@@ -41,24 +41,24 @@ def evaluate(transfer_log: TransferLog, threshold: int, retry_limit: int) -> lis
             else f"failed {row['consecutive_failures']} times in a row."
         )
         raised.append((file, f"{file} {what}", row["error_message"]))
-    for row in transfer_log.out_of_retries(retry_limit):
+    for row in transfer_log.reports.out_of_retries(retry_limit):
         file = f"{row['source']}/{row['filename']}"
         what = (
             f"file {file} still fails after {row['auto_retries']} automatic retries; it is not "
             "retried again and waits for a rerun of its partition."
         )
         raised.append((f"retries of {file}", what, row["error_message"]))
-    for row in transfer_log.failing_sources(threshold):
+    for row in transfer_log.reports.failing_sources(threshold):
         subject = f"source {row['source']}"
         what = f"the last {threshold} transfers of {subject} all failed."
         raised.append((subject, what, row["error_message"]))
     alerts = [
         Alert(subject, f":rotating_light: sftp-minio-assets: {what} Last error: {error}")
         for subject, what, error in raised
-        if transfer_log.open_alert(subject)
+        if transfer_log.reports.open_alert(subject)
     ]
-    for subject in transfer_log.recovered_alerts():
-        if transfer_log.close_alert(subject):
+    for subject in transfer_log.reports.recovered_alerts():
+        if transfer_log.reports.close_alert(subject):
             alerts.append(
                 Alert(subject, f":white_check_mark: sftp-minio-assets: {subject} recovered.", True)
             )

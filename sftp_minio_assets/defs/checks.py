@@ -24,7 +24,7 @@ def build_file_checks(
     def objects_match_log(
         minio: ObjectStoreResource, transfer_log: TransferLogResource
     ) -> dg.AssetCheckResult:
-        rows = transfer_log.log.recent_completed(source, CHECKED_FILES)
+        rows = transfer_log.log.reports.recent_completed(source, CHECKED_FILES)
         wrong = [problem for row in rows if (problem := _mismatch(minio.store, row))]
         return dg.AssetCheckResult(
             passed=not wrong,
@@ -45,9 +45,9 @@ def build_file_checks(
     def no_stuck_or_failing_files(
         transfer_log: TransferLogResource, alerts: AlertSettings
     ) -> dg.AssetCheckResult:
-        stuck = transfer_log.log.stuck(source)
+        stuck = transfer_log.log.reports.stuck(source)
         # "more than" ALERT_AFTER_FAILURES: the alert itself fires at that many.
-        failing = transfer_log.log.failing_files(alerts.after_failures + 1, source)
+        failing = transfer_log.log.reports.failing_files(alerts.after_failures + 1, source)
         lines = [
             f"- `{r['filename']}`: IN_PROGRESS by {r['worker_id']}, no heartbeat since "
             + (f"{r['heartbeat_at']:%Y-%m-%d %H:%M:%S}" if r["heartbeat_at"] else "ever")

@@ -21,7 +21,8 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from pydantic import Field, PrivateAttr, ValidationError, WrapValidator, model_validator
 
-from ..db.transfer_log import TransferLog, libpq_url
+from ..db.connection import libpq_url
+from ..db.transfer_log import TransferLog
 from ..policy.destinations import DestinationTemplate
 from ..policy.discovery import AutoRetry, Plan, Request, clashes, object_differs, plan_transfers
 from ..policy.readiness import Readiness, ReadyMarker, marker_problem
@@ -416,7 +417,7 @@ class TransferLogResource(dg.ConfigurableResource):
         if self._log is None:
             transfer_log = TransferLog(self.url, self.max_stale_lock_minutes)
             try:
-                transfer_log.ensure_schema()
+                transfer_log.schema.ensure()
             except psycopg.OperationalError as exc:
                 transfer_log.close()
                 reason = " ".join(str(exc).split())
@@ -555,7 +556,7 @@ class SourceResource(dg.ConfigurableResource):
             settings, budget = self.connection.settings, None
             if self.connection.max_sessions is not None:
                 budget = SessionBudget(
-                    self.transfer_log.log.session_leases(),
+                    self.transfer_log.log.sessions.leases(),
                     server_of(settings.host, settings.port),
                     self.name,
                     self.connection.max_sessions,
@@ -585,8 +586,8 @@ class SourceResource(dg.ConfigurableResource):
     ) -> Plan:
         """What to copy of the listed files, from the log: the sensor's plan and the dry run's."""
         log = self.transfer_log.log
-        sightings = log.sightings(self.name)
-        states = log.states(self.name)
+        sightings = log.sensor_memory.sightings(self.name)
+        states = log.sensor_memory.states(self.name)
         return plan_transfers(
             listing.files,
             states,
@@ -617,7 +618,7 @@ class SourceResource(dg.ConfigurableResource):
         with ThreadPoolExecutor(ADOPTION_LOOKUPS) as pool:
             judged = list(pool.map(judge, unverified))
         adopted = [(r.key, r.file.size, r.file.mtime, key) for r, key, why in judged if not why]
-        self.transfer_log.log.adopt(self.name, adopted)
+        self.transfer_log.log.sensor_memory.adopt(self.name, adopted)
         return [key for key, *_ in adopted], [(r, why) for r, _, why in judged if why]
 
     def _clashes(self, listing: Listing, states: dict) -> dict[str, str]:
@@ -675,7 +676,9 @@ class SourceResource(dg.ConfigurableResource):
         return self.minio.store.abort_stale_uploads(
             self.key_prefix,
             self.transfer_log.max_stale_lock_minutes * 60,
-            live=self.transfer_log.log.being_copied(self.name, RESUMABLE_HOURS * 3600),
+            live=self.transfer_log.log.sensor_memory.being_copied(
+                self.name, RESUMABLE_HOURS * 3600
+            ),
         )
 
     def object_uri(self, path: str, mtime: int) -> str:

@@ -97,11 +97,13 @@ def build_new_files_sensor(source: str, files_asset: dg.AssetsDefinition) -> dg.
         # Plan: which files to copy, from the log as the clean-up left it.
         plan = resource.plan(listing, in_flight, MAX_REQUESTS_PER_TICK)
         _warn_about_skipped(context, resource, listing, plan)
-        log.record_sightings(source, plan.sighted)
+        log.sensor_memory.record_sightings(source, plan.sighted)
         _record_refusals(resource, plan)
         requests = [*plan.requests, *_adopt(context, resource, plan)][:MAX_REQUESTS_PER_TICK]
         # Request: the files become QUEUED in the log, then partitions and runs.
-        log.request(source, [(r.key, r.file.size, r.file.mtime, r.retry) for r in requests])
+        log.sensor_memory.request(
+            source, [(r.key, r.file.size, r.file.mtime, r.retry) for r in requests]
+        )
         new_keys = [r.key for r in requests if r.key not in order]
         again = [r.key for r in requests if r.key in order]
         versions = {r.key: f"{r.file.signature}#{r.generation}" for r in requests}
@@ -158,8 +160,8 @@ def _clean_up_after_crashes(
     """
     log, source = resource.transfer_log.log, resource.name
     released = _release_claims_of_finished_runs(context.instance, log, source, unfinished)
-    swept = log.sweep_stale(source)
-    orphans = log.release_orphans(source, in_flight, ORPHAN_GRACE_SECONDS)
+    swept = log.claims.sweep_stale(source)
+    orphans = log.sensor_memory.release_orphans(source, in_flight, ORPHAN_GRACE_SECONDS)
     aborted = _abort_stale_uploads(context, resource)
     if released or swept or orphans or aborted:
         context.log.warning(
@@ -248,7 +250,7 @@ def _record_refusals(resource: SourceResource, plan: Plan) -> None:
         (r.key, r.file.size, r.file.mtime, _refused(resource, plan, r.file.path))
         for r in plan.refused
     ]
-    resource.transfer_log.log.refuse(resource.name, refusals)
+    resource.transfer_log.log.sensor_memory.refuse(resource.name, refusals)
 
 
 def _refused(resource: SourceResource, plan: Plan, path: str) -> str:
@@ -287,12 +289,12 @@ def _release_claims_of_finished_runs(
     sharing the log, or deleted) is left to the stale window."""
     live = {run.run_id for run in unfinished}
     released = 0
-    for run_id in log.claiming_runs(source):
+    for run_id in log.claims.claiming_runs(source):
         if run_id in live:
             continue
         run = instance.get_run_by_id(run_id)
         if run is not None and run.is_finished:
-            released += log.release_run(source, run_id, run.status.value)
+            released += log.claims.release_run(source, run_id, run.status.value)
     return released
 
 
@@ -320,6 +322,6 @@ def _expired(resource: SourceResource, known: dict[str, int], in_flight: set[str
         return []
     return [
         key
-        for key in resource.transfer_log.log.expired(resource.name, days)
+        for key in resource.transfer_log.log.sensor_memory.expired(resource.name, days)
         if key in known and key not in in_flight
     ]

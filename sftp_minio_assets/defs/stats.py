@@ -120,8 +120,8 @@ def _number(value) -> float:
     "the SFTP sessions open per server.",
 )
 def transfer_stats(transfer_log: TransferLogResource) -> dg.MaterializeResult:
-    summary = summarize(transfer_log.log.history(WINDOW_DAYS))
-    sessions = sessions_per_server(transfer_log.log.sessions_in_use())
+    summary = summarize(transfer_log.log.reports.history(WINDOW_DAYS))
+    sessions = sessions_per_server(transfer_log.log.sessions.in_use())
     tables = {
         name: dg.MetadataValue.md(table.to_markdown() if len(table) else "(none)")
         for name, table in [*summary.items(), ("sessions_per_server", sessions)]

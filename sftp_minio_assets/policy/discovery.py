@@ -26,7 +26,8 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from ..core.keys import KeyTooLong, encode_key
-from ..db.transfer_log import STATUSES, FileState
+from ..db.schema import STATUSES
+from ..db.sensor_memory import FileState
 from ..sftp.client import FileFilter, RemoteFile, display
 from .readiness import Readiness
 

@@ -3,7 +3,7 @@ once, counted across every run, sensor tick and machine that shares the transfer
 
 Partner servers cap sessions per account or per address, and refuse logins beyond the cap:
 refused logins look like failures. So every SSH connection the project opens (sftp.SFTPPool)
-first takes a lease, a row of `sftp_sessions` (its SQL in transfer_log.py), and gives it back
+first takes a lease, a row of `sftp_sessions` (its SQL in db/leases.py), and gives it back
 when it closes. A lease is granted in one transaction, under a lock on the server's name, only
 while fewer than max_sessions unexpired leases exist for that server; one thread per process
 renews the process's leases; a lease nobody renews (its process was killed, its machine lost)
@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 
 class SessionLeases(Protocol):
-    """Where the leases live: the transfer log's sftp_sessions table (db.transfer_log), handed
+    """Where the leases live: the transfer log's sftp_sessions table (db.leases), handed
     in by whoever builds the budget."""
 
     def grant(

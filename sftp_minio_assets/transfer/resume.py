@@ -23,13 +23,11 @@ import functools
 import hashlib
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from ..core.model import Progress
+from ..db.claims import Claim
+from ..db.uploads import Uploads
 from ..s3.store import ObjectStore
-
-if TYPE_CHECKING:  # transfer_log.py imports this module
-    from ..db.transfer_log import Claim, TransferLog
 
 # OpenSSL's SHA256_CTX: h[8], Nl, Nh, data[16], num, md_len, all 32-bit: the same everywhere.
 SHA256_CTX_SIZE = 112
@@ -102,7 +100,7 @@ class Journal:
     usable), and how this one records its own progress. transfer/copy.py calls started() once the
     upload exists and advanced() as its parts complete; forget() drops it."""
 
-    transfer_log: TransferLog
+    uploads: Uploads
     claim: Claim
     object_key: str
     size: int  # the file's, and its mtime, when the upload began
@@ -111,9 +109,7 @@ class Journal:
     _saved_at: float = field(default=0.0, init=False, repr=False)
 
     def started(self, progress: Progress) -> None:
-        self.transfer_log.record_upload(
-            self.claim, self.object_key, self.size, self.mtime, progress
-        )
+        self.uploads.record_upload(self.claim, self.object_key, self.size, self.mtime, progress)
 
     def advanced(self, progress: Progress, last: bool = False) -> None:
         """Record progress, at most once every SAVE_EVERY_SECONDS unless `last`; ClaimLost when
@@ -121,10 +117,10 @@ class Journal:
         now = time.monotonic()
         if last or now - self._saved_at >= SAVE_EVERY_SECONDS:
             self._saved_at = now
-            self.transfer_log.record_parts(self.claim, progress)
+            self.uploads.record_parts(self.claim, progress)
 
     def forget(self) -> None:
-        self.transfer_log.drop_upload(self.claim)
+        self.uploads.drop_upload(self.claim)
 
 
 def still_usable(store: ObjectStore, key: str, progress: Progress) -> str | None:

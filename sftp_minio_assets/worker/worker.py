@@ -29,7 +29,8 @@ from ..core.identity import process_id, worker_id
 from ..core.keys import decode_key
 from ..core.model import TransferResult
 from ..core.units import duration, mib
-from ..db.transfer_log import Claim, TransferLog
+from ..db.claims import Claim
+from ..db.transfer_log import TransferLog
 from ..policy.destinations import DestinationTemplate
 from ..policy.readiness import ReadyMarker
 from ..policy.transfer_window import TransferWindow, wait_until_open
@@ -190,14 +191,14 @@ class Worker:
         self.run_finished = run_finished
         # A live transfer refreshes its claim well within the stale window, and says how far
         # it got: report(line) writes to the run's log (Python's logger by default).
-        self.heartbeat_seconds = min(30.0, transfer_log.stale_minutes * 60 / 4)
+        self.heartbeat_seconds = min(30.0, transfer_log.claims.stale_minutes * 60 / 4)
         self.report = report or logger.info
         self.bandwidth_cap = None
         if self.policy.max_bytes_per_second:
             process = process_id()
             self.bandwidth_cap = BandwidthCap(
                 self.policy.max_bytes_per_second,
-                share=partial(transfer_log.share_of_copies, source, process),
+                share=partial(transfer_log.claims.share_of_copies, source, process),
             )
 
     def transfer_many(self, keys: list[str], max_workers: int) -> Iterator[Outcome]:
@@ -288,7 +289,7 @@ class Worker:
         """The claim on the file, taken over from its holder if that run is over; else None and
         the file's log row, which says why."""
         claim_now = partial(
-            self.transfer_log.claim,
+            self.transfer_log.claims.claim,
             self.source,
             file.key,
             size_bytes=attrs.st_size or 0,
@@ -301,7 +302,7 @@ class Worker:
         claim = claim_now()
         if claim is not None:
             return claim, {}
-        row = self.transfer_log.get(self.source, file.key) or {}
+        row = self.transfer_log.claims.get(self.source, file.key) or {}
         if dead_run := self._dead_holder(row):
             claim = claim_now(dead_run=dead_run)  # its holder's run is over: take it over
         return claim, row
@@ -340,7 +341,7 @@ class Worker:
             )
         if journal is not None or claim.attempts > 1:  # the upload is done with, or left
             with suppress(psycopg.Error):  # a row left behind is given up later
-                self.transfer_log.drop_upload(claim)
+                self.transfer_log.uploads.drop_upload(claim)
         return result
 
     def _resumable(self, file: _File, size: int) -> bool:
@@ -360,7 +361,7 @@ class Worker:
         """The claim's resumable upload: continuing an earlier claim's, when it recorded one
         for this very file (same size, mtime and key) that the bucket still has."""
         size, mtime = attrs.st_size or 0, int(attrs.st_mtime or 0)
-        recorded = self.transfer_log.upload_of(claim) if claim.attempts > 1 else None
+        recorded = self.transfer_log.uploads.upload_of(claim) if claim.attempts > 1 else None
         previous = None
         if recorded is not None:
             progress = recorded.progress
@@ -380,10 +381,10 @@ class Worker:
                 self.report(f"{file.where}: starting over, not resuming: {why}")
                 with suppress(Exception):
                     self.store.abort_multipart(recorded.object_key, progress.upload_id)
-                self.transfer_log.drop_upload(claim)
+                self.transfer_log.uploads.drop_upload(claim)
         if not self._resumable(file, size):
             return None
-        return Journal(self.transfer_log, claim, file.object_name, size, mtime, previous)
+        return Journal(self.transfer_log.uploads, claim, file.object_name, size, mtime, previous)
 
     def _failed(self, file: _File, claim: Claim | None, me: str, exc: Exception) -> Outcome:
         """Record the failure in the log and report it, with advice on what to fix."""
@@ -467,7 +468,7 @@ class Worker:
             )
             logger.warning("%s%s: %s", self.sftp_settings.server, display(remote_path), done)
         try:
-            self.transfer_log.record_source_action(claim, done)
+            self.transfer_log.claims.record_source_action(claim, done)
         except psycopg.Error as exc:
             logger.warning("could not record the source action of claim %s: %s", claim.id, exc)
         return done
@@ -535,7 +536,7 @@ class Worker:
         """The object is in place: insist on recording it rather than copying it again."""
         for failures in range(1, self.retry.attempts + 1):
             try:
-                return self.transfer_log.complete(claim, result)
+                return self.transfer_log.claims.complete(claim, result)
             except psycopg.OperationalError:
                 if failures == self.retry.attempts:
                     raise
@@ -554,11 +555,11 @@ class Worker:
     ) -> None:
         try:
             if claim is None:
-                self.transfer_log.fail_unclaimed(
+                self.transfer_log.claims.fail_unclaimed(
                     self.source, key, message, worker_id=me, run_id=self.run_id, permanent=permanent
                 )
             else:
-                self.transfer_log.fail(claim, message, permanent)
+                self.transfer_log.claims.fail(claim, message, permanent)
         except Exception as exc:  # the log itself is down: the claim goes stale, then is retried
             logger.warning("could not record the failure of %s in the transfer log: %s", key, exc)
 
@@ -572,7 +573,7 @@ class Worker:
     def _not_claimed(self, file: _File, row: dict) -> Outcome:
         """Why the claim was refused (its log row says): another source copies to the same
         object (a failure), the file is copied already, or another worker holds it."""
-        owner = self.transfer_log.owner_of(file.object_name, self.source, file.key)
+        owner = self.transfer_log.claims.owner_of(file.object_name, self.source, file.key)
         if owner and owner["source"] != self.source:
             raise ObjectOfAnotherSource(
                 f"the object is where source {owner['source']!r} copies its file of that name; "
@@ -616,7 +617,7 @@ class Worker:
                 return
             last = now
             try:
-                self.transfer_log.heartbeat(claim, done)
+                self.transfer_log.claims.heartbeat(claim, done)
             except psycopg.OperationalError as exc:  # the log restarts: keep copying
                 logger.warning("heartbeat of claim %s not recorded: %s", claim.id, exc)
             rate = (done - resumed_from) / (now - started)

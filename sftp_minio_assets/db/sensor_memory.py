@@ -1,0 +1,241 @@
+"""What the sensor remembers of each file in `file_transfer_log` and `file_sightings`: the
+rows' states, its requests and refusals, the files it held back, the rows it adopted, and the
+requests that no run claimed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .connection import Connections
+
+# Requested files that no run claimed, though no run that could is left: the run died before
+# it reached them (or was never created). They fail, and are retried like any transient fault.
+RELEASE_ORPHANS = """
+UPDATE file_transfer_log SET
+    status = 'FAILED', updated_at = now(), consecutive_failures = consecutive_failures + 1,
+    permanent = false,
+    error_message = format('requested at %%s, but its run ended before it copied the file '
+                           '(the run failed to start, crashed or was canceled); the file will '
+                           'be transferred again', requested_at)
+WHERE status = 'QUEUED' AND source = %(source)s
+  AND requested_at < now() - make_interval(secs => %(grace_seconds)s)
+  AND NOT filename = ANY(%(in_flight)s)
+"""
+
+# The sensor's requests, one statement per tick: new and changed files start their count of
+# automatic retries afresh; a retry adds one. Never over a live claim.
+REQUEST = """
+INSERT INTO file_transfer_log AS t (
+    source, filename, status, attempts, size_bytes, file_size_mb, remote_mtime, requested_at,
+    auto_retries)
+SELECT %(source)s, f.filename, 'QUEUED', 0, f.size_bytes, round(f.size_bytes / 1048576.0, 2),
+       to_timestamp(f.mtime), now(), f.retry::int
+FROM unnest(%(filenames)s::text[], %(sizes)s::bigint[], %(mtimes)s::bigint[],
+            %(retries)s::boolean[]) AS f(filename, size_bytes, mtime, retry)
+ON CONFLICT (source, filename) DO UPDATE SET
+    status = 'QUEUED', requested_at = now(), updated_at = now(),
+    auto_retries = CASE WHEN EXCLUDED.auto_retries = 1 THEN t.auto_retries + 1 ELSE 0 END,
+    size_bytes = EXCLUDED.size_bytes, file_size_mb = EXCLUDED.file_size_mb,
+    remote_mtime = EXCLUDED.remote_mtime,
+    -- the key recorded for other content is not for this one (see CLAIM)
+    object_key = CASE WHEN t.size_bytes = EXCLUDED.size_bytes
+                           AND t.remote_mtime = EXCLUDED.remote_mtime
+                      THEN t.object_key END
+WHERE t.status <> 'IN_PROGRESS'
+  -- copied meanwhile (the tick planned from an earlier read): done, not requested again; a
+  -- row that does not say what it copied is requested (see FileState.same_content)
+  AND NOT (t.status = 'COMPLETED' AND t.size_bytes IS NOT DISTINCT FROM EXCLUDED.size_bytes
+           AND t.remote_mtime IS NOT DISTINCT FROM EXCLUDED.remote_mtime)
+"""
+
+# COMPLETED rows that did not say which content they copied (left by the Airflow DAG, which
+# records neither size nor mtime), whose object in the bucket is that of the listed file: they
+# say so from now on.
+ADOPT = """
+UPDATE file_transfer_log t SET
+    size_bytes = f.size_bytes, file_size_mb = round(f.size_bytes / 1048576.0, 2),
+    remote_mtime = to_timestamp(f.mtime), object_key = coalesce(t.object_key, f.object_key),
+    verification = coalesce(t.verification, 'adopted'), updated_at = now()
+FROM unnest(%(filenames)s::text[], %(sizes)s::bigint[], %(mtimes)s::bigint[],
+            %(object_keys)s::text[]) AS f(filename, size_bytes, mtime, object_key)
+WHERE t.source = %(source)s AND t.filename = f.filename AND t.status = 'COMPLETED'
+  AND (t.size_bytes IS NULL OR t.remote_mtime IS NULL)
+"""
+
+SIGHTINGS = """
+SELECT filename, size_bytes, remote_mtime, extract(epoch FROM now() - seen_at)::float8 AS age
+FROM file_sightings WHERE source = %(source)s
+"""
+
+# One statement per tick: the tick's sightings replace the previous ones; a row whose file was
+# seen the same again is left as it is (no write), one no longer sighted is deleted.
+RECORD_SIGHTINGS = """
+WITH seen AS (
+    SELECT * FROM unnest(%(filenames)s::text[], %(sizes)s::bigint[], %(mtimes)s::bigint[])
+        AS s(filename, size_bytes, remote_mtime)
+), gone AS (
+    DELETE FROM file_sightings f
+    WHERE f.source = %(source)s AND NOT EXISTS (SELECT 1 FROM seen WHERE seen.filename = f.filename)
+)
+INSERT INTO file_sightings AS f (source, filename, size_bytes, remote_mtime)
+SELECT %(source)s, filename, size_bytes, remote_mtime FROM seen
+ON CONFLICT (source, filename) DO UPDATE SET
+    size_bytes = EXCLUDED.size_bytes, remote_mtime = EXCLUDED.remote_mtime, seen_at = now()
+WHERE (f.size_bytes, f.remote_mtime) IS DISTINCT FROM (EXCLUDED.size_bytes, EXCLUDED.remote_mtime)
+"""
+
+# Keys of claimed files, and of resumable uploads that a later claim may continue.
+BEING_COPIED = """
+SELECT object_key FROM file_transfer_log
+WHERE source = %(source)s AND status = 'IN_PROGRESS' AND object_key IS NOT NULL
+UNION
+SELECT u.object_key FROM transfer_uploads u JOIN file_transfer_log t ON t.id = u.log_id
+WHERE t.source = %(source)s
+  AND u.updated_at > now() - make_interval(secs => %(resumable_seconds)s)
+"""
+
+# Files the sensor's plan refuses because another listed file maps to the same key: a
+# permanent failure, its row marked as the sensor's (worker_id), so that the plan requests the
+# file again once the collision is gone. A row already so is left as it is.
+REFUSE = """
+INSERT INTO file_transfer_log AS t (
+    source, filename, worker_id, status, attempts, transfer_start_time, transfer_end_time,
+    size_bytes, file_size_mb, remote_mtime, error_message, consecutive_failures, permanent)
+SELECT %(source)s, f.filename, 'sensor', 'FAILED', 0, now(), now(), f.size_bytes,
+       round(f.size_bytes / 1048576.0, 2), to_timestamp(f.mtime), f.error, 1, true
+FROM unnest(%(filenames)s::text[], %(sizes)s::bigint[], %(mtimes)s::bigint[],
+            %(errors)s::text[]) AS f(filename, size_bytes, mtime, error)
+ON CONFLICT (source, filename) DO UPDATE SET
+    worker_id = 'sensor', run_id = NULL, status = 'FAILED', permanent = true,
+    transfer_end_time = now(), updated_at = now(), error_message = EXCLUDED.error_message,
+    consecutive_failures = t.consecutive_failures + 1, size_bytes = EXCLUDED.size_bytes,
+    file_size_mb = EXCLUDED.file_size_mb, remote_mtime = EXCLUDED.remote_mtime
+WHERE t.status NOT IN ('IN_PROGRESS', 'COMPLETED')
+  AND NOT (t.status = 'FAILED' AND t.worker_id = 'sensor'
+           AND t.error_message IS NOT DISTINCT FROM EXCLUDED.error_message
+           AND t.size_bytes = EXCLUDED.size_bytes AND t.remote_mtime = EXCLUDED.remote_mtime)
+"""
+
+STATES = """
+SELECT filename, status, size_bytes, extract(epoch FROM remote_mtime)::bigint AS mtime,
+       permanent, auto_retries, extract(epoch FROM updated_at) AS updated,
+       (status = 'FAILED' AND worker_id = 'sensor') AS refused
+FROM file_transfer_log WHERE source = %(source)s
+"""
+
+# Files COMPLETED before the retention horizon: their partitions can go (the rows stay).
+EXPIRED = """
+SELECT filename FROM file_transfer_log
+WHERE source = %(source)s AND status = 'COMPLETED'
+  AND transfer_end_time < now() - make_interval(secs => %(seconds)s)
+"""
+
+
+@dataclass(frozen=True)
+class FileState:
+    """What the sensor needs to know of a file's row to decide whether to request it."""
+
+    status: str
+    # The content last requested or claimed; None where the row does not say (the Airflow DAG's
+    # rows have neither)
+    size: int | None
+    mtime: int | None
+    permanent: bool  # the last failure cannot be helped by retrying
+    auto_retries: int  # automatic re-requests since the file last changed or was copied
+    updated: float  # epoch seconds of the last change of the row (for a failure: its time)
+    refused: bool = False  # failed in the sensor's plan: its key is another listed file's
+
+    def same_content(self, size: int, mtime: int) -> bool | None:
+        """Whether the row is of the file with this size and mtime: False when what it records
+        differs, True when it records both and both match, None when it cannot say (unknown is
+        never taken for unchanged: the file's object decides, discovery.object_differs)."""
+        if (self.size is not None and self.size != size) or (
+            self.mtime is not None and self.mtime != mtime
+        ):
+            return False
+        return None if self.size is None or self.mtime is None else True
+
+
+class SensorMemory:
+    """The sensor's side of the transfer log."""
+
+    def __init__(self, db: Connections):
+        self._db = db
+
+    def release_orphans(self, source: str, in_flight: set[str], grace_seconds: float) -> int:
+        """Turn QUEUED rows that no unfinished run covers into FAILED rows; returns how many."""
+        params = {"source": source, "in_flight": list(in_flight), "grace_seconds": grace_seconds}
+        return self._db.execute(RELEASE_ORPHANS, params).rowcount
+
+    def request(self, source: str, files: list[tuple[str, int, int, bool]]) -> None:
+        """Record the sensor's requests: (filename, size, mtime, is an automatic retry)."""
+        if not files:
+            return
+        filenames, sizes, mtimes, retries = (list(column) for column in zip(*files, strict=True))
+        self._db.execute(
+            REQUEST,
+            {
+                "source": source,
+                "filenames": filenames,
+                "sizes": sizes,
+                "mtimes": mtimes,
+                "retries": retries,
+            },
+        )
+
+    def sightings(self, source: str) -> dict[str, tuple[str, float]]:
+        """filename -> ("size:mtime", for how many seconds listings have seen it so) as the
+        source's last tick saw its held-back files (the database's clock: one clock for all)."""
+        rows = self._db.execute(SIGHTINGS, {"source": source}).fetchall()
+        return {r["filename"]: (f"{r['size_bytes']}:{r['remote_mtime']}", r["age"]) for r in rows}
+
+    def record_sightings(self, source: str, files: list[tuple[str, int, int]]) -> None:
+        """Replace the source's sightings by this tick's: (filename, size, mtime)."""
+        filenames, sizes, mtimes = [list(c) for c in zip(*files, strict=True)] or [[], [], []]
+        params = {"source": source, "filenames": filenames, "sizes": sizes, "mtimes": mtimes}
+        self._db.execute(RECORD_SIGHTINGS, params)
+
+    def adopt(self, source: str, files: list[tuple[str, int, int, str]]) -> int:
+        """Record the content of COMPLETED rows that did not say it, as their objects showed:
+        (filename, size, mtime, object key); returns how many rows now say it."""
+        if not files:
+            return 0
+        filenames, sizes, mtimes, keys = (list(column) for column in zip(*files, strict=True))
+        params = {"filenames": filenames, "sizes": sizes, "mtimes": mtimes, "object_keys": keys}
+        return self._db.execute(ADOPT, {"source": source, **params}).rowcount
+
+    def being_copied(self, source: str, resumable_seconds: float) -> set[str]:
+        """The object keys the source's claimed files are being copied to, and those of
+        resumable uploads touched within resumable_seconds: their multipart uploads are live
+        (or wait for the next claim), however long ago they started."""
+        params = {"source": source, "resumable_seconds": resumable_seconds}
+        return {row["object_key"] for row in self._db.execute(BEING_COPIED, params)}
+
+    def refuse(self, source: str, files: list[tuple[str, int, int, str]]) -> None:
+        """Record the plan's refusals: (filename, size, mtime, why), permanent failures."""
+        if not files:
+            return
+        filenames, sizes, mtimes, errors = (list(column) for column in zip(*files, strict=True))
+        params = {"filenames": filenames, "sizes": sizes, "mtimes": mtimes, "errors": errors}
+        self._db.execute(REFUSE, {"source": source, **params})
+
+    def states(self, source: str) -> dict[str, FileState]:
+        """filename (the partition key) -> its state."""
+        rows = self._db.execute(STATES, {"source": source}).fetchall()
+        return {
+            r["filename"]: FileState(
+                r["status"],
+                r["size_bytes"],
+                r["mtime"],
+                r["permanent"],
+                r["auto_retries"],
+                float(r["updated"]),
+                r["refused"],
+            )
+            for r in rows
+        }
+
+    def expired(self, source: str, days: float) -> list[str]:
+        rows = self._db.execute(EXPIRED, {"source": source, "seconds": days * 86400}).fetchall()
+        return [r["filename"] for r in rows]
