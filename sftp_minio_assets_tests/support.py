@@ -4,6 +4,7 @@ from another. Most take the `env` fixture's Env: they need the real servers."""
 import hashlib
 import json
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import dagster as dg
+import psycopg
 
 from devstack.demo import apply_partition_requests
 from sftp_minio_assets.core.keys import encode_key
@@ -282,3 +284,55 @@ def decrypting(keys: Keys, **overrides) -> dict:
         "pgp_verify_key": keys.public("partner"),
     }
     return {**settings, **overrides}
+
+
+# --- resumable copies killed part way, and the daemon's settings ----------------------------
+
+# Quick to give up a stale claim and to tick: the daemon's tests see recovery in seconds.
+DAEMON_SETTINGS = {"MAX_STALE_LOCK_MINUTES": "0.5", "SENSOR_INTERVAL_SECONDS": "5"}
+# Slow enough to catch each copy past half way, fast enough for CI.
+CAP = 60_000_000
+
+
+def uploaded(env) -> int:
+    """The bytes of resumable uploads recorded as done, in the transfer log."""
+    with psycopg.connect(env.db_url) as conn:
+        try:
+            return conn.execute("SELECT max(done_bytes) FROM transfer_uploads").fetchone()[0] or 0
+        except psycopg.errors.UndefinedTable:  # not migrated yet
+            return 0
+
+
+def run_partitions(env, keys: list[str], shared: dict | None = None, **sftp) -> subprocess.Popen:
+    """A run of the asset in a process of its own (run_partitions.py)."""
+    spec = {"resources": env.resource_config(sftp=sftp, **(shared or {})), "keys": keys}
+    return subprocess.Popen(
+        [sys.executable, "-m", "sftp_minio_assets_tests.run_partitions", json.dumps(spec)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+def killed_half_way(
+    env, name: str, size: int, cap: int = CAP, sftp: dict | None = None, **shared
+) -> None:
+    """A run copying the file in a process of its own, killed with -9 once half of it is
+    uploaded; its claim then goes stale (here after 3 s, as after 30 min by default). sftp: more
+    settings of the source."""
+    first = run_partitions(env, [name], shared=shared, max_bytes_per_second=cap, **(sftp or {}))
+    try:
+        wait_for(lambda: uploaded(env) >= size // 2, 120, f"half of {name} to be uploaded")
+    finally:
+        first.kill()  # SIGKILL: no handler runs, nothing is aborted or recorded
+        first.wait()
+    time.sleep(3)
+
+
+SMALL = {"part_size_mb": 5, "resume_min_mb": 10}  # resumable from 10 MiB, in parts of 5
+
+
+def resuming_worker(env, lines: list[str], **sftp):
+    """A worker of another run, taking over stale claims, its run log in lines; sftp: more
+    settings of the source."""
+    source = env.source(env.shared(stale_minutes=0.05, retries=0, **SMALL), **sftp)
+    return source.worker(report=lines.append)

@@ -23,8 +23,7 @@ from sftp_minio_assets.s3.store import CHECKSUM_PROBE, ChecksumRefused, ObjectSt
 from sftp_minio_assets.transfer.copy import SUFFIXES, TransferFailed, Tuning, copy_file
 from sftp_minio_assets.worker.errors import advice, is_permanent
 
-from .support import decrypting, sha256_file
-from .test_resume import SMALL, killed_half_way, resuming_worker
+from .support import SMALL, decrypting, killed_half_way, resuming_worker, sha256_file
 
 MIB = 1024 * 1024
 

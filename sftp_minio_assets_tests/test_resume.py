@@ -10,8 +10,6 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -23,13 +21,20 @@ from sftp_minio_assets.transfer.bandwidth import BandwidthCap
 from sftp_minio_assets.transfer.copy import _parts
 from sftp_minio_assets.transfer.resume import Sha256, resumable_hashing
 
-from .support import sha256_file, wait_for
-from .test_self_healing import DAEMON_SETTINGS
+from .support import (
+    CAP,
+    DAEMON_SETTINGS,
+    SMALL,
+    killed_half_way,
+    resuming_worker,
+    run_partitions,
+    sha256_file,
+    uploaded,
+    wait_for,
+)
 
 MIB = 1024 * 1024
 SIZE = 300 * MIB
-# Slow enough to catch each copy past half way, fast enough for CI.
-CAP = 60_000_000
 
 
 class SshdLog:
@@ -48,15 +53,6 @@ class SshdLog:
         return [int(n) for n in re.findall(r"Transferred: sent (\d+), received", text)]
 
 
-def uploaded(env) -> int:
-    """The bytes of resumable uploads recorded as done, in the transfer log."""
-    with psycopg.connect(env.db_url) as conn:
-        try:
-            return conn.execute("SELECT max(done_bytes) FROM transfer_uploads").fetchone()[0] or 0
-        except psycopg.errors.UndefinedTable:  # not migrated yet
-            return 0
-
-
 def assert_resumed(env, path, sent: Callable[[], list[int]]) -> dict:
     """The object and the log's sha256 are the whole file's, the last attempt began past half
     way, and sshd sent after the restart (sent(): per connection) the rest of the file only:
@@ -70,31 +66,6 @@ def assert_resumed(env, path, sent: Callable[[], list[int]]) -> dict:
     assert sum(sent()) <= rest * 1.02 + MIB, (sent(), rest)
     assert env.store.list_multipart_uploads() == []
     return row
-
-
-def run_partitions(env, keys: list[str], shared: dict | None = None, **sftp) -> subprocess.Popen:
-    """A run of the asset in a process of its own (run_partitions.py)."""
-    spec = {"resources": env.resource_config(sftp=sftp, **(shared or {})), "keys": keys}
-    return subprocess.Popen(
-        [sys.executable, "-m", "sftp_minio_assets_tests.run_partitions", json.dumps(spec)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-
-
-def killed_half_way(
-    env, name: str, size: int, cap: int = CAP, sftp: dict | None = None, **shared
-) -> None:
-    """A run copying the file in a process of its own, killed with -9 once half of it is
-    uploaded; its claim then goes stale (here after 3 s, as after 30 min by default). sftp: more
-    settings of the source."""
-    first = run_partitions(env, [name], shared=shared, max_bytes_per_second=cap, **(sftp or {}))
-    try:
-        wait_for(lambda: uploaded(env) >= size // 2, 120, f"half of {name} to be uploaded")
-    finally:
-        first.kill()  # SIGKILL: no handler runs, nothing is aborted or recorded
-        first.wait()
-    time.sleep(3)
 
 
 @pytest.mark.integration
@@ -159,16 +130,6 @@ def test_a_run_killed_through_the_daemon_resumes_by_itself(env, start_daemon):
         "ASSET_MATERIALIZATION" in e and "resumed_from_bytes" in e and str(row["resumed_from"]) in e
         for e in events
     )
-
-
-SMALL = {"part_size_mb": 5, "resume_min_mb": 10}  # resumable from 10 MiB, in parts of 5
-
-
-def resuming_worker(env, lines: list[str], **sftp):
-    """A worker of another run, taking over stale claims, its run log in lines; sftp: more
-    settings of the source."""
-    source = env.source(env.shared(stale_minutes=0.05, retries=0, **SMALL), **sftp)
-    return source.worker(report=lines.append)
 
 
 @pytest.mark.integration

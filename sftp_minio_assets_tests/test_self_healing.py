@@ -17,6 +17,7 @@ from sftp_minio_assets.defs.resources import AlertSettings
 from sftp_minio_assets.transfer.copy import Tuning, copy_file
 
 from .support import (
+    DAEMON_SETTINGS,
     Receiver,
     enable_versioning,
     files,
@@ -220,7 +221,6 @@ def test_a_row_with_a_status_this_project_does_not_write_is_not_taken_for_a_live
 
 # --- through the real daemon, on the project's dagster.yaml ---------------------------------
 
-DAEMON_SETTINGS = {"MAX_STALE_LOCK_MINUTES": "0.5", "SENSOR_INTERVAL_SECONDS": "5"}
 UNFINISHED = {"QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING"}
 
 
