@@ -15,8 +15,7 @@ from sftp_minio_assets.defs.checks import build_file_checks
 from sftp_minio_assets.defs.partitions import RANGE_END_TAG, RANGE_START_TAG
 from sftp_minio_assets.defs.resources import AlertSettings
 from sftp_minio_assets.transfer.copy import Tuning, copy_file
-
-from .support import (
+from sftp_minio_assets_tests.support import (
     DAEMON_SETTINGS,
     Receiver,
     enable_versioning,

@@ -11,8 +11,13 @@ from sftp_minio_assets.defs.checks import build_file_checks
 from sftp_minio_assets.defs.dry_run import build_dry_run_job
 from sftp_minio_assets.defs.resources import AlertSettings
 from sftp_minio_assets.defs.stats import summarize, transfer_stats
-
-from .support import PARTITIONS, Receiver, materialize, run_status_sensor, tick
+from sftp_minio_assets_tests.support import (
+    PARTITIONS,
+    Receiver,
+    materialize,
+    run_status_sensor,
+    tick,
+)
 
 pytestmark = pytest.mark.integration  # the real servers (conftest's stack)
 

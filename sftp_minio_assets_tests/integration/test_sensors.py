@@ -8,8 +8,7 @@ import pytest
 
 from sftp_minio_assets.core.keys import encode_key
 from sftp_minio_assets.defs.assets import files
-
-from .support import PARTITIONS, keys_of, materialize, requested, tick
+from sftp_minio_assets_tests.support import PARTITIONS, keys_of, materialize, requested, tick
 
 pytestmark = pytest.mark.integration  # the real servers (conftest's stack)
 

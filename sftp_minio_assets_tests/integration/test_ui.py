@@ -22,8 +22,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 
 from devstack.local_stack import free_port, stop_group
-
-from .support import PROJECT
+from sftp_minio_assets_tests.support import PROJECT
 
 pytestmark = pytest.mark.integration  # the servers, a webserver, a daemon and Chromium
 

@@ -20,6 +20,7 @@ import pytest
 from botocore.config import Config
 
 from devstack.local_stack import LocalStack
+from sftp_minio_assets_tests.support import PROJECT
 
 pytestmark = pytest.mark.integration  # starts the servers themselves
 
@@ -361,7 +362,7 @@ def test_main_prints_exports_and_stops_on_sigterm():
         stdout=subprocess.PIPE,
         text=True,
         start_new_session=True,
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=PROJECT,
     )
     try:
         env, comment = {}, ""

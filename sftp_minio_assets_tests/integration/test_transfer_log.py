@@ -12,8 +12,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from sftp_minio_assets.db.transfer_log import MIGRATION_LOCK, MIGRATIONS, SchemaTooNew, TransferLog
 from sftp_minio_assets.defs.resources import TransferLogResource
-
-from .support import AIRFLOW_TABLE
+from sftp_minio_assets_tests.support import AIRFLOW_TABLE
 
 pytestmark = pytest.mark.integration  # the real servers (conftest's stack)
 

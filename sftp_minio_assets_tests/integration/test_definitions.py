@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from .support import PROJECT
+from sftp_minio_assets_tests.support import PROJECT
 
 pytestmark = pytest.mark.integration  # the real servers (conftest's stack)
 

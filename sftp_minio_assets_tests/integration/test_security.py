@@ -7,7 +7,7 @@ import dagster as dg
 import psycopg
 import pytest
 
-from .support import files, materialize, statuses
+from sftp_minio_assets_tests.support import files, materialize, statuses
 
 pytestmark = pytest.mark.integration  # the real servers (conftest's stack)
 

@@ -4,7 +4,7 @@ themselves are checked by `lint-imports` in CI, with the contracts in pyproject.
 import subprocess
 import sys
 
-from .support import PROJECT
+from sftp_minio_assets_tests.support import PROJECT
 
 BELOW_DEFS = ["core", "sftp", "s3", "db", "transfer", "policy", "worker"]
 

@@ -14,8 +14,7 @@ from sftp_minio_assets.policy.discovery import AutoRetry, plan_transfers
 from sftp_minio_assets.policy.readiness import Readiness, ReadyMarker, marker_problem
 from sftp_minio_assets.sftp.client import FileFilter, RemoteFile
 from sftp_minio_assets.worker.errors import SettingsError
-
-from .support import offline_shared
+from sftp_minio_assets_tests.support import offline_shared
 
 NOW = 1_000_000.0
 OLD = int(NOW) - 3600

@@ -10,8 +10,7 @@ import pytest
 
 from sftp_minio_assets.core.keys import encode_key
 from sftp_minio_assets.defs.assets import files
-
-from .support import materializations, materialize, sha256_file, statuses
+from sftp_minio_assets_tests.support import materializations, materialize, sha256_file, statuses
 
 pytestmark = pytest.mark.integration  # the real servers (conftest's stack)
 

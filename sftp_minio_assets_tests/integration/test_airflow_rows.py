@@ -8,7 +8,7 @@ import os
 import psycopg
 import pytest
 
-from .support import (
+from sftp_minio_assets_tests.support import (
     AIRFLOW_TABLE,
     enable_versioning,
     requested,

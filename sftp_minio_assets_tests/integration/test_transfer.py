@@ -10,8 +10,7 @@ import pytest
 
 from sftp_minio_assets.s3.store import ObjectStore
 from sftp_minio_assets.transfer.copy import Tuning, copy_file
-
-from .support import sha256_file
+from sftp_minio_assets_tests.support import sha256_file
 
 pytestmark = pytest.mark.integration  # the real servers (conftest's stack)
 

@@ -7,8 +7,7 @@ import shutil
 import pytest
 
 from sftp_minio_assets.defs.dry_run import build_dry_run_job
-
-from .support import PARTITIONS, materialize, requested, tick
+from sftp_minio_assets_tests.support import PARTITIONS, materialize, requested, tick
 
 pytestmark = pytest.mark.integration  # the real servers (conftest's stack)
 

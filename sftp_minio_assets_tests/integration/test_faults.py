@@ -12,8 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from sftp_minio_assets.transfer.copy import TOKEN, Committed, Tuning, copy_file
-
-from .support import (
+from sftp_minio_assets_tests.support import (
     PROJECT,
     enable_versioning,
     materializations,

@@ -5,7 +5,6 @@ test_sftp.py and test_hostile_input.py exercise the same code against a real ssh
 import inspect
 import tomllib
 from importlib.metadata import version
-from pathlib import Path
 
 import paramiko
 import paramiko.sftp
@@ -13,8 +12,9 @@ import pytest
 from packaging.requirements import Requirement
 
 from sftp_minio_assets.sftp.wire import PipelinedReads
+from sftp_minio_assets_tests.support import PROJECT
 
-PYPROJECT = Path(__file__).parents[1] / "pyproject.toml"
+PYPROJECT = PROJECT / "pyproject.toml"
 WHAT_TO_DO = (
     "adapt sftp_minio_assets/sftp/wire.py to it, run test_sftp.py and test_hostile_input.py, "
     "then widen the paramiko pin in pyproject.toml"

@@ -9,8 +9,7 @@ from sftp_minio_assets.core.keys import decode_key
 from sftp_minio_assets.policy.discovery import AutoRetry, plan_transfers
 from sftp_minio_assets.s3.store import object_key
 from sftp_minio_assets.sftp.client import FileFilter
-
-from .support import materialize, requested, sha256_file, tick
+from sftp_minio_assets_tests.support import materialize, requested, sha256_file, tick
 
 pytestmark = pytest.mark.integration  # the real servers (conftest's stack)
 

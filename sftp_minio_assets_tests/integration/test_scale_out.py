@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from .support import PROJECT, enable_versioning, sha256_file, writes_per_key
+from sftp_minio_assets_tests.support import PROJECT, enable_versioning, sha256_file, writes_per_key
 
 pytestmark = pytest.mark.integration  # the real servers (conftest's stack)
 

@@ -20,8 +20,7 @@ from sftp_minio_assets.defs.instance_storage import (
     IDLE_CHECK_SECONDS,
     PooledPostgresEventLogStorage,
 )
-
-from .support import PROJECT
+from sftp_minio_assets_tests.support import PROJECT
 
 pytestmark = pytest.mark.integration  # the real servers (conftest's stack)
 
