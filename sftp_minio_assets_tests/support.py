@@ -3,11 +3,15 @@ from another. Most take the `env` fixture's Env: they need the real servers."""
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
+import textwrap
 import threading
 import time
+from contextlib import suppress
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
@@ -24,6 +28,8 @@ from sftp_minio_assets.defs.resources import (
     TransferSettings,
 )
 from sftp_minio_assets.defs.sensors import build_new_files_sensor
+from sftp_minio_assets.policy.destinations import DestinationTemplate
+from sftp_minio_assets.worker.worker import SourcePolicy
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -336,3 +342,63 @@ def resuming_worker(env, lines: list[str], **sftp):
     settings of the source."""
     source = env.source(env.shared(stale_minutes=0.05, retries=0, **SMALL), **sftp)
     return source.worker(report=lines.append)
+
+
+# --- object keys: a source's policy at a fixed mtime and day --------------------------------
+
+MTIME = int(datetime(2026, 3, 7, 23, 30, tzinfo=UTC).timestamp())
+DAY = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
+
+
+def object_key(template: str, path: str, prefix: str = "", compression: str = "none") -> str:
+    """The object a source of partner_a with that template names path, modified at MTIME and
+    copied on DAY."""
+    policy = SourcePolicy(
+        "unused",
+        template=DestinationTemplate.parse(template),
+        source="partner_a",
+        compression=compression,
+    )
+    return policy.object_name(prefix, path, MTIME, DAY)
+
+
+# --- sources files ---------------------------------------------------------------------------
+
+
+def write_sources(tmp_path, text: str) -> Path:
+    """A sources file (SOURCES_FILE) holding text, dedented."""
+    path = tmp_path / "sources.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+# --- processes by name, from /proc (gpg and its agent) ----------------------------------------
+
+
+@dataclass
+class Process:
+    pid: int
+    ppid: int
+    command: list[str]
+    environment: bytes
+
+    def homedir(self) -> str:
+        return self.command[self.command.index("--homedir") + 1]
+
+
+def running(name: str) -> list[Process]:
+    """The processes called name (gpg, gpg-agent) now, read at once: they may end any moment."""
+    found = []
+    for entry in os.listdir("/proc"):
+        with suppress(OSError, ValueError):
+            if not entry.isdigit() or Path(f"/proc/{entry}/comm").read_text().strip() != name:
+                continue
+            ppid = int(Path(f"/proc/{entry}/stat").read_text().rpartition(")")[2].split()[1])
+            command = Path(f"/proc/{entry}/cmdline").read_bytes().decode().split("\0")
+            environment = Path(f"/proc/{entry}/environ").read_bytes()
+            found.append(Process(int(entry), ppid, command, environment))
+    return found
+
+
+def agents_of(home: str) -> list[Process]:
+    return [agent for agent in running("gpg-agent") if home in agent.command]

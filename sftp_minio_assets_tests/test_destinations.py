@@ -20,22 +20,8 @@ from sftp_minio_assets.policy.destinations import DestinationTemplate
 from sftp_minio_assets.policy.discovery import AutoRetry, clashes, plan_transfers
 from sftp_minio_assets.sftp.client import FileFilter, RemoteFile
 from sftp_minio_assets.worker.errors import SettingsError
-from sftp_minio_assets.worker.worker import SourcePolicy
 
-from .support import materialize, offline_shared, requested, tick
-
-MTIME = int(datetime(2026, 3, 7, 23, 30, tzinfo=UTC).timestamp())
-DAY = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
-
-
-def key(template: str, path: str, prefix: str = "", compression: str = "none") -> str:
-    policy = SourcePolicy(
-        "unused",
-        template=DestinationTemplate.parse(template),
-        source="partner_a",
-        compression=compression,
-    )
-    return policy.object_name(prefix, path, MTIME, DAY)
+from .support import materialize, object_key, offline_shared, requested, tick
 
 
 @pytest.mark.parametrize(
@@ -54,17 +40,19 @@ def key(template: str, path: str, prefix: str = "", compression: str = "none") -
     ],
 )
 def test_each_field_fills_in_as_documented(template, expected):
-    assert key(template, "in/2026/report.csv.gz") == expected
+    assert object_key(template, "in/2026/report.csv.gz") == expected
 
 
 def test_a_file_at_the_root_has_an_empty_dir_and_dotfiles_no_suffix():
-    assert key("a/{dir}/{name}", "top.csv") == "a/top.csv"
-    assert key("{stem}|{suffix}|{name}", ".env") == ".env||.env"
-    assert key("{stem}|{suffix}", "README") == "README|"
+    assert object_key("a/{dir}/{name}", "top.csv") == "a/top.csv"
+    assert object_key("{stem}|{suffix}|{name}", ".env") == ".env||.env"
+    assert object_key("{stem}|{suffix}", "README") == "README|"
 
 
 def test_the_key_goes_under_minio_prefix_and_gets_the_compression_suffix():
-    assert key("{source}/{name}", "a/b.csv", "landing/", "gzip") == "landing/partner_a/b.csv.gz"
+    assert (
+        object_key("{source}/{name}", "a/b.csv", "landing/", "gzip") == "landing/partner_a/b.csv.gz"
+    )
 
 
 @pytest.mark.parametrize(
@@ -89,7 +77,7 @@ def test_a_wrong_template_is_refused_saying_what_is_wrong(template, message):
 
 
 def test_percent_and_escaped_percent_in_formats_are_fine():
-    assert key("{mtime:%Y%%}/{name}", "a.csv") == "2026%/a.csv"
+    assert object_key("{mtime:%Y%%}/{name}", "a.csv") == "2026%/a.csv"
 
 
 @pytest.mark.parametrize(
@@ -107,7 +95,7 @@ def test_percent_and_escaped_percent_in_formats_are_fine():
 def test_the_constant_beginning_of_a_templates_keys(template, constant):
     parsed = DestinationTemplate.parse(template)
     assert parsed.constant_prefix("partner_a") == constant
-    assert key(template, "in/x.csv").startswith(constant)
+    assert object_key(template, "in/x.csv").startswith(constant)
 
 
 def test_a_template_is_checked_at_load_naming_the_variable(monkeypatch):

@@ -13,9 +13,6 @@ import threading
 import time
 import tracemalloc
 import uuid
-from contextlib import suppress
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
@@ -26,7 +23,16 @@ from sftp_minio_assets.transfer.pgp import PgpSettings, decrypt
 from sftp_minio_assets.worker.errors import SettingsError
 from sftp_minio_assets.worker.worker import SourcePolicy
 
-from .support import PASSPHRASE, PROJECT, decrypting, offline_shared, wait_for
+from .support import (
+    PASSPHRASE,
+    PROJECT,
+    Process,
+    agents_of,
+    decrypting,
+    offline_shared,
+    running,
+    wait_for,
+)
 
 MIB = 1024 * 1024
 
@@ -148,35 +154,6 @@ def test_without_a_verify_key_a_signature_by_an_unknown_key_does_not_matter(keys
 
 
 # --- what gpg runs with, and what a killed run leaves ----------------------------------------
-
-
-@dataclass
-class Process:
-    pid: int
-    ppid: int
-    command: list[str]
-    environment: bytes
-
-    def homedir(self) -> str:
-        return self.command[self.command.index("--homedir") + 1]
-
-
-def running(name: str) -> list[Process]:
-    """The processes called name (gpg, gpg-agent) now, read at once: they may end any moment."""
-    found = []
-    for entry in os.listdir("/proc"):
-        with suppress(OSError, ValueError):
-            if not entry.isdigit() or Path(f"/proc/{entry}/comm").read_text().strip() != name:
-                continue
-            ppid = int(Path(f"/proc/{entry}/stat").read_text().rpartition(")")[2].split()[1])
-            command = Path(f"/proc/{entry}/cmdline").read_bytes().decode().split("\0")
-            environment = Path(f"/proc/{entry}/environ").read_bytes()
-            found.append(Process(int(entry), ppid, command, environment))
-    return found
-
-
-def agents_of(home: str) -> list[Process]:
-    return [agent for agent in running("gpg-agent") if home in agent.command]
 
 
 @pytest.mark.integration

@@ -23,13 +23,7 @@ from sftp_minio_assets.defs.sensors import build_new_files_sensor
 from sftp_minio_assets.defs.sources import SourcesError, load_sources, source_key
 from sftp_minio_assets.sftp.client import CredentialsError
 
-from .support import PROJECT, offline_shared
-
-
-def write_sources(tmp_path, text: str):
-    path = tmp_path / "sources.yaml"
-    path.write_text(textwrap.dedent(text))
-    return path
+from .support import PROJECT, offline_shared, write_sources
 
 
 def test_a_sources_file_names_each_source_and_keeps_secrets_in_variables(tmp_path, monkeypatch):
