@@ -1,6 +1,7 @@
 """What sftp_wire relies on inside paramiko, checked without a server: an upgrade that moves one
 of these fails here, naming it, before it shows up as a broken listing or a broken copy.
-test_sftp.py and test_hostile_input.py exercise the same code against a real sshd."""
+integration/test_sftp.py and integration/test_hostile_input.py exercise the same code against
+a real sshd."""
 
 import inspect
 import tomllib
@@ -16,8 +17,8 @@ from sftp_minio_assets_tests.support import PROJECT
 
 PYPROJECT = PROJECT / "pyproject.toml"
 WHAT_TO_DO = (
-    "adapt sftp_minio_assets/sftp/wire.py to it, run test_sftp.py and test_hostile_input.py, "
-    "then widen the paramiko pin in pyproject.toml"
+    "adapt sftp_minio_assets/sftp/wire.py to it, run integration/test_sftp.py and "
+    "integration/test_hostile_input.py, then widen the paramiko pin in pyproject.toml"
 )
 
 # Each private callable sftp_wire uses, with the positional arguments it passes (a placeholder
@@ -91,5 +92,5 @@ def test_the_installed_paramiko_is_a_version_tested_with_sftp_wire():
     installed = version("paramiko")
     assert pin.specifier.contains(installed), (
         f"paramiko {installed} is installed but pyproject.toml pins {pin}: run this file, "
-        "test_sftp.py and test_hostile_input.py with it, then move the pin"
+        "integration/test_sftp.py and integration/test_hostile_input.py with it, then move the pin"
     )

@@ -1,10 +1,18 @@
-"""S3 object keys and bucket names: what the store gets from a remote path, no server."""
+"""S3 object keys and bucket names: what the store gets from a remote path; the checksum it
+sends; no server."""
 
-from concurrent.futures import ThreadPoolExecutor
+import base64
+import hashlib
 
 import pytest
 
-from sftp_minio_assets.s3.store import bucket_problem, key_segments, needs_escaping, object_key
+from sftp_minio_assets.s3.store import (
+    bucket_problem,
+    key_segments,
+    needs_escaping,
+    object_key,
+    sha256_checksum,
+)
 
 
 @pytest.mark.parametrize(
@@ -75,15 +83,5 @@ def test_invalid_bucket_names_are_refused_saying_what_is_allowed(name):
     assert problem is not None and "3 to 63 lowercase letters" in problem
 
 
-@pytest.mark.integration
-@pytest.mark.parametrize("page_size", [1000, 7])
-def test_open_uploads_are_listed_past_the_first_page(env, page_size):
-    """S3 lists at most 1,000 uploads a page: the stale-upload sweep saw only the first page.
-    Pages of 7 make the test's 40 uploads take several."""
-    store = env.store
-    keys = [f"default/many/{i:02d}.bin" for i in range(40)]
-    with ThreadPoolExecutor(8) as pool:
-        ids = set(pool.map(lambda key: store.create_multipart(key, {}), keys))
-    listed = store.list_multipart_uploads("default/many/", page_size=page_size)
-    assert sorted(upload["Key"] for upload in listed) == keys
-    assert {upload["UploadId"] for upload in listed} == ids
+def test_a_checksum_is_the_base64_of_the_sha256():
+    assert sha256_checksum(b"abc") == base64.b64encode(hashlib.sha256(b"abc").digest()).decode()
