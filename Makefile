@@ -24,7 +24,8 @@ system-deps:
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-# Debian's Chromium and its driver, for the test that drives the Dagster UI (test_ui.py).
+# Debian's Chromium and its driver, for the test that drives the Dagster UI
+# (integration/test_ui.py).
 browser-deps:
 	@[ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] || { \
 		echo "installing: chromium chromium-driver"; \
@@ -38,7 +39,7 @@ bench-deps:
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends rclone openssh-client; }
 
 # s3rver (npm), an S3 server that does not verify checksums, for the test of the fallback
-# (test_checksums.py); Debian's Node.js and npm if missing.
+# (integration/test_checksums.py); Debian's Node.js and npm if missing.
 S3RVER_VERSION := 3.7.1
 s3rver-deps:
 	@[ -x build/s3rver/node_modules/.bin/s3rver ] || { \
@@ -68,7 +69,7 @@ test-unit: $(VENV)/.installed
 # docs/screenshots/ from the UI test, which otherwise writes them to a temporary folder.
 screenshots: install browser-deps
 	@shots=$$(mktemp -d) && \
-	SCREENSHOTS_DIR=$$shots $(BIN)/python -m pytest -p no:cacheprovider sftp_minio_assets_tests/test_ui.py && \
+	SCREENSHOTS_DIR=$$shots $(BIN)/python -m pytest -p no:cacheprovider sftp_minio_assets_tests/integration/test_ui.py && \
 	cp $$shots/*.png docs/screenshots/ && rm -r $$shots && ls -l docs/screenshots/
 
 bench: install bench-deps

@@ -204,7 +204,7 @@ def run_pipeline(stack: LocalStack, folder: Path, round_id: str) -> dict:
 
 
 class Daemon:
-    """`dagster-daemon run` on the project's workspace, as test_ui.py starts it."""
+    """`dagster-daemon run` on the project's workspace, as integration/test_ui.py starts it."""
 
     def __init__(self, env: dict[str, str]) -> None:
         self.env = env

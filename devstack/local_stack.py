@@ -788,7 +788,7 @@ S3RVER = Path(__file__).resolve().parent.parent / "build" / "s3rver" / "node_mod
 class PlainS3Server(_Server):
     """s3rver (npm): a small S3 server in Node.js that stores what it is sent without verifying
     checksums, as many S3-compatible stores do. Only for the test of the fallback when a server
-    does not verify them (test_checksums.py); not part of the stack. Its one account is
+    does not verify them (integration/test_checksums.py); not part of the stack. Its one account is
     S3RVER / S3RVER."""
 
     name = "s3rver"

@@ -3,14 +3,20 @@ from another. Most take the `env` fixture's Env: they need the real servers."""
 
 import hashlib
 import json
+import os
 import subprocess
+import sys
+import textwrap
 import threading
 import time
+from contextlib import suppress
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import dagster as dg
+import psycopg
 
 from devstack.demo import apply_partition_requests
 from sftp_minio_assets.core.keys import encode_key
@@ -22,6 +28,8 @@ from sftp_minio_assets.defs.resources import (
     TransferSettings,
 )
 from sftp_minio_assets.defs.sensors import build_new_files_sensor
+from sftp_minio_assets.policy.destinations import DestinationTemplate
+from sftp_minio_assets.worker.worker import SourcePolicy
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -282,3 +290,115 @@ def decrypting(keys: Keys, **overrides) -> dict:
         "pgp_verify_key": keys.public("partner"),
     }
     return {**settings, **overrides}
+
+
+# --- resumable copies killed part way, and the daemon's settings ----------------------------
+
+# Quick to give up a stale claim and to tick: the daemon's tests see recovery in seconds.
+DAEMON_SETTINGS = {"MAX_STALE_LOCK_MINUTES": "0.5", "SENSOR_INTERVAL_SECONDS": "5"}
+# Slow enough to catch each copy past half way, fast enough for CI.
+CAP = 60_000_000
+
+
+def uploaded(env) -> int:
+    """The bytes of resumable uploads recorded as done, in the transfer log."""
+    with psycopg.connect(env.db_url) as conn:
+        try:
+            return conn.execute("SELECT max(done_bytes) FROM transfer_uploads").fetchone()[0] or 0
+        except psycopg.errors.UndefinedTable:  # not migrated yet
+            return 0
+
+
+def run_partitions(env, keys: list[str], shared: dict | None = None, **sftp) -> subprocess.Popen:
+    """A run of the asset in a process of its own (run_partitions.py)."""
+    spec = {"resources": env.resource_config(sftp=sftp, **(shared or {})), "keys": keys}
+    return subprocess.Popen(
+        [sys.executable, "-m", "sftp_minio_assets_tests.run_partitions", json.dumps(spec)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+def killed_half_way(
+    env, name: str, size: int, cap: int = CAP, sftp: dict | None = None, **shared
+) -> None:
+    """A run copying the file in a process of its own, killed with -9 once half of it is
+    uploaded; its claim then goes stale (here after 3 s, as after 30 min by default). sftp: more
+    settings of the source."""
+    first = run_partitions(env, [name], shared=shared, max_bytes_per_second=cap, **(sftp or {}))
+    try:
+        wait_for(lambda: uploaded(env) >= size // 2, 120, f"half of {name} to be uploaded")
+    finally:
+        first.kill()  # SIGKILL: no handler runs, nothing is aborted or recorded
+        first.wait()
+    time.sleep(3)
+
+
+SMALL = {"part_size_mb": 5, "resume_min_mb": 10}  # resumable from 10 MiB, in parts of 5
+
+
+def resuming_worker(env, lines: list[str], **sftp):
+    """A worker of another run, taking over stale claims, its run log in lines; sftp: more
+    settings of the source."""
+    source = env.source(env.shared(stale_minutes=0.05, retries=0, **SMALL), **sftp)
+    return source.worker(report=lines.append)
+
+
+# --- object keys: a source's policy at a fixed mtime and day --------------------------------
+
+MTIME = int(datetime(2026, 3, 7, 23, 30, tzinfo=UTC).timestamp())
+DAY = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
+
+
+def object_key(template: str, path: str, prefix: str = "", compression: str = "none") -> str:
+    """The object a source of partner_a with that template names path, modified at MTIME and
+    copied on DAY."""
+    policy = SourcePolicy(
+        "unused",
+        template=DestinationTemplate.parse(template),
+        source="partner_a",
+        compression=compression,
+    )
+    return policy.object_name(prefix, path, MTIME, DAY)
+
+
+# --- sources files ---------------------------------------------------------------------------
+
+
+def write_sources(tmp_path, text: str) -> Path:
+    """A sources file (SOURCES_FILE) holding text, dedented."""
+    path = tmp_path / "sources.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+# --- processes by name, from /proc (gpg and its agent) ----------------------------------------
+
+
+@dataclass
+class Process:
+    pid: int
+    ppid: int
+    command: list[str]
+    environment: bytes
+
+    def homedir(self) -> str:
+        return self.command[self.command.index("--homedir") + 1]
+
+
+def running(name: str) -> list[Process]:
+    """The processes called name (gpg, gpg-agent) now, read at once: they may end any moment."""
+    found = []
+    for entry in os.listdir("/proc"):
+        with suppress(OSError, ValueError):
+            if not entry.isdigit() or Path(f"/proc/{entry}/comm").read_text().strip() != name:
+                continue
+            ppid = int(Path(f"/proc/{entry}/stat").read_text().rpartition(")")[2].split()[1])
+            command = Path(f"/proc/{entry}/cmdline").read_bytes().decode().split("\0")
+            environment = Path(f"/proc/{entry}/environ").read_bytes()
+            found.append(Process(int(entry), ppid, command, environment))
+    return found
+
+
+def agents_of(home: str) -> list[Process]:
+    return [agent for agent in running("gpg-agent") if home in agent.command]

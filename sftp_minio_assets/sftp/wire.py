@@ -9,7 +9,7 @@ into paramiko's private request layer.
 Both go through `SFTPClient._request`, `_async_request`, `_read_response` and
 `_convert_status`, `SFTPAttributes._from_msg`, and the `_async_response` callback paramiko makes
 on whoever sent a request. pyproject.toml pins paramiko to the versions tested with them, and
-sftp_minio_assets_tests/test_sftp_wire.py fails first, naming the name that moved, when an
+sftp_minio_assets_tests/unit/sftp/test_wire.py fails first, naming the name that moved, when an
 upgrade changes one of them.
 """
 

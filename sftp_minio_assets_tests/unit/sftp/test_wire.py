@@ -1,0 +1,96 @@
+"""What sftp_wire relies on inside paramiko, checked without a server: an upgrade that moves one
+of these fails here, naming it, before it shows up as a broken listing or a broken copy.
+integration/test_sftp.py and integration/test_hostile_input.py exercise the same code against
+a real sshd."""
+
+import inspect
+import tomllib
+from importlib.metadata import version
+
+import paramiko
+import paramiko.sftp
+import pytest
+from packaging.requirements import Requirement
+
+from sftp_minio_assets.sftp.wire import PipelinedReads
+from sftp_minio_assets_tests.support import PROJECT
+
+PYPROJECT = PROJECT / "pyproject.toml"
+WHAT_TO_DO = (
+    "adapt sftp_minio_assets/sftp/wire.py to it, run integration/test_sftp.py and "
+    "integration/test_hostile_input.py, then widen the paramiko pin in pyproject.toml"
+)
+
+# Each private callable sftp_wire uses, with the positional arguments it passes (a placeholder
+# first for self: the methods are looked up on the class).
+SELF = object()
+MSG = paramiko.Message()
+# paramiko calls fileobj._async_response(t, msg, num) on whoever sent a request.
+REPLY = (paramiko.sftp.CMD_DATA, MSG, 0)
+CALLS = [
+    ("SFTPClient._request", (SELF, paramiko.sftp.CMD_READDIR, b"handle")),
+    (
+        "SFTPClient._async_request",
+        (SELF, SELF, paramiko.sftp.CMD_READ, b"handle", paramiko.sftp.int64(0), 1),
+    ),
+    ("SFTPClient._read_response", (SELF,)),
+    ("SFTPClient._convert_status", (SELF, MSG)),
+    ("SFTPAttributes._from_msg", (MSG,)),
+    # paramiko's own SFTPFile answers the reply callback: a rename or a new argument shows here.
+    ("SFTPFile._async_response", (SELF, *REPLY)),
+]
+
+# The SFTP packet types sftp_wire sends or expects, by their number in the protocol.
+PACKET_TYPES = {
+    "CMD_CLOSE": 4,
+    "CMD_READ": 5,
+    "CMD_OPENDIR": 11,
+    "CMD_READDIR": 12,
+    "CMD_STATUS": 101,
+    "CMD_HANDLE": 102,
+    "CMD_DATA": 103,
+    "CMD_NAME": 104,
+}
+
+
+@pytest.mark.parametrize(("name", "args"), CALLS, ids=[name for name, _ in CALLS])
+def test_each_private_paramiko_call_still_takes_the_arguments_sftp_wire_passes(name, args):
+    class_name, attribute = name.split(".")
+    function = getattr(getattr(paramiko, class_name), attribute, None)
+    assert callable(function), (
+        f"paramiko {paramiko.__version__} has no callable {name}: {WHAT_TO_DO}"
+    )
+    signature = inspect.signature(function)
+    try:
+        signature.bind(*args)
+    except TypeError as exc:
+        pytest.fail(
+            f"paramiko {paramiko.__version__} changed {name}{signature} ({exc}): {WHAT_TO_DO}"
+        )
+
+
+def test_pipelined_reads_take_the_reply_callback_as_paramiko_makes_it():
+    inspect.signature(PipelinedReads._async_response).bind(SELF, *REPLY)
+
+
+def test_the_sftp_names_sftp_wire_imports_are_still_there():
+    for name, number in PACKET_TYPES.items():
+        assert getattr(paramiko.sftp, name, None) == number, (
+            f"paramiko.sftp.{name} is no longer {number}: {WHAT_TO_DO}"
+        )
+    for name in ("int64", "SFTPError"):
+        assert hasattr(paramiko.sftp, name), f"paramiko.sftp.{name} is gone: {WHAT_TO_DO}"
+
+
+def test_the_installed_paramiko_is_a_version_tested_with_sftp_wire():
+    dependencies = tomllib.loads(PYPROJECT.read_text())["project"]["dependencies"]
+    [pin] = [r for r in map(Requirement, dependencies) if r.name == "paramiko"]
+    assert any(s.operator in ("<", "<=", "==", "~=") for s in pin.specifier), (
+        f"pyproject.toml's {pin} has no upper bound: a paramiko release nobody tested with "
+        "sftp_wire's private calls would be installed"
+    )
+    installed = version("paramiko")
+    assert pin.specifier.contains(installed), (
+        f"paramiko {installed} is installed but pyproject.toml pins {pin}: run this file, "
+        "integration/test_sftp.py and integration/test_hostile_input.py with it, then move the pin"
+    )
