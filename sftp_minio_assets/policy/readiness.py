@@ -125,8 +125,7 @@ class Readiness:
 
     def stable(self, key: str, file: RemoteFile) -> bool:
         """Whether the previous tick saw this new or changed file with the same size and mtime."""
-        seen = self.sightings.get(key)
-        return seen is not None and seen[0] == file.signature
+        return self.settled(key, file, 0)
 
     def settled(self, key: str, file: RemoteFile, min_age_seconds: float) -> bool:
         """For a file stamped in the future, whose age its mtime cannot tell: whether listings
