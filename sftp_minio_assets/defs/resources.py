@@ -44,7 +44,8 @@ from ..transfer.copy import MIB, Tuning
 from ..transfer.pgp import DEFAULT_SUFFIXES, PgpSettings, key_problem
 from ..transfer.resume import RESUMABLE_HOURS
 from ..worker.errors import SettingsError, TransferLogUnavailable, redact
-from ..worker.worker import Retry, SourcePolicy, Worker
+from ..worker.source_policy import SourcePolicy
+from ..worker.worker import Retry, Worker
 
 # What dg.EnvVar and dg.EnvVar.int give: names, resolved by Dagster when the resource starts. A
 # field given one is checked then (Dagster builds the resource again from the values), and

@@ -15,7 +15,7 @@ from sftp_minio_assets.defs.resources import source_from_env
 from sftp_minio_assets.defs.sources import SourcesError, load_sources
 from sftp_minio_assets.transfer.pgp import PgpSettings, decrypt
 from sftp_minio_assets.worker.errors import SettingsError
-from sftp_minio_assets.worker.worker import SourcePolicy
+from sftp_minio_assets.worker.source_policy import SourcePolicy
 from sftp_minio_assets_tests.support import (
     PASSPHRASE,
     PROJECT,

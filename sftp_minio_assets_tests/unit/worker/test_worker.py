@@ -8,7 +8,8 @@ import threading
 import pytest
 
 from sftp_minio_assets.core.identity import worker_id
-from sftp_minio_assets.worker.worker import Retry, SourcePolicy
+from sftp_minio_assets.worker.source_policy import SourcePolicy
+from sftp_minio_assets.worker.worker import Retry
 
 
 @pytest.mark.parametrize("jitter", [0.5, 1.0, 1.5])
