@@ -27,38 +27,19 @@ from ..core.model import BY_ETAG, BY_SERVER, BY_SIZE, Progress, TransferResult
 from ..core.units import MIB
 from ..s3.store import ObjectStore, sha256_checksum
 from ..sftp.client import READ_CHUNK, read_chunks
+from .failures import (
+    Committed,
+    SourceChanged,
+    TransferFailed,
+    describe,
+    upload_stage,
+)
 from .pgp import DecryptionFailed
+from .recovery import TOKEN, verify
 from .resume import Journal, Sha256
-from .stages import AS_READ, BytePath, changed_bytes
+from .stages import AS_READ, BytePath
 
 MAX_PARTS = 9_000  # S3 allows 10,000; keep room for a file that grows a little
-TOKEN = "transfer-token"  # object metadata: which attempt wrote the object
-
-
-class TransferFailed(Exception):
-    """One stage of a transfer failed; `stage` says which side, `__cause__` what happened."""
-
-    def __init__(self, stage: str, message: str):
-        super().__init__(message)
-        self.stage = stage  # "read" (SFTP), "upload" (S3), "verify" or "decrypt" (PGP)
-        # Set when the failure came at or after the commit: the object may be in place.
-        self.committed: Committed | None = None
-
-
-class ObjectOfAnotherSource(TransferFailed):
-    """The object key is another source's (or another writer replaced the object right after
-    this attempt wrote it): two sources, or another tool, write the same key. The file is not
-    recorded as copied, and the other's object is not overwritten."""
-
-    def __init__(self, message: str):
-        super().__init__("verify", message)
-
-
-class SourceChanged(TransferFailed):
-    """The remote file changed while it was copied: the copy would be torn, so it is dropped."""
-
-    def __init__(self, message: str):
-        super().__init__("verify", message)
 
 
 @dataclass(frozen=True)
@@ -74,20 +55,6 @@ class Tuning:
 # A small PUT is verified by its reply's ETag (the MD5 of the bytes sent); a larger one is read
 # back, which costs less than hashing it again.
 ETAG_CHECKED_BYTES = 1024 * 1024
-
-
-@dataclass(frozen=True)
-class Committed:
-    """What an attempt committed, or tried to. When the server goes away around the commit,
-    the client cannot tell whether the object landed; the next attempt looks for this one
-    (its token is in the object's metadata) before copying the file again."""
-
-    key: str
-    token: str
-    size: int
-    sha256: str
-    source_mtime: str
-    compressed: bool = False
 
 
 class _Meter:
@@ -169,13 +136,13 @@ def copy_file(
         # A compressor's or gpg's state cannot be saved: the worker never asks for this.
         raise ValueError("a resumable copy goes through resumable stages only")
     if checksums:
-        with _upload_stage(_Meter(None), "probing the server's checksum support"):
+        with upload_stage(_Meter(None), "probing the server's checksum support"):
             checksums = store.verifies_checksums()
     try:
         f = sftp.open(remote_path, "rb")
         before = f.stat()
     except (OSError, EOFError, paramiko.SSHException) as exc:
-        raise TransferFailed("read", f"cannot open: {_describe(exc)}") from exc
+        raise TransferFailed("read", f"cannot open: {describe(exc)}") from exc
     previous = journal.previous if journal is not None else None
     if previous is None:
         meter = _Meter(heartbeat, Sha256() if journal is not None else None)
@@ -230,7 +197,7 @@ def copy_file(
                 raise _decryption_failed(exc, f, before) from exc
     if not proven:
         try:
-            _verify(store, key, stored.size, metadata[TOKEN])
+            verify(store, key, stored.size, metadata[TOKEN])
         except TransferFailed as exc:
             exc.committed = upload.committed()
             raise
@@ -300,7 +267,7 @@ def _reading(chunks: Iterator[bytes]) -> Iterator[bytes]:
     try:
         yield from chunks
     except (OSError, EOFError, paramiko.SSHException) as exc:
-        raise TransferFailed("read", f"reading failed: {_describe(exc)}") from exc
+        raise TransferFailed("read", f"reading failed: {describe(exc)}") from exc
 
 
 def _upload(upload: _Upload, chunks: Iterator[bytes], size_hint: int) -> tuple[str, bool]:
@@ -330,7 +297,7 @@ def _upload(upload: _Upload, chunks: Iterator[bytes], size_hint: int) -> tuple[s
             # The meter hashed the bytes read; a body a stage changed is hashed here (the
             # server refuses a checksum of other bytes than the body's).
             checksum = sha256_checksum(data) if upload.transforms else _base64(sha256)
-        with _committing(upload), _upload_stage(meter, "PUT"):
+        with _committing(upload), upload_stage(meter, "PUT"):
             etag = store.put(key, data, upload.metadata, {"sha256": sha256}, checksum)
         if checksum:
             return BY_SERVER, True
@@ -338,7 +305,7 @@ def _upload(upload: _Upload, chunks: Iterator[bytes], size_hint: int) -> tuple[s
         md5_matches = len(data) <= ETAG_CHECKED_BYTES and etag.strip('"') == _md5(data)
         return (BY_ETAG, True) if md5_matches else (BY_SIZE, False)
 
-    with _upload_stage(meter, "starting the multipart upload"):
+    with upload_stage(meter, "starting the multipart upload"):
         upload_id = store.create_multipart(key, upload.metadata, upload.checksums)
     try:
         parts = _upload_parts(upload, upload_id, _parts(chunks, part_size, pending))
@@ -360,12 +327,12 @@ def _complete(upload: _Upload, upload_id: str, parts: list[tuple[str, str | None
     etags = [etag for etag, _ in parts]
     checksums = [checksum or "" for _, checksum in parts] if upload.checksums else None
     upload.before_commit()
-    with _committing(upload), _upload_stage(upload.meter, "completing the upload"):
+    with _committing(upload), upload_stage(upload.meter, "completing the upload"):
         upload.store.complete_multipart(upload.key, upload_id, etags, checksums)
 
 
 def _tag(upload: _Upload) -> None:
-    with _committing(upload), _upload_stage(upload.meter, "tagging"):
+    with _committing(upload), upload_stage(upload.meter, "tagging"):
         upload.store.set_tags(upload.key, {"sha256": upload.meter.digest.hexdigest()})
 
 
@@ -418,7 +385,7 @@ def _resumable_upload(
         )
     if progress is None:
         part_size = _part_size(upload.tuning, size)
-        with _upload_stage(meter, "starting the multipart upload"):
+        with upload_stage(meter, "starting the multipart upload"):
             upload_id = store.create_multipart(key, upload.metadata, upload.checksums)
         progress = Progress(
             upload_id,
@@ -574,23 +541,7 @@ def _upload_parts(
 
 def _raise_upload_error(future: Future) -> None:
     exc = future.exception()
-    raise TransferFailed("upload", f"uploading a part failed: {_describe(exc)}") from exc
-
-
-class _upload_stage:
-    """Times an S3 call and turns its errors into TransferFailed("upload")."""
-
-    def __init__(self, meter: _Meter, what: str):
-        self.meter, self.what = meter, what
-
-    def __enter__(self) -> None:
-        self.started = time.monotonic()
-
-    def __exit__(self, kind, exc, tb) -> bool:
-        self.meter.upload_seconds += time.monotonic() - self.started
-        if exc is not None and not isinstance(exc, TransferFailed) and isinstance(exc, Exception):
-            raise TransferFailed("upload", f"{self.what} failed: {_describe(exc)}") from exc
-        return False
+    raise TransferFailed("upload", f"uploading a part failed: {describe(exc)}") from exc
 
 
 class _committing:
@@ -606,84 +557,3 @@ class _committing:
         if isinstance(exc, TransferFailed):
             exc.committed = self.upload.committed()
         return False
-
-
-def finish_commit(store: ObjectStore, committed: Committed) -> TransferResult | None:
-    """The result of an earlier attempt whose commit did land after all, else None.
-
-    Tags and verifies the object that attempt wrote, without copying the file again.
-    """
-    started = time.monotonic()
-    head = store.head(committed.key)
-    if head is None or head.get("Metadata", {}).get(TOKEN) != committed.token:
-        return None
-    # The token proves the object is the one that attempt committed, whole (commits are atomic).
-    store.set_tags(committed.key, {"sha256": committed.sha256})
-    stored = head["ContentLength"]
-    if not committed.compressed:
-        _verify(store, committed.key, committed.size, committed.token)
-    elapsed = time.monotonic() - started
-    return TransferResult(
-        committed.size,
-        committed.sha256,
-        0.0,
-        elapsed,
-        elapsed,
-        stored_bytes=stored if committed.compressed else None,
-    )
-
-
-def earlier_copy(
-    store: ObjectStore, key: str, metadata: dict[str, str], size: int
-) -> TransferResult | None:
-    """The object an earlier attempt committed whole for this very file and content (its
-    metadata names the same source, path and mtime, and its size matches), when that attempt
-    died before the log could say so; else None.
-
-    Objects are committed only whole, and only if the file did not change while it was read,
-    so such an object is the copy a new attempt would write again. One that died before its
-    sha256 tag was set (some servers tag a PUT after its commit) is read back to hash it.
-    """
-    started = time.monotonic()
-    with _upload_stage(_Meter(None), "looking for an earlier attempt's object"):
-        head = store.head(key)
-        if head is None:
-            return None
-        found = head.get("Metadata", {})
-        if any(found.get(name) != value for name, value in metadata.items()):
-            return None
-        stored = head["ContentLength"]
-        compressed = changed_bytes(found)
-        if (found.get("original-size") if compressed else str(stored)) != str(size):
-            return None
-        sha256 = store.tags(key).get("sha256")
-        if not sha256 and compressed:  # its tag is the original's hash: copy again
-            return None
-        if not sha256:  # died between the commit and its tagging: hash what landed
-            sha256 = store.sha256(key)
-            store.set_tags(key, {"sha256": sha256})
-    elapsed = time.monotonic() - started
-    return TransferResult(
-        size, sha256, 0.0, elapsed, elapsed, stored_bytes=stored if compressed else None
-    )
-
-
-def _verify(store: ObjectStore, key: str, size: int, token: str) -> None:
-    try:
-        head = store.head(key)
-    except Exception as exc:
-        raise TransferFailed("verify", f"reading back the object failed: {_describe(exc)}") from exc
-    found = (head or {}).get("Metadata", {})
-    if head is not None and found.get(TOKEN) != token:
-        writer = f"source {found['source']!r}" if "source" in found else "another writer"
-        raise ObjectOfAnotherSource(
-            f"the object was overwritten by {writer} right after this copy was written"
-        )
-    if head is None or head["ContentLength"] != size:
-        found_size = "no object" if head is None else f"{head['ContentLength']} bytes"
-        raise TransferFailed("verify", f"the object has {found_size} after upload, expected {size}")
-
-
-def _describe(exc: BaseException | None) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -10,7 +10,7 @@ import psycopg
 
 from ..s3.store import ChecksumRefused
 from ..sftp.client import ENVIRONMENT, HostKeyError, SettingNames, credentials
-from ..transfer.copy import ObjectOfAnotherSource, SourceChanged, TransferFailed
+from ..transfer.failures import ObjectOfAnotherSource, SourceChanged, TransferFailed
 from ..transfer.pgp import DecryptionFailed
 
 

@@ -35,17 +35,9 @@ from ..policy.transfer_window import wait_until_open
 from ..s3.store import ObjectStore
 from ..sftp.client import SFTPPool, SFTPSettings, display, list_dir, remote_bytes
 from ..transfer.bandwidth import BandwidthCap
-from ..transfer.copy import (
-    MIB,
-    Committed,
-    ObjectOfAnotherSource,
-    SourceChanged,
-    TransferFailed,
-    Tuning,
-    copy_file,
-    earlier_copy,
-    finish_commit,
-)
+from ..transfer.copy import MIB, Tuning, copy_file
+from ..transfer.failures import Committed, ObjectOfAnotherSource, SourceChanged, TransferFailed
+from ..transfer.recovery import earlier_copy, finish_commit
 from ..transfer.resume import Journal, resumable_hashing, still_usable
 from .errors import KeyTaken, NotAFile, advice, is_permanent, redact
 from .source_policy import SourcePolicy

@@ -19,7 +19,8 @@ import zstandard
 
 from devstack.local_stack import PlainS3Server
 from sftp_minio_assets.s3.store import CHECKSUM_PROBE, ChecksumRefused, ObjectStore, sha256_checksum
-from sftp_minio_assets.transfer.copy import TransferFailed, Tuning, copy_file
+from sftp_minio_assets.transfer.copy import Tuning, copy_file
+from sftp_minio_assets.transfer.failures import TransferFailed
 from sftp_minio_assets.transfer.stages import SUFFIXES
 from sftp_minio_assets.worker.errors import advice, is_permanent
 from sftp_minio_assets_tests.support import (

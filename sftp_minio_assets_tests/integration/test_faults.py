@@ -11,7 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from sftp_minio_assets.transfer.copy import TOKEN, Committed, Tuning, copy_file
+from sftp_minio_assets.transfer.copy import Tuning, copy_file
+from sftp_minio_assets.transfer.failures import Committed
+from sftp_minio_assets.transfer.recovery import TOKEN
 from sftp_minio_assets_tests.support import (
     PROJECT,
     enable_versioning,

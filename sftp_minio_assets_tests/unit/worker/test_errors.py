@@ -6,7 +6,7 @@ import pytest
 
 from sftp_minio_assets.s3.store import ChecksumRefused
 from sftp_minio_assets.sftp.client import CredentialsError, HostKeyError, SettingNames
-from sftp_minio_assets.transfer.copy import ObjectOfAnotherSource, SourceChanged, TransferFailed
+from sftp_minio_assets.transfer.failures import ObjectOfAnotherSource, SourceChanged, TransferFailed
 from sftp_minio_assets.worker.errors import NotAFile, advice, is_permanent, redact
 
 
