@@ -6,7 +6,8 @@ import argparse
 import sys
 
 from .db.schema import SchemaTooNew
-from .defs.resources import TransferLogResource, from_environment
+from .defs.environment import from_environment
+from .defs.resources import TransferLogResource
 from .worker.errors import SettingsError, TransferLogUnavailable
 
 

@@ -7,7 +7,7 @@ from .defs.alerts import alert_on_recovery, alert_on_repeated_failures
 from .defs.assets import build_files_asset
 from .defs.checks import build_file_checks
 from .defs.dry_run import build_dry_run_job
-from .defs.resources import shared_resources_from_env
+from .defs.environment import shared_resources_from_env
 from .defs.sensors import build_new_files_sensor
 from .defs.sources import source_key, sources_from_env
 from .defs.stats import build_health_job, build_health_schedule, transfer_stats

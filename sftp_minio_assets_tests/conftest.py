@@ -18,15 +18,14 @@ import pytest
 
 from devstack.local_stack import LocalStack, stop_group
 from sftp_minio_assets.db.transfer_log import TransferLog
+from sftp_minio_assets.defs.environment import source_resource
 from sftp_minio_assets.defs.resources import (
     ObjectStoreResource,
-    SFTPConnection,
-    SourcePolicyConfig,
     SourceResource,
     TransferLogResource,
     TransferSettings,
-    source_resource,
 )
+from sftp_minio_assets.defs.source_config import SFTPConnection, SourcePolicyConfig
 from sftp_minio_assets.s3.store import ObjectStore, S3Settings
 
 from .support import PROJECT, Keys

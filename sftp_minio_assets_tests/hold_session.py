@@ -12,7 +12,7 @@ import sys
 import time
 
 from sftp_minio_assets.db.transfer_log import TransferLog
-from sftp_minio_assets.defs.resources import SFTPConnection
+from sftp_minio_assets.defs.source_config import SFTPConnection
 from sftp_minio_assets.sftp.client import SFTPConnector, SFTPPool
 from sftp_minio_assets.sftp.sessions import SessionBudget, server_of
 

@@ -41,16 +41,9 @@ import dagster as dg
 import yaml
 
 from ..worker.errors import SettingsError
-from .resources import (
-    SFTPConnection,
-    SourcePolicyConfig,
-    SourceResource,
-    checked,
-    each_checked,
-    source_from_env,
-    source_resource,
-    with_variables,
-)
+from .environment import checked, each_checked, source_from_env, source_resource, with_variables
+from .resources import SourceResource
+from .source_config import SFTPConnection, SourcePolicyConfig
 
 NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
 SECRETS = ("password", "private_key", "pgp_private_key", "pgp_passphrase")
@@ -79,7 +72,7 @@ def source_of(
 
 def sources_from_env(shared: dict[str, dg.ConfigurableResource]) -> dict[str, SourceResource]:
     """The sources, from SOURCES_FILE or else the SFTP_* variables, each with the resources all
-    sources share (resources.shared_resources_from_env)."""
+    sources share (environment.shared_resources_from_env)."""
     path = os.environ.get("SOURCES_FILE")
     if path:
         return load_sources(Path(path), shared)

@@ -63,7 +63,7 @@ class RootUnavailable(OSError):
     """The source's root cannot be listed: missing, not a directory, or not readable."""
 
 
-# The variables that set the single source (`default`): resources.source_from_env reads them,
+# The variables that set the single source (`default`): environment.source_from_env reads them,
 # and messages name its settings by them.
 VARIABLES = {
     "host": "SFTP_HOST",

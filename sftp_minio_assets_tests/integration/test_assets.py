@@ -139,7 +139,8 @@ def test_local_dir_mode_copies_through_a_temporary_file(env, instance, tmp_path)
 MEMORY_PROBE = textwrap.dedent(
     """
     import json, resource, sys
-    from sftp_minio_assets.defs.resources import ObjectStoreResource, SFTPConnection
+    from sftp_minio_assets.defs.resources import ObjectStoreResource
+    from sftp_minio_assets.defs.source_config import SFTPConnection
     from sftp_minio_assets.sftp.client import SFTPConnector
     from sftp_minio_assets.transfer.copy import Tuning, copy_file
     connection_args, s3_args, root, path = json.loads(sys.argv[1])

@@ -16,9 +16,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from sftp_minio_assets.defs.resources import (
-    LISTING_PATIENCE_SECONDS,
-)
+from sftp_minio_assets.defs.resources import LISTING_PATIENCE_SECONDS
 from sftp_minio_assets.defs.stats import transfer_stats
 from sftp_minio_assets.sftp.sessions import SessionBudget, SessionsBusy, server_of
 from sftp_minio_assets_tests.support import (

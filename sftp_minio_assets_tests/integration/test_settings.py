@@ -13,9 +13,7 @@ import pytest
 
 from devstack.demo import apply_partition_requests
 from sftp_minio_assets.defs.assets import build_files_asset
-from sftp_minio_assets.defs.resources import (
-    TransferLogResource,
-)
+from sftp_minio_assets.defs.resources import TransferLogResource
 from sftp_minio_assets.defs.sensors import build_new_files_sensor
 from sftp_minio_assets.sftp.client import CredentialsError, RootUnavailable, ServerUnreachable
 from sftp_minio_assets.worker.errors import TransferLogUnavailable

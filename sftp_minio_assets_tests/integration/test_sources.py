@@ -14,9 +14,10 @@ import zstandard
 
 from devstack.demo import apply_partition_requests
 from sftp_minio_assets.defs.assets import build_files_asset
+from sftp_minio_assets.defs.environment import source_resource
 from sftp_minio_assets.defs.partitions import SOURCE_TAG
-from sftp_minio_assets.defs.resources import SourcePolicyConfig, source_resource
 from sftp_minio_assets.defs.sensors import build_new_files_sensor
+from sftp_minio_assets.defs.source_config import SourcePolicyConfig
 from sftp_minio_assets.defs.sources import load_sources, source_key
 from sftp_minio_assets.sftp.client import CredentialsError
 from sftp_minio_assets_tests.support import write_sources

@@ -10,13 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sftp_minio_assets.defs.resources import (
-    ObjectStoreResource,
-    SourceResource,
-    TransferSettings,
-    shared_resources_from_env,
-    source_from_env,
-)
+from sftp_minio_assets.defs.environment import shared_resources_from_env, source_from_env
+from sftp_minio_assets.defs.resources import ObjectStoreResource, SourceResource, TransferSettings
 from sftp_minio_assets.defs.sources import SourcesError, load_sources
 from sftp_minio_assets.policy.discovery import AutoRetry
 from sftp_minio_assets.worker.errors import SettingsError

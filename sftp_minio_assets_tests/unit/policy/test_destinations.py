@@ -8,7 +8,8 @@ import dagster as dg
 import pytest
 
 from sftp_minio_assets.db.sensor_memory import FileState
-from sftp_minio_assets.defs.resources import SourcePolicyConfig, checked, source_from_env
+from sftp_minio_assets.defs.environment import checked, source_from_env
+from sftp_minio_assets.defs.source_config import SourcePolicyConfig
 from sftp_minio_assets.defs.sources import SourcesError, load_sources
 from sftp_minio_assets.policy.destinations import DestinationTemplate
 from sftp_minio_assets.policy.discovery import AutoRetry, clashes, plan_transfers

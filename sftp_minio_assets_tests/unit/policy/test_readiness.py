@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from sftp_minio_assets.db.sensor_memory import FileState
-from sftp_minio_assets.defs.resources import shared_resources_from_env, source_from_env
+from sftp_minio_assets.defs.environment import shared_resources_from_env, source_from_env
 from sftp_minio_assets.defs.sources import SourcesError, load_sources
 from sftp_minio_assets.policy.discovery import AutoRetry, plan_transfers
 from sftp_minio_assets.policy.readiness import Readiness, ReadyMarker, marker_problem

@@ -6,7 +6,7 @@ from datetime import datetime
 
 import pytest
 
-from sftp_minio_assets.defs.resources import source_from_env
+from sftp_minio_assets.defs.environment import source_from_env
 from sftp_minio_assets.defs.sources import SourcesError, load_sources
 from sftp_minio_assets.policy.transfer_window import TransferWindow
 from sftp_minio_assets.worker.errors import SettingsError

@@ -7,10 +7,8 @@ from contextlib import contextmanager
 import dagster as dg
 import pytest
 
-from sftp_minio_assets.defs.resources import (
-    SFTPConnection,
-    source_from_env,
-)
+from sftp_minio_assets.defs.environment import source_from_env
+from sftp_minio_assets.defs.source_config import SFTPConnection
 from sftp_minio_assets.defs.sources import SourcesError, load_sources
 from sftp_minio_assets.sftp.sessions import server_of
 from sftp_minio_assets.worker.errors import SettingsError

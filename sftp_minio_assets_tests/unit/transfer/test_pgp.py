@@ -11,7 +11,7 @@ import textwrap
 
 import pytest
 
-from sftp_minio_assets.defs.resources import source_from_env
+from sftp_minio_assets.defs.environment import source_from_env
 from sftp_minio_assets.defs.sources import SourcesError, load_sources
 from sftp_minio_assets.transfer.pgp import PgpSettings, decrypt
 from sftp_minio_assets.worker.errors import SettingsError
