@@ -10,7 +10,7 @@ import psycopg
 
 from .connection import Connections, connect
 
-# The session budget per SFTP server (sessions.py): a lease per open SSH connection. Grants to
+# The session budget per SFTP server (sftp/sessions.py): a lease per open SSH connection. Grants to
 # one server are serialised by an advisory lock on its name (this class of lock, its hash), so
 # that two processes never both take the last slot; leases past their expiry are of dead
 # processes: purged, and never counted.
@@ -69,7 +69,7 @@ class Sessions:
 
 
 class SessionLeases:
-    """The `sftp_sessions` table, for one process's session budgets (sessions.py).
+    """The `sftp_sessions` table, for one process's session budgets (sftp/sessions.py).
 
     One connection (autocommit) shared by the process's threads under a lock, rather than the
     log's connection per thread: leases are taken once per SSH connection, renewed by one

@@ -101,7 +101,7 @@ MIGRATIONS = [
         ADD COLUMN IF NOT EXISTS progress_bytes BIGINT,
         ADD COLUMN IF NOT EXISTS resumed_from BIGINT
     """,
-    # The session budget per SFTP server (sessions.py): one lease per open SSH connection,
+    # The session budget per SFTP server (sftp/sessions.py): one lease per open SSH connection,
     # renewed while it lives; an expired lease is a dead process's, and its slot is free.
     """
     CREATE TABLE IF NOT EXISTS sftp_sessions (
@@ -115,9 +115,9 @@ MIGRATIONS = [
     )
     """,
     "CREATE INDEX IF NOT EXISTS sftp_sessions_server ON sftp_sessions (server, expires_at)",
-    # Stable across two listings (readiness.py): the size and mtime at which the last tick saw
-    # each new or changed file it held back, until a tick finds it ready and unchanged. Only
-    # files the log does not know in this version: rows stay few whatever the backlog's age.
+    # Stable across two listings (policy/readiness.py): the size and mtime at which the last
+    # tick saw each new or changed file it held back, until a tick finds it ready and unchanged.
+    # Only files the log does not know in this version: rows stay few whatever the backlog's age.
     """
     CREATE TABLE IF NOT EXISTS file_sightings (
         source TEXT NOT NULL,

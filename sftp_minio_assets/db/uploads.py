@@ -11,7 +11,7 @@ from ..core.model import Progress
 from .claims import Claim, fenced
 from .connection import Connections
 
-# A claim's resumable upload (resume.py), recorded only while the claim is still ours.
+# A claim's resumable upload (transfer/resume.py), recorded only while the claim is still ours.
 UPLOAD_OF = "SELECT * FROM transfer_uploads WHERE log_id = %(id)s"
 
 RECORD_UPLOAD = """

@@ -57,7 +57,8 @@ class SFTPConnection(dg.ConfigurableResource):
         description="SSH connections open at once to this server (host:port), every run, "
         "sensor and machine sharing the transfer log together; unset: no limit.",
     )
-    # How messages name the source's settings to fix (sftp.SettingNames), as its user set them.
+    # How messages name the source's settings to fix (sftp/client.py: SettingNames), as its
+    # user set them.
     settings_in: str = Field(
         default="",
         description='Where the source is set, e.g. "source partner_a in /etc/sources.yaml"; '
@@ -111,7 +112,7 @@ class SourcePolicyConfig(dg.Config):
     destination_template: Annotated[str | None, parses(DestinationTemplate.parse)] = Field(
         default=None,
         description='Object key under MINIO_PREFIX, e.g. "partner-a/{mtime:%Y/%m/%d}/{path}" '
-        "(destinations.py); unset: destination_prefix/path.",
+        "(policy/destinations.py); unset: destination_prefix/path.",
     )
     max_workers: Annotated[int | None, at_least(1)] = Field(
         default=None, description="Files copied at once per run; default: MAX_WORKERS."

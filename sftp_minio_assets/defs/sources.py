@@ -12,7 +12,7 @@ root, filters, destination prefix, concurrency, compression and after-copy actio
         root: /outgoing
         include: ["*.csv"]
         destination_prefix: partner-a   # objects under MINIO_PREFIX/partner-a/...
-        # or the whole key under MINIO_PREFIX, from a template (destinations.py):
+        # or the whole key under MINIO_PREFIX, from a template (policy/destinations.py):
         # destination_template: "partner-a/{mtime:%Y/%m/%d}/{path}"
         max_workers: 2
         compression: gzip          # none (default), gzip or zstd

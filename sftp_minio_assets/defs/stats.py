@@ -1,6 +1,6 @@
 """Statistics from `file_transfer_log` with pandas: throughput per source, worker and hour, the
 workers copying a file right now with the age of their heartbeat, and the SFTP sessions open
-per server (the leases of the session budget, sessions.py).
+per server (the leases of the session budget, sftp/sessions.py).
 
 `summarize` is plain pandas; the `transfer_stats` asset publishes its tables as Markdown and its
 totals as numeric metadata, which the UI plots over materializations; a schedule refreshes it.

@@ -63,7 +63,7 @@ def object_key(prefix: str, source: str, path: str) -> str:
     and backslashes (which some S3 servers turn into `/`). So the encoding is not reversible:
     a raw name may become another file's literal name (`caf\\xe9` and `caf%E9`); the sensor's
     plan and the claim refuse such a pair rather than copy one over the other (see
-    discovery.py); the object's metadata keeps the exact remote path.
+    policy/discovery.py); the object's metadata keeps the exact remote path.
     """
     segments = (*key_segments(prefix), *key_segments(source), *key_segments(path))
     return posixpath.join(*(_UNSAFE_IN_KEYS.sub(_percent, segment) for segment in segments))

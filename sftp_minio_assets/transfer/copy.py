@@ -109,95 +109,71 @@ class _Upload:
         )
 
 
-def copy_file(
-    sftp: paramiko.SFTPClient,
-    remote_path: str,
-    store: ObjectStore,
-    key: str,
-    metadata: dict[str, str],
-    tuning: Tuning = Tuning(),
-    heartbeat: Callable[[int], None] | None = None,
-    journal: Journal | None = None,
-    pace: Callable[[int], None] | None = None,
-    checksums: bool = False,
-    path: BytePath = AS_READ,
-) -> TransferResult:
-    """Copy remote_path to key through the stages of path (stages.py: decrypted, compressed);
-    raises TransferFailed (and leaves no object) on any error. heartbeat(bytes read so far) is
-    called as they stream. With a journal (a big file, its path resumable), the upload is
-    resumable: it goes on from journal.previous if set, and records its progress there
-    (resume.py). pace(length) before each read: the source's bandwidth cap (bandwidth.py).
+@dataclass(frozen=True)
+class Copy:
+    """One copy: the remote file, the object it becomes, the stages between (stages.py:
+    decrypted, compressed), and how it is sent.
+
+    journal: a big file on a resumable path: the upload goes on from journal.previous if set,
+    and records its progress there (resume.py). heartbeat(bytes read so far) is called as they
+    stream; pace(length) before each read: the source's bandwidth cap (bandwidth.py).
     checksums: send each request's SHA-256 (of the bytes sent) for the server to verify, if it
-    does (probed once per process). sha256 and size_bytes are the remote file's (what the
-    partner sent); when a stage changed the bytes, stored_bytes and stored_sha256 the
-    object's."""
+    does (probed once per process)."""
+
+    sftp: paramiko.SFTPClient
+    remote_path: str
+    store: ObjectStore
+    key: str
+    metadata: dict[str, str]
+    path: BytePath = AS_READ
+    tuning: Tuning = Tuning()
+    checksums: bool = False
+    journal: Journal | None = None
+    heartbeat: Callable[[int], None] | None = None
+    pace: Callable[[int], None] | None = None
+
+
+def copy_file(job: Copy) -> TransferResult:
+    """The copy job describes, or TransferFailed (and no object). sha256 and size_bytes are the
+    remote file's (what the partner sent); when a stage changed the bytes, stored_bytes and
+    stored_sha256 the object's."""
     started = time.monotonic()
-    if journal is not None and not path.resumable:
+    if job.journal is not None and not job.path.resumable:
         # A compressor's or gpg's state cannot be saved: the worker never asks for this.
         raise ValueError("a resumable copy goes through resumable stages only")
+    checksums = job.checksums
     if checksums:
         with upload_stage(_Meter(None), "probing the server's checksum support"):
-            checksums = store.verifies_checksums()
+            checksums = job.store.verifies_checksums()
     try:
-        f = sftp.open(remote_path, "rb")
+        f = job.sftp.open(job.remote_path, "rb")
         before = f.stat()
     except (OSError, EOFError, paramiko.SSHException) as exc:
         raise TransferFailed("read", f"cannot open: {describe(exc)}") from exc
-    previous = journal.previous if journal is not None else None
+    previous = job.journal.previous if job.journal is not None else None
     if previous is None:
-        meter = _Meter(heartbeat, Sha256() if journal is not None else None)
-        metadata = {**metadata, TOKEN: uuid.uuid4().hex}
+        meter = _Meter(job.heartbeat, Sha256() if job.journal is not None else None)
+        metadata = {**job.metadata, TOKEN: uuid.uuid4().hex}
     else:
-        meter = _Meter(heartbeat, Sha256(state=previous.sha256_state), previous.done_bytes)
-        metadata = {**metadata, TOKEN: previous.token}
-    stored = _Counter(hashlib.sha256() if path.changes_bytes else None)
-    metadata.update(path.metadata(before.st_size))
+        meter = _Meter(job.heartbeat, Sha256(state=previous.sha256_state), previous.done_bytes)
+        metadata = {**job.metadata, TOKEN: previous.token}
+    stored = _Counter(hashlib.sha256() if job.path.changes_bytes else None)
+    metadata.update(job.path.metadata(before.st_size))
+    upload = _Upload(
+        job.store,
+        job.key,
+        metadata,
+        job.tuning,
+        meter,
+        before_commit=functools.partial(_check_unchanged, job, before, meter),
+        checksums=checksums,
+        transforms=job.path.changes_bytes,
+    )
     with f:
-
-        def check_unchanged() -> None:
-            # By its path, not the open handle: a file deleted, moved or replaced meanwhile
-            # still reads to its end through the handle, but is no longer the source's file.
-            try:
-                after = sftp.stat(remote_path)
-            except FileNotFoundError:
-                raise SourceChanged(
-                    "the file was deleted or moved while it was read; it is not recorded as copied"
-                ) from None
-            if meter.size != before.st_size or (after.st_size, after.st_mtime) != (
-                before.st_size,
-                before.st_mtime,
-            ):
-                raise SourceChanged(
-                    f"the file changed while it was read ({before.st_size} bytes at open, "
-                    f"{meter.size} read, {after.st_size} now); it will be copied again once stable"
-                )
-
-        upload = _Upload(
-            store,
-            key,
-            metadata,
-            tuning,
-            meter,
-            before_commit=check_unchanged,
-            checksums=checksums,
-            transforms=path.changes_bytes,
-        )
-        if journal is not None:
-            verification, proven = _resumable_upload(upload, f, before, journal, pace)
-            stored.size = meter.size
-        else:
-            chunks = meter.wrap(_reading(read_chunks(f, before.st_size, pace=pace)))
-            chunks = stored.wrap(path.apply(chunks))
-            try:
-                if tuning.local_dir:
-                    verification, proven = _copy_via_local_file(upload, chunks)
-                else:
-                    verification, proven = _upload(upload, chunks, before.st_size)
-            except DecryptionFailed as exc:
-                raise _decryption_failed(exc, f, before) from exc
+        verification, proven = _send(job, upload, f, before, stored)
     if not proven:
         try:
-            verify(store, key, stored.size, metadata[TOKEN])
+            verify(job.store, job.key, stored.size, metadata[TOKEN])
         except TransferFailed as exc:
             exc.committed = upload.committed()
             raise
@@ -212,6 +188,45 @@ def copy_file(
         resumed_from=previous.done_bytes if previous is not None else 0,
         verification=verification,
     )
+
+
+def _send(
+    job: Copy, upload: _Upload, f: paramiko.SFTPFile, before, stored: _Counter
+) -> tuple[str, bool]:
+    """The bytes read, through the stages, into the object: resumably, through a local file,
+    or streamed. How the object was verified, and whether that proves it whole."""
+    if job.journal is not None:
+        result = _resumable_upload(upload, f, before, job.journal, job.pace)
+        stored.size = upload.meter.size
+        return result
+    chunks = upload.meter.wrap(_reading(read_chunks(f, before.st_size, pace=job.pace)))
+    chunks = stored.wrap(job.path.apply(chunks))
+    try:
+        if job.tuning.local_dir:
+            return _copy_via_local_file(upload, chunks)
+        return _upload(upload, chunks, before.st_size)
+    except DecryptionFailed as exc:
+        raise _decryption_failed(exc, f, before) from exc
+
+
+def _check_unchanged(job: Copy, before, meter: _Meter) -> None:
+    """The last check before the object becomes visible: the file read whole, and still the
+    same. By its path, not the open handle: a file deleted, moved or replaced meanwhile still
+    reads to its end through the handle, but is no longer the source's file."""
+    try:
+        after = job.sftp.stat(job.remote_path)
+    except FileNotFoundError:
+        raise SourceChanged(
+            "the file was deleted or moved while it was read; it is not recorded as copied"
+        ) from None
+    if meter.size != before.st_size or (after.st_size, after.st_mtime) != (
+        before.st_size,
+        before.st_mtime,
+    ):
+        raise SourceChanged(
+            f"the file changed while it was read ({before.st_size} bytes at open, "
+            f"{meter.size} read, {after.st_size} now); it will be copied again once stable"
+        )
 
 
 class _Counter:

@@ -33,8 +33,8 @@ class SourcePolicy:
     file_filter: FileFilter = FileFilter()  # the files the source takes
     server_checksums: bool = False  # uploads carry their SHA-256, where the server verifies it
     pgp: PgpSettings | None = None  # set: encrypted files are decrypted (pgp.py)
-    # The sensor's stability gate besides the marker (readiness.py): a file that changed while
-    # it was copied is copied again only once it passes the gate again
+    # The sensor's stability gate besides the marker (policy/readiness.py): a file that changed
+    # while it was copied is copied again only once it passes the gate again
     min_file_age_seconds: float = 0
     require_stable_listing: bool = False
 

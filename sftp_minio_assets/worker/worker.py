@@ -30,15 +30,15 @@ from ..core.model import TransferResult
 from ..core.units import duration, mib
 from ..db.claims import Claim
 from ..db.transfer_log import TransferLog
-from ..policy.readiness import ReadyMarker
 from ..policy.transfer_window import wait_until_open
 from ..s3.store import ObjectStore
-from ..sftp.client import SFTPPool, SFTPSettings, display, list_dir, remote_bytes
+from ..sftp.client import SFTPPool, SFTPSettings, display, remote_bytes
 from ..transfer.bandwidth import BandwidthCap
-from ..transfer.copy import MIB, Tuning, copy_file
+from ..transfer.copy import MIB, Copy, Tuning, copy_file
 from ..transfer.failures import Committed, ObjectOfAnotherSource, SourceChanged, TransferFailed
 from ..transfer.recovery import earlier_copy, finish_commit
 from ..transfer.resume import Journal, resumable_hashing, still_usable
+from .after_copy import AfterCopy
 from .errors import KeyTaken, NotAFile, advice, is_permanent, redact
 from .source_policy import SourcePolicy
 
@@ -67,7 +67,7 @@ class Outcome:
     metadata: dict[str, object] = field(default_factory=dict)
     permanent: bool = False  # failed, and retrying cannot help
     changed: bool = False  # failed because the file changed while it was copied
-    # failed around the commit: the object may have landed (see transfer.Committed)
+    # failed around the commit: the object may have landed (see transfer/failures.py: Committed)
     committed: Committed | None = field(default=None, repr=False)
 
 
@@ -117,6 +117,7 @@ class Worker:
         # it got: report(line) writes to the run's log (Python's logger by default).
         self.heartbeat_seconds = min(30.0, transfer_log.claims.stale_minutes * 60 / 4)
         self.report = report or logger.info
+        self.after_copy = AfterCopy(self.policy, sftp_pool.get, sftp_settings.server, secrets)
         self.bandwidth_cap = None
         if self.policy.max_bytes_per_second:
             process = process_id()
@@ -251,17 +252,19 @@ class Worker:
         if result is None:
             resumed_from = journal.previous.done_bytes if journal and journal.previous else 0
             result = copy_file(
-                self.pool.get(),
-                remote_bytes(file.remote_path),
-                self.store,
-                file.object_name,
-                metadata=metadata,
-                tuning=self.tuning,
-                heartbeat=self._heartbeat(claim, file, attrs.st_size or 0, resumed_from),
-                journal=journal,
-                pace=self.bandwidth_cap,
-                checksums=self.policy.server_checksums,
-                path=self.policy.byte_path(file.path),
+                Copy(
+                    self.pool.get(),
+                    remote_bytes(file.remote_path),
+                    self.store,
+                    file.object_name,
+                    metadata,
+                    self.policy.byte_path(file.path),
+                    self.tuning,
+                    checksums=self.policy.server_checksums,
+                    journal=journal,
+                    heartbeat=self._heartbeat(claim, file, attrs.st_size or 0, resumed_from),
+                    pace=self.bandwidth_cap,
+                )
             )
         if journal is not None or claim.attempts > 1:  # the upload is done with, or left
             with suppress(psycopg.Error):  # a row left behind is given up later
@@ -269,8 +272,8 @@ class Worker:
         return result
 
     def _resumable(self, file: _File, size: int) -> bool:
-        """Whether a file of this size is copied resumably (see resume.py): big enough, stored
-        as it is (a compressor's or gpg's state cannot be saved), streamed, and hashable
+        """Whether a file of this size is copied resumably (see transfer/resume.py): big enough,
+        stored as it is (a compressor's or gpg's state cannot be saved), streamed, and hashable
         resumably."""
         tuning = self.tuning
         return (
@@ -363,89 +366,14 @@ class Worker:
         )
 
     def _after_copy(self, remote_path: str, copied, claim: Claim) -> str:
-        """Keep, delete or archive the remote file once its copy is verified and recorded.
-
-        Never loses it: a file that changed since it was copied stays, and so does one whose
-        deletion or move fails. Returns what happened, also recorded in the log.
-        """
-        action = self.policy.after_copy
-        if action == "keep":
-            return "kept"
-        sftp = self.pool.get()
-        try:
-            now = sftp.stat(remote_bytes(remote_path))
-            if (now.st_size, now.st_mtime) != (copied.st_size, copied.st_mtime):
-                done = "kept: it changed after it was copied; the next tick copies it again"
-            elif action == "delete":
-                sftp.remove(remote_bytes(remote_path))
-                done = "deleted" + self._marker_after_copy(remote_path)
-            else:
-                target = self._archived(remote_path)
-                _makedirs(sftp, posixpath.dirname(target))
-                sftp.posix_rename(remote_bytes(remote_path), remote_bytes(target))
-                done = f"moved to {display(target)}" + self._marker_after_copy(remote_path)
-        except Exception as exc:
-            done = redact(
-                f"kept: could not {action} it ({exc}); check the account's rights on the "
-                "server; the copy is complete and will not be redone",
-                self.secrets,
-            )
-            logger.warning("%s%s: %s", self.sftp_settings.server, display(remote_path), done)
+        """Keep, delete or archive the remote file (after_copy.py); what became of it is
+        recorded in the log too."""
+        done = self.after_copy.apply(remote_path, copied)
         try:
             self.transfer_log.claims.record_source_action(claim, done)
         except psycopg.Error as exc:
             logger.warning("could not record the source action of claim %s: %s", claim.id, exc)
         return done
-
-    def _archived(self, remote_path: str) -> str:
-        """Where after_copy: move puts a remote file: its path below root, under archive_dir."""
-        return posixpath.join(
-            self.policy.archive_dir, posixpath.relpath(remote_path, self.policy.root)
-        )
-
-    def _marker_after_copy(self, remote_path: str) -> str:
-        """The ready marker goes the way of the files it covers (deleted or moved) once none of
-        them is left: at once for a {name} marker, else when its directory holds no other file
-        the marker covers and the source takes. Each worker looks after removing its own file,
-        so the last one to go sees the directory empty of them; a marker already gone (another
-        worker's doing) is fine. Returns what became of it, for the log."""
-        marker = self.policy.ready_marker
-        if marker is None:
-            return ""
-        path = posixpath.relpath(remote_path, self.policy.root)
-        marker_path = marker.marker_of(path)
-        remote_marker = posixpath.join(self.policy.root, marker_path)
-        sftp = self.pool.get()
-        try:
-            if not marker.per_file and self._still_covered(sftp, marker, marker_path):
-                return f"; its marker {display(marker_path)} stays for the other files it covers"
-            if self.policy.after_copy == "delete":
-                sftp.remove(remote_bytes(remote_marker))
-                return f"; its marker {display(marker_path)} deleted"
-            target = self._archived(remote_marker)
-            sftp.posix_rename(remote_bytes(remote_marker), remote_bytes(target))
-            return f"; its marker {display(marker_path)} moved to {display(target)}"
-        except FileNotFoundError:
-            return f"; its marker {display(marker_path)} already gone"
-        except Exception as exc:
-            why = redact(f"could not {self.policy.after_copy} it ({exc})", self.secrets)
-            logger.warning("%s%s: %s", self.sftp_settings.server, display(remote_marker), why)
-            return f"; its marker {display(marker_path)} kept: {why}"
-
-    def _still_covered(self, sftp, marker: ReadyMarker, marker_path: str) -> bool:
-        """Whether the marker's directory still holds a file that the marker covers and the
-        source takes (not yet copied, or kept because it changed)."""
-        directory = posixpath.dirname(marker_path)
-        for name, attrs in list_dir(sftp, posixpath.join(self.policy.root, directory)):
-            path = posixpath.join(directory, name)
-            if (
-                not stat.S_ISDIR(attrs.st_mode or 0)
-                and not marker.is_marker(path)
-                and marker.marker_of(path) == marker_path
-                and self.policy.file_filter.accepts(path)
-            ):
-                return True
-        return False
 
     def _landed_commit(self, committed: Committed | None, attrs) -> TransferResult | None:
         """An earlier attempt's object, if its commit landed and the file is still the same."""
@@ -552,26 +480,6 @@ class Worker:
             )
 
         return beat
-
-
-def _makedirs(sftp, path: str) -> None:
-    """mkdir -p over SFTP."""
-    missing = []
-    while path not in ("", "/"):
-        try:
-            sftp.stat(remote_bytes(path))
-            break
-        except FileNotFoundError:
-            missing.append(path)
-            path = posixpath.dirname(path)
-    for directory in reversed(missing):
-        try:
-            sftp.mkdir(remote_bytes(directory))
-        except OSError as exc:
-            try:
-                sftp.stat(remote_bytes(directory))  # made meanwhile by another worker
-            except OSError:
-                raise OSError(f"cannot create {display(directory)}: {exc}") from exc
 
 
 def _absolute(path: str) -> str:

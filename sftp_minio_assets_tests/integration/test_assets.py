@@ -142,13 +142,13 @@ MEMORY_PROBE = textwrap.dedent(
     from sftp_minio_assets.defs.resources import ObjectStoreResource
     from sftp_minio_assets.defs.source_config import SFTPConnection
     from sftp_minio_assets.sftp.client import SFTPConnector
-    from sftp_minio_assets.transfer.copy import Tuning, copy_file
+    from sftp_minio_assets.transfer.copy import Tuning, Copy, copy_file
     connection_args, s3_args, root, path = json.loads(sys.argv[1])
     connection, store = SFTPConnection(**connection_args), ObjectStoreResource(**s3_args).store
     client = SFTPConnector(connection.settings).connect()
-    copy_file(client, root + "/warmup.bin", store, "warmup.bin", {})
+    copy_file(Copy(client, root + "/warmup.bin", store, "warmup.bin", {}))
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    result = copy_file(client, root + "/" + path, store, path, {})
+    result = copy_file(Copy(client, root + "/" + path, store, path, {}))
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"before_kib": before, "after_kib": after, "sha256": result.sha256}))
     """

@@ -19,7 +19,7 @@ import zstandard
 
 from devstack.local_stack import PlainS3Server
 from sftp_minio_assets.s3.store import CHECKSUM_PROBE, ChecksumRefused, ObjectStore, sha256_checksum
-from sftp_minio_assets.transfer.copy import Tuning, copy_file
+from sftp_minio_assets.transfer.copy import Copy, Tuning, copy_file
 from sftp_minio_assets.transfer.failures import TransferFailed
 from sftp_minio_assets.transfer.stages import SUFFIXES
 from sftp_minio_assets.worker.errors import advice, is_permanent
@@ -95,7 +95,15 @@ def test_a_refused_checksum_is_a_permanent_failure_naming_the_setting(env, size)
 
     with pytest.raises(TransferFailed) as failed:
         copy_file(
-            pool.get(), str(env.root / "data.bin"), store, "data.bin", {}, tuning, checksums=True
+            Copy(
+                pool.get(),
+                str(env.root / "data.bin"),
+                store,
+                "data.bin",
+                {},
+                tuning=tuning,
+                checksums=True,
+            )
         )
 
     assert isinstance(failed.value.__cause__, ChecksumRefused)

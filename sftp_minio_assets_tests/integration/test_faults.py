@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from sftp_minio_assets.transfer.copy import Tuning, copy_file
+from sftp_minio_assets.transfer.copy import Copy, Tuning, copy_file
 from sftp_minio_assets.transfer.failures import Committed
 from sftp_minio_assets.transfer.recovery import TOKEN
 from sftp_minio_assets_tests.support import (
@@ -226,12 +226,14 @@ def test_an_attempt_whose_commit_landed_unseen_is_finished_not_copied_again(env)
         env.write(name, os.urandom(6 * 1024 * 1024))
     mtime = str(int((env.root / "landed.bin").stat().st_mtime))
     sent = copy_file(
-        worker.pool.get(),
-        str(env.root / "landed.bin"),
-        worker.store,
-        "default/landed.bin",
-        {"source-mtime": mtime},
-        Tuning(part_size=5 * 1024 * 1024),
+        Copy(
+            worker.pool.get(),
+            str(env.root / "landed.bin"),
+            worker.store,
+            "default/landed.bin",
+            {"source-mtime": mtime},
+            tuning=Tuning(part_size=5 * 1024 * 1024),
+        )
     )
     token = env.store.head("default/landed.bin")["Metadata"][TOKEN]
     landed = Committed("default/landed.bin", token, sent.size_bytes, sent.sha256, mtime)

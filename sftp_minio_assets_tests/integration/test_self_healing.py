@@ -14,7 +14,7 @@ from sftp_minio_assets.defs.alerts import alert_on_repeated_failures
 from sftp_minio_assets.defs.checks import build_file_checks
 from sftp_minio_assets.defs.partitions import RANGE_END_TAG, RANGE_START_TAG
 from sftp_minio_assets.defs.resources import AlertSettings
-from sftp_minio_assets.transfer.copy import Tuning, copy_file
+from sftp_minio_assets.transfer.copy import Copy, Tuning, copy_file
 from sftp_minio_assets_tests.support import (
     DAEMON_SETTINGS,
     Receiver,
@@ -319,12 +319,14 @@ def test_a_copy_a_dead_attempt_committed_is_recorded_not_written_again(env, inst
         ghost_claim(env, key, dead)
         mtime = str(int((env.root / key).stat().st_mtime))
         copy_file(
-            env.source().pool.get(),
-            str(env.root / key),
-            env.store,
-            f"default/{key}",
-            {"source": "default", "source-path": key, "source-mtime": mtime},
-            Tuning(part_size=5 * 1024 * 1024),
+            Copy(
+                env.source().pool.get(),
+                str(env.root / key),
+                env.store,
+                f"default/{key}",
+                {"source": "default", "source-path": key, "source-mtime": mtime},
+                tuning=Tuning(part_size=5 * 1024 * 1024),
+            )
         )
     env.store.set_tags("default/small.csv", {})  # died before its tag was set (as SeaweedFS can)
     assert env.store.tags("default/small.csv") == {}

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from sftp_minio_assets.s3.store import ObjectStore
-from sftp_minio_assets.transfer.copy import Tuning, copy_file
+from sftp_minio_assets.transfer.copy import Copy, Tuning, copy_file
 from sftp_minio_assets_tests.support import sha256_file
 
 pytestmark = pytest.mark.integration  # the real servers (conftest's stack)
@@ -50,7 +50,9 @@ def test_parts_in_flight_are_shared_by_every_file_of_the_process(env):
     tuning = Tuning(part_size=5 * MIB, parts_in_flight=2)
 
     def copy(name: str):
-        return copy_file(pool.get(), str(env.root / name), store, f"default/{name}", {}, tuning)
+        return copy_file(
+            Copy(pool.get(), str(env.root / name), store, f"default/{name}", {}, tuning=tuning)
+        )
 
     with ThreadPoolExecutor(len(names)) as files:
         sent = list(files.map(copy, names))
