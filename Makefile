@@ -79,11 +79,12 @@ bench-quick: install bench-deps
 	$(BIN)/python -m benchmarks.run --quick
 
 # ruff, then the layers: each imports only those below it, and only defs/ imports dagster
-# (the contracts are in pyproject.toml).
+# (the contracts are in pyproject.toml); then mypy over the package ([tool.mypy] there too).
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
+	$(BIN)/python -m mypy
 
 format: install
 	$(BIN)/ruff check --fix .

@@ -11,10 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import psycopg
-
 from ..core.model import TransferResult
-from .connection import Connections
+from .connection import Connections, DictCursor, one_row
 
 CLAIM = """
 INSERT INTO file_transfer_log AS t (
@@ -171,7 +169,7 @@ class ClaimLost(Exception):
     """Our claim was taken over (we were presumed dead); the new owner's row stands."""
 
 
-def fenced(claim: Claim, cursor: psycopg.Cursor) -> None:
+def fenced(claim: Claim, cursor: DictCursor) -> None:
     """ClaimLost unless the statement, fenced by the claim's attempt, changed its one row."""
     if cursor.rowcount != 1:
         raise ClaimLost(f"claim {claim.id} (attempt {claim.attempts}) was taken over")
@@ -292,7 +290,7 @@ class Claims:
         worker ids begin) are doing: 1.0 when it is alone."""
         pattern = process.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + ":%"
         params = {"source": source, "process": pattern, "stale_seconds": self.stale_minutes * 60}
-        row = self._db.execute(COPIES_IN_FLIGHT, params).fetchone()
+        row = one_row(self._db.execute(COPIES_IN_FLIGHT, params))
         return row["mine"] / row["total"] if row["total"] and row["mine"] else 1.0
 
     def get(self, source: str, filename: str) -> dict | None:

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import threading
+from typing import Any, TypeAlias
 
 import psycopg
-from psycopg.rows import dict_row
+from psycopg.rows import DictRow, dict_row
+
+# What connect() opens, and the cursors its queries return: rows as dicts, column -> value.
+DictConnection: TypeAlias = psycopg.Connection[DictRow]
+DictCursor: TypeAlias = psycopg.Cursor[DictRow]
 
 
 def libpq_url(url: str) -> str:
@@ -15,8 +20,16 @@ def libpq_url(url: str) -> str:
     return f"{scheme.split('+')[0]}{sep}{rest}" if sep else url
 
 
-def connect(dsn: str) -> psycopg.Connection:
+def connect(dsn: str) -> DictConnection:
     return psycopg.connect(dsn, autocommit=True, row_factory=dict_row)
+
+
+def one_row(cursor: DictCursor) -> DictRow:
+    """The row of a query that always returns one (an aggregate with no GROUP BY)."""
+    row = cursor.fetchone()
+    if row is None:
+        raise RuntimeError("the query returned no row where one is always expected")
+    return row
 
 
 class Connections:
@@ -26,10 +39,10 @@ class Connections:
     def __init__(self, url: str):
         self.dsn = libpq_url(url)
         self._local = threading.local()
-        self._all: list[psycopg.Connection] = []
+        self._all: list[DictConnection] = []
         self._lock = threading.Lock()
 
-    def connection(self) -> psycopg.Connection:
+    def connection(self) -> DictConnection:
         conn = getattr(self._local, "conn", None)
         if conn is None or conn.closed or conn.broken:
             conn = connect(self.dsn)
@@ -38,7 +51,7 @@ class Connections:
                 self._all.append(conn)
         return conn
 
-    def execute(self, sql: str, params: dict | None = None) -> psycopg.Cursor:
+    def execute(self, sql: str, params: dict[str, Any] | None = None) -> DictCursor:
         return self.connection().execute(sql, params)
 
     def close(self) -> None:

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import threading
 
-import psycopg
-
-from .connection import Connections, connect
+from .connection import Connections, DictConnection, connect
 
 # The session budget per SFTP server (sftp/sessions.py): a lease per open SSH connection. Grants to
 # one server are serialised by an advisory lock on its name (this class of lock, its hash), so
@@ -79,10 +77,10 @@ class SessionLeases:
 
     def __init__(self, dsn: str):
         self._dsn = dsn
-        self._conn: psycopg.Connection | None = None
+        self._conn: DictConnection | None = None
         self._lock = threading.Lock()
 
-    def _connection(self) -> psycopg.Connection:
+    def _connection(self) -> DictConnection:
         if self._conn is None or self._conn.closed or self._conn.broken:
             self._conn = connect(self._dsn)
         return self._conn

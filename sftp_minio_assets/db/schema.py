@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import psycopg
 
-from .connection import Connections
+from .connection import Connections, one_row
 
 # Only ever appended to, each statement idempotent: a database's schema version is how many of
 # these it has run, and a database migrated before versions were recorded runs them all again.
@@ -184,7 +184,7 @@ class Schema:
         """How many of MIGRATIONS the database has run, in one query; 0 for a new database or
         one migrated before versions were recorded."""
         try:
-            row = self._db.execute(SCHEMA_VERSION).fetchone()
+            row = one_row(self._db.execute(SCHEMA_VERSION))
         except psycopg.errors.UndefinedTable:
             return 0
         return row["version"] or 0
@@ -204,7 +204,7 @@ class Schema:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
             # Read again under the lock: a process that waited finds the work done.
             conn.execute(SCHEMA_TABLE)
-            version = conn.execute(SCHEMA_VERSION).fetchone()["version"] or 0
+            version = one_row(conn.execute(SCHEMA_VERSION))["version"] or 0
             if version > len(MIGRATIONS):
                 raise SchemaTooNew(version, len(MIGRATIONS))
             for statement in MIGRATIONS[version:]:

@@ -7,6 +7,8 @@ naming every file that failed, so those partitions (and only those) show as fail
 """
 
 import logging
+from collections.abc import Mapping
+from typing import cast
 
 import dagster as dg
 
@@ -24,6 +26,17 @@ if not log.handlers:
     log.addHandler(_handler)
     log.setLevel(logging.INFO)
     log.propagate = False
+
+
+# Metadata values that Dagster takes as they are (the plain part of its RawMetadataValue, which
+# dagster does not export).
+Metadata = Mapping[str, str | int | float | None]
+
+
+def _metadata(outcome: Outcome) -> Metadata:
+    """The outcome's metadata, as Dagster takes it: worker/ imports no dagster, so it can only
+    say dict[str, object], but it fills it with numbers and text alone."""
+    return cast(Metadata, outcome.metadata)
 
 
 # After the worker's own retries: the step again, for faults that outlast them.
@@ -70,7 +83,7 @@ def build_files_asset(
             log.info(outcome.message)
             if outcome.status != "busy":
                 yield dg.AssetMaterialization(
-                    asset_key=context.asset_key, partition=outcome.key, metadata=outcome.metadata
+                    asset_key=context.asset_key, partition=outcome.key, metadata=_metadata(outcome)
                 )
         context.log.info(
             f"{len(keys) - len(failed)} of {len(keys)} files copied or already in the bucket"
@@ -103,7 +116,7 @@ def _failure_observation(asset_key: dg.AssetKey, outcome: Outcome) -> dg.AssetOb
         description=f"Copy failed: {outcome.message}",
         # error (what failed, on which server, and what to do), worker, and whether retrying
         # can help
-        metadata={**outcome.metadata, "permanent": outcome.permanent},
+        metadata={**_metadata(outcome), "permanent": outcome.permanent},
     )
 
 

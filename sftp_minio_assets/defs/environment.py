@@ -21,7 +21,7 @@ from .resources import (
 )
 from .source_config import SFTPConnection, SourcePolicyConfig
 
-R = TypeVar("R", bound=dg.ConfigurableResource)
+R = TypeVar("R", bound=dg.Config)
 
 # Fields whose values no message repeats: secrets, and URLs that may carry one.
 UNECHOED = {
@@ -57,7 +57,7 @@ def with_variables(plain: R, values: dict[str, object], variables: dict[str, str
     Dagster's EnvVar where the field's type has one: the UI shows where the value comes from,
     and secrets stay out of the run's configuration."""
     cls = type(plain)
-    from_variables = {}
+    from_variables: dict[str, object] = {}
     for field, variable in variables.items():
         annotation = cls.model_fields[field].annotation
         if annotation in (str, str | None):
@@ -118,10 +118,13 @@ def source_from_env(shared: dict[str, dg.ConfigurableResource]) -> SourceResourc
             **_given(pgp_suffixes=_globs("SFTP_PGP_SUFFIXES") or None),
         ),
     )
-    return source_resource("default", parts["connection"], parts["policy"], shared)
+    connection, policy = parts["connection"], parts["policy"]
+    if not isinstance(connection, SFTPConnection) or not isinstance(policy, SourcePolicyConfig):
+        raise TypeError("source_from_env: expected an SFTPConnection and a SourcePolicyConfig")
+    return source_resource("default", connection, policy, shared)
 
 
-def _variables_of(cls: type) -> dict[str, str]:
+def _variables_of(cls: type[dg.Config]) -> dict[str, str]:
     """The SFTP_* (and other) variables that set cls's fields for the single source."""
     return {field: variable for field, variable in VARIABLES.items() if field in cls.model_fields}
 

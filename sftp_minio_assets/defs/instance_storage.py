@@ -10,7 +10,7 @@ settings as dagster-postgres' own storage.
 
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy.pool as db_pool
 from dagster import Field, IntSource
@@ -69,7 +69,8 @@ class PooledPostgresEventLogStorage(PostgresEventLogStorage):
     @classmethod
     def config_type(cls) -> UserConfigSchema:
         return {
-            **pg_config(),
+            # pg_config() is said to return any config schema; it returns a dict of fields.
+            **cast(Mapping[str, Any], pg_config()),
             "max_overflow": Field(IntSource, is_required=False, default_value=MAX_OVERFLOW),
         }
 

@@ -9,8 +9,12 @@ from collections.abc import Mapping
 import dagster as dg
 
 
+def partitions_name(source: str) -> str:
+    return f"files_{source}"
+
+
 def partitions_for(source: str) -> dg.DynamicPartitionsDefinition:
-    return dg.DynamicPartitionsDefinition(name=f"files_{source}")
+    return dg.DynamicPartitionsDefinition(name=partitions_name(source))
 
 
 # Dagster reads a run's partitions from these tags, as its UI's backfills set them

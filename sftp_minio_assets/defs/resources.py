@@ -120,7 +120,7 @@ class TransferLogResource(dg.ConfigurableResource):
                         f"be used: {reason}. Check that the database is up and reachable from "
                         "here, and the host, port, user, password and database of "
                         "TRANSFER_DB_URL; the sensor tries again at its next tick.",
-                        [conninfo_to_dict(libpq_url(self.url)).get("password")],
+                        [str(conninfo_to_dict(libpq_url(self.url)).get("password") or "")],
                     )
                 ) from exc
             self._log = transfer_log

@@ -21,7 +21,7 @@ from ..db.transfer_log import TransferLog
 from ..policy.discovery import Plan, Request, batches
 from ..sftp.client import Listing, display
 from ..sftp.sessions import SessionsBusy
-from .partitions import keys_of_run, partitions_for, run_request_for
+from .partitions import keys_of_run, partitions_for, partitions_name, run_request_for
 from .resources import SourceResource
 from .sources import source_key, source_of
 
@@ -89,7 +89,7 @@ def build_new_files_sensor(source: str, files_asset: dg.AssetsDefinition) -> dg.
             return dg.SensorResult(
                 skip_reason=f"source {source} held back: {busy}; listed again at the next tick"
             )
-        keys = list(context.instance.get_dynamic_partitions(partitions.name))
+        keys = list(context.instance.get_dynamic_partitions(partitions_name(source)))
         order = {key: i for i, key in enumerate(keys)}
         unfinished = _unfinished_runs(context.instance, files_asset.key)
         in_flight = {key for run in unfinished for key in keys_of_run(run.tags, order, keys)}

@@ -64,7 +64,8 @@ def source_key(source: str) -> str:
 
 
 def source_of(
-    context: dg.OpExecutionContext | dg.SensorEvaluationContext, source: str
+    context: dg.AssetExecutionContext | dg.OpExecutionContext | dg.SensorEvaluationContext,
+    source: str,
 ) -> SourceResource:
     """The source's SourceResource, as the asset, the sensor and the dry run get it."""
     return getattr(context.resources, source_key(source))

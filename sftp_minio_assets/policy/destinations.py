@@ -75,13 +75,15 @@ class DestinationTemplate:
         name = posixpath.basename(path)
         stem, dot, suffix = name[1:].rpartition(".")  # a leading dot starts no suffix
         stem, suffix = (name[0] + stem, dot + suffix) if dot else (name, "")
-        values = {
+        texts = {
             "path": path,
             "name": name,
             "stem": stem,
             "suffix": suffix,
             "dir": posixpath.dirname(path),
             "source": source,
+        }
+        dates = {  # the DATES
             "mtime": datetime.fromtimestamp(mtime, UTC),
             "date": date or datetime.now(UTC),
         }
@@ -89,9 +91,9 @@ class DestinationTemplate:
         for piece in self.pieces:
             out.append(piece.literal)
             if piece.field in DATES:
-                out.append(values[piece.field].strftime(piece.spec or DEFAULT_DATE_FORMAT))
+                out.append(dates[piece.field].strftime(piece.spec or DEFAULT_DATE_FORMAT))
             elif piece.field is not None:
-                out.append(values[piece.field])
+                out.append(texts[piece.field])
         return "".join(out)
 
     def constant_prefix(self, source: str) -> str:

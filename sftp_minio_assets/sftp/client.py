@@ -343,7 +343,7 @@ class SFTPPool:
         try:
             sftp = self.connector.connect()
         except BaseException:
-            if lease is not None:
+            if lease is not None and self.budget is not None:  # a lease is the budget's
                 self.budget.release(lease)
             raise
         with self._lock:
@@ -376,7 +376,7 @@ class SFTPPool:
             lease = self._open.pop(sftp)
         transport = sftp.get_channel().get_transport()
         transport.close()
-        if lease is not None:
+        if lease is not None and self.budget is not None:  # a lease is the budget's
             # The connection ends only once paramiko's reader thread leaves its recv(), which
             # holds the socket open for up to its 0.1 s poll (longer on a loaded machine):
             # released before that, the slot could let another process connect while the

@@ -40,7 +40,7 @@ def read_dir(sftp: SFTPClient, path: bytes) -> list[tuple[bytes, SFTPAttributes]
     if kind != CMD_HANDLE:
         raise SFTPError("Expected handle")
     handle = msg.get_binary()
-    entries = []
+    entries: list[tuple[bytes, SFTPAttributes]] = []
     try:
         while True:
             try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Literal
 
 
 class TransferFailed(Exception):
@@ -57,7 +58,7 @@ class upload_stage:
     def __enter__(self) -> None:
         self.started = time.monotonic()
 
-    def __exit__(self, kind, exc, tb) -> bool:
+    def __exit__(self, kind, exc, tb) -> Literal[False]:
         if self.meter is not None:
             self.meter.upload_seconds += time.monotonic() - self.started
         if exc is not None and not isinstance(exc, TransferFailed) and isinstance(exc, Exception):

@@ -29,6 +29,7 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import IO
 
 GPG = "gpg"
 GPG_AGENT = "gpg-agent"
@@ -198,10 +199,11 @@ def _start_agent(home: str) -> tuple[subprocess.Popen, int]:
         env=_environment(home),
     )
     os.close(reader)
+    stdout, stderr = _pipe(agent.stdout), _pipe(agent.stderr)
     # The agent listens before it runs cat: a byte echoed by cat means gpg finds it ready.
     os.write(lifeline, b".")
-    if agent.stdout.read(1) != b".":
-        said = agent.stderr.read().decode(errors="replace").strip().splitlines()[-1:]
+    if stdout.read(1) != b".":
+        said = stderr.read().decode(errors="replace").strip().splitlines()[-1:]
         os.close(lifeline)
         agent.wait()
         raise OSError(
@@ -209,9 +211,16 @@ def _start_agent(home: str) -> tuple[subprocess.Popen, int]:
             "that GnuPG's gpg-agent is installed (the gnupg package) and that "
             f"{tempfile.gettempdir()} is writable; the partition is retried."
         )
-    agent.stdout.close()
-    agent.stderr.close()
+    stdout.close()
+    stderr.close()
     return agent, lifeline
+
+
+def _pipe(stream: IO[bytes] | None) -> IO[bytes]:
+    """A pipe of a process started with it as subprocess.PIPE, which Popen always opens."""
+    if stream is None:
+        raise RuntimeError("the gpg process was started without this pipe")
+    return stream
 
 
 class _Keyring:
@@ -307,7 +316,7 @@ class _Keyring:
             if hasattr(chunks, "close"):  # gpg gave up early: the reads in flight end now
                 chunks.close()
             for pipe in (process.stdin, process.stdout, process.stderr):
-                if not pipe.closed:
+                if pipe is not None and not pipe.closed:
                     pipe.close()
         self._judge(report, process.returncode, verify)
 
@@ -389,7 +398,7 @@ def _pump(process: subprocess.Popen, chunks: Iterator[bytes], report: _Report) -
     """Feeds chunks to gpg's stdin and yields its stdout, reading its stderr into report, all
     from this thread: a selector waits for whichever pipe is ready, so none of them fills up
     while another is waited on. At most one chunk and the pipes' buffers are held."""
-    stdin, stdout, stderr = process.stdin, process.stdout, process.stderr
+    stdin, stdout, stderr = _pipe(process.stdin), _pipe(process.stdout), _pipe(process.stderr)
     for pipe in (stdin, stdout, stderr):
         os.set_blocking(pipe.fileno(), False)
     selector = selectors.DefaultSelector()
@@ -414,7 +423,7 @@ def _pump(process: subprocess.Popen, chunks: Iterator[bytes], report: _Report) -
                         selector.unregister(stdin)
                         stdin.close()
                     continue
-                data = os.read(key.fileobj.fileno(), READ_SIZE)
+                data = os.read(key.fd, READ_SIZE)  # fileobj's descriptor
                 if not data:
                     selector.unregister(key.fileobj)
                 elif key.fileobj is stdout:

@@ -72,9 +72,15 @@ class Sha256:
     """SHA-256 whose state can be saved and restored: hashlib's interface, plus state()."""
 
     def __init__(self, lib: ctypes.CDLL | None = None, state: bytes | None = None):
-        self._lib = lib or _libcrypto()
+        lib = lib or _libcrypto()
         if state is not None and len(state) != SHA256_CTX_SIZE:
             raise ValueError(f"a saved SHA-256 state has {SHA256_CTX_SIZE} bytes, not {len(state)}")
+        if lib is None:
+            raise RuntimeError(
+                "a resumable SHA-256 needs OpenSSL's libcrypto, which this process cannot use "
+                "(resumable_hashing() is False)"
+            )
+        self._lib = lib
         self._ctx = ctypes.create_string_buffer(SHA256_CTX_SIZE)
         if state is None:
             self._lib.SHA256_Init(self._ctx)

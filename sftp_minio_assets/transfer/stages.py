@@ -65,6 +65,14 @@ class Decrypt:
         return self.pgp.plain_name(path)
 
 
+class _Compressor(Protocol):
+    """What zlib's and zstandard's compression objects have in common."""
+
+    def compress(self, data: bytes, /) -> bytes: ...
+
+    def flush(self) -> bytes: ...
+
+
 @dataclass(frozen=True)
 class Compress:
     """Compressed on the way, a standard .gz or .zst file."""
@@ -82,6 +90,7 @@ class Compress:
         return SUFFIXES[self.compression]
 
     def apply(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        compressor: _Compressor
         if self.compression == "gzip":
             compressor = zlib.compressobj(6, zlib.DEFLATED, 31)  # 31: gzip header and trailer
         else:
