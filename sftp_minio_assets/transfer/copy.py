@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass, replace
+from typing import Literal
 
 import paramiko
 
@@ -81,6 +82,12 @@ class _Meter:
                 self._heartbeat(self.size)
             yield chunk
 
+    def state(self) -> bytes:
+        """The hash's state, to save: a resumable copy hashes with resume.Sha256."""
+        if not isinstance(self.digest, Sha256):
+            raise TypeError("only a resumable copy's hash has a state to save")
+        return self.digest.state()
+
 
 @dataclass(frozen=True)
 class _Upload:
@@ -121,7 +128,7 @@ class Copy:
     does (probed once per process)."""
 
     sftp: paramiko.SFTPClient
-    remote_path: str
+    remote_path: str | bytes  # bytes: a name that is not UTF-8 (sftp/client.py: remote_bytes)
     store: ObjectStore
     key: str
     metadata: dict[str, str]
@@ -203,7 +210,7 @@ def _send(
     chunks = stored.wrap(job.path.apply(chunks))
     try:
         if job.tuning.local_dir:
-            return _copy_via_local_file(upload, chunks)
+            return _copy_via_local_file(upload, chunks, job.tuning.local_dir)
         return _upload(upload, chunks, before.st_size)
     except DecryptionFailed as exc:
         raise _decryption_failed(exc, f, before) from exc
@@ -260,10 +267,12 @@ def _decryption_failed(exc: DecryptionFailed, f: paramiko.SFTPFile, before) -> T
     return TransferFailed("decrypt", f"PGP decryption failed: {exc}")
 
 
-def _copy_via_local_file(upload: _Upload, chunks: Iterator[bytes]) -> tuple[str, bool]:
+def _copy_via_local_file(
+    upload: _Upload, chunks: Iterator[bytes], local_dir: str
+) -> tuple[str, bool]:
     """The whole file to local_dir first, checked there, then uploaded from the disk."""
-    os.makedirs(upload.tuning.local_dir, exist_ok=True)
-    with tempfile.TemporaryFile(dir=upload.tuning.local_dir) as local:
+    os.makedirs(local_dir, exist_ok=True)
+    with tempfile.TemporaryFile(dir=local_dir) as local:
         for chunk in chunks:
             local.write(chunk)
         upload.before_commit()
@@ -408,7 +417,7 @@ def _resumable_upload(
             part_size,
             (),
             0,
-            meter.digest.state(),
+            meter.state(),
             () if upload.checksums else None,
         )
         journal.started(progress)
@@ -446,7 +455,7 @@ class _Ledger:
         self._lock = threading.Lock()
 
     def read(self, number: int) -> None:
-        self._ends[number] = (self.meter.size, self.meter.digest.state())
+        self._ends[number] = (self.meter.size, self.meter.state())
 
     def landed(self, number: int, part: tuple[str, str | None]) -> None:  # in its upload thread
         with self._lock:
@@ -568,7 +577,7 @@ class _committing:
     def __enter__(self) -> None:
         pass
 
-    def __exit__(self, kind, exc, tb) -> bool:
+    def __exit__(self, kind, exc, tb) -> Literal[False]:
         if isinstance(exc, TransferFailed):
             exc.committed = self.upload.committed()
         return False

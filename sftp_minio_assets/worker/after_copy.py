@@ -63,6 +63,8 @@ class AfterCopy:
 
     def _archived(self, remote_path: str) -> str:
         """Where after_copy: move puts a remote file: its path below root, under archive_dir."""
+        if self.policy.archive_dir is None:  # the settings' check refuses it at load
+            raise ValueError("after_copy: move needs archive_dir (ARCHIVE_DIR)")
         return posixpath.join(
             self.policy.archive_dir, posixpath.relpath(remote_path, self.policy.root)
         )

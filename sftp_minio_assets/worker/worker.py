@@ -195,9 +195,12 @@ class Worker:
         path = decode_key(key)
         remote_path = posixpath.join(self.policy.root, path)
         prefix, template = self.store.settings.prefix, self.policy.template
-        if object_name is None and (template is None or mtime is not None):
-            object_name = self.policy.object_name(prefix, path, mtime or 0)
-        shown = display(object_name) if object_name else prefix.strip("/") + "/" + template.text
+        if template is not None and object_name is None and mtime is None:
+            shown = prefix.strip("/") + "/" + template.text
+        else:
+            if object_name is None:
+                object_name = self.policy.object_name(prefix, path, mtime or 0)
+            shown = display(object_name)
         where = (
             f"{self.sftp_settings.server}{display(_absolute(remote_path))} -> "
             f"{self.store.uri(shown.lstrip('/'))}"
@@ -289,7 +292,7 @@ class Worker:
         for this very file (same size, mtime and key) that the bucket still has."""
         size, mtime = attrs.st_size or 0, int(attrs.st_mtime or 0)
         recorded = self.transfer_log.uploads.upload_of(claim) if claim.attempts > 1 else None
-        previous = None
+        previous, why = None, None
         if recorded is not None:
             progress = recorded.progress
             if (recorded.size_bytes, recorded.remote_mtime) != (size, mtime):
