@@ -32,19 +32,21 @@ from .support import PROJECT, Keys
 
 
 def pytest_collection_modifyitems(items):
-    """The unit tier (`pytest -m "not integration"`) never starts a server: a test that reaches
-    the stack without the integration marker is refused before any test runs."""
-    unmarked = [
-        item.nodeid
-        for item in items
-        if "stack" in getattr(item, "fixturenames", ())
-        and item.get_closest_marker("integration") is None
-    ]
-    if unmarked:
-        raise pytest.UsageError(
-            "these tests use the real servers (the stack fixture) without "
-            "@pytest.mark.integration: " + ", ".join(unmarked)
-        )
+    """The folders are the tiers: unit/ never starts a server (`pytest -m "not integration"`),
+    integration/ is marked `integration`, and a test that reaches the stack unmarked is refused;
+    all checked before any test runs."""
+    problems = []
+    for item in items:
+        marked = item.get_closest_marker("integration") is not None
+        folder = Path(str(item.path)).relative_to(PROJECT / "sftp_minio_assets_tests").parts[0]
+        if "stack" in getattr(item, "fixturenames", ()) and not marked:
+            problems.append(f"{item.nodeid} uses the real servers (the stack fixture) unmarked")
+        elif folder == "unit" and marked:
+            problems.append(f"{item.nodeid} is marked integration in unit/: move it")
+        elif folder == "integration" and not marked:
+            problems.append(f"{item.nodeid} lacks @pytest.mark.integration, or belongs in unit/")
+    if problems:
+        raise pytest.UsageError("; ".join(problems))
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from typing import Any, TypeAlias
 
 import psycopg
@@ -30,6 +31,15 @@ def one_row(cursor: DictCursor) -> DictRow:
     if row is None:
         raise RuntimeError("the query returned no row where one is always expected")
     return row
+
+
+def arrays(rows: Sequence[tuple], *names: str) -> dict[str, list]:
+    """Rows as one array per column, by name: the parameters of a statement that takes many
+    rows at once (`unnest(%(filenames)s::text[], ...)`)."""
+    columns = [list(column) for column in zip(*rows, strict=True)] or [[] for _ in names]
+    if len(columns) != len(names):
+        raise ValueError(f"rows of {len(columns)} values, for {len(names)} names")
+    return dict(zip(names, columns, strict=True))
 
 
 class Connections:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .connection import Connections
+from .connection import Connections, arrays
 
 # Requested files that no run claimed, though no run that could is left: the run died before
 # it reached them (or was never created). They fail, and are retried like any transient fault.
@@ -172,17 +172,8 @@ class SensorMemory:
         """Record the sensor's requests: (filename, size, mtime, is an automatic retry)."""
         if not files:
             return
-        filenames, sizes, mtimes, retries = (list(column) for column in zip(*files, strict=True))
-        self._db.execute(
-            REQUEST,
-            {
-                "source": source,
-                "filenames": filenames,
-                "sizes": sizes,
-                "mtimes": mtimes,
-                "retries": retries,
-            },
-        )
+        params = arrays(files, "filenames", "sizes", "mtimes", "retries")
+        self._db.execute(REQUEST, {"source": source, **params})
 
     def sightings(self, source: str) -> dict[str, tuple[str, float]]:
         """filename -> ("size:mtime", for how many seconds listings have seen it so) as the
@@ -192,17 +183,15 @@ class SensorMemory:
 
     def record_sightings(self, source: str, files: list[tuple[str, int, int]]) -> None:
         """Replace the source's sightings by this tick's: (filename, size, mtime)."""
-        filenames, sizes, mtimes = [list(c) for c in zip(*files, strict=True)] or [[], [], []]
-        params = {"source": source, "filenames": filenames, "sizes": sizes, "mtimes": mtimes}
-        self._db.execute(RECORD_SIGHTINGS, params)
+        params = arrays(files, "filenames", "sizes", "mtimes")
+        self._db.execute(RECORD_SIGHTINGS, {"source": source, **params})
 
     def adopt(self, source: str, files: list[tuple[str, int, int, str]]) -> int:
         """Record the content of COMPLETED rows that did not say it, as their objects showed:
         (filename, size, mtime, object key); returns how many rows now say it."""
         if not files:
             return 0
-        filenames, sizes, mtimes, keys = (list(column) for column in zip(*files, strict=True))
-        params = {"filenames": filenames, "sizes": sizes, "mtimes": mtimes, "object_keys": keys}
+        params = arrays(files, "filenames", "sizes", "mtimes", "object_keys")
         return self._db.execute(ADOPT, {"source": source, **params}).rowcount
 
     def being_copied(self, source: str, resumable_seconds: float) -> set[str]:
@@ -216,8 +205,7 @@ class SensorMemory:
         """Record the plan's refusals: (filename, size, mtime, why), permanent failures."""
         if not files:
             return
-        filenames, sizes, mtimes, errors = (list(column) for column in zip(*files, strict=True))
-        params = {"filenames": filenames, "sizes": sizes, "mtimes": mtimes, "errors": errors}
+        params = arrays(files, "filenames", "sizes", "mtimes", "errors")
         self._db.execute(REFUSE, {"source": source, **params})
 
     def states(self, source: str) -> dict[str, FileState]:

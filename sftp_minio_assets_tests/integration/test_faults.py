@@ -3,8 +3,6 @@
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -15,11 +13,11 @@ from sftp_minio_assets.transfer.copy import Copy, Tuning, copy_file
 from sftp_minio_assets.transfer.failures import Committed
 from sftp_minio_assets.transfer.recovery import TOKEN
 from sftp_minio_assets_tests.support import (
-    PROJECT,
     enable_versioning,
     materializations,
     materialize,
     requested,
+    run_partitions,
     sha256_file,
     statuses,
     tick,
@@ -30,17 +28,6 @@ from sftp_minio_assets_tests.support import (
 pytestmark = pytest.mark.integration  # the real servers (conftest's stack)
 
 STALE_MINUTES = 3 / 60  # three seconds: heartbeats every 0.75 s
-
-
-def run_in_process(env, keys, **settings) -> subprocess.Popen:
-    spec = {"resources": env.resource_config(**settings), "keys": keys}
-    return subprocess.Popen(
-        [sys.executable, "-m", "sftp_minio_assets_tests.run_partitions", json.dumps(spec)],
-        cwd=PROJECT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
 
 
 class BucketWatcher:
@@ -72,7 +59,8 @@ class BucketWatcher:
 def test_a_run_killed_mid_transfer_is_completed_by_the_next_one_after_the_stale_window(env):
     enable_versioning(env)
     big = env.write("big.bin", os.urandom(256 * 1024 * 1024))
-    victim = run_in_process(env, ["big.bin"], stale_minutes=STALE_MINUTES, parts_in_flight=1)
+    settings = {"stale_minutes": STALE_MINUTES, "parts_in_flight": 1}
+    victim = run_partitions(env, ["big.bin"], settings)
     wait_for(lambda: env.store.list_multipart_uploads(), what="the multipart upload to start")
     victim.send_signal(signal.SIGKILL)
     victim.wait()
@@ -121,7 +109,7 @@ def test_four_processes_racing_over_the_same_files_copy_each_exactly_once(env):
     paths = [f"soak/{i:03d}.txt" for i in range(320)]
     for path in paths:
         env.write(path, os.urandom(4096))
-    racers = [run_in_process(env, paths, max_workers=4) for _ in range(4)]
+    racers = [run_partitions(env, paths, {"max_workers": 4}) for _ in range(4)]
     reports = [
         json.loads(racer.communicate(timeout=300)[0].strip().splitlines()[-1]) for racer in racers
     ]

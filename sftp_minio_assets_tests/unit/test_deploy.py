@@ -1,6 +1,7 @@
 """The deployment files: what can be checked without a Docker engine or a server."""
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -73,9 +74,12 @@ def test_every_instance_keeps_its_event_log_on_the_pooled_storage():
 def test_the_package_installs_as_the_image_installs_it_and_loads_its_definitions(tmp_path):
     """`pip install .` as in the Dockerfile (dependencies taken from this environment), then the
     definitions load from the installed copy, away from the source tree."""
-    wheels, site = tmp_path / "wheels", tmp_path / "site"
+    wheels, site, source = tmp_path / "wheels", tmp_path / "site", tmp_path / "source"
+    # Built from a copy: setuptools' build/ in the checkout may hold modules since removed.
+    leave_out = shutil.ignore_patterns(".*", "build", "*.egg-info", "__pycache__", "node_modules")
+    shutil.copytree(PROJECT, source, ignore=leave_out)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, "wheel", "--no-deps", "-w", str(wheels), str(PROJECT)], check=True)
+    subprocess.run([*pip, "wheel", "--no-deps", "-w", str(wheels), str(source)], check=True)
     [wheel] = wheels.glob("sftp_minio_assets-*.whl")
     subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)], check=True)
     # Only the product: the local stack and the demo (devstack/) stay in the checkout.
