@@ -72,7 +72,8 @@ UPDATE file_transfer_log SET
     sha256 = %(sha256)s, download_duration = %(download)s, upload_duration = %(upload)s,
     total_duration = %(total)s, error_message = NULL, stored_bytes = %(stored_bytes)s,
     consecutive_failures = 0, auto_retries = 0, progress_bytes = %(size_bytes)s,
-    resumed_from = %(resumed_from)s, verification = %(verification)s
+    resumed_from = %(resumed_from)s, verification = %(verification)s,
+    source_action = %(source_action)s
 WHERE id = %(id)s AND attempts = %(attempts)s AND status = 'IN_PROGRESS'
 """
 
@@ -221,7 +222,11 @@ class Claims:
         params = {"id": claim.id, "attempts": claim.attempts, "progress_bytes": progress_bytes}
         fenced(claim, self._db.execute(HEARTBEAT, params))
 
-    def complete(self, claim: Claim, result: TransferResult) -> None:
+    def complete(
+        self, claim: Claim, result: TransferResult, source_action: str | None = None
+    ) -> None:
+        """The copy recorded, fenced by the claim. source_action: what becomes of the remote
+        file, when known already (kept): one statement, not two."""
         params = {
             "id": claim.id,
             "attempts": claim.attempts,
@@ -233,6 +238,7 @@ class Claims:
             "stored_bytes": result.stored_bytes,
             "resumed_from": result.resumed_from or None,
             "verification": result.verification,
+            "source_action": source_action,
         }
         fenced(claim, self._db.execute(COMPLETE, params))
 

@@ -370,7 +370,9 @@ class Worker:
 
     def _after_copy(self, remote_path: str, copied, claim: Claim) -> str:
         """Keep, delete or archive the remote file (after_copy.py); what became of it is
-        recorded in the log too."""
+        recorded in the log too (with the completion, when the file is kept)."""
+        if self.policy.after_copy == "keep":
+            return "kept"
         done = self.after_copy.apply(remote_path, copied)
         try:
             self.transfer_log.claims.record_source_action(claim, done)
@@ -389,9 +391,10 @@ class Worker:
 
     def _complete(self, claim: Claim, result: TransferResult) -> None:
         """The object is in place: insist on recording it rather than copying it again."""
+        kept = "kept" if self.policy.after_copy == "keep" else None
         for failures in range(1, self.retry.attempts + 1):
             try:
-                return self.transfer_log.claims.complete(claim, result)
+                return self.transfer_log.claims.complete(claim, result, source_action=kept)
             except psycopg.OperationalError:
                 if failures == self.retry.attempts:
                     raise

@@ -41,6 +41,7 @@ def test_files_land_byte_for_byte_with_a_log_row_each(env, instance):
         assert meta["object_uri"] == f"s3://{env.bucket}/{key}"
         row = rows[encode_key(path)]
         assert row["status"] == "COMPLETED"
+        assert row["source_action"] == meta["source_file"] == "kept"  # with the completion
         assert row["sha256"] == source_sha
         assert row["size_bytes"] == len(paths[path])
         assert float(row["file_size_mb"]) == round(len(paths[path]) / 2**20, 2)
