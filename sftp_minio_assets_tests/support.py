@@ -9,6 +9,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -319,28 +320,63 @@ def run_partitions(env, keys: list[str], shared: dict | None = None, **sftp) -> 
     )
 
 
-def killed_half_way(
-    env, name: str, size: int, cap: int = CAP, sftp: dict | None = None, **shared
+def read_so_far(env) -> int:
+    """The bytes copies in progress have read, as their heartbeats record them: every quarter
+    of the stale window (0.75 s in a run with stale_minutes=0.05), whatever the byte path."""
+    query = "SELECT max(progress_bytes) FROM file_transfer_log WHERE status = 'IN_PROGRESS'"
+    with psycopg.connect(env.db_url) as conn:
+        try:
+            return conn.execute(query).fetchone()[0] or 0
+        except psycopg.errors.UndefinedTable:  # not migrated yet
+            return 0
+
+
+def killed_mid_copy(
+    env,
+    name: str,
+    until: Callable[[], bool],
+    what: str,
+    cap: int = CAP,
+    sftp: dict | None = None,
+    **shared,
 ) -> None:
-    """A run copying the file in a process of its own, killed with -9 once half of it is
-    uploaded; its claim then goes stale (here after 3 s, as after 30 min by default). sftp: more
-    settings of the source."""
+    """A run copying the file in a process of its own, killed with -9 once until() holds; its
+    claim then goes stale (here after 3 s, as after 30 min by default). A run that ends before
+    (the copy was quicker than the cap lets it be) fails the test: nothing was killed. sftp:
+    more settings of the source; shared: settings of env.shared."""
     first = run_partitions(env, [name], shared=shared, max_bytes_per_second=cap, **(sftp or {}))
+
+    def reached() -> str | None:
+        if until():
+            return "reached"
+        return "ended" if first.poll() is not None else None
+
     try:
-        wait_for(lambda: uploaded(env) >= size // 2, 120, f"half of {name} to be uploaded")
+        if wait_for(reached, 120, what) == "ended":
+            raise AssertionError(f"the run ended (exit code {first.returncode}) before {what}")
     finally:
         first.kill()  # SIGKILL: no handler runs, nothing is aborted or recorded
         first.wait()
     time.sleep(3)
 
 
+def killed_half_way(
+    env, name: str, size: int, cap: int = CAP, sftp: dict | None = None, **shared
+) -> None:
+    """killed_mid_copy, once half of the file is uploaded (by a resumable copy, whose journal
+    records its parts)."""
+    half = f"half of {name} to be uploaded"
+    killed_mid_copy(env, name, lambda: uploaded(env) >= size // 2, half, cap, sftp, **shared)
+
+
 SMALL = {"part_size_mb": 5, "resume_min_mb": 10}  # resumable from 10 MiB, in parts of 5
 
 
-def resuming_worker(env, lines: list[str], **sftp):
-    """A worker of another run, taking over stale claims, its run log in lines; sftp: more
-    settings of the source."""
-    source = env.source(env.shared(stale_minutes=0.05, retries=0, **SMALL), **sftp)
+def resuming_worker(env, lines: list[str], shared: dict | None = None, **sftp):
+    """A worker of another run, taking over stale claims, its run log in lines; shared: more
+    settings of env.shared (local_dir), sftp: more settings of the source."""
+    settings = {"stale_minutes": 0.05, "retries": 0, **SMALL, **(shared or {})}
+    source = env.source(env.shared(**settings), **sftp)
     return source.worker(report=lines.append)
 
 

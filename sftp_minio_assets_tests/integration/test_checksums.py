@@ -4,10 +4,24 @@ the server refuses bytes that do not match it; the log says how each copy was ve
 SeaweedFS (the test server) verifies ChecksumSHA256 on PutObject and UploadPart: it refuses a
 mismatch with BadDigest. s3rver (devstack's PlainS3Server) stores whatever it is sent: the
 fallback is tested on it.
+
+The byte paths' matrix (issue 20) has five axes: {plain, PGP} x {none, gzip, zstd} x {server
+checksums on, off} x {one PUT, multipart, resumed after a kill -9} x {streamed, LOCAL_DIR}, 72
+combinations. One test runs, with the same assertions:
+- the whole product of the streamed one-PUT and multipart copies (24): a copy each, seconds,
+  and the whole product catches what three choices do together (a small decrypted file sent
+  with the checksum of the encrypted bytes was pgp x checksums x one PUT, issue 19 item 6);
+- an all-pairs table over the five axes (PAIRWISE, nine rows, two of them already in the
+  product): every value of an axis meets every value of every other. The whole product would
+  hold 24 resumed copies, each a process started, killed and outlived by its claim's stale
+  window (10 to 20 s): minutes of CI, where the pairs take about one;
+- one case by hand (BY_HAND), which no pair demands: the plain copy that only LOCAL_DIR keeps
+  from resuming.
 """
 
 import gzip
 import hashlib
+import itertools
 import logging
 import os
 import tempfile
@@ -27,8 +41,11 @@ from sftp_minio_assets_tests.support import (
     SMALL,
     decrypting,
     killed_half_way,
+    killed_mid_copy,
+    read_so_far,
     resuming_worker,
     sha256_file,
+    uploaded,
 )
 
 MIB = 1024 * 1024
@@ -145,56 +162,155 @@ def decompressed(body: bytes, compression: str) -> bytes:
     return body
 
 
-@pytest.mark.integration
-@pytest.mark.parametrize("size", [64 * 1024, 6 * MIB], ids=["one-put", "multipart"])
-@pytest.mark.parametrize("checksums", [True, False], ids=["checksums", "no-checksums"])
-@pytest.mark.parametrize("compression", ["none", "gzip", "zstd"])
-@pytest.mark.parametrize("pgp", [True, False], ids=["pgp", "plain"])
-def test_every_byte_path_lands_whole_verified_as_the_log_says(
-    env, keys, pgp, compression, checksums, size
-):
-    """Decrypted or not, compressed or not, in one PUT or in parts (of 5 MiB), with checksums or
-    without: the object holds the file's content; the log keeps the remote file's size and hash,
-    the object's size (and the materialization its hash) when a stage changed the bytes, and how
-    the object was verified. Each checksum is the one of the bytes sent: a small decrypted file
-    was sent with the encrypted bytes' and refused by the server (issue 19, item 6)."""
-    content = os.urandom(size)  # random: compressed, a multipart-size file still fills two parts
-    remote = keys.encrypt(content) if pgp else content
-    name = "data.csv.pgp" if pgp else "data.csv"
-    env.write(name, remote)
-    source = env.source(
-        env.shared(part_size_mb=5),
-        compression=compression,
-        server_checksums=checksums,
-        **(decrypting(keys) if pgp else {}),
-    )
+# --- the byte paths: every value of each choice, with every value of any other --------------
 
-    outcome = source.worker().transfer(name)
+AXES = {
+    "pgp": ("plain", "pgp"),  # the remote file PGP-encrypted (and signed), stored decrypted
+    "compression": ("none", "gzip", "zstd"),
+    "checksums": ("checksums", "no-checksums"),  # server_checksums
+    "shape": ("one-put", "multipart", "resumed"),  # resumed: copied again after a kill -9
+    "via": ("streamed", "local-dir"),  # LOCAL_DIR unset or set
+}
+# All-pairs over the five axes: any value of any axis meets every value of every other axis in
+# at least one row (test_the_pairwise_table_covers_every_pair_of_values proves it). Nine rows, the
+# fewest possible (compression x shape alone has nine pairs), chosen so that the one resumable
+# path (plain, none, streamed) is the resumed row of compression none, without checksums (the
+# test after this matrix resumes one with them), and a decrypted, compressed copy is killed
+# streamed (its open multipart upload left behind) and another through LOCAL_DIR.
+PAIRWISE = [
+    ("plain", "none", "checksums", "one-put", "streamed"),
+    ("pgp", "none", "checksums", "multipart", "local-dir"),
+    ("plain", "none", "no-checksums", "resumed", "streamed"),
+    ("plain", "gzip", "checksums", "one-put", "local-dir"),
+    ("plain", "gzip", "checksums", "multipart", "streamed"),
+    ("pgp", "gzip", "no-checksums", "resumed", "local-dir"),
+    ("pgp", "zstd", "no-checksums", "one-put", "local-dir"),
+    ("plain", "zstd", "no-checksums", "multipart", "local-dir"),
+    ("pgp", "zstd", "checksums", "resumed", "streamed"),
+]
+# The whole product where it is cheap (one copy each, a few seconds): streamed, one PUT or
+# multipart, every pgp x compression x checksums; the pairwise rows it holds run once.
+STREAMED = [
+    (pgp, compression, checksums, shape, "streamed")
+    for pgp, compression, checksums, shape in itertools.product(
+        AXES["pgp"], AXES["compression"], AXES["checksums"], ("one-put", "multipart")
+    )
+]
+# Beyond the pairs, by hand: the plain copy big enough to resume that LOCAL_DIR alone keeps
+# from resuming (Worker._resumable): it starts over.
+BY_HAND = [("plain", "none", "checksums", "resumed", "local-dir")]
+CASES = STREAMED + [case for case in PAIRWISE + BY_HAND if case not in STREAMED]
+# One PUT (under ETAG_CHECKED_BYTES: its MD5 ETag proves it), two parts of 5 MiB, three (a
+# resumed copy is resumable from 10 MiB, SMALL, and its journal records its first part only
+# after the second is read: the third leaves the kill a second).
+SIZES = {"one-put": 64 * 1024, "multipart": 6 * MIB, "resumed": 15 * MIB}
+PART = 5 * MIB
+KILL_CAP = 5_000_000  # bytes/s read by the run that is killed: 15 MiB in about 3 s
+
+
+def uncovered_pairs(cases: list[tuple[str, ...]]) -> list[tuple[str, str]]:
+    """The pairs of values (of two axes) that no case holds."""
+    missing = []
+    for (i, first), (j, second) in itertools.combinations(enumerate(AXES.values()), 2):
+        for pair in itertools.product(first, second):
+            if not any((case[i], case[j]) == pair for case in cases):
+                missing.append(pair)
+    return missing
+
+
+def test_the_pairwise_table_covers_every_pair_of_values():
+    """No server: runs in the unit tier too."""
+    for case in PAIRWISE:  # each names one value of each axis
+        assert all(v in axis for v, axis in zip(case, AXES.values(), strict=True)), case
+    assert len(set(PAIRWISE)) == len(PAIRWISE)
+    assert uncovered_pairs(PAIRWISE) == []
+    # and the check can fail: any row taken out leaves a pair uncovered (none is spare)
+    for row in PAIRWISE:
+        assert uncovered_pairs([case for case in PAIRWISE if case != row]) != [], row
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("pgp", "compression", "checksums", "shape", "via"), CASES, ids=map("-".join, CASES)
+)
+def test_every_byte_path_lands_whole_verified_as_the_log_says(
+    env, keys, tmp_path, pgp, compression, checksums, shape, via
+):
+    """Decrypted or not, compressed or not, with checksums or without, in one PUT, in parts (of
+    5 MiB) or resumed after a kill -9 part way, streamed or through LOCAL_DIR: one object, which
+    holds the file's content, and no multipart upload left; the log keeps the remote file's size
+    and hash, the object's size (and the materialization its hash) when a stage changed the
+    bytes, and how the object was verified. Each checksum is the one of the bytes sent: a small
+    decrypted file was sent with the encrypted bytes' and refused by the server (issue 19, item
+    6). Only a copy of the bytes as read, streamed, resumes (stages.py, Worker._resumable); any
+    other killed copy starts over, and lands once all the same."""
+    content = os.urandom(SIZES[shape])  # random: compressed, the file still fills its parts
+    remote = keys.encrypt(content) if pgp == "pgp" else content
+    name = "data.csv.pgp" if pgp == "pgp" else "data.csv"
+    env.write(name, remote)
+    sftp = {
+        "compression": compression,
+        "server_checksums": checksums == "checksums",
+        **(decrypting(keys) if pgp == "pgp" else {}),
+    }
+    local_dir = tmp_path / "local"
+    shared = {"local_dir": str(local_dir)} if via == "local-dir" else {}
+    changed = pgp == "pgp" or compression != "none"
+    resumable = shape == "resumed" and not changed and via == "streamed"
+
+    if shape == "resumed":
+        store = env.store
+        if via == "local-dir":  # nothing is uploaded before the file is on disk: its heartbeat
+            until, what = (lambda: read_so_far(env) >= PART), f"a part of {name} to be read"
+        elif resumable:  # its journal records a part: the next copy goes on from there
+            until, what = (lambda: uploaded(env) >= PART), f"a part of {name} to be recorded"
+        else:  # its multipart upload is open: the next copy aborts it and starts over
+            until, what = (lambda: store.list_multipart_uploads()), f"{name}'s upload to begin"
+        killed_mid_copy(
+            env, name, until, what, KILL_CAP, sftp, stale_minutes=0.05, **SMALL, **shared
+        )
+        assert env.rows()[name]["status"] == "IN_PROGRESS"  # killed mid-copy, not after it
+        assert store.list_keys() == []  # and nothing of it is visible
+        assert len(store.list_multipart_uploads()) == (0 if via == "local-dir" else 1)
+        outcome = resuming_worker(env, [], shared=shared, **sftp).transfer(name)
+    else:
+        outcome = env.source(env.shared(**SMALL, **shared), **sftp).worker().transfer(name)
 
     assert outcome.status == "transferred", outcome.message
     key = "default/data.csv" + SUFFIXES[compression]
     assert env.store.list_keys() == [key]
+    assert env.store.list_multipart_uploads() == []  # a killed attempt's was aborted
     body = env.store.fs.cat_file(f"{env.bucket}/{key}")
     assert decompressed(body, compression) == content
     row = env.rows()[name]
-    if checksums:
+    if checksums == "checksums":
         verification = "sha256-by-server"
     else:
-        verification = "md5-etag" if size < 5 * MIB else "size+token"
+        verification = "md5-etag" if shape == "one-put" else "size+token"
     assert row["verification"] == outcome.metadata["verification"] == verification
     # The server keeps the checksum it verified: a PUT's is its body's (the bytes stored, not
     # the bytes read), a multipart upload's is made of its parts'.
     held = env.store._call("head_object", Key=key, ChecksumMode="ENABLED").get("ChecksumSHA256")
-    if not checksums:
+    if checksums == "no-checksums":
         assert held is None
-    elif size < 5 * MIB:
+    elif shape == "one-put":
         assert held == sha256_checksum(body)
     else:
-        assert held.endswith("-2")
+        parts = int(held.rpartition("-")[2])  # each of PART bytes or a chunk more, the last less
+        assert parts >= 2 and len(body) // PART <= parts <= -(-len(body) // PART), held
     assert (row["size_bytes"], row["sha256"].strip()) == (len(remote), sha256(remote))
-    changed = pgp or compression != "none"
+    assert row["stored_bytes"] == outcome.metadata.get("stored_bytes")
     assert row["stored_bytes"] == (len(body) if changed else None)
     assert outcome.metadata.get("stored_sha256") == (sha256(body) if changed else None)
+    assert row["attempts"] == outcome.metadata["attempt"] == (2 if shape == "resumed" else 1)
+    if resumable:
+        resumed_from = outcome.metadata["resumed_from_bytes"]
+        assert row["resumed_from"] == resumed_from and 0 < resumed_from < len(remote)
+        assert resumed_from % PART == 0  # where a part ends
+    else:  # started over, or the first attempt
+        assert row["resumed_from"] is None and "resumed_from_bytes" not in outcome.metadata
+    if via == "local-dir":  # the file went through it, and nothing of it is left there
+        assert local_dir.is_dir() and list(local_dir.iterdir()) == []
 
 
 @pytest.mark.integration
