@@ -2,6 +2,7 @@
 from another. Most take the `env` fixture's Env: they need the real servers."""
 
 import hashlib
+import itertools
 import json
 import os
 import subprocess
@@ -438,3 +439,54 @@ def running(name: str) -> list[Process]:
 
 def agents_of(home: str) -> list[Process]:
     return [agent for agent in running("gpg-agent") if home in agent.command]
+
+
+# --- the byte-path matrix (integration/test_checksums.py; its coverage: unit/transfer/
+# test_stage_matrix.py) ----------------------------------------------------------------------
+
+AXES = {
+    "pgp": ("plain", "pgp"),  # the remote file PGP-encrypted (and signed), stored decrypted
+    "compression": ("none", "gzip", "zstd"),
+    "checksums": ("checksums", "no-checksums"),  # server_checksums
+    "shape": ("one-put", "multipart", "resumed"),  # resumed: copied again after a kill -9
+    "via": ("streamed", "local-dir"),  # LOCAL_DIR unset or set
+}
+# All-pairs over the five axes: any value of any axis meets every value of every other axis in
+# at least one row (test_the_pairwise_table_covers_every_pair_of_values proves it). Nine rows, the
+# fewest possible (compression x shape alone has nine pairs), chosen so that the one resumable
+# path (plain, none, streamed) is the resumed row of compression none, without checksums (the
+# test after this matrix resumes one with them), and a decrypted, compressed copy is killed
+# streamed (its open multipart upload left behind) and another through LOCAL_DIR.
+PAIRWISE = [
+    ("plain", "none", "checksums", "one-put", "streamed"),
+    ("pgp", "none", "checksums", "multipart", "local-dir"),
+    ("plain", "none", "no-checksums", "resumed", "streamed"),
+    ("plain", "gzip", "checksums", "one-put", "local-dir"),
+    ("plain", "gzip", "checksums", "multipart", "streamed"),
+    ("pgp", "gzip", "no-checksums", "resumed", "local-dir"),
+    ("pgp", "zstd", "no-checksums", "one-put", "local-dir"),
+    ("plain", "zstd", "no-checksums", "multipart", "local-dir"),
+    ("pgp", "zstd", "checksums", "resumed", "streamed"),
+]
+# The whole product where it is cheap (one copy each, a few seconds): streamed, one PUT or
+# multipart, every pgp x compression x checksums; the pairwise rows it holds run once.
+STREAMED = [
+    (pgp, compression, checksums, shape, "streamed")
+    for pgp, compression, checksums, shape in itertools.product(
+        AXES["pgp"], AXES["compression"], AXES["checksums"], ("one-put", "multipart")
+    )
+]
+# Beyond the pairs, by hand: the plain copy big enough to resume that LOCAL_DIR alone keeps
+# from resuming (Worker._resumable): it starts over.
+BY_HAND = [("plain", "none", "checksums", "resumed", "local-dir")]
+CASES = STREAMED + [case for case in PAIRWISE + BY_HAND if case not in STREAMED]
+
+
+def uncovered_pairs(cases: list[tuple[str, ...]]) -> list[tuple[str, str]]:
+    """The pairs of values (of two axes) that no case holds."""
+    missing = []
+    for (i, first), (j, second) in itertools.combinations(enumerate(AXES.values()), 2):
+        for pair in itertools.product(first, second):
+            if not any((case[i], case[j]) == pair for case in cases):
+                missing.append(pair)
+    return missing

@@ -11,7 +11,7 @@ combinations. One test runs, with the same assertions:
 - the whole product of the streamed one-PUT and multipart copies (24): a copy each, seconds,
   and the whole product catches what three choices do together (a small decrypted file sent
   with the checksum of the encrypted bytes was pgp x checksums x one PUT, issue 19 item 6);
-- an all-pairs table over the five axes (PAIRWISE, nine rows, two of them already in the
+- an all-pairs table over the five axes (support.PAIRWISE, nine rows, two of them already in the
   product): every value of an axis meets every value of every other. The whole product would
   hold 24 resumed copies, each a process started, killed and outlived by its claim's stale
   window (10 to 20 s): minutes of CI, where the pairs take about one;
@@ -21,7 +21,6 @@ combinations. One test runs, with the same assertions:
 
 import gzip
 import hashlib
-import itertools
 import logging
 import os
 import tempfile
@@ -38,6 +37,7 @@ from sftp_minio_assets.transfer.failures import TransferFailed
 from sftp_minio_assets.transfer.stages import SUFFIXES
 from sftp_minio_assets.worker.errors import advice, is_permanent
 from sftp_minio_assets_tests.support import (
+    CASES,
     SMALL,
     decrypting,
     killed_half_way,
@@ -164,69 +164,12 @@ def decompressed(body: bytes, compression: str) -> bytes:
 
 # --- the byte paths: every value of each choice, with every value of any other --------------
 
-AXES = {
-    "pgp": ("plain", "pgp"),  # the remote file PGP-encrypted (and signed), stored decrypted
-    "compression": ("none", "gzip", "zstd"),
-    "checksums": ("checksums", "no-checksums"),  # server_checksums
-    "shape": ("one-put", "multipart", "resumed"),  # resumed: copied again after a kill -9
-    "via": ("streamed", "local-dir"),  # LOCAL_DIR unset or set
-}
-# All-pairs over the five axes: any value of any axis meets every value of every other axis in
-# at least one row (test_the_pairwise_table_covers_every_pair_of_values proves it). Nine rows, the
-# fewest possible (compression x shape alone has nine pairs), chosen so that the one resumable
-# path (plain, none, streamed) is the resumed row of compression none, without checksums (the
-# test after this matrix resumes one with them), and a decrypted, compressed copy is killed
-# streamed (its open multipart upload left behind) and another through LOCAL_DIR.
-PAIRWISE = [
-    ("plain", "none", "checksums", "one-put", "streamed"),
-    ("pgp", "none", "checksums", "multipart", "local-dir"),
-    ("plain", "none", "no-checksums", "resumed", "streamed"),
-    ("plain", "gzip", "checksums", "one-put", "local-dir"),
-    ("plain", "gzip", "checksums", "multipart", "streamed"),
-    ("pgp", "gzip", "no-checksums", "resumed", "local-dir"),
-    ("pgp", "zstd", "no-checksums", "one-put", "local-dir"),
-    ("plain", "zstd", "no-checksums", "multipart", "local-dir"),
-    ("pgp", "zstd", "checksums", "resumed", "streamed"),
-]
-# The whole product where it is cheap (one copy each, a few seconds): streamed, one PUT or
-# multipart, every pgp x compression x checksums; the pairwise rows it holds run once.
-STREAMED = [
-    (pgp, compression, checksums, shape, "streamed")
-    for pgp, compression, checksums, shape in itertools.product(
-        AXES["pgp"], AXES["compression"], AXES["checksums"], ("one-put", "multipart")
-    )
-]
-# Beyond the pairs, by hand: the plain copy big enough to resume that LOCAL_DIR alone keeps
-# from resuming (Worker._resumable): it starts over.
-BY_HAND = [("plain", "none", "checksums", "resumed", "local-dir")]
-CASES = STREAMED + [case for case in PAIRWISE + BY_HAND if case not in STREAMED]
 # One PUT (under ETAG_CHECKED_BYTES: its MD5 ETag proves it), two parts of 5 MiB, three (a
 # resumed copy is resumable from 10 MiB, SMALL, and its journal records its first part only
 # after the second is read: the third leaves the kill a second).
 SIZES = {"one-put": 64 * 1024, "multipart": 6 * MIB, "resumed": 15 * MIB}
 PART = 5 * MIB
 KILL_CAP = 5_000_000  # bytes/s read by the run that is killed: 15 MiB in about 3 s
-
-
-def uncovered_pairs(cases: list[tuple[str, ...]]) -> list[tuple[str, str]]:
-    """The pairs of values (of two axes) that no case holds."""
-    missing = []
-    for (i, first), (j, second) in itertools.combinations(enumerate(AXES.values()), 2):
-        for pair in itertools.product(first, second):
-            if not any((case[i], case[j]) == pair for case in cases):
-                missing.append(pair)
-    return missing
-
-
-def test_the_pairwise_table_covers_every_pair_of_values():
-    """No server: runs in the unit tier too."""
-    for case in PAIRWISE:  # each names one value of each axis
-        assert all(v in axis for v, axis in zip(case, AXES.values(), strict=True)), case
-    assert len(set(PAIRWISE)) == len(PAIRWISE)
-    assert uncovered_pairs(PAIRWISE) == []
-    # and the check can fail: any row taken out leaves a pair uncovered (none is spare)
-    for row in PAIRWISE:
-        assert uncovered_pairs([case for case in PAIRWISE if case != row]) != [], row
 
 
 @pytest.mark.integration
