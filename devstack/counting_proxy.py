@@ -60,17 +60,17 @@ class CountingProxy:
         tail = b""
         with contextlib.suppress(OSError):
             while data := source.recv(65536):
-                sink.sendall(data)
                 seen = tail + data
                 # Only matches that end in the new bytes: one may span two reads.
                 pattern = _REQUEST_LINE if outgoing else _CONTINUE
                 found = [m for m in pattern.finditer(seen) if m.end() > len(tail)]
-                with self._lock:
+                with self._lock:  # counted before passed on: before its answer can come back
                     if outgoing:
                         self.requests.update(m.group(1).decode() for m in found)
                     else:
                         self.continues += len(found)
                 tail = seen[-64:]
+                sink.sendall(data)
         with contextlib.suppress(OSError):
             sink.shutdown(socket.SHUT_WR)
 
