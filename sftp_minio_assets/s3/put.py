@@ -85,8 +85,8 @@ class LeanPut:
         tags: dict[str, str],
         checksum: str | None = None,
     ) -> str:
-        """The object's ETag. Its errors as s3fs raises them (OSError and its subclasses, the
-        ClientError as cause); a connection error as the OSError it is."""
+        """The object's ETag. An error reply as s3fs raises it (OSError and its subclasses, the
+        ClientError as cause); no reply, a ConnectionError naming the endpoint."""
         headers = {f"x-amz-meta-{name.lower()}": value for name, value in metadata.items()}
         if tags:
             headers["x-amz-tagging"] = tagging(tags)
@@ -102,7 +102,13 @@ class LeanPut:
         headers["host"] = self._host
         headers["x-amz-content-sha256"] = payload
         self._signer.sign("PUT", path, headers)
-        status, reason, reply_headers, reply = self._pool.send("PUT", path, body, headers)
+        try:
+            status, reason, reply_headers, reply = self._pool.send("PUT", path, body, headers)
+        except OSError as exc:  # no answer: the connection's fault, not S3's
+            raise ConnectionError(
+                f"the S3 endpoint {self.endpoint} did not answer a PUT "
+                f"({type(exc).__name__}: {exc})"
+            ) from exc
         if status != 200:
             raise _error(status, reason, reply_headers, reply, "PutObject")
         return reply_headers.get("ETag", "")

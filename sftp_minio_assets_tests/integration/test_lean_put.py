@@ -103,6 +103,7 @@ def test_the_kept_connection_survives_a_restart_of_the_s3_server(env):
         with pytest.raises(ConnectionError) as down:
             store.put("down.bin", b"down", {}, {})
         assert not is_permanent(down.value)
+        assert s3.endpoint_url in str(down.value)
     finally:
         s3.start()
 
