@@ -37,8 +37,9 @@ TIMEOUT_SECONDS = 60  # connect, send and each read: botocore's defaults
 # unread (net/http's maxPostHandlerReadBytes) and close cleanly: the refusal is read whole. Larger
 # bodies go through s3fs, whose CPU per request matters less beside theirs.
 MAX_BYTES = 256 * 1024
-# A kept connection the server closed while it was idle fails the next request with one of
-# these, before any reply: that request is sent once more, on a new connection.
+# A kept connection the server closed fails the next request with one of these, before any
+# reply: that request is sent once more, on a new connection (a PUT of the same key and bytes
+# is idempotent); never a request whose reply had begun, nor one on a new connection.
 _DROPPED = (ConnectionResetError, BrokenPipeError, http.client.RemoteDisconnected)
 
 
@@ -189,13 +190,17 @@ class _Pool:
             try:
                 connection.request(method, path, body, headers)
                 reply = connection.getresponse()
-                data = reply.read()
             except _DROPPED:
                 connection.close()
                 if kept and not last:
-                    continue  # the server had closed it: nothing of this request was read
+                    continue  # closed by the server, no reply begun: sent once more
                 raise
             except BaseException:
+                connection.close()
+                raise
+            try:
+                data = reply.read()
+            except BaseException:  # a reply begun: never sent again
                 connection.close()
                 raise
             if reply.will_close:
