@@ -1,6 +1,10 @@
-"""The S3 side (MinIO or any S3-compatible store), through s3fs: objects, multipart uploads, keys.
+"""The S3 side (MinIO or any S3-compatible store): objects, multipart uploads, keys.
 
-Plain s3fs, no Dagster. Only standard S3 calls: the same code runs on MinIO and SeaweedFS.
+No Dagster. Only standard S3 calls: the same code runs on MinIO and SeaweedFS. A small object
+in one request (a small file's, up to put.MAX_BYTES) is sent by put.py's LeanPut, which signs
+it itself and keeps its connections: a fraction of the CPU s3fs and aiobotocore spend on it.
+Everything else goes through s3fs: the bucket, larger PUTs, multipart uploads, listings, heads,
+tags and reads.
 """
 
 from __future__ import annotations
@@ -12,13 +16,15 @@ import posixpath
 import re
 import threading
 import time
-from collections.abc import Collection
-from contextlib import suppress
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote
 
 import s3fs
+
+from .put import MAX_BYTES as MAX_PUT_BYTES
+from .put import LeanPut, direct, tagging
 
 # What an S3 key cannot hold, or not safely: see object_key.
 _UNSAFE_IN_KEYS = re.compile("[\\\\\x00-\x1f\x7f\udc80-\udcff]")
@@ -130,6 +136,18 @@ class ObjectStore:
         )
         self._bucket_ready = False
         self._bucket_lock = threading.Lock()
+        # Behind a proxy, every request goes through s3fs, which honours it.
+        self._lean = (
+            LeanPut(
+                settings.endpoint_url,
+                settings.access_key,
+                settings.secret_key,
+                settings.region,
+                settings.max_connections,
+            )
+            if direct(settings.endpoint_url)
+            else None
+        )
 
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
@@ -158,15 +176,19 @@ class ObjectStore:
         checksum: str | None = None,
     ) -> str:
         """One request: the object appears whole or not at all. Returns its ETag. With a
-        checksum (sha256_checksum of data), a server that verifies it refuses other bytes."""
+        checksum (sha256_checksum of data), a server that verifies it refuses other bytes.
+        Sent by LeanPut (put.py) up to put.MAX_BYTES, else (or behind a proxy) by s3fs."""
         self.ensure_bucket()
+        if self._lean is not None and len(data) <= MAX_PUT_BYTES:
+            with self._refused_checksum(key, checksum is not None):
+                return self._lean.put(self.bucket, key, data, metadata, tags, checksum)
         reply = self._send(
             "put_object",
             key,
             checksum is not None,
             Body=data,
             Metadata=metadata,
-            Tagging=_tagging(tags),
+            Tagging=tagging(tags),
             **_checksum(checksum),
         )
         return reply.get("ETag", "")
@@ -217,8 +239,15 @@ class ObjectStore:
     def _send(self, method: str, key: str, checksummed: bool, **params: Any) -> dict:
         """A request writing key; when it carries checksums and is refused for them,
         ChecksumRefused."""
-        try:
+        with self._refused_checksum(key, checksummed):
             return self._call(method, Key=key, **params)
+
+    @contextmanager
+    def _refused_checksum(self, key: str, checksummed: bool) -> Iterator[None]:
+        """A request writing key that carries checksums and is refused for them raises
+        ChecksumRefused."""
+        try:
+            yield
         except OSError as exc:
             code = _error_code(exc)
             if not checksummed or code not in _DIGEST_REFUSED:
@@ -360,7 +389,3 @@ def _error_code(exc: BaseException) -> str | None:
     """The S3 error code behind an s3fs error (s3fs keeps botocore's as the cause)."""
     response = getattr(exc.__cause__, "response", None)
     return response.get("Error", {}).get("Code") if isinstance(response, dict) else None
-
-
-def _tagging(tags: dict[str, str]) -> str:
-    return "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in tags.items())

@@ -1,0 +1,288 @@
+"""One PUT of a whole object, signed here and sent over a kept HTTP connection.
+
+The object a small file becomes is one PutObject request (atomic: the object appears whole or
+not at all) carrying its metadata, its tags and, when on, its ChecksumSHA256. Through s3fs and
+aiobotocore that request costs about 2 ms of CPU in the worker and waits for a `100 Continue`
+before its body; here, about 0.3 ms and one round trip (benchmarks/put_cost.py measures both).
+The request is the one botocore would send, signed with AWS Signature Version 4 (path-style,
+the payload's SHA-256 signed), and its errors become the exceptions s3fs raises for them, with
+botocore's ClientError as their cause: callers (store.py) cannot tell the two apart.
+
+Stdlib only, but for botocore's ClientError and s3fs's table of error codes. No credential is
+ever logged or put in an exception: the secret key only derives the day's signing key.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import http.client
+import os
+import select
+import ssl
+import threading
+import time
+import xml.etree.ElementTree as ElementTree
+from urllib.parse import quote, urlsplit
+from urllib.request import getproxies, proxy_bypass
+
+from botocore.exceptions import ClientError
+from s3fs.errors import translate_boto_error
+
+TIMEOUT_SECONDS = 60  # connect, send and each read: botocore's defaults
+# The bodies sent so: a server may refuse a request (credentials, permissions) before reading
+# its body, then close the connection; botocore waits for `100 Continue` before sending one, this
+# client does not. Go's servers (MinIO, SeaweedFS) read and discard up to 256 KiB of a body left
+# unread (net/http's maxPostHandlerReadBytes) and close cleanly: the refusal is read whole. Larger
+# bodies go through s3fs, whose CPU per request matters less beside theirs.
+MAX_BYTES = 256 * 1024
+# A kept connection the server closed fails the next request with one of these, before any
+# reply: that request is sent once more, on a new connection (a PUT of the same key and bytes
+# is idempotent); never a request whose reply had begun, nor one on a new connection.
+_DROPPED = (ConnectionResetError, BrokenPipeError, http.client.RemoteDisconnected)
+
+
+def tagging(tags: dict[str, str]) -> str:
+    """The x-amz-tagging header (or Tagging parameter) that sets tags."""
+    return "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in tags.items())
+
+
+def direct(endpoint_url: str) -> bool:
+    """Whether requests to the endpoint go straight to it: no proxy is configured for it
+    (botocore and aiobotocore honour HTTP(S)_PROXY and NO_PROXY; this client does not)."""
+    url = urlsplit(endpoint_url)
+    return url.scheme not in getproxies() or bool(proxy_bypass(url.netloc))
+
+
+class LeanPut:
+    """PutObject on one endpoint; thread-safe (a pool of kept connections)."""
+
+    def __init__(
+        self,
+        endpoint_url: str,
+        access_key: str,
+        secret_key: str,
+        region: str,
+        max_idle: int = 32,
+    ) -> None:
+        url = urlsplit(endpoint_url)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError(f"not an http(s) endpoint: {endpoint_url!r}")
+        self._base = url.path.rstrip("/")
+        default_port = 443 if url.scheme == "https" else 80
+        host = f"[{url.hostname}]" if ":" in url.hostname else url.hostname
+        self._host = host if url.port in (None, default_port) else f"{host}:{url.port}"
+        self.endpoint = f"{url.scheme}://{self._host}{self._base}"  # without any user info
+        self._signer = _Signer(access_key, secret_key, region)
+        self._pool = _Pool(url.scheme, url.hostname, url.port or default_port, max_idle)
+
+    def put(
+        self,
+        bucket: str,
+        key: str,
+        body: bytes,
+        metadata: dict[str, str],
+        tags: dict[str, str],
+        checksum: str | None = None,
+    ) -> str:
+        """The object's ETag. An error reply as s3fs raises it (OSError and its subclasses, the
+        ClientError as cause); no reply, a ConnectionError naming the endpoint."""
+        headers = {f"x-amz-meta-{name.lower()}": value for name, value in metadata.items()}
+        if tags:
+            headers["x-amz-tagging"] = tagging(tags)
+        if checksum:
+            headers["x-amz-checksum-sha256"] = checksum
+            payload = _hex(checksum)  # the same SHA-256, not computed twice
+        else:
+            payload = hashlib.sha256(body).hexdigest()
+        for name, value in headers.items():
+            if not value.isascii():
+                raise ValueError(f"{name}: S3 headers (metadata, tags) carry ASCII only")
+        path = f"{self._base}/{bucket}/{quote(key, safe='/~')}"
+        headers["host"] = self._host
+        headers["x-amz-content-sha256"] = payload
+        self._signer.sign("PUT", path, headers)
+        try:
+            status, reason, reply_headers, reply = self._pool.send("PUT", path, body, headers)
+        except OSError as exc:  # no answer: the connection's fault, not S3's
+            raise ConnectionError(
+                f"the S3 endpoint {self.endpoint} did not answer a PUT "
+                f"({type(exc).__name__}: {exc})"
+            ) from exc
+        if status != 200:
+            raise _error(status, reason, reply_headers, reply, "PutObject")
+        return reply_headers.get("ETag", "")
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+class _Signer:
+    """AWS Signature Version 4 for S3, in headers; the day's signing key kept."""
+
+    def __init__(self, access_key: str, secret_key: str, region: str) -> None:
+        self._access_key = access_key
+        self._secret = ("AWS4" + secret_key).encode()
+        self._region = region
+        self._day = ""
+        self._key = b""
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"_Signer(region={self._region!r})"
+
+    def _signing_key(self, day: str) -> bytes:
+        with self._lock:
+            if day != self._day:
+                key = self._secret
+                for part in (day, self._region, "s3", "aws4_request"):
+                    key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+                self._day, self._key = day, key
+            return self._key
+
+    def sign(self, method: str, path: str, headers: dict[str, str], now: str = "") -> None:
+        """Adds x-amz-date and Authorization to headers (lower-case names, host and
+        x-amz-content-sha256 among them), every header signed. path: already URI-encoded."""
+        now = now or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        headers["x-amz-date"] = now
+        names = sorted(headers)
+        canonical = "\n".join(
+            [
+                method,
+                path,
+                "",  # no query string
+                *(f"{name}:{' '.join(headers[name].split())}" for name in names),
+                "",
+                ";".join(names),
+                headers["x-amz-content-sha256"],
+            ]
+        )
+        scope = f"{now[:8]}/{self._region}/s3/aws4_request"
+        digest = hashlib.sha256(canonical.encode()).hexdigest()
+        to_sign = f"AWS4-HMAC-SHA256\n{now}\n{scope}\n{digest}"
+        signature = hmac.new(self._signing_key(now[:8]), to_sign.encode(), hashlib.sha256)
+        headers["Authorization"] = (
+            f"AWS4-HMAC-SHA256 Credential={self._access_key}/{scope}, "
+            f"SignedHeaders={';'.join(names)}, Signature={signature.hexdigest()}"
+        )
+
+
+class _Pool:
+    """Kept connections to one server, each used by one request at a time; those left idle
+    (at most max_idle) are taken again by any thread. A connection the server closed while
+    idle is dropped before it is used when that shows, and otherwise its request is sent once
+    more on a new one; a new connection's failure is the caller's."""
+
+    def __init__(self, scheme: str, host: str, port: int, max_idle: int) -> None:
+        self._scheme, self._host, self._port = scheme, host, port
+        self._max_idle = max_idle
+        self._idle: list[http.client.HTTPConnection] = []
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._tls: ssl.SSLContext | None = None
+
+    def send(
+        self, method: str, path: str, body: bytes, headers: dict[str, str]
+    ) -> tuple[int, str, http.client.HTTPMessage, bytes]:
+        for last in (False, True):
+            connection, kept = self._take() if not last else (self._new(), False)
+            try:
+                connection.request(method, path, body, headers)
+                reply = connection.getresponse()
+            except _DROPPED:
+                connection.close()
+                if kept and not last:
+                    continue  # closed by the server, no reply begun: sent once more
+                raise
+            except BaseException:
+                connection.close()
+                raise
+            try:
+                data = reply.read()
+            except BaseException:  # a reply begun: never sent again
+                connection.close()
+                raise
+            if reply.will_close:
+                connection.close()
+            else:
+                self._give(connection)
+            return reply.status, reply.reason, reply.headers, data
+        raise AssertionError("unreachable")
+
+    def _take(self) -> tuple[http.client.HTTPConnection, bool]:
+        with self._lock:
+            if self._pid != os.getpid():  # forked: the parent's connections are not ours
+                self._idle, self._pid = [], os.getpid()
+            while self._idle:
+                connection = self._idle.pop()
+                if not _dropped(connection):
+                    return connection, True
+                connection.close()
+        return self._new(), False
+
+    def _give(self, connection: http.client.HTTPConnection) -> None:
+        with self._lock:
+            if len(self._idle) < self._max_idle and self._pid == os.getpid():
+                self._idle.append(connection)
+                return
+        connection.close()
+
+    def _new(self) -> http.client.HTTPConnection:
+        if self._scheme == "http":
+            return http.client.HTTPConnection(self._host, self._port, timeout=TIMEOUT_SECONDS)
+        if self._tls is None:
+            self._tls = _tls_context()
+        return http.client.HTTPSConnection(
+            self._host, self._port, timeout=TIMEOUT_SECONDS, context=self._tls
+        )
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for connection in idle:
+            connection.close()
+
+
+def _tls_context() -> ssl.SSLContext:
+    """Certificates verified against the CA bundle botocore would use (AWS_CA_BUNDLE, else
+    its default bundle)."""
+    from botocore.httpsession import get_cert_path
+
+    return ssl.create_default_context(cafile=get_cert_path(os.environ.get("AWS_CA_BUNDLE") or True))
+
+
+def _dropped(connection: http.client.HTTPConnection) -> bool:
+    """An idle connection with something to read was closed by the server (or is out of
+    step): not to be used again."""
+    sock = connection.sock
+    if sock is None:
+        return True
+    poll = select.poll()
+    poll.register(sock, select.POLLIN)
+    return bool(poll.poll(0))
+
+
+def _hex(checksum: str) -> str:
+    return base64.b64decode(checksum, validate=True).hex()
+
+
+def _error(
+    status: int, reason: str, headers: http.client.HTTPMessage, body: bytes, operation: str
+) -> OSError:
+    """The exception s3fs raises for this error reply, botocore's ClientError its cause."""
+    error = {"Code": str(status), "Message": reason}
+    try:
+        root = ElementTree.fromstring(body) if body else None
+    except ElementTree.ParseError:
+        root = None
+    if root is not None:
+        for element in root.iter():
+            name = element.tag.rsplit("}", 1)[-1]
+            if name in ("Code", "Message") and element.text:
+                error[name] = element.text
+    response = {
+        "Error": error,
+        "ResponseMetadata": {"HTTPStatusCode": status, "HTTPHeaders": dict(headers.items())},
+    }
+    return translate_boto_error(ClientError(response, operation))
