@@ -152,9 +152,11 @@ class ProcessMeter:
                     self.peak_rss_kib = max(self.peak_rss_kib, int(hwm.split()[1]))
 
 
-def run_pipeline(stack: LocalStack, folder: Path, round_id: str) -> dict:
+def run_pipeline(
+    stack: LocalStack, folder: Path, round_id: str, extra_env: dict[str, str] | None = None
+) -> dict:
     """Files appear under a running daemon's sensor -> all COMPLETED, on a fresh log and
-    Dagster database."""
+    Dagster database. extra_env: variables of the daemon over the stack's."""
     root = stack.ssh.root / f"pipeline-{round_id}"
     root.mkdir()
     env = {
@@ -166,6 +168,7 @@ def run_pipeline(stack: LocalStack, folder: Path, round_id: str) -> dict:
         "TRANSFER_DB_URL": stack.postgres.create_database(f"log_{round_id}"),
         "DAGSTER_PG_DB": f"dagster_{round_id}",
         "DAGSTER_HOME": str(stack.base / f"home-{round_id}"),
+        **(extra_env or {}),
     }
     stack.postgres.create_database(f"dagster_{round_id}")
     home = Path(env["DAGSTER_HOME"])
