@@ -152,9 +152,11 @@ class ProcessMeter:
                     self.peak_rss_kib = max(self.peak_rss_kib, int(hwm.split()[1]))
 
 
-def run_pipeline(stack: LocalStack, folder: Path, round_id: str) -> dict:
+def run_pipeline(
+    stack: LocalStack, folder: Path, round_id: str, extra_env: dict[str, str] | None = None
+) -> dict:
     """Files appear under a running daemon's sensor -> all COMPLETED, on a fresh log and
-    Dagster database."""
+    Dagster database. extra_env: variables of the daemon over the stack's."""
     root = stack.ssh.root / f"pipeline-{round_id}"
     root.mkdir()
     env = {
@@ -166,13 +168,15 @@ def run_pipeline(stack: LocalStack, folder: Path, round_id: str) -> dict:
         "TRANSFER_DB_URL": stack.postgres.create_database(f"log_{round_id}"),
         "DAGSTER_PG_DB": f"dagster_{round_id}",
         "DAGSTER_HOME": str(stack.base / f"home-{round_id}"),
+        **(extra_env or {}),
     }
     stack.postgres.create_database(f"dagster_{round_id}")
     home = Path(env["DAGSTER_HOME"])
     home.mkdir()
     shutil.copy(PROJECT / "dagster.yaml", home / "dagster.yaml")
     files = sum(1 for path in folder.rglob("*") if path.is_file())
-    with Daemon(env) as daemon, instance_of(env) as instance:
+    keep = os.environ.get("BENCH_KEEP_LOGS")  # a folder: the daemon's log is copied there
+    with Daemon(env, keep) as daemon, instance_of(env) as instance:
         daemon.wait(lambda: _sensor_ticked(instance), "the sensor's first tick")
         started = time.monotonic()
         folder.rename(root / folder.name)
@@ -185,6 +189,8 @@ def run_pipeline(stack: LocalStack, folder: Path, round_id: str) -> dict:
             elapsed = time.monotonic() - started
             daemon.wait(lambda: _all_runs_done(instance), "the last run to end")
             runs = instance.get_runs_count()
+            run_records = describe_runs(instance)
+            ticks = describe_ticks(instance)
         finally:
             (root / folder.name).rename(folder)
     with psycopg.connect(env["TRANSFER_DB_URL"]) as conn:
@@ -196,6 +202,9 @@ def run_pipeline(stack: LocalStack, folder: Path, round_id: str) -> dict:
         "seconds": elapsed,
         "completed": files,
         "runs": runs,  # the sensor's, plus any retried by run_retries
+        "runs_by_origin": runs_by_origin(run_records),
+        "run_records": run_records,
+        "ticks": ticks,
         "file_attempts_retried": int(retried),
         "transfer_window_seconds": float(last - first) if first else 0.0,
         "peak_rss_mib": meter.peak_rss_kib / 1024,
@@ -206,9 +215,10 @@ def run_pipeline(stack: LocalStack, folder: Path, round_id: str) -> dict:
 class Daemon:
     """`dagster-daemon run` on the project's workspace, as integration/test_ui.py starts it."""
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], keep: str | None = None) -> None:
         self.env = env
         self.log_path = Path(env["DAGSTER_HOME"]) / "daemon.log"
+        self.keep = keep
 
     def __enter__(self) -> "Daemon":
         with open(self.log_path, "wb") as log:
@@ -224,6 +234,9 @@ class Daemon:
 
     def __exit__(self, *exc) -> None:
         stop_group(self.process)
+        if self.keep:
+            Path(self.keep).mkdir(parents=True, exist_ok=True)
+            shutil.copy(self.log_path, Path(self.keep) / f"daemon-{self.log_path.parent.name}.log")
 
     def wait(self, condition, what: str, timeout: float = TIMEOUT_SECONDS) -> None:
         deadline = time.monotonic() + timeout
@@ -244,6 +257,84 @@ def instance_of(env: dict[str, str]):
         yield instance
     finally:
         instance.dispose()
+
+
+def describe_runs(instance: dg.DagsterInstance) -> list[dict]:
+    """Each run: its status, how many files, and the tags that say who made it and why."""
+    described = []
+    for run in reversed(instance.get_runs()):
+        tags = run.tags
+        described.append(
+            {
+                "run_id": run.run_id,
+                "status": run.status.value,
+                "files": _files_of(run),
+                "created": instance.get_run_record_by_id(run.run_id).create_timestamp.timestamp(),
+                **{k: v for k, v in tags.items() if k.startswith("dagster/") and k in RUN_TAGS},
+            }
+        )
+    return described
+
+
+RUN_TAGS = {
+    "dagster/sensor_name",
+    "dagster/tick",
+    "dagster/run_key",
+    "dagster/retry_number",
+    "dagster/parent_run_id",
+    "dagster/failure_reason",
+    "dagster/backfill",
+    "dagster/partition",
+    "dagster/asset_partition_range_start",
+    "dagster/asset_partition_range_end",
+}
+
+
+def describe_ticks(instance: dg.DagsterInstance) -> list[dict]:
+    """The sensor's ticks that did something (requested runs, or failed), in order."""
+    described = []
+    for state in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR):
+        for tick in instance.get_ticks(state.instigator_origin_id, state.selector_id, limit=1000):
+            if tick.status.value == "SKIPPED":
+                continue
+            described.append(
+                {
+                    "sensor": state.instigator_name,
+                    "tick_id": tick.tick_id,
+                    "status": tick.status.value,
+                    "started": tick.timestamp,
+                    "ended": tick.end_timestamp,
+                    "runs": len(tick.run_ids),
+                    "error": tick.error.message[:500] if tick.error else None,
+                }
+            )
+    return sorted(described, key=lambda t: t["started"])
+
+
+def _files_of(run: dg.DagsterRun) -> int | None:
+    if run.tags.get("dagster/partition"):
+        return 1
+    start, end = (run.tags.get(f"dagster/asset_partition_range_{e}") for e in ("start", "end"))
+    if not (start and end):
+        return None
+    # the benchmark's keys are ".../file-NNNNN.bin", in order
+    return int(end.rsplit("-", 1)[1][:5]) - int(start.rsplit("-", 1)[1][:5]) + 1
+
+
+def runs_by_origin(records: list[dict]) -> dict[str, int]:
+    """Runs counted by what made them: the sensor's requests (by tick), run_retries."""
+    origins: dict[str, int] = {}
+    ticks = {r.get("dagster/tick") for r in records if "dagster/retry_number" not in r}
+    for record in records:
+        if "dagster/retry_number" in record:
+            origin = f"retry of a {record.get('dagster/failure_reason', 'failed')} run"
+        elif record.get("dagster/sensor_name"):
+            origin = "sensor request"
+        else:
+            origin = "other"
+        origins[origin] = origins.get(origin, 0) + 1
+    origins["sensor ticks that requested runs"] = len(ticks - {None})
+    return origins
 
 
 def _sensor_ticked(instance: dg.DagsterInstance) -> bool:
@@ -354,9 +445,19 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--rounds", type=int)
     parser.add_argument("--json", default=str(PROJECT / "benchmarks" / "results" / "latest.json"))
+    parser.add_argument(
+        "--workload",
+        action="append",
+        help="only this workload (by name, e.g. '10,000 x 4 KiB'); may be repeated",
+    )
+    parser.add_argument("--tools", default=",".join(TOOLS), help="e.g. 'pipeline' alone")
     args = parser.parse_args()
     workloads, rounds = (QUICK, 1) if args.quick else (FULL, 3)
+    if args.workload:
+        known = {w.name: w for w in FULL + QUICK}
+        workloads = [known[name] for name in args.workload]
     rounds = args.rounds or rounds
+    tools_run = [t for t in TOOLS if t in args.tools.split(",")]
     results: dict[str, dict[str, list[dict]]] = {}
     with LocalStack() as stack:
         for workload in workloads:
@@ -366,7 +467,7 @@ def main() -> None:
                 round_id = uuid.uuid4().hex[:8]
                 make_bucket(stack, f"rclone-{round_id}")
                 order = ["pipeline", "rclone"] if round_number % 2 == 0 else ["rclone", "pipeline"]
-                for tool in order:
+                for tool in [t for t in order if t in tools_run]:
                     if tool == "pipeline":
                         outcome = run_pipeline(stack, folder, round_id)
                         assert outcome["completed"] == workload.files, outcome
@@ -375,7 +476,8 @@ def main() -> None:
                     tools[tool].append(outcome)
                     print(
                         f"{workload.name:>16}  round {round_number + 1}  {tool:<8} "
-                        f"{outcome['seconds']:7.2f} s",
+                        f"{outcome['seconds']:7.2f} s"
+                        + (f"  runs {outcome['runs_by_origin']}" if tool == "pipeline" else ""),
                         flush=True,
                     )
                 if workload.files == 1:
@@ -389,7 +491,8 @@ def report(results: dict, workloads: list[Workload], json_path: str) -> None:
     for workload in workloads:
         tools = results[workload.name]
         median = {
-            tool: statistics.median(r["seconds"] for r in runs) for tool, runs in tools.items()
+            tool: statistics.median(r["seconds"] for r in runs) if runs else float("nan")
+            for tool, runs in tools.items()
         }
         pipeline = tools["pipeline"]
         cpu = {tool: cpu_ms_per_file(tools[tool], workload.files) for tool in TOOLS}
@@ -400,6 +503,10 @@ def report(results: dict, workloads: list[Workload], json_path: str) -> None:
             "ratio_to_rclone": median["pipeline"] / median["rclone"],
             "pipeline_MBps": workload.files * workload.size / 2**20 / median["pipeline"],
             "runs": statistics.median(r["runs"] for r in pipeline),
+            # the batches the sensor requested; more runs are run_retries' (runs_by_origin)
+            "runs_requested": statistics.median(
+                r["runs_by_origin"].get("sensor request", 0) for r in pipeline
+            ),
             "peak_rss_mib": max(r["peak_rss_mib"] for r in pipeline),
             # Before the first claim and after the last copy: the tick, run starts, the last event.
             "outside_copies_s": statistics.median(
@@ -416,7 +523,7 @@ def report(results: dict, workloads: list[Workload], json_path: str) -> None:
     print_table(
         rows,
         ["workload", "pipeline_s", "rclone_s", "ratio_to_rclone", "pipeline_MBps", "sftp_get_s",
-         "share_of_sftp_read_ceiling", "runs", "peak_rss_mib", "outside_copies_s",
+         "share_of_sftp_read_ceiling", "runs", "runs_requested", "peak_rss_mib", "outside_copies_s",
          "cpu_ms_per_file", "rclone_cpu_ms_per_file"],
     )  # fmt: skip
     print("\nCPU per file, ms (medians), by process:")
@@ -429,6 +536,8 @@ def report(results: dict, workloads: list[Workload], json_path: str) -> None:
 
 
 def cpu_ms_per_file(rounds: list[dict], files: int) -> dict[str, float]:
+    if not rounds:
+        return {}
     kinds = {kind for r in rounds for kind in r["cpu_seconds"]}
     return {
         kind: 1000 * statistics.median(r["cpu_seconds"].get(kind, 0.0) for r in rounds) / files

@@ -543,6 +543,12 @@ def _postgres_bin() -> Path:
     raise RuntimeError("PostgreSQL server binaries not found: apt-get install postgresql")
 
 
+# Dagster's DAGSTER_EVENT_BATCH_SIZE, read by every process that stores events: above the
+# partitions of a run (MAX_PARTITIONS_PER_RUN, 500 by default), so that its planned events are
+# one batch.
+EVENT_BATCH_SIZE = "1000"
+
+
 class PostgresServer(_Server):
     """PostgreSQL from the Debian binaries, as the `postgres` user when we are root."""
 
@@ -895,6 +901,9 @@ class LocalStack:
             "DAGSTER_PG_USER": self.postgres.user,
             "DAGSTER_PG_PASSWORD": self.postgres.password,
             "DAGSTER_PG_DB": "dagster",
+            # As the image sets it (Dockerfile): a run's planned events reach the event log
+            # as one batch, one statement (sftp_minio_assets/defs/instance_storage.py).
+            "DAGSTER_EVENT_BATCH_SIZE": EVENT_BATCH_SIZE,
         }
 
 

@@ -6,17 +6,31 @@ costs two events, so on a server with password authentication the connections al
 of Dagster's cost per file (54 ms per partition, 8 ms with this pool; see the README's
 Benchmark). dagster.yaml names this class as `event_log_storage`, with the same `postgres_db`
 settings as dagster-postgres' own storage.
+
+It also stores an asset event (a materialization, an observation, a planned materialization)
+in one statement, where dagster-postgres takes six round trips and four transactions on this
+pool (the `event_logs` INSERT, a NOTIFY, then an index transaction for the asset's row and the
+isolation level's reset): the event's row, its indexed tags and its asset's row are written
+together by one INSERT with data-modifying CTEs, atomically. A batch of planned events (a run's,
+sent together when DAGSTER_EVENT_BATCH_SIZE > 0) is one statement too, where dagster-postgres
+stores each on its own. What is written is what dagster-postgres writes, row for row:
+integration/test_instance_storage.py compares the two on the same events, and checks the
+internals this leans on, so an upgrade of Dagster that changes them fails there first.
 """
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 import sqlalchemy.pool as db_pool
-from dagster import Field, IntSource
+from dagster import DagsterEventType, Field, IntSource
 from dagster._config.config_schema import UserConfigSchema
+from dagster._core.events.log import EventLogEntry
 from dagster._core.storage.config import pg_config
+from dagster._core.storage.event_log.migration import ASSET_KEY_INDEX_COLS
+from dagster._core.storage.event_log.schema import AssetEventTagsTable
 from dagster._serdes import ConfigurableClassData
+from dagster._time import datetime_from_timestamp
 from dagster_postgres import PostgresEventLogStorage
 from dagster_postgres.utils import (
     create_pg_engine,
@@ -89,6 +103,164 @@ class PooledPostgresEventLogStorage(PostgresEventLogStorage):
     def dispose(self) -> None:
         super().dispose()
         self._engine.dispose()  # the connection the pool keeps, closed with the instance
+
+    def store_event(self, event: EventLogEntry) -> None:
+        """An asset event in one statement; any other event as dagster-postgres stores it."""
+        kind = _one_statement_kind(event)
+        if kind is None:
+            super().store_event(event)
+            return
+        row = self._event_to_row(event)
+        tags = self._tags_for_asset_event(event)
+        if tags and not self._has_tags_table():
+            tags = {}
+        statement = _EVENT + (_TAGS if tags else "") + self._asset_row_sql(kind) + _NOTIFY
+        params = {
+            **row,
+            "tag_keys": list(tags),
+            "tag_values": list(tags.values()),
+            "asset_timestamp": datetime_from_timestamp(event.timestamp),
+        }
+        with self._connect() as conn:
+            conn.exec_driver_sql(statement, params).fetchall()
+
+    def store_event_batch(self, events: Sequence[EventLogEntry]) -> None:
+        """A batch of planned materializations (or of observations without indexed tags) in
+        one statement: dagster-postgres stores each planned event on its own."""
+        kinds = {_one_statement_kind(event) for event in events}
+        if (
+            len(kinds) != 1
+            or kinds & {None, DagsterEventType.ASSET_MATERIALIZATION}
+            or any(self._tags_for_asset_event(event) for event in events)
+        ):
+            super().store_event_batch(events)
+            return
+        kind = cast(DagsterEventType, kinds.pop())
+        rows = [self._event_to_row(event) for event in events]
+        last = {row["asset_key"]: event for row, event in zip(rows, events, strict=True)}
+        columns = ("run_id", "event", "dagster_event_type", "timestamp", "step_key")
+        params: dict[str, Any] = {
+            f"{column}s": [row[column] for row in rows] for column in (*columns, "partition")
+        }
+        params.update(
+            asset_keys=[row["asset_key"] for row in rows],
+            last_asset_keys=list(last),
+            last_run_ids=[event.run_id for event in last.values()],
+            last_timestamps=[datetime_from_timestamp(e.timestamp) for e in last.values()],
+        )
+        statement = _EVENT_BATCH + self._asset_rows_sql(kind) + "SELECT count(*) FROM ev"
+        with self._connect() as conn:
+            conn.exec_driver_sql(statement, params).fetchall()
+
+    def _asset_row_sql(self, kind: DagsterEventType) -> str:
+        """The CTE that writes the asset's row as dagster-postgres' _store_asset_event does
+        (its values: _get_asset_entry_values)."""
+        values = {
+            DagsterEventType.ASSET_MATERIALIZATION: {
+                "last_materialization": _LAST_MATERIALIZATION,
+                "last_run_id": "%(run_id)s",
+            },
+            DagsterEventType.ASSET_MATERIALIZATION_PLANNED: {"last_run_id": "%(run_id)s"},
+            DagsterEventType.ASSET_OBSERVATION: {},
+        }[kind]
+        if self.has_secondary_index(ASSET_KEY_INDEX_COLS):
+            values["last_materialization_timestamp"] = "%(asset_timestamp)s"
+        return _upsert_asset("SELECT %(asset_key)s{} FROM ev", values)
+
+    def _asset_rows_sql(self, kind: DagsterEventType) -> str:
+        """The asset rows of a batch: each asset's last event, as store_event would leave it."""
+        planned = kind == DagsterEventType.ASSET_MATERIALIZATION_PLANNED
+        values = {"last_run_id": "r"} if planned else {}
+        if self.has_secondary_index(ASSET_KEY_INDEX_COLS):
+            values["last_materialization_timestamp"] = "t"
+        source = (
+            "SELECT k{} FROM unnest(%(last_asset_keys)s::text[], %(last_run_ids)s::text[], "
+            "%(last_timestamps)s::timestamptz[]) AS a(k, r, t)"
+        )
+        return _upsert_asset(source, values)
+
+    def _has_tags_table(self) -> bool:
+        """Whether `asset_event_tags` exists (dagster-postgres asks before each event)."""
+        if self._tags_table is None:
+            self._tags_table = self.has_table(AssetEventTagsTable.name)
+        return self._tags_table
+
+    _tags_table: bool | None = None
+
+
+# The events written in one statement: each writes its row and its asset's row, where
+# dagster-postgres opens an index transaction (ASSET_EVENTS). Others (failures to materialize,
+# freshness changes, asset checks, run and step events) go through dagster-postgres.
+ONE_STATEMENT_EVENTS = (
+    DagsterEventType.ASSET_MATERIALIZATION,
+    DagsterEventType.ASSET_OBSERVATION,
+    DagsterEventType.ASSET_MATERIALIZATION_PLANNED,
+)
+
+
+def _one_statement_kind(event: EventLogEntry) -> DagsterEventType | None:
+    dagster_event = event.dagster_event
+    if dagster_event is None or dagster_event.asset_key is None:
+        return None
+    kind = dagster_event.event_type
+    return kind if kind in ONE_STATEMENT_EVENTS else None
+
+
+_EVENT = """WITH ev AS (
+    INSERT INTO event_logs (run_id, event, dagster_event_type, timestamp, step_key, asset_key,
+                            partition)
+    VALUES (%(run_id)s, %(event)s, %(dagster_event_type)s, %(timestamp)s, %(step_key)s,
+            %(asset_key)s, %(partition)s)
+    RETURNING id, run_id, event
+)"""
+
+# The tags dagster indexes (_tags_for_asset_event), as _store_asset_event_tags writes them.
+_TAGS = """, tags AS (
+    INSERT INTO asset_event_tags (event_id, asset_key, key, value, event_timestamp)
+    SELECT ev.id, %(asset_key)s, t.key, t.value, %(timestamp)s
+    FROM ev, unnest(%(tag_keys)s::text[], %(tag_values)s::text[]) AS t(key, value)
+)"""
+
+# serialize_value(EventLogRecord(storage_id=id, event_log_entry=event)), from the event's row:
+# the event is serialized once, and its id is known only here. test_instance_storage compares
+# the two strings.
+_LAST_MATERIALIZATION = (
+    """'{"__class__": "EventLogRecord", "event_log_entry": ' || ev.event"""
+    """ || ', "storage_id": ' || ev.id || '}'"""
+)
+
+# dagster-postgres still sends this NOTIFY with each event, "to support version skew".
+_NOTIFY = "\nSELECT ev.id, pg_notify('run_events', ev.run_id || '_' || ev.id) FROM ev"
+
+_EVENT_BATCH = """WITH ev AS (
+    INSERT INTO event_logs (run_id, event, dagster_event_type, timestamp, step_key, asset_key,
+                            partition)
+    SELECT run_id, event, dagster_event_type, timestamp, step_key, asset_key, partition
+    FROM unnest(%(run_ids)s::text[], %(events)s::text[], %(dagster_event_types)s::text[],
+                %(timestamps)s::timestamp[], %(step_keys)s::text[], %(asset_keys)s::text[],
+                %(partitions)s::text[])
+         WITH ORDINALITY AS e(run_id, event, dagster_event_type, timestamp, step_key, asset_key,
+                              partition, position)
+    ORDER BY position
+    RETURNING id
+)"""
+
+
+def _upsert_asset(source: str, values: Mapping[str, str]) -> str:
+    """The CTE that inserts asset_keys' row, or sets its columns (none: leaves it as it is).
+    source: a SELECT of the asset key, whose `{}` takes the values' expressions."""
+    columns = ", ".join(["asset_key", *values])
+    select = source.format("".join(f", {expression}" for expression in values.values()))
+    conflict = (
+        "DO UPDATE SET " + ", ".join(f"{c} = EXCLUDED.{c}" for c in values)
+        if values
+        else "DO NOTHING"
+    )
+    return f""", asset AS (
+    INSERT INTO asset_keys ({columns})
+    {select}
+    ON CONFLICT (asset_key) {conflict}
+)"""
 
 
 def _returned(dbapi_connection, record) -> None:

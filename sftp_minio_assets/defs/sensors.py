@@ -21,7 +21,13 @@ from ..db.transfer_log import TransferLog
 from ..policy.discovery import Plan, Request, batches
 from ..sftp.client import Listing, display
 from ..sftp.sessions import SessionsBusy
-from .partitions import keys_of_run, partitions_for, partitions_name, run_request_for
+from .partitions import (
+    SOURCE_TAG,
+    keys_of_run,
+    partitions_for,
+    partitions_name,
+    run_request_for,
+)
 from .resources import SourceResource
 from .sources import source_key, source_of
 
@@ -91,7 +97,7 @@ def build_new_files_sensor(source: str, files_asset: dg.AssetsDefinition) -> dg.
             )
         keys = list(context.instance.get_dynamic_partitions(partitions_name(source)))
         order = {key: i for i, key in enumerate(keys)}
-        unfinished = _unfinished_runs(context.instance, files_asset.key)
+        unfinished = _unfinished_runs(context.instance, files_asset.key, source)
         in_flight = {key for run in unfinished for key in keys_of_run(run.tags, order, keys)}
         _clean_up_after_crashes(context, resource, unfinished, in_flight)
         # Plan: which files to copy, from the log as the clean-up left it.
@@ -136,12 +142,18 @@ def _outside_window(resource: SourceResource) -> str | None:
     return f"source {resource.name} held back: {closed} ({setting}); nothing requested until then"
 
 
-def _unfinished_runs(instance: dg.DagsterInstance, asset_key: dg.AssetKey) -> list[dg.DagsterRun]:
-    """The runs of this source's files that are not over yet."""
+def _unfinished_runs(
+    instance: dg.DagsterInstance, asset_key: dg.AssetKey, source: str
+) -> list[dg.DagsterRun]:
+    """The runs of this source's files that are not over yet: the sensor's, which carry the
+    source's tag (the daemon creates them with no asset selection: the sensor targets an
+    anonymous job of the asset), their retries (which keep it), and runs that select the asset
+    (launched from the UI, backfills). Missing the sensor's runs made every file queued behind
+    other runs for ORPHAN_GRACE_SECONDS look orphaned, and requested again in more runs."""
     return [
         run
         for run in instance.get_runs(filters=dg.RunsFilter(statuses=UNFINISHED))
-        if asset_key in (run.asset_selection or ())
+        if run.tags.get(SOURCE_TAG) == source or asset_key in (run.asset_selection or ())
     ]
 
 

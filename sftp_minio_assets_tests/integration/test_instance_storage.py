@@ -2,7 +2,9 @@
 instance from the project's dagster.yaml storing events on the stack's PostgreSQL."""
 
 import ast
+import importlib.metadata
 import inspect
+import re
 import shutil
 import textwrap
 import time
@@ -12,12 +14,31 @@ import dagster as dg
 import psycopg
 import pytest
 import sqlalchemy.pool as db_pool
+from dagster._core.definitions.data_version import DATA_VERSION_TAG
+from dagster._core.events import (
+    AssetMaterializationPlannedData,
+    AssetObservationData,
+    DagsterEvent,
+    DagsterEventType,
+    StepMaterializationData,
+)
+from dagster._core.events.log import EventLogEntry
+from dagster._core.instance.methods.event_methods import EventMethods
+from dagster._core.instance.runs.run_domain import RunDomain
 from dagster._core.storage.config import pg_config
+from dagster._core.storage.event_log.schema import (
+    AssetEventTagsTable,
+    AssetKeyTable,
+    SqlEventLogStorageTable,
+)
+from dagster._core.storage.event_log.sql_event_log import SqlEventLogStorage
+from dagster._serdes import serialize_value
 from dagster_postgres import PostgresEventLogStorage
 from sqlalchemy import event
 
 from sftp_minio_assets.defs.instance_storage import (
     IDLE_CHECK_SECONDS,
+    ONE_STATEMENT_EVENTS,
     PooledPostgresEventLogStorage,
 )
 from sftp_minio_assets_tests.support import PROJECT
@@ -77,13 +98,297 @@ def test_what_the_pool_relies_on_in_dagster_postgres_is_unchanged(stack):
 
     # The same settings as dagster-postgres' storage, plus the pool's.
     assert pg_config().keys() <= PooledPostgresEventLogStorage.config_type().keys()
-    overridden = {
+    methods = {
         name
         for name, value in vars(PooledPostgresEventLogStorage).items()
         if callable(value) or isinstance(value, classmethod)
     }
-    assert overridden == {"__init__", "config_type", "from_config_value", "dispose"}
-    assert all(hasattr(PostgresEventLogStorage, name) for name in overridden)
+    overridden = {name for name in methods if hasattr(PostgresEventLogStorage, name)}
+    assert overridden == {
+        "__init__",
+        "config_type",
+        "from_config_value",
+        "dispose",
+        "store_event",
+        "store_event_batch",
+    }
+    # Its own helpers override nothing of dagster-postgres' (an upgrade adding one would).
+    assert methods - overridden == {"_asset_row_sql", "_asset_rows_sql", "_has_tags_table"}
+
+
+def test_what_one_statement_events_rely_on_in_dagster_is_unchanged():
+    """Fails first on an upgrade of Dagster: store_event and store_event_batch write the rows
+    that dagster-postgres writes, with Dagster's own helpers, in SQL of their own. Read again
+    dagster_postgres/event_log/event_log.py (store_event, store_event_batch,
+    _store_asset_event), dagster/_core/storage/event_log/sql_event_log.py (_event_to_row,
+    _get_asset_entry_values, _store_asset_event_tags) and the schema, then adapt
+    instance_storage.py and this test's versions."""
+    versions = {name: importlib.metadata.version(name) for name in ("dagster", "dagster-postgres")}
+    assert versions == {"dagster": "1.13.27", "dagster-postgres": "0.29.27"}
+
+    # The helpers called, as they are called.
+    for method, parameters in {
+        SqlEventLogStorage._event_to_row: ["self", "event"],
+        SqlEventLogStorage._tags_for_asset_event: ["self", "event"],
+        SqlEventLogStorage._get_asset_entry_values: [
+            "self",
+            "event",
+            "event_id",
+            "has_asset_key_index_cols",
+        ],
+        PostgresEventLogStorage.store_event: ["self", "event"],
+        PostgresEventLogStorage.store_event_batch: ["self", "events"],
+        PostgresEventLogStorage.has_secondary_index: ["self", "name"],
+        PostgresEventLogStorage.has_table: ["self", "table_name"],
+    }.items():
+        assert list(inspect.signature(method).parameters) == parameters, method
+    # The columns the statements name are still all the tables have.
+    columns = {
+        table.name: [column.name for column in table.columns]
+        for table in (SqlEventLogStorageTable, AssetKeyTable, AssetEventTagsTable)
+    }
+    assert columns == {
+        "event_logs": [
+            "id",
+            "run_id",
+            "event",
+            "dagster_event_type",
+            "timestamp",
+            "step_key",
+            "asset_key",
+            "partition",
+        ],
+        "asset_keys": [
+            "id",
+            "asset_key",
+            "last_materialization",
+            "last_run_id",
+            "asset_details",
+            "wipe_timestamp",
+            "last_materialization_timestamp",
+            "tags",
+            "create_timestamp",
+            "cached_status_data",
+        ],
+        "asset_event_tags": ["id", "event_id", "asset_key", "key", "value", "event_timestamp"],
+    }
+    # dagster-postgres writes an asset event's row, then its index (tags, the asset's row):
+    # what the one statement does together; anything more would be missing from it.
+    store_event = inspect.getsource(PostgresEventLogStorage.store_event)
+    assert re.findall(r"self\.(_store_\w+|store_\w+)\(", store_event) == [
+        "_store_asset_event_tags",
+        "_store_asset_event",
+        "store_asset_check_event",
+    ]
+    assert "NOTIFY {CHANNEL_NAME}" in store_event
+    # A run's planned events are sent as one batch (run_domain.py), which reaches
+    # store_event_batch when DAGSTER_EVENT_BATCH_SIZE > 0 (event_methods.py).
+    planned = inspect.getsource(RunDomain)
+    assert 'os.getenv("DAGSTER_EMIT_PLANNED_EVENTS_INDIVIDUALLY")' in planned
+    assert "DagsterEventBatchMetadata(batch_id, i == last_index)" in planned
+    handling = inspect.getsource(EventMethods.handle_new_event)
+    assert "self._event_storage_impl.store_event_batch(events)" in handling
+    assert 'os.getenv("DAGSTER_EVENT_BATCH_SIZE", "0")' in inspect.getsource(
+        EventMethods._get_event_batch_size
+    )
+    assert set(ONE_STATEMENT_EVENTS) == {
+        DagsterEventType.ASSET_MATERIALIZATION,
+        DagsterEventType.ASSET_OBSERVATION,
+        DagsterEventType.ASSET_MATERIALIZATION_PLANNED,
+    }
+
+
+def _entry(dagster_event: DagsterEvent, timestamp: float, run_id: str = "run-1") -> EventLogEntry:
+    return EventLogEntry(
+        user_message="",
+        level=10,
+        job_name="files_job",
+        run_id=run_id,
+        error_info=None,
+        timestamp=timestamp,
+        step_key="files",
+        dagster_event=dagster_event,
+    )
+
+
+def _asset_events(start: float) -> list[list[EventLogEntry]]:
+    """Events as a run stores them, one at a time or in batches (a list of several)."""
+    files, checks = dg.AssetKey(["default", "files"]), dg.AssetKey(["other", "files"])
+
+    def planned(key: dg.AssetKey, partition: str) -> DagsterEvent:
+        data = AssetMaterializationPlannedData(key, partition=partition)
+        return DagsterEvent.build_asset_materialization_planned_event("files_job", "files", data)
+
+    def materialized(key: dg.AssetKey, partition: str, tags=None) -> DagsterEvent:
+        materialization = dg.AssetMaterialization(
+            key, partition=partition, metadata={"bytes": 4096, "sha256": "ab" * 32}, tags=tags
+        )
+        return DagsterEvent(
+            event_type_value=DagsterEventType.ASSET_MATERIALIZATION.value,
+            job_name="files_job",
+            event_specific_data=StepMaterializationData(materialization),
+            step_key="files",
+        )
+
+    def observed(key: dg.AssetKey, partition: str, tags=None) -> DagsterEvent:
+        observation = dg.AssetObservation(
+            key, partition=partition, description="Copy failed", tags=tags
+        )
+        return DagsterEvent(
+            event_type_value=DagsterEventType.ASSET_OBSERVATION.value,
+            job_name="files_job",
+            event_specific_data=AssetObservationData(observation),
+            step_key="files",
+        )
+
+    step_start = DagsterEvent(
+        event_type_value=DagsterEventType.STEP_START.value, job_name="files_job", step_key="files"
+    )
+    times = iter(start + index for index in range(100))
+    return [
+        [_entry(planned(files, f"p{i}"), next(times)) for i in range(5)],  # a run's, batched
+        [_entry(planned(checks, "c"), next(times), run_id="run-2")],
+        [_entry(step_start, next(times))],
+        [_entry(materialized(files, "p0"), next(times))],
+        [_entry(materialized(files, "p1", {DATA_VERSION_TAG: "v1", "x": "y"}), next(times))],
+        [_entry(observed(files, "p2"), next(times))],
+        [_entry(observed(files, "p3", {DATA_VERSION_TAG: "v2"}), next(times))],
+        [_entry(observed(checks, f"o{i}"), next(times)) for i in range(3)],
+        [_entry(materialized(files, f"p{i}"), next(times)) for i in (3, 4)],
+        [_entry(materialized(checks, "m"), next(times))],
+    ]
+
+
+def _rows(dsn: str) -> dict[str, list[tuple]]:
+    with psycopg.connect(dsn) as conn:
+        return {
+            "event_logs": conn.execute("SELECT * FROM event_logs ORDER BY id").fetchall(),
+            "asset_keys": conn.execute(
+                "SELECT asset_key, last_materialization, last_run_id, asset_details, "
+                "wipe_timestamp, last_materialization_timestamp, tags, cached_status_data "
+                "FROM asset_keys ORDER BY asset_key"
+            ).fetchall(),
+            "asset_event_tags": conn.execute(
+                "SELECT event_id, asset_key, key, value, event_timestamp FROM asset_event_tags "
+                "ORDER BY event_id, key"
+            ).fetchall(),
+        }
+
+
+def test_asset_events_are_stored_row_for_row_as_dagster_postgres_stores_them(stack):
+    """The same events through dagster-postgres as shipped and through the one statement, each
+    on a fresh database: the same rows (ids included), in every table they touch."""
+    stored = {}
+    start = time.time()
+    for storage_class in (PostgresEventLogStorage, PooledPostgresEventLogStorage):
+        database = f"dagster_{uuid.uuid4().hex[:12]}"
+        dsn = stack.postgres.create_database(database)
+        storage = storage_class(dsn.replace("://", "+psycopg2://", 1))
+        try:
+            for batch in _asset_events(start):
+                if len(batch) == 1:
+                    storage.store_event(batch[0])
+                else:
+                    storage.store_event_batch(batch)
+        finally:
+            storage.dispose()
+        stored[storage_class.__name__] = _rows(dsn)
+    shipped, ours = stored["PostgresEventLogStorage"], stored["PooledPostgresEventLogStorage"]
+    assert len(ours["event_logs"]) == 17 and len(ours["asset_event_tags"]) == 2
+    for table in shipped:
+        assert ours[table] == shipped[table], table
+
+    # The last materialization's record, written from the event's row in SQL, is the string
+    # serialize_value writes.
+    (record,) = [row[1] for row in ours["asset_keys"] if row[0] == '["other", "files"]']
+    materialization = _asset_events(start)[-1][0]
+    event_id = max(row[0] for row in ours["event_logs"])
+    expected = serialize_value(
+        dg.EventLogRecord(storage_id=event_id, event_log_entry=materialization)
+    )
+    assert record == expected
+
+
+class _StatementLog:
+    """What PostgreSQL received from some backends, from its statement log (log_statement)."""
+
+    def __init__(self, stack, database: str) -> None:
+        with psycopg.connect(stack.postgres.dsn_for(database), autocommit=True) as conn:
+            conn.execute(f"ALTER DATABASE {database} SET log_statement = 'all'")
+        self.path = stack.postgres.log_path
+        self.offset = self.path.stat().st_size
+
+    def statements(self, pids: set[int]) -> list[str]:
+        """The statements of these backends since the last call, once the log stops growing."""
+        size, deadline = -1, time.monotonic() + 10
+        while time.monotonic() < deadline and size != (size := self.path.stat().st_size):
+            time.sleep(0.3)
+        text = self.path.read_bytes()[self.offset : size].decode(errors="replace")
+        self.offset = size
+        return [
+            statement
+            # a statement's further lines start with a tab
+            for pid, statement in re.findall(r"\[(\d+)\] LOG:  statement: (.*(?:\n\t.*)*)", text)
+            if int(pid) in pids
+        ]
+
+
+def test_an_asset_event_takes_one_round_trip_and_a_run_s_planned_events_one(
+    stack, tmp_path, monkeypatch
+):
+    """dagster-postgres: six statements and four transactions per materialization on this pool
+    (INSERT, NOTIFY, the isolation level's reset, BEGIN, the asset's row, COMMIT); one here.
+    A run's planned events, batched by Dagster when DAGSTER_EVENT_BATCH_SIZE > 0: one."""
+    database = f"dagster_{uuid.uuid4().hex[:12]}"
+    stack.postgres.create_database(database)
+    log = _StatementLog(stack, database)
+    for name, value in {**stack.env(), "DAGSTER_PG_DB": database}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("DAGSTER_EVENT_BATCH_SIZE", "1000")
+    shutil.copy(PROJECT / "dagster.yaml", tmp_path / "dagster.yaml")
+    with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
+        storage = instance.event_log_storage
+        backends: set[int] = set()
+        event.listen(
+            storage._engine, "checkout", lambda dbapi, *_: backends.add(dbapi.get_backend_pid())
+        )
+        asset_key = dg.AssetKey(["default", "files"])
+        instance.report_runless_asset_event(dg.AssetMaterialization(asset_key, partition="warm"))
+        log.statements(backends)
+        for index in range(3):
+            instance.report_runless_asset_event(
+                dg.AssetMaterialization(asset_key, partition=f"file-{index}")
+            )
+        statements = log.statements(backends)
+        assert len(statements) == 3, statements
+        assert all(s.startswith("WITH ev AS (") for s in statements)
+
+        files = dg.DynamicPartitionsDefinition(name="files_one_statement")
+
+        @dg.asset(partitions_def=files, output_required=False)
+        def counted(context: dg.AssetExecutionContext):
+            for key in context.partition_keys:
+                yield dg.AssetMaterialization(asset_key=context.asset_key, partition=key)
+
+        keys = [f"file-{index:03d}" for index in range(50)]
+        instance.add_dynamic_partitions(files.name, keys)
+        job = dg.Definitions(assets=[counted]).resolve_implicit_global_asset_job_def()
+        tags = {
+            "dagster/asset_partition_range_start": keys[0],
+            "dagster/asset_partition_range_end": keys[-1],
+        }
+        run_id = job.execute_in_process(instance=instance, tags=tags).run_id
+        statements = log.statements(backends)
+        planned = [s for s in statements if "ASSET_MATERIALIZATION_PLANNED" in s]
+        assert len(planned) == 1, f"{len(planned)} statements for a run's 50 planned events"
+        materialized = [s for s in statements if "'ASSET_MATERIALIZATION'" in s]
+        assert len(materialized) == 50
+        for kind in (
+            DagsterEventType.ASSET_MATERIALIZATION_PLANNED,
+            DagsterEventType.ASSET_MATERIALIZATION,
+        ):
+            records = instance.get_records_for_run(run_id, of_type=kind, limit=100).records
+            assert sorted(r.event_log_entry.dagster_event.partition for r in records) == keys
 
 
 def test_dagster_yaml_stores_events_through_one_kept_connection(instance_from_dagster_yaml):

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import dagster as dg
+import psycopg
 import pytest
 
 from sftp_minio_assets.defs.alerts import alert_on_repeated_failures
@@ -343,3 +344,36 @@ def test_a_copy_a_dead_attempt_committed_is_recorded_not_written_again(env, inst
     assert rows["small.csv"]["sha256"].strip() == sha256_file(small)
     assert env.store.tags("default/small.csv") == {"sha256": sha256_file(small)}
     assert rows["big.bin"]["sha256"].strip() == sha256_file(big)
+
+
+def runs_made(daemon) -> int:
+    try:
+        return len(daemon.run_statuses())
+    except psycopg.errors.UndefinedTable:  # the daemon has not created its tables yet
+        return 0
+
+
+def test_files_queued_behind_other_runs_are_not_requested_again_in_more_runs(env, start_daemon):
+    """The daemon creates the sensor's runs with no asset selection (the sensor targets an
+    anonymous job of the asset): the sensor must still see them as covering their files. It
+    did not, so a file whose run waited in the queue longer than ORPHAN_GRACE_SECONDS was failed
+    as orphaned and requested again in a new run: 10,000 files in 20 batches made 24-28 runs.
+    Here 6 runs of one slow file each, 3 at a time: while the last ones wait, their files'
+    requests are aged past the grace, as a long queue does; every file stays with its run."""
+    files = {f"q/{i}.bin": env.write(f"q/{i}.bin", os.urandom(2 * 1024 * 1024)) for i in range(6)}
+    daemon = start_daemon(**DAEMON_SETTINGS, PARALLEL_RUNS="6", SFTP_MAX_BYTES_PER_SECOND="400000")
+    wait_for(lambda: runs_made(daemon) == 6, 240, "the sensor's 6 runs")
+    with env.log.db.connection() as conn:
+        aged = conn.execute(
+            "UPDATE file_transfer_log SET requested_at = requested_at - interval '120 seconds' "
+            "WHERE status = 'QUEUED'"
+        ).rowcount
+    assert aged, "every file was claimed already: the runs were too fast for this test"
+
+    wait_for(lambda: all_landed(env, files), 240, "every file to land")
+    no_run_left(daemon, 120)
+    assert len(daemon.run_statuses()) == 6, daemon.run_statuses()
+    rows = env.rows()
+    assert {key: (rows[key]["attempts"], rows[key]["error_message"]) for key in files} == {
+        key: (1, None) for key in files
+    }

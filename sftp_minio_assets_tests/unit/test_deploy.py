@@ -1,6 +1,7 @@
 """The deployment files: what can be checked without a Docker engine or a server."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -8,6 +9,8 @@ import sys
 import yaml
 from dagster._core.instance.config import dagster_instance_config
 
+from devstack.local_stack import EVENT_BATCH_SIZE
+from sftp_minio_assets.defs.resources import TransferSettings
 from sftp_minio_assets_tests.support import PROJECT
 
 
@@ -69,6 +72,16 @@ def test_every_instance_keeps_its_event_log_on_the_pooled_storage():
         assert databases[0]["scheme"] == "postgresql+psycopg2", name
         assert databases[0]["password"] == {"env": "DAGSTER_PG_PASSWORD"}, name
         assert all(db == databases[0] for db in databases), name
+
+
+def test_every_process_batches_a_run_s_planned_events():
+    """DAGSTER_EVENT_BATCH_SIZE is an environment variable of each Dagster process (no
+    dagster.yaml setting): the image sets it for all of them (code server, daemon, webserver,
+    run workers), and the local stack as the image does, above a run's partitions."""
+    dockerfile = (PROJECT / "Dockerfile").read_text()
+    (size,) = re.findall(r"^ENV DAGSTER_EVENT_BATCH_SIZE=(\d+)$", dockerfile, re.MULTILINE)
+    assert size == EVENT_BATCH_SIZE
+    assert int(size) >= TransferSettings().max_partitions_per_run
 
 
 def test_the_package_installs_as_the_image_installs_it_and_loads_its_definitions(tmp_path):
