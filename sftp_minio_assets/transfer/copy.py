@@ -357,7 +357,17 @@ def _complete(upload: _Upload, upload_id: str, parts: list[tuple[str, str | None
 
 def _tag(upload: _Upload) -> None:
     with _committing(upload), upload_stage(upload.meter, "tagging"):
-        upload.store.set_tags(upload.key, {"sha256": upload.meter.digest.hexdigest()})
+        try:
+            upload.store.set_tags(upload.key, {"sha256": upload.meter.digest.hexdigest()})
+        except FileNotFoundError as exc:
+            # The object completed a moment ago: an S3 server that restarted meanwhile may not
+            # show it yet (SeaweedFS). Not the missing bucket this error means elsewhere, so not
+            # permanent: the next attempt finds the object and finishes it, or copies again.
+            raise TransferFailed(
+                "upload",
+                f"tagging failed: the object just completed is not found yet ({describe(exc)}); "
+                "the S3 server may be restarting",
+            ) from None
 
 
 def _parts(
