@@ -6,8 +6,8 @@ ENV PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1 DAGSTER_HOME=/opt/dagster/home
 # Every Dagster process of the image reads it where it stores events (the daemon stores a run's
 # planned events, a run worker its materializations): a run's planned events go to the event
 # log as one batch, which sftp_minio_assets/defs/instance_storage.py writes in one statement.
-# At least the partitions of a run (MAX_PARTITIONS_PER_RUN, 500 by default).
-ENV DAGSTER_EVENT_BATCH_SIZE=1000
+# At least the partitions of a run (MAX_PARTITIONS_PER_RUN, 5000 by default).
+ENV DAGSTER_EVENT_BATCH_SIZE=5000
 WORKDIR /opt/dagster/app
 
 # GnuPG decrypts PGP-encrypted files in flight (sftp_minio_assets/pgp.py).

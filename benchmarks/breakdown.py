@@ -61,7 +61,7 @@ def seed(root: Path, prefix: str, count: int, size: int) -> list[str]:
 def time_worker(worker, keys: list[str]) -> tuple[float, dict[str, float]]:
     spent: dict[str, float] = defaultdict(float)
     worker.transfer(keys[0])  # connections and the bucket, made once
-    timed(worker.transfer_log, LOG_CALLS, spent, "transfer log")
+    timed(worker.transfer_log.claims, LOG_CALLS, spent, "transfer log")
     timed(worker.store, S3_CALLS, spent, "S3")
     started = time.perf_counter()
     for key in keys[1:]:

@@ -544,9 +544,9 @@ def _postgres_bin() -> Path:
 
 
 # Dagster's DAGSTER_EVENT_BATCH_SIZE, read by every process that stores events: above the
-# partitions of a run (MAX_PARTITIONS_PER_RUN, 500 by default), so that its planned events are
+# partitions of a run (MAX_PARTITIONS_PER_RUN, 5000 by default), so that its planned events are
 # one batch.
-EVENT_BATCH_SIZE = "1000"
+EVENT_BATCH_SIZE = "5000"
 
 
 class PostgresServer(_Server):

@@ -155,7 +155,10 @@ class TransferSettings(dg.ConfigurableResource):
         "0: none.",
     )
     max_partitions_per_run: Annotated[int, at_least(1)] = Field(
-        default=500, description="Files in one run launched by the sensor, at most."
+        # A run's start costs seconds of CPU (a process, Dagster, the code, its connections):
+        # runs of 500 files cost 10,000 small files 4.7 ms of CPU per file more than 3 runs did.
+        default=5000,
+        description="Files in one run launched by the sensor, at most.",
     )
     parallel_runs: Annotated[int, at_least(1)] = Field(
         default=3,

@@ -154,7 +154,7 @@ def test_starts_quickly_with_a_complete_env(stack):
         "DAGSTER_PG_PASSWORD": stack.postgres.password,
         "DAGSTER_PG_DB": "dagster",
         # a run's planned events reach the event log as one batch (instance_storage.py)
-        "DAGSTER_EVENT_BATCH_SIZE": "1000",
+        "DAGSTER_EVENT_BATCH_SIZE": "5000",
     }
     assert stack.env()["MINIO_BUCKET"] == "sftp-minio-assets"
     assert stack.postgres.dsn == (
