@@ -11,6 +11,7 @@ import time
 import uuid
 
 import dagster as dg
+import dagster._daemon.sensor
 import psycopg
 import pytest
 import sqlalchemy.pool as db_pool
@@ -37,6 +38,7 @@ from dagster_postgres import PostgresEventLogStorage
 from sqlalchemy import event
 
 from sftp_minio_assets.defs.instance_storage import (
+    BURST_QUESTIONS,
     IDLE_CHECK_SECONDS,
     ONE_STATEMENT_EVENTS,
     PooledPostgresEventLogStorage,
@@ -111,9 +113,18 @@ def test_what_the_pool_relies_on_in_dagster_postgres_is_unchanged(stack):
         "dispose",
         "store_event",
         "store_event_batch",
+        "has_dynamic_partition",
+        "add_dynamic_partitions",
+        "delete_dynamic_partition",
     }
     # Its own helpers override nothing of dagster-postgres' (an upgrade adding one would).
-    assert methods - overridden == {"_asset_row_sql", "_asset_rows_sql", "_has_tags_table"}
+    assert methods - overridden == {
+        "_asset_row_sql",
+        "_asset_rows_sql",
+        "_has_tags_table",
+        "_keys_in_burst",
+        "_end_burst",
+    }
 
 
 def test_what_one_statement_events_rely_on_in_dagster_is_unchanged():
@@ -389,6 +400,47 @@ def test_an_asset_event_takes_one_round_trip_and_a_run_s_planned_events_one(
         ):
             records = instance.get_records_for_run(run_id, of_type=kind, limit=100).records
             assert sorted(r.event_log_entry.dagster_event.partition for r in records) == keys
+
+
+def test_the_daemon_s_burst_of_partition_questions_is_answered_from_one_read(
+    instance_from_dagster_yaml,
+):
+    """The daemon asks, key by key, whether each partition of a sensor's add request exists:
+    a burst is answered from one read of the definition's keys, the same answers as one query
+    per key, and this process's own adds and deletes are seen at once."""
+    handler = inspect.getsource(dagster._daemon.sensor._handle_dynamic_partitions_requests)
+    assert "instance.has_dynamic_partition(" in handler  # still key by key: else drop the burst
+    instance, dsn = instance_from_dagster_yaml
+    storage = instance.event_log_storage
+    queries: list[str] = []
+    event.listen(
+        storage._engine,
+        "before_cursor_execute",
+        lambda _c, _cur, statement, *_: queries.append(statement)
+        if "FROM dynamic_partitions" in statement
+        else None,
+    )
+    name = "files_burst"
+    instance.add_dynamic_partitions(name, [f"k{i}" for i in range(100)])
+    asked = [f"k{i}" for i in range(0, 300, 3)]
+    answers = [instance.has_dynamic_partition(name, key) for key in asked]
+    assert answers == [int(key[1:]) < 100 for key in asked]
+    assert len(queries) == BURST_QUESTIONS + 1, queries  # the burst's first ones, then one read
+    shipped = PostgresEventLogStorage(dsn.replace("://", "+psycopg2://", 1))
+    try:
+        assert [shipped.has_dynamic_partition(name, key) for key in asked] == answers
+        instance.add_dynamic_partitions(name, ["k150"])
+        assert instance.has_dynamic_partition(name, "k150")
+        instance.delete_dynamic_partition(name, "k0")
+        assert not instance.has_dynamic_partition(name, "k0")
+        # Another process's add, after the burst's read: the next burst sees it.
+        for key in asked:
+            instance.has_dynamic_partition(name, key)
+        shipped.add_dynamic_partitions(name, ["k151"])
+        time.sleep(1.1)
+        assert instance.has_dynamic_partition(name, "k151")
+    finally:
+        shipped._engine.dispose()
 
 
 def test_dagster_yaml_stores_events_through_one_kept_connection(instance_from_dagster_yaml):
