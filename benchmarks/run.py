@@ -157,23 +157,8 @@ def run_pipeline(
 ) -> dict:
     """Files appear under a running daemon's sensor -> all COMPLETED, on a fresh log and
     Dagster database. extra_env: variables of the daemon over the stack's."""
-    root = stack.ssh.root / f"pipeline-{round_id}"
-    root.mkdir()
-    env = {
-        **os.environ,
-        **stack.env(bucket=f"bench-{round_id}"),
-        "SFTP_ROOT": str(root),
-        "MIN_FILE_AGE_SECONDS": "0",
-        "SENSOR_INTERVAL_SECONDS": str(SENSOR_INTERVAL),
-        "TRANSFER_DB_URL": stack.postgres.create_database(f"log_{round_id}"),
-        "DAGSTER_PG_DB": f"dagster_{round_id}",
-        "DAGSTER_HOME": str(stack.base / f"home-{round_id}"),
-        **(extra_env or {}),
-    }
-    stack.postgres.create_database(f"dagster_{round_id}")
-    home = Path(env["DAGSTER_HOME"])
-    home.mkdir()
-    shutil.copy(PROJECT / "dagster.yaml", home / "dagster.yaml")
+    env = pipeline_env(stack, round_id, extra_env)
+    root = Path(env["SFTP_ROOT"])
     files = sum(1 for path in folder.rglob("*") if path.is_file())
     keep = os.environ.get("BENCH_KEEP_LOGS")  # a folder: the daemon's log is copied there
     with Daemon(env, keep) as daemon, instance_of(env) as instance:
@@ -210,6 +195,31 @@ def run_pipeline(
         "peak_rss_mib": meter.peak_rss_kib / 1024,
         "cpu_seconds": meter.by_kind(),
     }
+
+
+def pipeline_env(
+    stack: LocalStack, round_id: str, extra_env: dict[str, str] | None = None
+) -> dict[str, str]:
+    """The daemon's environment on a new SFTP root, log and Dagster database (DAGSTER_HOME with
+    the project's dagster.yaml). extra_env: variables of the daemon over the stack's."""
+    root = stack.ssh.root / f"pipeline-{round_id}"
+    root.mkdir()
+    env = {
+        **os.environ,
+        **stack.env(bucket=f"bench-{round_id}"),
+        "SFTP_ROOT": str(root),
+        "MIN_FILE_AGE_SECONDS": "0",
+        "SENSOR_INTERVAL_SECONDS": str(SENSOR_INTERVAL),
+        "TRANSFER_DB_URL": stack.postgres.create_database(f"log_{round_id}"),
+        "DAGSTER_PG_DB": f"dagster_{round_id}",
+        "DAGSTER_HOME": str(stack.base / f"home-{round_id}"),
+        **(extra_env or {}),
+    }
+    stack.postgres.create_database(f"dagster_{round_id}")
+    home = Path(env["DAGSTER_HOME"])
+    home.mkdir()
+    shutil.copy(PROJECT / "dagster.yaml", home / "dagster.yaml")
+    return env
 
 
 class Daemon:

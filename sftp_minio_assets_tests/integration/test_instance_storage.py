@@ -416,9 +416,9 @@ def test_the_daemon_s_burst_of_partition_questions_is_answered_from_one_read(
     event.listen(
         storage._engine,
         "before_cursor_execute",
-        lambda _c, _cur, statement, *_: queries.append(statement)
-        if "FROM dynamic_partitions" in statement
-        else None,
+        lambda _c, _cur, statement, *_: (
+            queries.append(statement) if "FROM dynamic_partitions" in statement else None
+        ),
     )
     name = "files_burst"
     instance.add_dynamic_partitions(name, [f"k{i}" for i in range(100)])
