@@ -60,6 +60,7 @@ def main() -> None:
         cpu = bench.cpu_ms_per_file(rounds, workload.files)
         summary[name] = {
             "seconds": statistics.median(r["seconds"] for r in rounds),
+            "from_first_tick": statistics.median(r["seconds_from_first_tick"] for r in rounds),
             "runs": [r["runs"] for r in rounds],
             "runs_requested": [r["runs_by_origin"].get("sensor request", 0) for r in rounds],
             "cpu_ms_per_file": sum(cpu.values()),
