@@ -162,8 +162,9 @@ class TransferSettings(dg.ConfigurableResource):
     )
     parallel_runs: Annotated[int, at_least(1)] = Field(
         default=3,
-        description="Runs a batch of new files is spread over: dagster.yaml runs at most 3 "
-        "of one source at once.",
+        description="Runs a batch of new files is spread over, at most, as far as its files "
+        "are worth (policy/discovery.py runs_worth): dagster.yaml runs at most 3 of one source "
+        "at once.",
     )
     retries: Annotated[int, at_least(0)] = Field(
         default=3, description="Retries of a transient fault per file, before the step's."

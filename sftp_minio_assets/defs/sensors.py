@@ -114,7 +114,13 @@ def build_new_files_sensor(source: str, files_asset: dg.AssetsDefinition) -> dg.
         again = [r.key for r in requests if r.key in order]
         versions = {r.key: f"{r.file.signature}#{r.generation}" for r in requests}
         runs = batches(
-            new_keys, again, order, settings.max_partitions_per_run, settings.parallel_runs
+            new_keys,
+            again,
+            order,
+            settings.max_partitions_per_run,
+            settings.parallel_runs,
+            {r.key: r.file.size for r in requests},
+            resource.policy.max_bytes_per_second,
         )
         # After the request: a file requested again is QUEUED now, so its partition stays.
         expired = _expired(resource, order, in_flight)

@@ -230,24 +230,49 @@ def object_differs(head: dict | None, file: RemoteFile) -> str | None:
     return None
 
 
+# What a run is worth starting for. A run's start costs its worker about 2.5 s of CPU (a
+# process, Dagster, the code, its connections), as much as copying some 700 small files, and on
+# two cores runs starting together slow each other. So a batch is spread over parallel runs only
+# as far as each run gets RUN_WORTH_SECONDS of copying, as estimated: SECONDS_PER_FILE (a run
+# worker's CPU per small file) plus its bytes at BYTES_PER_SECOND (one run worker reading over
+# SFTP), or at the source's bandwidth cap. Through the daemon (benchmarks.compare): 1,000 files
+# of 64 KiB took 10.1 s in 3 runs, 8.3 s in 1; 10,000 of 4 KiB 38.9 s in 3, 38.5 s in 2, 47.2 s
+# in 1 (one process's Python).
+SECONDS_PER_FILE = 0.004
+BYTES_PER_SECOND = 150e6
+RUN_WORTH_SECONDS = 5.0
+
+
+def runs_worth(sizes: Iterable[int], parallel_runs: int, cap: int | None = None) -> int:
+    """How many runs files of these sizes are worth, at most parallel_runs. cap: the source's
+    bandwidth cap (bytes per second), if any."""
+    rate = min(BYTES_PER_SECOND, cap or BYTES_PER_SECOND)
+    seconds = sum(SECONDS_PER_FILE + size / rate for size in sizes)
+    return max(1, min(parallel_runs, int(seconds // RUN_WORTH_SECONDS)))
+
+
 def batches(
     new: list[str],
     again: list[str],
     order: Mapping[str, int],
     max_per_run: int,
     parallel_runs: int,
+    sizes: Mapping[str, int],
+    cap: int | None = None,
 ) -> list[list[str]]:
     """How requested keys are grouped into runs; a run covers consecutive partitions.
 
     New keys (added together, so consecutive partitions) go in batches: a run costs seconds
-    of start-up, a file in a run milliseconds. Batches are small enough for parallel_runs runs
-    to share the work, and at most max_per_run. Keys that already had a partition (changed
-    files, retries) are grouped where they are consecutive in `order` (the partitions' order):
-    a batch that failed together is retried together.
+    of start-up, a file in a run milliseconds. Batches are spread over as many runs as the
+    files' sizes are worth (runs_worth), at most parallel_runs, and hold at most max_per_run.
+    Keys that already had a partition (changed files, retries) are grouped where they are
+    consecutive in `order` (the partitions' order): a batch that failed together is retried
+    together. sizes: the files' bytes, by key; cap: the source's bandwidth cap, if any.
     """
 
     def split(keys: list[str], together) -> list[list[str]]:
-        size = max(1, min(max_per_run, -(-len(keys) // parallel_runs)))
+        runs_wanted = runs_worth((sizes.get(key, 0) for key in keys), parallel_runs, cap)
+        size = max(1, min(max_per_run, -(-len(keys) // runs_wanted)))
         runs: list[list[str]] = []
         for key in keys:
             if runs and len(runs[-1]) < size and together(runs[-1][-1], key):

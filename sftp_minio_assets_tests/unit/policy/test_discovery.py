@@ -236,30 +236,44 @@ def test_auto_retry_never_retries_a_permanent_failure_and_an_empty_backoff_means
 # --- batches -------------------------------------------------------------------------------
 
 
+GB = 10**9
+
+
 @pytest.mark.parametrize(
-    "count, max_per_run, parallel_runs, sizes",
+    "count, size, max_per_run, parallel_runs, runs",
     [
-        (10, 500, 3, [4, 4, 2]),  # spread over the parallel runs
-        (10, 3, 3, [3, 3, 3, 1]),  # but never more than max_per_run in one
-        (2, 500, 3, [1, 1]),
-        (1, 500, 3, [1]),
-        (0, 500, 3, []),
+        (10, GB, 500, 3, [4, 4, 2]),  # spread over the parallel runs
+        (10, GB, 3, 3, [3, 3, 3, 1]),  # but never more than max_per_run in one
+        (2, GB, 500, 3, [1, 1]),  # each is worth a run of its own
+        (1, GB, 500, 3, [1]),
+        (0, GB, 500, 3, []),
+        (1000, 64 * 1024, 5000, 3, [1000]),  # not worth a second run's start
+        (3000, 4096, 5000, 3, [1500, 1500]),  # worth two
+        (10_000, 4096, 5000, 3, [3334, 3334, 3332]),
+        (10_000, 4096, 2000, 3, [2000] * 5),
     ],
 )
-def test_new_keys_go_in_runs_of_consecutive_keys(count, max_per_run, parallel_runs, sizes):
-    new = [f"k{i:02d}" for i in range(count)]
-    runs = batches(new, [], {}, max_per_run, parallel_runs)
-    assert [len(run) for run in runs] == sizes
-    assert [key for run in runs for key in run] == new
+def test_new_keys_go_in_runs_of_consecutive_keys(count, size, max_per_run, parallel_runs, runs):
+    new = [f"k{i:05d}" for i in range(count)]
+    batched = batches(new, [], {}, max_per_run, parallel_runs, dict.fromkeys(new, size))
+    assert [len(run) for run in batched] == runs
+    assert [key for run in batched for key in run] == new
+
+
+def test_a_bandwidth_cap_makes_files_worth_more_runs():
+    keys = [f"k{i}" for i in range(6)]
+    sizes = dict.fromkeys(keys, 2 * 1024 * 1024)
+    assert len(batches(keys, [], {}, 500, 6, sizes)) == 1  # 0.1 s of copying at full speed
+    assert len(batches(keys, [], {}, 500, 6, sizes, cap=400_000)) == 6  # 5 s each
 
 
 def test_known_keys_are_grouped_only_where_their_partitions_are_consecutive():
     order = {key: index for index, key in enumerate("abcdefgh")}
-    runs = batches([], ["g", "b", "a", "c", "e"], order, max_per_run=500, parallel_runs=1)
+    runs = batches([], ["g", "b", "a", "c", "e"], order, 500, parallel_runs=1, sizes={})
     assert runs == [["a", "b", "c"], ["e"], ["g"]]
 
 
 def test_new_keys_come_first_then_the_known_ones():
     order = {"x": 0, "y": 1}
-    runs = batches(["new1", "new2"], ["y", "x"], order, max_per_run=500, parallel_runs=1)
+    runs = batches(["new1", "new2"], ["y", "x"], order, 500, parallel_runs=1, sizes={})
     assert runs == [["new1", "new2"], ["x", "y"]]
