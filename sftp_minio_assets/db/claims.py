@@ -8,37 +8,26 @@ here too.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from ..core.model import TransferResult
-from .connection import Connections, DictCursor, arrays, one_row
-from .group_commit import GroupCommit
+from .connection import Connections, DictCursor, one_row
 
-# Claims of several files at once (GroupCommit: the claims a run's threads ask for together),
-# one row back per file won. Files of one batch never share an object key (a row's NOT EXISTS
-# does not see the statement's other rows), nor a file; they are taken in order of file, so
-# that two batches of claims wait for each other's rows in one order, never in a cycle.
 CLAIM = """
 INSERT INTO file_transfer_log AS t (
     source, filename, worker_id, run_id, status, attempts, transfer_start_time, heartbeat_at,
     size_bytes, file_size_mb, remote_mtime, object_key)
 SELECT
-    c.source, c.filename, c.worker_id, c.run_id, 'IN_PROGRESS', 1, now(), now(),
-    c.size_bytes, round(c.size_bytes / 1048576.0, 2), c.remote_mtime, c.object_key
-FROM unnest(%(sources)s::text[], %(filenames)s::text[], %(worker_ids)s::text[],
-            %(run_ids)s::text[], %(sizes)s::bigint[], %(mtimes)s::timestamptz[],
-            %(object_keys)s::text[])
-     AS c(source, filename, worker_id, run_id, size_bytes, remote_mtime, object_key)
+    %(source)s, %(filename)s, %(worker_id)s, %(run_id)s, 'IN_PROGRESS', 1, now(), now(),
+    %(size_bytes)s, round(%(size_bytes)s / 1048576.0, 2), %(remote_mtime)s, %(object_key)s
 -- never a key that another source's file is copied to, nor one that another file of this
 -- source is copied or being copied to: its object would be overwritten
 WHERE NOT EXISTS (SELECT 1 FROM file_transfer_log o
-                  WHERE o.object_key = c.object_key
-                    AND (o.source <> c.source
-                         OR (o.filename <> c.filename
+                  WHERE o.object_key = %(object_key)s
+                    AND (o.source <> %(source)s
+                         OR (o.filename <> %(filename)s
                              AND o.status IN ('COMPLETED', 'IN_PROGRESS'))))
-ORDER BY c.source, c.filename
 ON CONFLICT (source, filename) DO UPDATE SET
     worker_id = EXCLUDED.worker_id, run_id = EXCLUDED.run_id, status = 'IN_PROGRESS',
     attempts = t.attempts + 1, transfer_start_time = now(), transfer_end_time = NULL,
@@ -68,7 +57,7 @@ WHERE t.status NOT IN ('IN_PROGRESS', 'COMPLETED')  -- FAILED, QUEUED, or not ou
    OR (t.status = 'IN_PROGRESS' AND t.run_id = %(dead_run)s)
    OR (t.status = 'COMPLETED' AND (t.size_bytes IS DISTINCT FROM EXCLUDED.size_bytes
                                    OR t.remote_mtime IS DISTINCT FROM EXCLUDED.remote_mtime))
-RETURNING id, attempts, object_key, source, filename
+RETURNING id, attempts, object_key
 """
 
 HEARTBEAT = """
@@ -76,25 +65,16 @@ UPDATE file_transfer_log SET heartbeat_at = now(), progress_bytes = %(progress_b
 WHERE id = %(id)s AND attempts = %(attempts)s AND status = 'IN_PROGRESS'
 """
 
-# Copies recorded, several at once (GroupCommit), each fenced by its claim's attempt: the ids
-# back are the rows recorded.
 COMPLETE = """
-UPDATE file_transfer_log AS t SET
+UPDATE file_transfer_log SET
     status = 'COMPLETED', transfer_end_time = now(), updated_at = now(), heartbeat_at = now(),
-    size_bytes = c.size_bytes, file_size_mb = round(c.size_bytes / 1048576.0, 2),
-    sha256 = c.sha256, download_duration = c.download, upload_duration = c.upload,
-    total_duration = c.total, error_message = NULL, stored_bytes = c.stored_bytes,
-    consecutive_failures = 0, auto_retries = 0, progress_bytes = c.size_bytes,
-    resumed_from = c.resumed_from, verification = c.verification,
-    source_action = c.source_action
-FROM unnest(%(ids)s::bigint[], %(attempts)s::int[], %(sizes)s::bigint[], %(sha256s)s::text[],
-            %(downloads)s::numeric[], %(uploads)s::numeric[], %(totals)s::numeric[],
-            %(stored)s::bigint[], %(resumed)s::bigint[], %(verifications)s::text[],
-            %(actions)s::text[])
-     AS c(id, attempts, size_bytes, sha256, download, upload, total, stored_bytes,
-          resumed_from, verification, source_action)
-WHERE t.id = c.id AND t.attempts = c.attempts AND t.status = 'IN_PROGRESS'
-RETURNING t.id
+    size_bytes = %(size_bytes)s, file_size_mb = round(%(size_bytes)s / 1048576.0, 2),
+    sha256 = %(sha256)s, download_duration = %(download)s, upload_duration = %(upload)s,
+    total_duration = %(total)s, error_message = NULL, stored_bytes = %(stored_bytes)s,
+    consecutive_failures = 0, auto_retries = 0, progress_bytes = %(size_bytes)s,
+    resumed_from = %(resumed_from)s, verification = %(verification)s,
+    source_action = %(source_action)s
+WHERE id = %(id)s AND attempts = %(attempts)s AND status = 'IN_PROGRESS'
 """
 
 FAIL = """
@@ -196,37 +176,13 @@ def fenced(claim: Claim, cursor: DictCursor) -> None:
         raise ClaimLost(f"claim {claim.id} (attempt {claim.attempts}) was taken over")
 
 
-@dataclass(frozen=True)
-class _Wanted:
-    """A file a worker wants to claim: a row of CLAIM."""
-
-    source: str
-    filename: str
-    worker_id: str
-    run_id: str | None
-    size_bytes: int
-    remote_mtime: datetime
-    object_key: str
-    dead_run: str | None
-    keep_recorded_key: bool
-
-    def apart(self) -> tuple[Hashable, ...]:
-        return (("file", self.source, self.filename), ("object", self.object_key))
-
-    def together(self) -> Hashable:
-        return (self.dead_run, self.keep_recorded_key)  # the statement's own parameters
-
-
 class Claims:
     """The workers' side of `file_transfer_log`. stale_minutes: how long a claim lives without
-    a heartbeat (MAX_STALE_LOCK_MINUTES). Claims and completions asked for at once by several
-    threads go as one statement each (GroupCommit)."""
+    a heartbeat (MAX_STALE_LOCK_MINUTES)."""
 
     def __init__(self, db: Connections, stale_minutes: float = 30):
         self._db = db
         self.stale_minutes = stale_minutes
-        self._claims = GroupCommit(self._claim_many, _Wanted.apart, _Wanted.together)
-        self._completions = GroupCommit(self._complete_many)
 
     def claim(
         self,
@@ -245,40 +201,22 @@ class Claims:
         same content is already COMPLETED, or object_key is another file's. dead_run: a run
         known to be finished, whose claim may be taken over. keep_recorded_key: an earlier
         claim of the same content keeps its key (the claim says which key to copy to)."""
-        mtime = datetime.fromtimestamp(remote_mtime, UTC)
-        return self._claims(
-            _Wanted(
-                source, filename, worker_id, run_id, size_bytes, mtime, object_key, dead_run,
-                keep_recorded_key,
-            )
-        )  # fmt: skip
-
-    def _claim_many(self, wanted: list[_Wanted]) -> list[Claim | None]:
-        rows = [
-            (w.source, w.filename, w.worker_id, w.run_id, w.size_bytes, w.remote_mtime,
-             w.object_key)
-            for w in wanted
-        ]  # fmt: skip
-        params = {
-            **arrays(
-                rows,
-                "sources",
-                "filenames",
-                "worker_ids",
-                "run_ids",
-                "sizes",
-                "mtimes",
-                "object_keys",
-            ),  # fmt: skip
-            "stale_seconds": self.stale_minutes * 60,
-            "dead_run": wanted[0].dead_run,
-            "keep_recorded_key": wanted[0].keep_recorded_key,
-        }
-        won = {
-            (row["source"], row["filename"]): Claim(row["id"], row["attempts"], row["object_key"])
-            for row in self._db.execute(CLAIM, params).fetchall()
-        }
-        return [won.get((w.source, w.filename)) for w in wanted]
+        row = self._db.execute(
+            CLAIM,
+            {
+                "source": source,
+                "filename": filename,
+                "worker_id": worker_id,
+                "run_id": run_id,
+                "size_bytes": size_bytes,
+                "remote_mtime": datetime.fromtimestamp(remote_mtime, UTC),
+                "object_key": object_key,
+                "stale_seconds": self.stale_minutes * 60,
+                "dead_run": dead_run,
+                "keep_recorded_key": keep_recorded_key,
+            },
+        ).fetchone()
+        return Claim(row["id"], row["attempts"], row["object_key"]) if row else None
 
     def heartbeat(self, claim: Claim, progress_bytes: int | None = None) -> None:
         params = {"id": claim.id, "attempts": claim.attempts, "progress_bytes": progress_bytes}
@@ -289,25 +227,20 @@ class Claims:
     ) -> None:
         """The copy recorded, fenced by the claim. source_action: what becomes of the remote
         file, when known already (kept): one statement, not two."""
-        if not self._completions((claim, result, source_action)):
-            raise ClaimLost(f"claim {claim.id} (attempt {claim.attempts}) was taken over")
-
-    def _complete_many(
-        self, completions: list[tuple[Claim, TransferResult, str | None]]
-    ) -> list[bool]:
-        rows = [
-            (claim.id, claim.attempts, result.size_bytes, result.sha256,
-             round(result.download_seconds, 2), round(result.upload_seconds, 2),
-             round(result.total_seconds, 2), result.stored_bytes, result.resumed_from or None,
-             result.verification, action)
-            for claim, result, action in completions
-        ]  # fmt: skip
-        params = arrays(
-            rows, "ids", "attempts", "sizes", "sha256s", "downloads", "uploads", "totals",
-            "stored", "resumed", "verifications", "actions",
-        )  # fmt: skip
-        recorded = {row["id"] for row in self._db.execute(COMPLETE, params).fetchall()}
-        return [claim.id in recorded for claim, _, _ in completions]
+        params = {
+            "id": claim.id,
+            "attempts": claim.attempts,
+            "size_bytes": result.size_bytes,
+            "sha256": result.sha256,
+            "download": round(result.download_seconds, 2),
+            "upload": round(result.upload_seconds, 2),
+            "total": round(result.total_seconds, 2),
+            "stored_bytes": result.stored_bytes,
+            "resumed_from": result.resumed_from or None,
+            "verification": result.verification,
+            "source_action": source_action,
+        }
+        fenced(claim, self._db.execute(COMPLETE, params))
 
     def fail(self, claim: Claim, error: str, permanent: bool = False) -> None:
         params = {"id": claim.id, "attempts": claim.attempts, "error": error}

@@ -10,8 +10,6 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from sftp_minio_assets.core.model import TransferResult
-from sftp_minio_assets.db.claims import Claim, ClaimLost
 from sftp_minio_assets.db.schema import MIGRATION_LOCK, MIGRATIONS, SchemaTooNew
 from sftp_minio_assets.db.transfer_log import TransferLog
 from sftp_minio_assets.defs.resources import TransferLogResource
@@ -187,89 +185,6 @@ def test_of_many_concurrent_claims_exactly_one_wins(env):
         for thread in threads:
             thread.join()
         assert len(winners) == 1, winners
-
-
-def test_a_run_s_threads_claim_and_record_copies_in_one_statement_each_time(env):
-    """Claims asked for while another is in flight go together as one statement (one now() for
-    all their rows), one row back per file won; two files to one object key never share a
-    statement, so one of them wins; completions likewise, each fenced by its attempt."""
-    log = env.log
-    log.claims.fail(claim(log, "held.bin", "w0"), "earlier attempt")  # claimable again
-    log.db.connection()
-
-    def claim_to(filename: str, key: str):
-        return log.claims.claim(
-            "default", filename, size_bytes=1, remote_mtime=1, object_key=key,
-            worker_id=f"w-{filename}", run_id="run-1",
-        )  # fmt: skip
-
-    def together(first, others) -> dict:
-        """first() waits on a row lock held here; others queue up behind it; then all go."""
-        answers: dict = {}
-        with (
-            psycopg.connect(env.db_url) as blocker,
-            psycopg.connect(env.db_url, autocommit=True) as watcher,
-        ):
-            locked = blocker.execute(
-                "SELECT filename FROM file_transfer_log WHERE filename = %s FOR UPDATE",
-                (first[0],),
-            ).fetchall()
-            assert locked
-            threads = [threading.Thread(target=lambda a=first: answers.update({a[0]: a[1]()}))]
-            threads[0].start()
-            while not watcher.execute(  # (a transaction sees one snapshot of the view)
-                "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-            ).fetchone():
-                time.sleep(0.01)
-            threads += [
-                threading.Thread(target=lambda a=other: answers.update({a[0]: a[1]()}))
-                for other in others
-            ]
-            for thread in threads[1:]:
-                thread.start()
-            queue = log.claims._claims._queue if "claim" in first[2] else None
-            queue = queue if queue is not None else log.claims._completions._queue
-            while len(queue) < len(others):
-                time.sleep(0.01)
-        for thread in threads:
-            thread.join(10)
-        return answers
-
-    files = [f"b{i}.bin" for i in range(4)]
-    claims = together(
-        ("held.bin", lambda: claim_to("held.bin", "default/held.bin"), "claim"),
-        [(f, lambda f=f: claim_to(f, f"default/{f}")) for f in files]
-        + [(f, lambda f=f: claim_to(f, "default/shared")) for f in ("same-a", "same-b")],
-    )
-    assert all(claims[f] is not None for f in ["held.bin", *files])
-    assert [claims["same-a"], claims["same-b"]].count(None) == 1  # one object, one file
-    rows = {f: log.claims.get("default", f) for f in claims}
-    assert len({rows[f]["transfer_start_time"] for f in files}) == 1  # one statement
-    assert rows["held.bin"]["transfer_start_time"] != rows["b0.bin"]["transfer_start_time"]
-    assert rows["held.bin"]["attempts"] == 2 and rows["b0.bin"]["object_key"] == "default/b0.bin"
-
-    result = TransferResult(size_bytes=1, sha256="0" * 64, download_seconds=0.1,
-                            upload_seconds=0.2, total_seconds=0.3, stored_bytes=1)  # fmt: skip
-    stolen = claims["b3.bin"]
-    lost = Claim(stolen.id, stolen.attempts - 1, stolen.object_key)  # an older attempt's claim
-    outcomes = together(
-        ("held.bin", lambda: log.claims.complete(claims["held.bin"], result), "complete"),
-        [(f, lambda f=f: log.claims.complete(claims[f], result)) for f in files[:3]]
-        + [("lost", lambda: _raised(lambda: log.claims.complete(lost, result)))],
-    )
-    assert isinstance(outcomes["lost"], ClaimLost)
-    rows = {f: log.claims.get("default", f) for f in ["held.bin", *files]}
-    assert [rows[f]["status"] for f in files] == ["COMPLETED"] * 3 + ["IN_PROGRESS"]
-    assert len({rows[f]["transfer_end_time"] for f in files[:3]}) == 1  # one statement
-    assert rows["held.bin"]["status"] == "COMPLETED" and rows["b0.bin"]["sha256"] == "0" * 64
-
-
-def _raised(action):
-    try:
-        action()
-    except Exception as error:
-        return error
-    return None
 
 
 def test_claims_follow_the_protocol(env):
