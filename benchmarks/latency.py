@@ -30,7 +30,7 @@ import uuid
 from pathlib import Path
 
 import psycopg
-from dagster import DagsterEventType, EventRecordsFilter, RunsFilter
+from dagster import DagsterEventType, RunsFilter
 
 from devstack.local_stack import LocalStack
 
@@ -70,9 +70,7 @@ def _completed_row(log: psycopg.Connection, name: str) -> tuple[float, float] | 
 
 
 def _run_start(instance, run_id: str) -> float:
-    records = instance.get_event_records(
-        EventRecordsFilter(event_type=DagsterEventType.RUN_START), limit=50
-    )
+    records = instance.fetch_run_status_changes(DagsterEventType.RUN_START, limit=50).records
     (start,) = [r.event_log_entry.timestamp for r in records if r.run_id == run_id]
     return start
 
