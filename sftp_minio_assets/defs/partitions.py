@@ -29,8 +29,9 @@ SOURCE_TAG = "sftp_minio_assets/source"
 
 # Dagster's console logger at INFO for the sensor's runs, rather than its default DEBUG: at DEBUG
 # every event (a planned and a stored materialization per file) is a line formatted and written
-# to the run worker's stderr, about 5% of a run worker's CPU on small files, though the UI shows
-# them from the event log, which keeps them all. The run's INFO messages, its warnings and the
+# to the run worker's stderr (a run worker's CPU per small file went 4.2 -> 3.4 ms without them
+# in one comparison, 4.0 -> 3.8 in another), though the UI shows them from the event log, which
+# keeps them all. The run's INFO messages, its warnings and the
 # project's own line per file stay. Runs launched from the UI keep Dagster's default.
 QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
