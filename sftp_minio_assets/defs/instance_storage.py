@@ -178,12 +178,10 @@ class PooledPostgresEventLogStorage(PostgresEventLogStorage):
     def add_dynamic_partitions(
         self, partitions_def_name: str, partition_keys: Sequence[str]
     ) -> None:
-        self._end_burst(partitions_def_name)
         super().add_dynamic_partitions(partitions_def_name, partition_keys)
-        self._end_burst(partitions_def_name)
+        self._end_burst(partitions_def_name)  # keys read before the add are stale now
 
     def delete_dynamic_partition(self, partitions_def_name: str, partition_key: str) -> None:
-        self._end_burst(partitions_def_name)
         super().delete_dynamic_partition(partitions_def_name, partition_key)
         self._end_burst(partitions_def_name)
 
