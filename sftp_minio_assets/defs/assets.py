@@ -7,7 +7,7 @@ naming every file that failed, so those partitions (and only those) show as fail
 """
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import cast
 
 import dagster as dg
@@ -46,8 +46,16 @@ STEP_RETRY = dg.RetryPolicy(
 
 
 def build_files_asset(
-    source: str = DEFAULT_SOURCE, retry_policy: dg.RetryPolicy | None = STEP_RETRY
+    source: str = DEFAULT_SOURCE,
+    retry_policy: dg.RetryPolicy | None = STEP_RETRY,
+    *,
+    group: str | None = None,
+    owners: Sequence[str] = (),
+    description: str | None = None,
 ) -> dg.AssetsDefinition:
+    """The files asset of a source, `<source>/files`, in the group named after the source unless
+    `group` is given."""
+
     @dg.asset(
         name="files",
         key_prefix=[source],
@@ -57,9 +65,12 @@ def build_files_asset(
         # Backfills from the UI (e.g. "materialize failed") batch files too.
         backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=100),
         retry_policy=retry_policy,
-        group_name="sftp_to_minio",
+        group_name=group or source,
         kinds={"sftp", "s3"},
-        description=f"Files of SFTP source `{source}`, one partition each, copied to MinIO.",
+        owners=list(owners),
+        description=description
+        or f"Files of SFTP source `{source}`, one partition each, copied to MinIO; each "
+        "materialization's metadata has the object's URI (`object_uri`).",
         # Each source has its own SourceResource, under its own key.
         required_resource_keys={source_key(source)},
     )

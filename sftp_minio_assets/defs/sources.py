@@ -28,7 +28,7 @@ Secrets (`password`, `private_key`, `pgp_private_key`, `pgp_passphrase`) must be
 `{env: NAME}`: a literal secret in the file is refused. Any other value may be a reference too.
 Every value, referenced ones included, is checked when the file is loaded, and so is the rule
 that no two sources write to the same objects (as far as destinations can be known before
-files are: see _refuse_shared_destinations). Without SOURCES_FILE, the SFTP_* variables make
+files are: see refuse_shared_destinations). Without SOURCES_FILE, the SFTP_* variables make
 one source named `default`.
 """
 
@@ -90,8 +90,8 @@ def load_sources(
     entries = (document or {}).get("sources") if isinstance(document, dict) else None
     if not isinstance(entries, dict) or not entries:
         raise SourcesError(f"{path}: expected a mapping `sources:` of named sources")
-    checked_sources = {name: _source(path, name, entry) for name, entry in entries.items()}
-    _refuse_shared_destinations(
+    checked_sources = {name: check_source(path, name, entry) for name, entry in entries.items()}
+    refuse_shared_destinations(
         path, {name: destination for name, (_, _, destination) in checked_sources.items()}
     )
     return {
@@ -100,11 +100,12 @@ def load_sources(
     }
 
 
-def _source(
+def check_source(
     path: Path, name: object, entry: object
 ) -> tuple[SFTPConnection, SourcePolicyConfig, str]:
     """The source's connection and policy as Dagster gets them, and its destination; all
-    checked with their references resolved."""
+    checked with their references resolved. path: the sources file or the component's
+    defs.yaml, which every message names, with the source and the key."""
     where = f"{path}: source {name!r}"
     if not isinstance(name, str) or not NAME.match(name):
         raise SourcesError(f"{where}: names are letters, digits and _, starting with a letter")
@@ -127,7 +128,8 @@ def _source(
         elif key in SECRETS:
             raise SourcesError(
                 f"{where}: `{key}` must be a reference to an environment variable, "
-                f"`{key}: {{env: NAME}}`, never the secret itself"
+                f'`{key}: {{env: NAME}}` in a sources file, `{key}: "{{{{ env.NAME }}}}"` in '
+                "a component's defs.yaml, never the secret itself"
             )
         else:
             values[field] = value
@@ -164,7 +166,7 @@ def _naming(keys: dict[str, str], variables: dict[str, str]):
     return name
 
 
-def _refuse_shared_destinations(path: Path, destinations: dict[str, str]) -> None:
+def refuse_shared_destinations(path: Path | str, destinations: dict[str, str]) -> None:
     """Objects are MINIO_PREFIX/destination/path, or MINIO_PREFIX/<template filled in>: two
     sources whose keys may begin alike could write the same object, each overwriting the
     other's copy. destinations: what each source's keys begin with for sure (its

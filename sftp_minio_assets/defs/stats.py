@@ -131,12 +131,13 @@ def transfer_stats(transfer_log: TransferLogResource) -> dg.MaterializeResult:
     return dg.MaterializeResult(metadata={**totals, **tables})
 
 
-def build_health_job(files_assets: list[dg.AssetsDefinition]):
-    """The statistics, and the asset checks of every source's files."""
+def build_health_job():
+    """The statistics, and the asset checks of every source's files (the assets of kind sftp),
+    without copying any file."""
+    sources = dg.AssetSelection.kind("sftp")
     return dg.define_asset_job(
         "transfer_health",
-        selection=dg.AssetSelection.assets(transfer_stats)
-        | dg.AssetSelection.checks_for_assets(*files_assets),
+        selection=dg.AssetSelection.assets(transfer_stats) | (sources - sources.without_checks()),
     )
 
 
