@@ -1,7 +1,7 @@
 """The pipeline end to end on a local stack (real sshd, SeaweedFS S3, PostgreSQL).
 
 python -m devstack.demo run   # seed files, one sensor tick, its runs, a summary
-python -m devstack.demo dev   # the same stack under `dagster dev`, for the UI
+python -m devstack.demo dev   # the same stack under `dg dev`, for the UI
 """
 
 import argparse
@@ -22,14 +22,9 @@ import yaml
 
 PROJECT = Path(__file__).resolve().parents[1]
 
-# Notices about Dagster's own API, not about the files, printed by every process that loads the
-# code: the beta parameter the asset uses, and `dagster dev` superseded by `dg dev`. `dg dev`
-# comes in another package (dagster-dg-cli) and wants a dg project layout (`[tool.dg]`); here
-# `dagster dev` does the same job, so the notice is silenced rather than followed.
-DAGSTER_NOTICES = (
-    "Parameter `backfill_policy` of function `asset` is currently in beta",
-    "Function `dev_command` is superseded",
-)
+# A notice about Dagster's own API, not about the files, printed by every process that loads the
+# code: the beta parameter the asset uses.
+DAGSTER_NOTICES = ("Parameter `backfill_policy` of function `asset` is currently in beta",)
 # Run events stay in the instance's event log (the UI); the demo's console shows its own story.
 QUIET_RUN = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
@@ -239,14 +234,20 @@ def run_dagster_dev(port: int, home: Path) -> None:
     from devstack.local_stack import stop_group
 
     print(f"Dagster UI on http://127.0.0.1:{port} (Ctrl-C stops everything)", flush=True)
-    command = [sys.executable, "-m", "dagster", "dev", "-w", str(PROJECT / "workspace.yaml")]
+    # dg dev loads the project as pyproject.toml's [tool.dg] says: the standalone code location.
+    dg = Path(sys.executable).parent / "dg"
     dev = subprocess.Popen(
-        [*command, "-h", "127.0.0.1", "-p", str(port)],
-        # From the project root, dagster dev would warn that the dagster.yaml there is not used:
-        # true, and meant (DAGSTER_HOME holds its copy), so it runs from DAGSTER_HOME instead.
-        cwd=home,
+        [str(dg), "dev", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=PROJECT,
         # Its webserver, daemon, code servers and run workers inherit the filter.
-        env={**os.environ, "PYTHONWARNINGS": ",".join(f"ignore:{m}" for m in DAGSTER_NOTICES)},
+        # dg compares the active virtualenv with the project's: this one is active. (dg dev also
+        # notes that the project's dagster.yaml is not the one used: meant, DAGSTER_HOME has its
+        # copy.)
+        env={
+            **os.environ,
+            "VIRTUAL_ENV": sys.prefix,
+            "PYTHONWARNINGS": ",".join(f"ignore:{m}" for m in DAGSTER_NOTICES),
+        },
         start_new_session=True,
     )
     try:
