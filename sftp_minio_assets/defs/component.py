@@ -22,11 +22,13 @@ The statistics and the alerts, once per project, are the TransferMonitor compone
 import os
 import re
 import threading
+from contextlib import suppress
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, get_args, get_origin
 
 import dagster as dg
-from pydantic import PrivateAttr
+import yaml
+from pydantic import BaseModel, PrivateAttr
 
 from .alerts import alert_on_recovery, alert_on_repeated_failures
 from .assets import build_files_asset
@@ -61,7 +63,11 @@ def _setting(field: str):
 
 
 def _yaml_type(field: str) -> Any:
-    """What YAML may give for a setting: its type, or a template string."""
+    """What YAML may give for a setting: its type, or a template string; anything for a secret,
+    which check_source refuses unless it is a reference (Dagster's own message for a wrong type
+    would quote the value)."""
+    if field in SECRETS:
+        return Any
     if field == "private_key_path":
         return str | None
     info = (SFTPConnection.model_fields | SourcePolicyConfig.model_fields)[field]
@@ -150,6 +156,8 @@ class SftpSourceScaffolder(dg.Scaffolder):
 
     def scaffold(self, request: dg.ScaffoldRequest) -> None:
         name = re.sub(r"\W", "_", request.target_path.name)
+        if not NAME.match(name):  # a source's name begins with a letter
+            name = f"source_{name}"[:64]
         request.target_path.mkdir(parents=True, exist_ok=True)
         (request.target_path / "defs.yaml").write_text(
             SCAFFOLD.format(type_name=request.type_name, name=name, upper=name.upper())
@@ -164,6 +172,19 @@ class SftpSource(SftpSourceBase):
 
     SETTINGS: ClassVar[frozenset[str]] = frozenset(FIELDS)
     _resource: SourceResource | None = PrivateAttr(default=None)
+    # Keys that are no attribute: refused by check_source, by name. Dagster's own refusal of an
+    # unknown key quotes its value, which a misspelled secret's key would print.
+    _unknown: list[str] = PrivateAttr(default_factory=list)
+
+    @classmethod
+    def model(cls) -> type[BaseModel]:
+        return _taking_unknown_keys(super().model())
+
+    @classmethod
+    def resolve_from_model(cls, context: dg.ResolutionContext, model: BaseModel) -> "SftpSource":
+        source = super().resolve_from_model(context, model)
+        source._unknown = sorted(model.model_extra or {})
+        return source
 
     @classmethod
     def of_resource(cls, resource: SourceResource) -> "SftpSource":
@@ -174,17 +195,19 @@ class SftpSource(SftpSourceBase):
         return source
 
     def settings(self) -> dict[str, Any]:
-        """The settings given, as a sources file's entry has them."""
-        return {f: getattr(self, f) for f in self.SETTINGS if getattr(self, f) is not None}
+        """The settings given, as a sources file's entry has them (unknown keys without their
+        values)."""
+        given = {f: getattr(self, f) for f in self.SETTINGS if getattr(self, f) is not None}
+        return {**given, **dict.fromkeys(self._unknown)}
 
     def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
-        defs_yaml = context.path / "defs.yaml"
+        where = _place(context)
         name = self.name or context.path.name
-        resource, destination = self.checked(defs_yaml, name)
-        _LOADED.register(defs_yaml, name, destination)
+        resource, destination = self.checked(_shown(where), name)
+        _LOADED.register(where, name, destination)
         return self.definitions(resource)
 
-    def checked(self, where: Path, name: str) -> tuple[SourceResource, str]:
+    def checked(self, where: Path | str, name: str) -> tuple[SourceResource, str]:
         """The source's resource and where its objects begin, checked as a sources file's
         entry is; a SourcesError names `where`, the source and the key."""
         if not NAME.match(name):
@@ -251,29 +274,61 @@ def shared_resources() -> dict[str, dg.ConfigurableResource]:
         return _SHARED[key]
 
 
+# Where a component is declared: its defs.yaml, and the document's index in it.
+Place = tuple[Path, int | str | None]
+
+
+def _place(context: dg.ComponentLoadContext) -> Place:
+    """From Dagster's ComponentPath (not exported): a folder, or the YAML file itself."""
+    path, document = context.component_path.file_path, context.component_path.instance_key
+    return (path / "defs.yaml" if path.is_dir() else path), document
+
+
+def _shown(where: Place) -> str:
+    """The defs.yaml, and which of its documents when it holds several."""
+    path, document = where
+    with suppress(OSError, yaml.YAMLError):
+        if isinstance(document, int) and len(list(yaml.safe_load_all(path.read_text()))) > 1:
+            return f"{path} (document {document + 1})"
+    return str(path)
+
+
 class _Loaded:
-    """The sources loaded in this process, by their defs.yaml: no two may have one name or write
-    the same objects. Each load of a defs.yaml replaces its entry; an entry whose file is gone
-    (the component removed, the code reloaded) is forgotten."""
+    """The sources loaded in this process, by the defs.yaml (and document) declaring each: no two
+    may have one name or write the same objects. Each load of a component replaces its entry; an
+    entry whose file is gone (the component removed, the code reloaded) is forgotten."""
 
     def __init__(self) -> None:
-        self._by_file: dict[Path, tuple[str, str]] = {}
+        self._by_place: dict[Place, tuple[str, str]] = {}
         self._lock = threading.Lock()
 
-    def register(self, defs_yaml: Path, name: str, destination: str) -> None:
+    def register(self, where: Place, name: str, destination: str) -> None:
         with self._lock:
-            self._by_file = {f: e for f, e in self._by_file.items() if f.exists()}
-            self._by_file[defs_yaml] = (name, destination)
-            others = [(f, e) for f, e in self._by_file.items() if f != defs_yaml]
+            self._by_place = {p: e for p, e in self._by_place.items() if p[0].exists()}
+            self._by_place[where] = (name, destination)
+            others = [(p, e) for p, e in self._by_place.items() if p != where]
         for other, (other_name, other_destination) in others:
             if other_name == name:
                 raise SourcesError(
-                    f"{defs_yaml}: source {name!r} is also defined in {other}; give each "
-                    "source a name of its own (`name:`)"
+                    f"{_shown(where)}: source {name!r} is also defined in {_shown(other)}; give "
+                    "each source a name of its own (`name:`)"
                 )
             refuse_shared_destinations(
-                f"{defs_yaml} and {other}", {name: destination, other_name: other_destination}
+                f"{_shown(where)} and {_shown(other)}",
+                {name: destination, other_name: other_destination},
             )
 
 
+def _taking_unknown_keys(model: type[BaseModel]) -> type[BaseModel]:
+    """model, keeping keys it does not know (in model_extra) rather than refusing them."""
+    if model not in _TAKING:
+        _TAKING[model] = type(
+            model.__name__,
+            (model,),
+            {"model_config": {**model.model_config, "extra": "allow"}, "__module__": __name__},
+        )
+    return _TAKING[model]
+
+
+_TAKING: dict[type[BaseModel], type[BaseModel]] = {}
 _LOADED = _Loaded()

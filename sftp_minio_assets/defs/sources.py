@@ -101,7 +101,7 @@ def load_sources(
 
 
 def check_source(
-    path: Path, name: object, entry: object
+    path: Path | str, name: object, entry: object
 ) -> tuple[SFTPConnection, SourcePolicyConfig, str]:
     """The source's connection and policy as Dagster gets them, and its destination; all
     checked with their references resolved. path: the sources file or the component's
