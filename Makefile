@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: install system-deps browser-deps s3rver-deps bench-deps demo dev test test-unit screenshots bench \
+.PHONY: install system-deps browser-deps s3rver-deps bench-deps demo dev test test-unit test-example screenshots bench \
 	bench-quick lint format
 
 install: system-deps $(VENV)/.installed
@@ -61,10 +61,17 @@ dev: install
 
 test: install browser-deps s3rver-deps
 	$(BIN)/python -m pytest
+	$(MAKE) test-example
+
+# The example project's own tests (examples/partner_csv, no server; its end-to-end test through
+# the daemon is integration/test_example.py).
+test-example: $(VENV)/.installed
+	cd examples/partner_csv && $(abspath $(BIN))/python -m pytest -q partner_csv_tests
 
 # The tests that need no server (not marked `integration`): seconds, on the virtualenv alone.
 test-unit: $(VENV)/.installed
 	$(BIN)/python -m pytest -m "not integration"
+	$(MAKE) test-example
 
 # docs/screenshots/ from the UI test, which otherwise writes them to a temporary folder.
 screenshots: install browser-deps

@@ -3,9 +3,11 @@
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import suppress
@@ -179,9 +181,9 @@ def instance():
 
 @dataclass
 class Daemon:
-    """A real `dagster-daemon run` on the project's dagster.yaml and workspace.yaml, its
-    instance on the stack's PostgreSQL, as deployments run it (with the code server it starts,
-    which launches each run as a process of its own)."""
+    """A real `dagster-daemon run` on the project's dagster.yaml and workspace.yaml (or another
+    workspace), its instance on the stack's PostgreSQL, as deployments run it (with the code
+    server it starts, which launches each run as a process of its own)."""
 
     process: subprocess.Popen
     dagster_db: str  # the instance's own database
@@ -191,16 +193,22 @@ class Daemon:
         with psycopg.connect(self.dagster_db) as conn:
             return dict(conn.execute("SELECT run_id, status FROM runs").fetchall())
 
-    def pids(self, marker: str) -> list[int]:
-        """Processes started by the daemon whose command line contains marker."""
-        session = os.getsid(self.process.pid)
+    def pids(self, marker: str = "") -> list[int]:
+        """Processes started by the daemon whose command line contains marker, but zombies;
+        the daemon's own while it runs. Its session is its PID (start_new_session), so that
+        they are found after it exited too."""
         found = []
         for entry in os.listdir("/proc"):
             if not entry.isdigit():
                 continue
             with suppress(OSError):
                 cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ")
-                if os.getsid(int(entry)) == session and marker.encode() in cmdline:
+                state = Path(f"/proc/{entry}/stat").read_text().rpartition(")")[2].split()[0]
+                if (
+                    os.getsid(int(entry)) == self.process.pid
+                    and state != "Z"
+                    and marker.encode() in cmdline
+                ):
                     found.append(int(entry))
         return found
 
@@ -210,10 +218,12 @@ class Daemon:
 
 @pytest.fixture
 def start_daemon(env, tmp_path):
-    """Starts the daemon with the stack's settings plus the given variables; stops it after."""
-    started: list[subprocess.Popen] = []
+    """Starts the daemon with the stack's settings plus the given variables, on the project's
+    workspace.yaml or the given one (another project's code location); stops it after."""
+    started: list[Daemon] = []
 
-    def start(**variables: str) -> Daemon:
+    def start(workspace: Path | None = None, **variables: str) -> Daemon:
+        workspace = workspace or PROJECT / "workspace.yaml"
         home = tmp_path / "dagster_home"
         home.mkdir(exist_ok=True)
         shutil.copy(PROJECT / "dagster.yaml", home / "dagster.yaml")
@@ -231,16 +241,24 @@ def start_daemon(env, tmp_path):
         }
         with open(home / "daemon.log", "ab") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", "dagster._daemon", "run", "-w", "workspace.yaml"],
+                [sys.executable, "-m", "dagster._daemon", "run", "-w", str(workspace)],
                 cwd=PROJECT,
                 env=environment,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        started.append(process)
-        return Daemon(process, dagster_db, home)
+        started.append(Daemon(process, dagster_db, home))
+        return started[-1]
 
     yield start
-    for process in started:
-        stop_group(process)
+    for daemon in started:
+        stop_group(daemon.process)
+        # The code server it started got the same SIGTERM, and cleans up on PostgreSQL: it
+        # would hang for good once the stack is stopped, were it not waited for here.
+        deadline = time.monotonic() + 30
+        while daemon.pids() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for pid in daemon.pids():
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
