@@ -114,16 +114,18 @@ def check_source(
     unknown = sorted(set(entry) - FIELDS)
     if unknown:
         raise SourcesError(f"{where}: unknown settings {unknown}; known: {sorted(FIELDS)}")
+    unset = [
+        f"`{key}` refers to the environment variable {value['env']}, which is not set"
+        for key, value in entry.items()
+        if _is_reference(value) and not os.environ.get(value["env"])
+    ]
+    if unset:  # all at once: a new source's variables are often set one by one
+        raise SourcesError(f"{where}: " + "; ".join(unset))
     keys, values, variables = {}, {}, {}
     for key, value in entry.items():
         field = "private_key" if key == "private_key_path" else key
         keys[field] = key
         if _is_reference(value):
-            if not os.environ.get(value["env"]):
-                raise SourcesError(
-                    f"{where}: `{key}` refers to the environment variable {value['env']}, "
-                    "which is not set"
-                )
             variables[field] = value["env"]
         elif key in SECRETS:
             raise SourcesError(

@@ -99,6 +99,12 @@ def test_a_sources_file_source_names_its_settings_as_the_file_sets_them(tmp_path
         ("compression: lzma", "compression"),
         ("private_key: '-----BEGIN OPENSSH PRIVATE KEY-----'", "never the secret itself"),
         ("password: {env: NO_SUCH_VARIABLE_X}", "NO_SUCH_VARIABLE_X, which is not set"),
+        # Every variable not set, in one message.
+        (
+            "{password: {env: NO_SUCH_VARIABLE_X}, port: {env: NO_SUCH_VARIABLE_Y}}",
+            "NO_SUCH_VARIABLE_X, which is not set; `port` refers to the environment variable "
+            "NO_SUCH_VARIABLE_Y, which is not set",
+        ),
         ("port: twenty-two", "`port`: Input should be a valid integer"),
     ],
 )
