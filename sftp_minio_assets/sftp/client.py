@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import paramiko
 
-from .wire import PipelinedReads, read_dir
+from .wire import PipelinedReads, finish_answers, read_dir
 
 if TYPE_CHECKING:
     from .sessions import SessionBudget
@@ -44,6 +44,8 @@ READ_REQUEST = 255 * 1024
 CHANNEL_WINDOW = 8 * 1024 * 1024
 # How long closing a session of a budget waits for its connection to end.
 CLOSE_TIMEOUT_SECONDS = 10.0
+# The most a session about to close waits for the answers still due (a broken one gives none).
+ANSWERS_TIMEOUT_SECONDS = 2.0
 
 
 class HostKeyError(paramiko.SSHException):
@@ -374,6 +376,7 @@ class SFTPPool:
             if sftp not in self._open:
                 return  # closed already
             lease = self._open.pop(sftp)
+        finish_answers(sftp, timeout=ANSWERS_TIMEOUT_SECONDS)
         transport = sftp.get_channel().get_transport()
         transport.close()
         if lease is not None and self.budget is not None:  # a lease is the budget's
@@ -506,6 +509,31 @@ def _root_unavailable(server: str, root: str, names: SettingNames, why: str) -> 
     )
 
 
+class FinalStat:
+    """The file's attributes by its path once it is read: the last check before its copy is
+    committed. read_chunks sends the request with the file's last reads, so a far server
+    answers both in one round trip (and after the reads: a server answers a session's requests
+    in order); asked before that, or after more reads, it is a request of its own."""
+
+    def __init__(self, sftp: paramiko.SFTPClient, path: str | bytes) -> None:
+        self._sftp, self._path = sftp, path
+        self._sent: tuple[PipelinedReads, int] | None = None
+
+    def send_with(self, reads: PipelinedReads) -> None:
+        path = self._path if isinstance(self._path, bytes) else remote_bytes(self._path)
+        self._sent = (reads, reads.send_stat(path))
+
+    def forget(self) -> None:
+        """More was read after it was sent: its answer is not the last word."""
+        self._sent = None
+
+    def attrs(self) -> paramiko.SFTPAttributes:
+        if self._sent is None:
+            return self._sftp.stat(self._path)
+        (reads, number), self._sent = self._sent, None
+        return reads.receive_attrs(number)
+
+
 def read_chunks(
     f: paramiko.SFTPFile,
     size: int,
@@ -515,6 +543,7 @@ def read_chunks(
     start: int = 0,
     align: int | None = None,
     pace: Callable[[int], None] | None = None,
+    final: FinalStat | None = None,
 ) -> Iterator[bytes]:
     """The file's bytes from `start` up to `size`, in order, `window` read requests in flight.
 
@@ -524,6 +553,7 @@ def read_chunks(
     memory is window x request_size whatever the file size. Stops early at end of file (the
     caller compares sizes). align: no read crosses a multiple of it (resumable parts end
     there). pace(length) is called before each request (the bandwidth cap waits there).
+    final: sent with the last read.
     """
     reads = PipelinedReads(f)
     in_flight: deque[tuple[int, int, int]] = deque()  # (request number, offset, length)
@@ -538,6 +568,8 @@ def read_chunks(
                     pace(length)
                 in_flight.append((reads.send(offset, length), offset, length))
                 offset += length
+                if offset >= size and final is not None:
+                    final.send_with(reads)
             number, at, length = in_flight.popleft()
             data = reads.receive(number)
             if data is None:  # the file ended early: the caller sees the size
@@ -545,6 +577,8 @@ def read_chunks(
             yield data
             if 0 < len(data) < length:  # the server caps its reads: ask for the rest, and less
                 request_size = len(data)
+                if final is not None:
+                    final.forget()
                 yield from _read_rest(f, at + len(data), length - len(data))
     finally:
         with suppress(Exception):  # must not hide the error that ended the read

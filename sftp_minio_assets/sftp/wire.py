@@ -1,16 +1,19 @@
-"""The two SFTP exchanges paramiko's public API cannot do for us, and the only code that reaches
+"""The SFTP exchanges paramiko's public API cannot do for us, and the only code that reaches
 into paramiko's private request layer.
 
 - `read_dir`: a directory's entries with names as raw bytes. paramiko's listdir_attr decodes
   names strictly, so one file whose name is not UTF-8 would stop a whole listing.
 - `PipelinedReads`: a fixed window of reads in flight on one file. paramiko's prefetch books
   every read of the file up front and buffers whatever arrives, however slowly it is consumed.
+- `PipelinedReads.send_stat`: the check after a file is read sent with its last reads, and
+  `close_without_waiting`: its CLOSE not waited for; neither costs a round trip of its own
+  (`finish_answers` reads what is still due before a session closes).
 
-Both go through `SFTPClient._request`, `_async_request`, `_read_response` and
-`_convert_status`, `SFTPAttributes._from_msg`, and the `_async_response` callback paramiko makes
-on whoever sent a request. pyproject.toml pins paramiko to the versions tested with them, and
-sftp_minio_assets_tests/unit/sftp/test_wire.py fails first, naming the name that moved, when an
-upgrade changes one of them.
+They go through `SFTPClient._request`, `_async_request`, `_read_response`,
+`_convert_status` and `_expecting`, `SFTPAttributes._from_msg`, `SFTPFile._close(async_=True)`,
+and the `_async_response` callback paramiko makes on whoever sent a request. pyproject.toml pins
+paramiko to the versions tested with them, and sftp_minio_assets_tests/unit/sftp/test_wire.py
+fails first, naming the name that moved, when an upgrade changes one of them.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from contextlib import suppress
 
 from paramiko import Message, SFTPAttributes, SFTPClient, SFTPFile
 from paramiko.sftp import (
+    CMD_ATTRS,
     CMD_CLOSE,
     CMD_DATA,
     CMD_HANDLE,
@@ -27,6 +31,7 @@ from paramiko.sftp import (
     CMD_OPENDIR,
     CMD_READ,
     CMD_READDIR,
+    CMD_STAT,
     CMD_STATUS,
     SFTPError,
     int64,
@@ -92,6 +97,24 @@ class PipelinedReads:
             return None
         raise SFTPError(f"unexpected reply {kind} to a read")
 
+    def send_stat(self, path: bytes) -> int:
+        """Asks for the attributes of the file at path (by its path, not the open handle);
+        returns the request's number. Sent after the reads, it is answered after them."""
+        return self._send(self, CMD_STAT, path)
+
+    def receive_attrs(self, number: int) -> SFTPAttributes:
+        """The attributes request number asked for; raises the error the server reported
+        (FileNotFoundError, PermissionError, other OSError)."""
+        received = self._received
+        while number not in received:
+            self._read_one_reply()
+        kind, msg = received.pop(number)
+        if kind == CMD_ATTRS:
+            return SFTPAttributes._from_msg(msg)
+        if kind == CMD_STATUS:
+            self._raise_status(msg)
+        raise SFTPError(f"unexpected reply {kind} to a stat")
+
     def discard(self, numbers: Iterable[int]) -> None:
         """Reads and drops the replies to these requests, so the session stays usable."""
         for number in numbers:
@@ -102,3 +125,20 @@ class PipelinedReads:
     def _async_response(self, kind: int, msg: Message, number: int) -> None:
         """paramiko's callback: its _read_response hands each reply to the request's sender."""
         self._received[number] = (kind, msg)
+
+
+def close_without_waiting(f: SFTPFile) -> None:
+    """Closes the file, its CLOSE sent without waiting for the answer: the session reads it
+    before the answer to its next request (paramiko drops an answer nobody waits for). A read
+    handle's close has nothing to report, and a far server costs a round trip per wait."""
+    f._close(async_=True)
+
+
+def finish_answers(sftp: SFTPClient, timeout: float) -> None:
+    """Reads the answers still due on a session about to close (a CLOSE not waited for), so
+    that it ends in order: sshd does not log the session's byte count otherwise. A session
+    that does not answer within timeout (seconds) is closed all the same."""
+    with suppress(Exception):
+        sftp.get_channel().settimeout(timeout)
+        while sftp._expecting:
+            sftp._read_response()

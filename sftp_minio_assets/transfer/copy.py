@@ -27,7 +27,8 @@ import paramiko
 from ..core.model import BY_ETAG, BY_SERVER, BY_SIZE, Progress, TransferResult
 from ..core.units import MIB
 from ..s3.store import ObjectStore, sha256_checksum
-from ..sftp.client import READ_CHUNK, read_chunks
+from ..sftp.client import READ_CHUNK, FinalStat, read_chunks
+from ..sftp.wire import close_without_waiting
 from .failures import (
     Committed,
     SourceChanged,
@@ -138,6 +139,10 @@ class Copy:
     journal: Journal | None = None
     heartbeat: Callable[[int], None] | None = None
     pace: Callable[[int], None] | None = None
+    # The file's attributes by its path, just asked (the worker's, before its claim): taken for
+    # the opened file's rather than asked again, a round trip less. The check before the commit
+    # compares the path's attributes after the read with these.
+    attrs: paramiko.SFTPAttributes | None = None
 
 
 def copy_file(job: Copy) -> TransferResult:
@@ -154,7 +159,7 @@ def copy_file(job: Copy) -> TransferResult:
             checksums = job.store.verifies_checksums()
     try:
         f = job.sftp.open(job.remote_path, "rb")
-        before = f.stat()
+        before = job.attrs if job.attrs is not None else f.stat()
     except (OSError, EOFError, paramiko.SSHException) as exc:
         raise TransferFailed("read", f"cannot open: {describe(exc)}") from exc
     previous = job.journal.previous if job.journal is not None else None
@@ -166,18 +171,21 @@ def copy_file(job: Copy) -> TransferResult:
         metadata = {**job.metadata, TOKEN: previous.token}
     stored = _Counter(hashlib.sha256() if job.path.changes_bytes else None)
     metadata.update(job.path.metadata(before.st_size))
+    final = FinalStat(job.sftp, job.remote_path)
     upload = _Upload(
         job.store,
         job.key,
         metadata,
         job.tuning,
         meter,
-        before_commit=functools.partial(_check_unchanged, job, before, meter),
+        before_commit=functools.partial(_check_unchanged, final, before, meter),
         checksums=checksums,
         transforms=job.path.changes_bytes,
     )
-    with f:
-        verification, proven = _send(job, upload, f, before, stored)
+    try:
+        verification, proven = _send(job, upload, f, before, stored, final)
+    finally:
+        close_without_waiting(f)
     if not proven:
         try:
             verify(job.store, job.key, stored.size, metadata[TOKEN])
@@ -198,7 +206,7 @@ def copy_file(job: Copy) -> TransferResult:
 
 
 def _send(
-    job: Copy, upload: _Upload, f: paramiko.SFTPFile, before, stored: _Counter
+    job: Copy, upload: _Upload, f: paramiko.SFTPFile, before, stored: _Counter, final: FinalStat
 ) -> tuple[str, bool]:
     """The bytes read, through the stages, into the object: resumably, through a local file,
     or streamed. How the object was verified, and whether that proves it whole."""
@@ -206,7 +214,8 @@ def _send(
         result = _resumable_upload(upload, f, before, job.journal, job.pace)
         stored.size = upload.meter.size
         return result
-    chunks = upload.meter.wrap(_reading(read_chunks(f, before.st_size, pace=job.pace)))
+    reads = read_chunks(f, before.st_size, pace=job.pace, final=final)
+    chunks = upload.meter.wrap(_reading(reads))
     chunks = stored.wrap(job.path.apply(chunks))
     try:
         if job.tuning.local_dir:
@@ -216,12 +225,12 @@ def _send(
         raise _decryption_failed(exc, f, before) from exc
 
 
-def _check_unchanged(job: Copy, before, meter: _Meter) -> None:
+def _check_unchanged(final: FinalStat, before, meter: _Meter) -> None:
     """The last check before the object becomes visible: the file read whole, and still the
     same. By its path, not the open handle: a file deleted, moved or replaced meanwhile still
     reads to its end through the handle, but is no longer the source's file."""
     try:
-        after = job.sftp.stat(job.remote_path)
+        after = final.attrs()
     except FileNotFoundError:
         raise SourceChanged(
             "the file was deleted or moved while it was read; it is not recorded as copied"

@@ -267,6 +267,7 @@ class Worker:
                     journal=journal,
                     heartbeat=self._heartbeat(claim, file, attrs.st_size or 0, resumed_from),
                     pace=self.bandwidth_cap,
+                    attrs=attrs,  # this attempt's, from just before its claim
                 )
             )
         if journal is not None or claim.attempts > 1:  # the upload is done with, or left

@@ -21,23 +21,26 @@ WHAT_TO_DO = (
     "integration/test_hostile_input.py, then widen the paramiko pin in pyproject.toml"
 )
 
-# Each private callable sftp_wire uses, with the positional arguments it passes (a placeholder
-# first for self: the methods are looked up on the class).
+# Each private callable sftp_wire uses, with the arguments it passes (by position, then by name; a
+# placeholder first for self: the methods are looked up on the class).
 SELF = object()
 MSG = paramiko.Message()
 # paramiko calls fileobj._async_response(t, msg, num) on whoever sent a request.
 REPLY = (paramiko.sftp.CMD_DATA, MSG, 0)
+NONE: dict = {}
 CALLS = [
-    ("SFTPClient._request", (SELF, paramiko.sftp.CMD_READDIR, b"handle")),
+    ("SFTPClient._request", (SELF, paramiko.sftp.CMD_READDIR, b"handle"), NONE),
     (
         "SFTPClient._async_request",
         (SELF, SELF, paramiko.sftp.CMD_READ, b"handle", paramiko.sftp.int64(0), 1),
+        NONE,
     ),
-    ("SFTPClient._read_response", (SELF,)),
-    ("SFTPClient._convert_status", (SELF, MSG)),
-    ("SFTPAttributes._from_msg", (MSG,)),
+    ("SFTPClient._read_response", (SELF,), NONE),
+    ("SFTPClient._convert_status", (SELF, MSG), NONE),
+    ("SFTPAttributes._from_msg", (MSG,), NONE),
     # paramiko's own SFTPFile answers the reply callback: a rename or a new argument shows here.
-    ("SFTPFile._async_response", (SELF, *REPLY)),
+    ("SFTPFile._async_response", (SELF, *REPLY), NONE),
+    ("SFTPFile._close", (SELF,), {"async_": True}),
 ]
 
 # The SFTP packet types sftp_wire sends or expects, by their number in the protocol.
@@ -46,15 +49,17 @@ PACKET_TYPES = {
     "CMD_READ": 5,
     "CMD_OPENDIR": 11,
     "CMD_READDIR": 12,
+    "CMD_STAT": 17,
     "CMD_STATUS": 101,
     "CMD_HANDLE": 102,
     "CMD_DATA": 103,
     "CMD_NAME": 104,
+    "CMD_ATTRS": 105,
 }
 
 
-@pytest.mark.parametrize(("name", "args"), CALLS, ids=[name for name, _ in CALLS])
-def test_each_private_paramiko_call_still_takes_the_arguments_sftp_wire_passes(name, args):
+@pytest.mark.parametrize(("name", "args", "kwargs"), CALLS, ids=[name for name, *_ in CALLS])
+def test_each_private_paramiko_call_still_takes_the_arguments_sftp_wire_passes(name, args, kwargs):
     class_name, attribute = name.split(".")
     function = getattr(getattr(paramiko, class_name), attribute, None)
     assert callable(function), (
@@ -62,7 +67,7 @@ def test_each_private_paramiko_call_still_takes_the_arguments_sftp_wire_passes(n
     )
     signature = inspect.signature(function)
     try:
-        signature.bind(*args)
+        signature.bind(*args, **kwargs)
     except TypeError as exc:
         pytest.fail(
             f"paramiko {paramiko.__version__} changed {name}{signature} ({exc}): {WHAT_TO_DO}"
@@ -94,3 +99,9 @@ def test_the_installed_paramiko_is_a_version_tested_with_sftp_wire():
         f"paramiko {installed} is installed but pyproject.toml pins {pin}: run this file, "
         "integration/test_sftp.py and integration/test_hostile_input.py with it, then move the pin"
     )
+
+
+def test_the_session_still_keeps_its_requests_due_where_sftp_wire_looks():
+    # finish_answers reads answers while SFTPClient._expecting (set in __init__) is not empty.
+    source = inspect.getsource(paramiko.SFTPClient.__init__)
+    assert "self._expecting = " in source, f"paramiko {paramiko.__version__}: {WHAT_TO_DO}"
