@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: install system-deps browser-deps s3rver-deps bench-deps demo dev test test-unit test-example screenshots bench \
+.PHONY: install system-deps browser-deps s3rver-deps bench-deps demo dev test test-unit test-example screenshots bench bench-transports \
 	bench-quick lint format
 
 install: system-deps $(VENV)/.installed
@@ -84,6 +84,10 @@ bench: install bench-deps
 
 bench-quick: install bench-deps
 	$(BIN)/python -m benchmarks.run --quick
+
+# The SSH transports reading 1 GiB to nothing (OpenSSH's sftp, paramiko, an ssh child): a minute.
+bench-transports: install bench-deps
+	$(BIN)/python -m benchmarks.transports
 
 # ruff, then the layers: each imports only those below it, and only defs/ imports dagster
 # (the contracts are in pyproject.toml); then mypy over the package ([tool.mypy] there too).
