@@ -12,7 +12,7 @@ WORKDIR /opt/dagster/app
 
 # GnuPG decrypts PGP-encrypted files in flight (sftp_minio_assets/pgp.py).
 RUN apt-get update \
- && apt-get install -y --no-install-recommends gnupg \
+ && apt-get install -y --no-install-recommends gnupg openssh-client \
  && rm -rf /var/lib/apt/lists/*
 COPY pyproject.toml README.md ./
 COPY sftp_minio_assets ./sftp_minio_assets

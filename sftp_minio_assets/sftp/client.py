@@ -77,6 +77,7 @@ VARIABLES = {
     "host_key_sha256": "SFTP_HOST_KEY_SHA256",
     "allow_unknown_host": "SFTP_ALLOW_UNKNOWN_HOST",
     "max_sessions": "SFTP_MAX_SESSIONS",
+    "transport": "SFTP_TRANSPORT",
     "root": "SFTP_ROOT",
     "follow_symlinks": "SFTP_FOLLOW_SYMLINKS",
     "min_file_age_seconds": "MIN_FILE_AGE_SECONDS",
@@ -143,6 +144,7 @@ class SFTPSettings:
     known_hosts_path: str | None = None
     host_key_sha256: str | None = None  # "SHA256:..." as `ssh-keygen -lf` prints it
     allow_unknown_host: bool = False
+    transport: str = "paramiko"  # or "openssh": OpenSSH's ssh client (sftp/openssh.py)
     timeout: float = 30.0
     names: SettingNames = ENVIRONMENT  # how messages name these settings and the source's
 
