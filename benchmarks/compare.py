@@ -9,9 +9,11 @@ from the files' arrival to the last COMPLETED row) with the daemon started in th
 first on the daemon's sys.path, so the daemon, its code server and the run workers run that
 tree's code. Arms alternate within each round, so that the load of the machine, which moves
 between minutes, falls on both alike: CPU per file by process, seconds and runs, as medians.
+A far workload ("500 x 64 KiB, 40 ms RTT") puts benchmarks.run's relay before sshd for both arms.
 """
 
 import argparse
+import contextlib
 import json
 import statistics
 import uuid
@@ -37,21 +39,25 @@ def main() -> None:
     parser.add_argument("--json", default="/tmp/benchmark-compare.json")
     args = parser.parse_args()
     arms = [parse_arm(text) for text in args.arms]
-    workload = {w.name: w for w in bench.FULL + bench.QUICK}[args.workload]
+    workload = {w.name: w for w in bench.FULL + bench.QUICK + bench.FAR}[args.workload]
     results: dict[str, list[dict]] = {name: [] for name, _, _ in arms}
-    with LocalStack() as stack:
+    with LocalStack() as stack, contextlib.ExitStack() as network:
+        route = bench.Route.direct(stack)
+        if workload.delay_ms:
+            route = network.enter_context(bench.Relay(stack, workload.delay_ms)).route
         folder = bench.seed(stack.ssh.root, workload)
         for round_number in range(args.rounds):
             for name, tree, env in arms if round_number % 2 == 0 else arms[::-1]:
                 bench.PROJECT = tree  # the daemon's working directory and dagster.yaml
-                daemon_env = {**env, "PYTHONPATH": str(tree)}
+                daemon_env = {**route.pipeline_env(), **env, "PYTHONPATH": str(tree)}
                 outcome = bench.run_pipeline(stack, folder, uuid.uuid4().hex[:8], daemon_env)
                 cpu = bench.cpu_ms_per_file([outcome], workload.files)
                 results[name].append({**outcome, "cpu_ms_per_file": cpu})
                 print(
                     f"{workload.name}  round {round_number + 1}  {name:<8} "
                     f"{outcome['seconds']:7.1f} s  runs {outcome['runs']} "
-                    f"{outcome['runs_by_origin']}  CPU ms per file {sum(cpu.values()):.1f} "
+                    f"{outcome['runs_by_origin']}  "
+                    f"CPU ms per file {bench.tool_cpu_ms_per_file([outcome], workload.files):.1f} "
                     + " ".join(f"{kind} {ms:.2f}" for kind, ms in cpu.items()),
                     flush=True,
                 )
@@ -63,7 +69,7 @@ def main() -> None:
             "from_first_tick": statistics.median(r["seconds_from_first_tick"] for r in rounds),
             "runs": [r["runs"] for r in rounds],
             "runs_requested": [r["runs_by_origin"].get("sensor request", 0) for r in rounds],
-            "cpu_ms_per_file": sum(cpu.values()),
+            "cpu_ms_per_file": bench.tool_cpu_ms_per_file(rounds, workload.files),
             **{f"cpu_ms_per_file {kind}": ms for kind, ms in cpu.items()},
         }
     print()

@@ -1,7 +1,9 @@
 """Benchmark: this pipeline against `rclone copy` (and OpenSSH `sftp` as the read ceiling).
 
-    python -m benchmarks.run            # full: 1 GiB, 1,000 x 64 KiB, 10,000 x 4 KiB; 3 rounds
+    python -m benchmarks.run            # full: 1 GiB, 1,000 x 64 KiB, 10,000 x 4 KiB, and the
+                                        # far workloads below; 3 rounds
     python -m benchmarks.run --quick    # small sizes, 1 round: about three minutes (run by CI)
+    python -m benchmarks.run --far-only # only 500 x 64 KiB and 1 x 256 MiB at 40 ms round trip
 
 Everything runs on one local stack (sshd, SeaweedFS, PostgreSQL), the tools alternating within
 each round. The pipeline runs as deployed: a real `dagster-daemon` (sensor, queued run
@@ -13,6 +15,10 @@ includes the wait for the next tick (up to SENSOR_INTERVAL seconds).
 The CPU time each kind of process spends (run workers, daemon, code server, PostgreSQL, sshd,
 the S3 server, rclone) is sampled from /proc over each tool's window: on a 2-core machine that,
 not the wire, is what bounds many small files.
+The far workloads put the partner 40 ms away: a relay process (devstack.delay_relay, 20 ms each
+way; this kernel has no netem) sits between sshd and the pipeline and tuned rclone, both checking
+the host key against a known_hosts file that lists the relay's port. OpenSSH `sftp` reads the
+big file direct, through the relay with no delay (the relay's own pass-through) and at 40 ms.
 Prints a table of medians and ratios to rclone, a table of CPU per file, and writes both as JSON.
 """
 
@@ -39,6 +45,9 @@ from dagster._core.storage.dagster_run import FINISHED_STATUSES
 from devstack.local_stack import LocalStack, stop_group
 
 PROJECT = Path(__file__).resolve().parents[1]
+# The tree of this benchmark's own code, which the relay runs from: benchmarks.compare points
+# PROJECT at the tree under test, which may predate the relay.
+HERE = Path(__file__).resolve().parents[1]
 SENSOR_INTERVAL = 5  # seconds between the sensor's ticks (30 by default)
 TIMEOUT_SECONDS = 1800
 
@@ -48,6 +57,7 @@ class Workload:
     name: str
     files: int
     size: int
+    delay_ms: float = 0  # each way, through a relay; 0: straight to sshd
 
 
 FULL = [
@@ -59,6 +69,11 @@ QUICK = [
     Workload("1 x 64 MiB", 1, 64 * 1024**2),
     Workload("200 x 64 KiB", 200, 64 * 1024),
     Workload("500 x 4 KiB", 500, 4 * 1024),
+]
+# Partners far away (issue 23): 40 ms round trip.
+FAR = [
+    Workload("500 x 64 KiB, 40 ms RTT", 500, 64 * 1024, delay_ms=20),
+    Workload("1 x 256 MiB, 40 ms RTT", 1, 256 * 1024**2, delay_ms=20),
 ]
 
 
@@ -89,9 +104,15 @@ PROCESS_KINDS = [
     ("sshd", b"sftp-server"),
     ("S3 server", b"weed"),
     ("rclone", b"rclone"),
+    ("relay", b"delay_relay"),
 ]
+# The network's, not a tool's: left out of the totals of CPU per file.
+NOT_A_TOOL = {"relay"}
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 TOOLS = ("pipeline", "rclone", "rclone tuned")
+# Far away, rclone's defaults (4 transfers, an `md5sum` over SSH per file) are not what a user
+# would run.
+FAR_TOOLS = ("pipeline", "rclone tuned")
 # rclone as a user tunes it for many files: more transfers and checkers, no hash check by an
 # `md5sum` over SSH (issue 21's reference).
 RCLONE_TUNED = ["--transfers", "16", "--checkers", "16", "--sftp-disable-hashcheck"]
@@ -153,6 +174,55 @@ class ProcessMeter:
                     status = Path(f"/proc/{pid}/status").read_text().splitlines()
                     hwm = next(line for line in status if line.startswith("VmHWM"))
                     self.peak_rss_kib = max(self.peak_rss_kib, int(hwm.split()[1]))
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where the tools reach the SFTP server, and the known_hosts file that lists it there."""
+
+    port: int
+    known_hosts_path: Path
+
+    @classmethod
+    def direct(cls, stack: LocalStack) -> "Route":
+        return cls(stack.ssh.port, stack.ssh.known_hosts_path)
+
+    def pipeline_env(self) -> dict[str, str]:
+        return {"SFTP_PORT": str(self.port), "SFTP_KNOWN_HOSTS_PATH": str(self.known_hosts_path)}
+
+
+class Relay:
+    """`python -m devstack.delay_relay` before the stack's sshd, in a process of its own (its
+    threads would otherwise share this process's interpreter with the CPU meter), stopped by
+    its PID on exit. `route`: its port, with a known_hosts file that lists the server's key for
+    that port, so that every tool still checks the host key."""
+
+    def __init__(self, stack: LocalStack, delay_ms: float) -> None:
+        self.stack, self.delay_ms = stack, delay_ms
+
+    def __enter__(self) -> "Relay":
+        ssh = self.stack.ssh
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "devstack.delay_relay", f"{ssh.host}:{ssh.port}",
+             "--delay-ms", str(self.delay_ms)],
+            cwd=HERE,
+            stdout=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )  # fmt: skip
+        try:
+            port = int(self.process.stdout.readline())
+            kind, blob = ssh.known_hosts_path.read_text().split()[1:3]
+            known_hosts = self.stack.base / f"known_hosts-relay-{port}"
+            known_hosts.write_text(f"[{ssh.host}]:{port} {kind} {blob}\n")
+        except BaseException:
+            stop_group(self.process)
+            raise
+        self.route = Route(port, known_hosts)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        stop_group(self.process)
 
 
 def run_pipeline(
@@ -385,18 +455,21 @@ def with_environment(env: dict[str, str], action):
         os.environ.update(saved)
 
 
-def run_rclone(stack: LocalStack, folder: Path, round_id: str, flags: list[str]) -> dict:
+def run_rclone(
+    stack: LocalStack, folder: Path, round_id: str, flags: list[str], route: Route | None = None
+) -> dict:
     ssh, s3 = stack.ssh, stack.s3
+    route = route or Route.direct(stack)
     # A CA bundle in the environment makes rclone's S3 client refuse its own transport.
     inherited = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
     env = {
         **inherited,
         "RCLONE_CONFIG_SRC_TYPE": "sftp",
         "RCLONE_CONFIG_SRC_HOST": ssh.host,
-        "RCLONE_CONFIG_SRC_PORT": str(ssh.port),
+        "RCLONE_CONFIG_SRC_PORT": str(route.port),
         "RCLONE_CONFIG_SRC_USER": ssh.username,
         "RCLONE_CONFIG_SRC_KEY_FILE": str(ssh.private_key_path),
-        "RCLONE_CONFIG_SRC_KNOWN_HOSTS_FILE": str(ssh.known_hosts_path),
+        "RCLONE_CONFIG_SRC_KNOWN_HOSTS_FILE": str(route.known_hosts_path),
         "RCLONE_CONFIG_DST_TYPE": "s3",
         "RCLONE_CONFIG_DST_PROVIDER": "Other",
         "RCLONE_CONFIG_DST_ENDPOINT": s3.endpoint_url,
@@ -430,8 +503,9 @@ def run_rclone(stack: LocalStack, folder: Path, round_id: str, flags: list[str])
     return {"seconds": time.monotonic() - started, "cpu_seconds": spent}
 
 
-def run_sftp_read(stack: LocalStack, folder: Path) -> dict:
+def run_sftp_read(stack: LocalStack, folder: Path, route: Route | None = None) -> dict:
     ssh = stack.ssh
+    route = route or Route.direct(stack)
     target = next(p for p in folder.rglob("*.bin"))
     started = time.monotonic()
     subprocess.run(
@@ -441,9 +515,11 @@ def run_sftp_read(stack: LocalStack, folder: Path) -> dict:
             "-i",
             str(ssh.private_key_path),
             "-P",
-            str(ssh.port),
+            str(route.port),
             "-o",
-            f"UserKnownHostsFile={ssh.known_hosts_path}",
+            f"UserKnownHostsFile={route.known_hosts_path}",
+            "-o",
+            "StrictHostKeyChecking=yes",
             "-o",
             "BatchMode=yes",
             "-c",
@@ -466,6 +542,9 @@ def make_bucket(stack: LocalStack, name: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--far-only", action="store_true", help="only the workloads at 40 ms round trip"
+    )
     parser.add_argument("--rounds", type=int)
     parser.add_argument("--json", default=str(PROJECT / "benchmarks" / "results" / "latest.json"))
     parser.add_argument(
@@ -475,97 +554,110 @@ def main() -> None:
     )
     parser.add_argument("--tools", default=",".join(TOOLS), help="e.g. 'pipeline' alone")
     args = parser.parse_args()
-    workloads, rounds = (QUICK, 1) if args.quick else (FULL, 3)
+    if args.quick:
+        workloads, rounds = QUICK, 1
+    else:
+        workloads, rounds = (FAR if args.far_only else FULL + FAR), 3
     if args.workload:
-        known = {w.name: w for w in FULL + QUICK}
+        known = {w.name: w for w in FULL + QUICK + FAR}
         workloads = [known[name] for name in args.workload]
     rounds = args.rounds or rounds
-    tools_run = [t for t in TOOLS if t in args.tools.split(",")]
+    tools_run = args.tools.split(",")
     results: dict[str, dict[str, list[dict]]] = {}
     with LocalStack() as stack:
         for workload in workloads:
-            folder = seed(stack.ssh.root, workload)
-            tools = results.setdefault(workload.name, {tool: [] for tool in TOOLS})
-            for round_number in range(rounds):
-                round_id = uuid.uuid4().hex[:8]
-                order = list(TOOLS) if round_number % 2 == 0 else list(TOOLS)[::-1]
-                for tool in [t for t in order if t in tools_run]:
-                    if tool == "pipeline":
-                        outcome = run_pipeline(stack, folder, round_id)
-                        assert outcome["completed"] == workload.files, outcome
-                    else:
-                        bucket_round = f"{round_id}{'t' if tool == 'rclone tuned' else ''}"
-                        make_bucket(stack, f"rclone-{bucket_round}")
-                        flags = RCLONE_TUNED if tool == "rclone tuned" else []
-                        outcome = run_rclone(stack, folder, bucket_round, flags)
-                    tools[tool].append(outcome)
-                    print(
-                        f"{workload.name:>16}  round {round_number + 1}  {tool:<8} "
-                        f"{outcome['seconds']:7.2f} s"
-                        + (f"  runs {outcome['runs_by_origin']}" if tool == "pipeline" else ""),
-                        flush=True,
-                    )
-                if workload.files == 1:
-                    tools.setdefault("sftp get", []).append(run_sftp_read(stack, folder))
-            shutil.rmtree(folder)
+            with contextlib.ExitStack() as network:
+                route = Route.direct(stack)
+                if workload.delay_ms:
+                    route = network.enter_context(Relay(stack, workload.delay_ms)).route
+                results[workload.name] = run_workload(stack, workload, route, rounds, tools_run)
     report(results, workloads, args.json)
+
+
+def run_workload(
+    stack: LocalStack, workload: Workload, route: Route, rounds: int, tools_run: list[str]
+) -> dict[str, list[dict]]:
+    """Each tool's rounds on one workload, reached through `route`, by tool."""
+    folder = seed(stack.ssh.root, workload)
+    offered = FAR_TOOLS if workload.delay_ms else TOOLS
+    copiers = [tool for tool in offered if tool in tools_run]
+    tools: dict[str, list[dict]] = {tool: [] for tool in copiers}
+    for round_number in range(rounds):
+        round_id = uuid.uuid4().hex[:8]
+        for tool in copiers if round_number % 2 == 0 else copiers[::-1]:
+            if tool == "pipeline":
+                outcome = run_pipeline(stack, folder, round_id, route.pipeline_env())
+                assert outcome["completed"] == workload.files, outcome
+            else:
+                bucket_round = f"{round_id}{'t' if tool == 'rclone tuned' else ''}"
+                make_bucket(stack, f"rclone-{bucket_round}")
+                flags = RCLONE_TUNED if tool == "rclone tuned" else []
+                outcome = run_rclone(stack, folder, bucket_round, flags, route)
+            tools[tool].append(outcome)
+            print(
+                f"{workload.name:>16}  round {round_number + 1}  {tool:<8} "
+                f"{outcome['seconds']:7.2f} s"
+                + (f"  runs {outcome['runs_by_origin']}" if tool == "pipeline" else ""),
+                flush=True,
+            )
+        if workload.files == 1:
+            for name, outcome in sftp_reads(stack, folder, workload, route).items():
+                tools.setdefault(name, []).append(outcome)
+                print(f"{workload.name:>16}  round {round_number + 1}  {name:<8} "
+                      f"{outcome['seconds']:7.2f} s", flush=True)  # fmt: skip
+    shutil.rmtree(folder)
+    return tools
+
+
+def sftp_reads(stack: LocalStack, folder: Path, workload: Workload, route: Route) -> dict:
+    """OpenSSH `sftp` reading the file: the read ceiling; far away, also direct and through a
+    relay that delays nothing, whose ratio is the relay's own pass-through."""
+    if not workload.delay_ms:
+        return {"sftp get": run_sftp_read(stack, folder)}
+    with Relay(stack, 0) as undelayed:
+        return {
+            "sftp get": run_sftp_read(stack, folder, route),
+            "sftp get direct": run_sftp_read(stack, folder),
+            "sftp get relay 0 ms": run_sftp_read(stack, folder, undelayed.route),
+        }
+
+
+LOOPBACK_COLUMNS = [
+    "workload", "pipeline_s", "rclone_s", "rclone_tuned_s", "ratio_to_rclone",
+    "ratio_to_tuned_rclone", "pipeline_from_tick_s", "ratio_from_tick", "tuned_ratio_from_tick",
+    "pipeline_MBps", "sftp_get_s", "share_of_sftp_read_ceiling", "runs", "runs_requested",
+    "peak_rss_mib", "outside_copies_s", "cpu_ms_per_file", "rclone_cpu_ms_per_file",
+    "rclone_tuned_cpu_ms_per_file",
+]  # fmt: skip
+FAR_COLUMNS = [
+    "workload", "pipeline_s", "rclone_tuned_s", "ratio_to_tuned_rclone", "pipeline_from_tick_s",
+    "tuned_ratio_from_tick", "pipeline_MBps", "sftp_get_s", "sftp_get_MBps", "sftp_direct_s",
+    "sftp_relay_0ms_s", "relay_pass_through", "runs", "runs_requested", "peak_rss_mib",
+    "outside_copies_s", "cpu_ms_per_file", "rclone_tuned_cpu_ms_per_file",
+]  # fmt: skip
 
 
 def report(results: dict, workloads: list[Workload], json_path: str) -> None:
     rows, cpu_rows = [], []
     for workload in workloads:
         tools = results[workload.name]
-        median = {
-            tool: statistics.median(r["seconds"] for r in runs) if runs else float("nan")
-            for tool, runs in tools.items()
-        }
-        pipeline = tools["pipeline"]
-        cpu = {tool: cpu_ms_per_file(tools[tool], workload.files) for tool in TOOLS}
-        row = {
-            "workload": workload.name,
-            "pipeline_s": median["pipeline"],
-            "rclone_s": median["rclone"],
-            "rclone_tuned_s": median["rclone tuned"],
-            "ratio_to_rclone": median["pipeline"] / median["rclone"],
-            # Timed from the sensor's first tick that requested runs, not from the files'
-            # arrival: the wait for the tick (up to SENSOR_INTERVAL) left out.
-            "pipeline_from_tick_s": statistics.median(
-                r["seconds_from_first_tick"] for r in pipeline
-            ),
-            "ratio_from_tick": statistics.median(r["seconds_from_first_tick"] for r in pipeline)
-            / median["rclone"],
-            "tuned_ratio_from_tick": statistics.median(
-                r["seconds_from_first_tick"] for r in pipeline
-            )
-            / median["rclone tuned"],
-            "pipeline_MBps": workload.files * workload.size / 2**20 / median["pipeline"],
-            "runs": statistics.median(r["runs"] for r in pipeline),
-            # the batches the sensor requested; more runs are run_retries' (runs_by_origin)
-            "runs_requested": statistics.median(
-                r["runs_by_origin"].get("sensor request", 0) for r in pipeline
-            ),
-            "peak_rss_mib": max(r["peak_rss_mib"] for r in pipeline),
-            # Before the first claim and after the last copy: the tick, run starts, the last event.
-            "outside_copies_s": statistics.median(
-                r["seconds"] - r["transfer_window_seconds"] for r in pipeline
-            ),
-            "cpu_ms_per_file": sum(cpu["pipeline"].values()),
-            "rclone_cpu_ms_per_file": sum(cpu["rclone"].values()),
-            "rclone_tuned_cpu_ms_per_file": sum(cpu["rclone tuned"].values()),
-        }
-        if "sftp get" in median:
-            row["sftp_get_s"] = median["sftp get"]
-            row["share_of_sftp_read_ceiling"] = median["sftp get"] / median["pipeline"]
-        rows.append(row)
-        cpu_rows += [{"workload": workload.name, "tool": t, **ms} for t, ms in cpu.items()]
-    print_table(
-        rows,
-        ["workload", "pipeline_s", "rclone_s", "rclone_tuned_s", "ratio_to_rclone",
-         "pipeline_from_tick_s", "ratio_from_tick", "tuned_ratio_from_tick", "pipeline_MBps",
-         "sftp_get_s", "share_of_sftp_read_ceiling", "runs", "runs_requested", "peak_rss_mib",
-         "outside_copies_s", "cpu_ms_per_file", "rclone_cpu_ms_per_file",
-         "rclone_tuned_cpu_ms_per_file"],
-    )  # fmt: skip
+        rows.append(summarize(workload, tools))
+        cpu_rows += [
+            {
+                "workload": workload.name,
+                "tool": tool,
+                **cpu_ms_per_file(tools[tool], workload.files),
+            }
+            for tool in TOOLS
+            if tools.get(tool)
+        ]
+    near = [row for row in rows if not row["round_trip_ms"]]
+    far = [row for row in rows if row["round_trip_ms"]]
+    if near:
+        print_table(near, LOOPBACK_COLUMNS)
+    if far:
+        print("\nAt 40 ms round trip, through a relay (20 ms each way):")
+        print_table(far, FAR_COLUMNS)
     print("\nCPU per file, ms (medians), by process:")
     print_table(cpu_rows, ["workload", "tool", *dict.fromkeys(k for k, _ in PROCESS_KINDS)])
     Path(json_path).parent.mkdir(parents=True, exist_ok=True)
@@ -573,6 +665,61 @@ def report(results: dict, workloads: list[Workload], json_path: str) -> None:
         json.dumps({"rows": rows, "cpu_ms_per_file": cpu_rows, "raw": results}, indent=2)
     )
     print(f"\nJSON: {json_path}")
+
+
+def summarize(workload: Workload, tools: dict[str, list[dict]]) -> dict:
+    """One workload's medians, with ratios to the rclone runs it has."""
+    median = {tool: statistics.median(r["seconds"] for r in runs) for tool, runs in tools.items()}
+    pipeline = tools["pipeline"]
+    # Timed from the sensor's first tick that requested runs, not from the files' arrival: the
+    # wait for the tick (up to SENSOR_INTERVAL) left out.
+    from_tick = statistics.median(r["seconds_from_first_tick"] for r in pipeline)
+    row = {
+        "workload": workload.name,
+        "round_trip_ms": 2 * workload.delay_ms,
+        "pipeline_s": median["pipeline"],
+        "pipeline_from_tick_s": from_tick,
+        "pipeline_MBps": workload.files * workload.size / 2**20 / median["pipeline"],
+        "runs": statistics.median(r["runs"] for r in pipeline),
+        # the batches the sensor requested; more runs are run_retries' (runs_by_origin)
+        "runs_requested": statistics.median(
+            r["runs_by_origin"].get("sensor request", 0) for r in pipeline
+        ),
+        "peak_rss_mib": max(r["peak_rss_mib"] for r in pipeline),
+        # Before the first claim and after the last copy: the tick, run starts, the last event.
+        "outside_copies_s": statistics.median(
+            r["seconds"] - r["transfer_window_seconds"] for r in pipeline
+        ),
+        "cpu_ms_per_file": tool_cpu_ms_per_file(pipeline, workload.files),
+    }
+    if "rclone" in median:
+        row["rclone_s"] = median["rclone"]
+        row["ratio_to_rclone"] = median["pipeline"] / median["rclone"]
+        row["ratio_from_tick"] = from_tick / median["rclone"]
+        row["rclone_cpu_ms_per_file"] = tool_cpu_ms_per_file(tools["rclone"], workload.files)
+    if "rclone tuned" in median:
+        row["rclone_tuned_s"] = median["rclone tuned"]
+        row["ratio_to_tuned_rclone"] = median["pipeline"] / median["rclone tuned"]
+        row["tuned_ratio_from_tick"] = from_tick / median["rclone tuned"]
+        row["rclone_tuned_cpu_ms_per_file"] = tool_cpu_ms_per_file(
+            tools["rclone tuned"], workload.files
+        )
+    if "sftp get" in median:
+        row["sftp_get_s"] = median["sftp get"]
+        row["sftp_get_MBps"] = workload.size / 2**20 / median["sftp get"]
+        row["share_of_sftp_read_ceiling"] = median["sftp get"] / median["pipeline"]
+    if "sftp get direct" in median:
+        row["sftp_direct_s"] = median["sftp get direct"]
+        row["sftp_relay_0ms_s"] = median["sftp get relay 0 ms"]
+        # The relay's speed with no delay as a share of sshd's reached direct.
+        row["relay_pass_through"] = median["sftp get direct"] / median["sftp get relay 0 ms"]
+    return row
+
+
+def tool_cpu_ms_per_file(rounds: list[dict], files: int) -> float:
+    """The CPU a tool's copy costs, all its processes; the relay (the network's) left out."""
+    spent = cpu_ms_per_file(rounds, files)
+    return sum(ms for kind, ms in spent.items() if kind not in NOT_A_TOOL)
 
 
 def cpu_ms_per_file(rounds: list[dict], files: int) -> dict[str, float]:
