@@ -5,6 +5,7 @@ into paramiko's private request layer.
   names strictly, so one file whose name is not UTF-8 would stop a whole listing.
 - `PipelinedReads`: a fixed window of reads in flight on one file. paramiko's prefetch books
   every read of the file up front and buffers whatever arrives, however slowly it is consumed.
+- `stat_and_open`: a file's attributes and its handle asked together.
 - `PipelinedReads.send_stat`: the check after a file is read sent with its last reads, and
   `close_without_waiting`: its CLOSE not waited for; neither costs a round trip of its own
   (`finish_answers` reads what is still due before a session closes).
@@ -28,11 +29,13 @@ from paramiko.sftp import (
     CMD_DATA,
     CMD_HANDLE,
     CMD_NAME,
+    CMD_OPEN,
     CMD_OPENDIR,
     CMD_READ,
     CMD_READDIR,
     CMD_STAT,
     CMD_STATUS,
+    SFTP_FLAG_READ,
     SFTPError,
     int64,
 )
@@ -60,6 +63,48 @@ def read_dir(sftp: SFTPClient, path: bytes) -> list[tuple[bytes, SFTPAttributes]
                 entries.append((name, SFTPAttributes._from_msg(msg)))
     finally:
         sftp._request(CMD_CLOSE, handle)
+
+
+class _Answers:
+    """Answers to requests sent without waiting, kept by request number until asked for:
+    paramiko's _read_response hands each to whoever sent the request (_async_response)."""
+
+    def __init__(self, sftp: SFTPClient) -> None:
+        self._received: dict[int, tuple[int, Message]] = {}
+        self._read_one_reply = sftp._read_response
+
+    def _async_response(self, kind: int, msg: Message, number: int) -> None:
+        self._received[number] = (kind, msg)
+
+    def answer(self, number: int) -> tuple[int, Message]:
+        while number not in self._received:
+            self._read_one_reply()
+        return self._received.pop(number)
+
+
+def stat_and_open(sftp: SFTPClient, path: bytes) -> tuple[SFTPAttributes, SFTPFile | OSError]:
+    """The file's attributes by its path, and the file opened for reading, asked together: one
+    round trip where paramiko's stat then open wait for two. The stat's error is raised
+    (FileNotFoundError, PermissionError, other OSError); the open's is returned."""
+    answers = _Answers(sftp)
+    stat = sftp._async_request(answers, CMD_STAT, path)
+    opening = sftp._async_request(answers, CMD_OPEN, path, SFTP_FLAG_READ, SFTPAttributes())
+    (stat_kind, stat_msg), (open_kind, open_msg) = answers.answer(stat), answers.answer(opening)
+    opened: SFTPFile | OSError
+    if open_kind == CMD_HANDLE:
+        opened = SFTPFile(sftp, open_msg.get_binary(), "rb")
+    else:
+        opened = OSError(f"unexpected reply {open_kind} to an open")
+        try:
+            sftp._convert_status(open_msg)
+        except OSError as exc:
+            opened = exc
+    if stat_kind != CMD_ATTRS:
+        if isinstance(opened, SFTPFile):
+            close_without_waiting(opened)
+        sftp._convert_status(stat_msg)
+        raise SFTPError(f"unexpected reply {stat_kind} to a stat")
+    return SFTPAttributes._from_msg(stat_msg), opened
 
 
 class PipelinedReads:

@@ -143,6 +143,8 @@ class Copy:
     # the opened file's rather than asked again, a round trip less. The check before the commit
     # compares the path's attributes after the read with these.
     attrs: paramiko.SFTPAttributes | None = None
+    # The file opened already, on sftp (with attrs: sftp.wire.stat_and_open), else opened here.
+    opened: paramiko.SFTPFile | None = None
 
 
 def copy_file(job: Copy) -> TransferResult:
@@ -158,7 +160,7 @@ def copy_file(job: Copy) -> TransferResult:
         with upload_stage(_Meter(None), "probing the server's checksum support"):
             checksums = job.store.verifies_checksums()
     try:
-        f = job.sftp.open(job.remote_path, "rb")
+        f = job.opened or job.sftp.open(job.remote_path, "rb")
         before = job.attrs if job.attrs is not None else f.stat()
     except (OSError, EOFError, paramiko.SSHException) as exc:
         raise TransferFailed("read", f"cannot open: {describe(exc)}") from exc

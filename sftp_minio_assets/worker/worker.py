@@ -22,6 +22,7 @@ from functools import partial
 from typing import Literal
 from urllib.parse import quote
 
+import paramiko
 import psycopg
 
 from ..core.identity import process_id, worker_id
@@ -33,6 +34,7 @@ from ..db.transfer_log import TransferLog
 from ..policy.transfer_window import wait_until_open
 from ..s3.store import ObjectStore
 from ..sftp.client import SFTPPool, SFTPSettings, display, remote_bytes
+from ..sftp.wire import close_without_waiting, stat_and_open
 from ..transfer.bandwidth import BandwidthCap
 from ..transfer.copy import MIB, Copy, Tuning, copy_file
 from ..transfer.failures import Committed, ObjectOfAnotherSource, SourceChanged, TransferFailed
@@ -172,8 +174,9 @@ class Worker:
         wait_until_open(self.policy.window, self.pool.discard, file.where, self.report)
         me = worker_id()
         claim: Claim | None = None
+        opened: paramiko.SFTPFile | None = None
         try:
-            attrs = self._stat(file)
+            attrs, opened = self._stat(file)
             if self.policy.template is not None:  # its key may depend on the mtime
                 file = self._file(key, int(attrs.st_mtime or 0))
             claim, row = self._claim(file, attrs, me)
@@ -182,10 +185,13 @@ class Worker:
             # A retry of a dated key ({date}) keeps the key of the content's first claim.
             if claim.object_key and claim.object_key != file.object_name:
                 file = self._file(key, object_name=claim.object_key)
-            result = self._copy(file, attrs, claim, committed)
+            result = self._copy(file, attrs, claim, committed, opened)
             self._complete(claim, result)
         except Exception as exc:
             return self._failed(file, claim, me, exc)
+        finally:
+            if opened is not None:  # not copied from (closed by the copy otherwise)
+                close_without_waiting(opened)
         action = self._after_copy(file.remote_path, attrs, claim)
         return self._transferred(file, result, claim, me, action)
 
@@ -207,11 +213,16 @@ class Worker:
         )
         return _File(key, path, remote_path, object_name or "", where)
 
-    def _stat(self, file: _File):
-        attrs = self.pool.get().stat(remote_bytes(file.remote_path))
+    def _stat(self, file: _File) -> tuple[paramiko.SFTPAttributes, paramiko.SFTPFile | None]:
+        """The file's attributes by its path, and the file opened for its copy, in one round
+        trip. The open's error is left for the copy to raise (its attempt is claimed and failed
+        then, as any copy's)."""
+        attrs, opened = stat_and_open(self.pool.get(), remote_bytes(file.remote_path))
         if not stat.S_ISREG(attrs.st_mode or 0):
+            if isinstance(opened, paramiko.SFTPFile):
+                close_without_waiting(opened)
             raise NotAFile(f"{display(file.path)} is not a regular file any more")
-        return attrs
+        return attrs, opened if isinstance(opened, paramiko.SFTPFile) else None
 
     def _claim(self, file: _File, attrs, me: str) -> tuple[Claim | None, dict]:
         """The claim on the file, taken over from its holder if that run is over; else None and
@@ -236,7 +247,12 @@ class Worker:
         return claim, row
 
     def _copy(
-        self, file: _File, attrs, claim: Claim, committed: Committed | None
+        self,
+        file: _File,
+        attrs,
+        claim: Claim,
+        committed: Committed | None,
+        opened: paramiko.SFTPFile | None = None,
     ) -> TransferResult:
         """The object for this claim: an earlier attempt's, when it landed whole, else a copy."""
         metadata = {
@@ -268,6 +284,7 @@ class Worker:
                     heartbeat=self._heartbeat(claim, file, attrs.st_size or 0, resumed_from),
                     pace=self.bandwidth_cap,
                     attrs=attrs,  # this attempt's, from just before its claim
+                    opened=opened,
                 )
             )
         if journal is not None or claim.attempts > 1:  # the upload is done with, or left

@@ -41,10 +41,13 @@ CALLS = [
     # paramiko's own SFTPFile answers the reply callback: a rename or a new argument shows here.
     ("SFTPFile._async_response", (SELF, *REPLY), NONE),
     ("SFTPFile._close", (SELF,), {"async_": True}),
+    # stat_and_open makes the file object paramiko's open makes, from the handle.
+    ("SFTPFile.__init__", (SELF, SELF, b"handle", "rb"), NONE),
 ]
 
 # The SFTP packet types sftp_wire sends or expects, by their number in the protocol.
 PACKET_TYPES = {
+    "CMD_OPEN": 3,
     "CMD_CLOSE": 4,
     "CMD_READ": 5,
     "CMD_OPENDIR": 11,
@@ -55,6 +58,7 @@ PACKET_TYPES = {
     "CMD_DATA": 103,
     "CMD_NAME": 104,
     "CMD_ATTRS": 105,
+    "SFTP_FLAG_READ": 1,
 }
 
 
