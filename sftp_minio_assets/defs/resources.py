@@ -137,7 +137,10 @@ class TransferSettings(dg.ConfigurableResource):
     this project replaces), and the upload shape."""
 
     max_workers: Annotated[int, at_least(1)] = Field(
-        default=4, description="Files transferred at once per run."
+        # 16, as tuned rclone's --transfers: a far partner's small file waits on round trips,
+        # and only files in flight hide them (4: 2.4x tuned rclone at 40 ms; 16: 1x).
+        default=16,
+        description="Files transferred at once per run.",
     )
     local_dir: str | None = Field(
         default=None, description="Set: SFTP -> a file in this folder -> S3; else streamed."

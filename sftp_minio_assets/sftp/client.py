@@ -46,6 +46,9 @@ CHANNEL_WINDOW = 8 * 1024 * 1024
 CLOSE_TIMEOUT_SECONDS = 10.0
 # The most a session about to close waits for the answers still due (a broken one gives none).
 ANSWERS_TIMEOUT_SECONDS = 2.0
+# SSH handshakes at once to one server, per process: OpenSSH's default MaxStartups (10:30:100)
+# drops new connections at random beyond 10 not yet logged in, and a run opens MAX_WORKERS.
+HANDSHAKES_AT_ONCE = 4
 
 
 class HostKeyError(paramiko.SSHException):
@@ -345,7 +348,8 @@ class SFTPPool:
     def _connect(self, purpose: str, patience: float | None) -> paramiko.SFTPClient:
         lease = self.budget.acquire(purpose, patience) if self.budget else None
         try:
-            sftp = self.connector.connect()
+            with _handshakes(self.connector.settings):
+                sftp = self.connector.connect()
         except BaseException:
             if lease is not None and self.budget is not None:  # a lease is the budget's
                 self.budget.release(lease)
@@ -388,6 +392,18 @@ class SFTPPool:
             # server still counts this session.
             transport.join(CLOSE_TIMEOUT_SECONDS)
             self.budget.release(lease)
+
+
+_HANDSHAKES: dict[tuple[str, int], threading.BoundedSemaphore] = {}
+_HANDSHAKES_LOCK = threading.Lock()
+
+
+def _handshakes(settings: SFTPSettings) -> threading.BoundedSemaphore:
+    """The slots for handshakes with this server in this process (HANDSHAKES_AT_ONCE)."""
+    with _HANDSHAKES_LOCK:
+        return _HANDSHAKES.setdefault(
+            (settings.host, settings.port), threading.BoundedSemaphore(HANDSHAKES_AT_ONCE)
+        )
 
 
 @dataclass(frozen=True)

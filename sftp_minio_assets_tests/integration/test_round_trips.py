@@ -2,9 +2,13 @@
 each direction (devstack/delay_relay.py), as issue 23 asks: at most a few, whatever the link's
 latency, since each costs a whole round trip."""
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 
 from devstack.delay_relay import DelayRelay
+from sftp_minio_assets.sftp.client import HANDSHAKES_AT_ONCE, SFTPConnector, SFTPPool
 
 pytestmark = pytest.mark.integration  # the real servers (conftest's stack)
 
@@ -37,3 +41,40 @@ def test_a_small_file_waits_on_two_round_trips(env, far, transport):
     # Now and then the client also sends SSH's window adjustment right after data arrives,
     # which the relay cannot tell from a request: one file in a few may show a turn more.
     assert sorted(turns)[len(turns) // 2] == 2 and max(turns) <= 3, turns
+
+
+class CountingConnector(SFTPConnector):
+    """The real connector, counting the handshakes it is in at once."""
+
+    def __init__(self, settings):
+        super().__init__(settings)
+        self.lock, self.now, self.most = threading.Lock(), 0, 0
+
+    def connect(self):
+        with self.lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+        try:
+            return super().connect()
+        finally:
+            with self.lock:
+                self.now -= 1
+
+
+def test_sessions_opened_at_once_shake_hands_four_at_a_time(env, far):
+    """A run opens MAX_WORKERS (16) sessions at its start; OpenSSH's default MaxStartups drops
+    connections at random beyond 10 not yet logged in."""
+    pinned = dict(known_hosts_path=None, host_key_sha256=env.stack.ssh.host_key_sha256)
+    connector = CountingConnector(env.connection(port=far.port, **pinned).settings)
+    pool = SFTPPool(connector)
+    together = threading.Barrier(12)  # 12 threads, each with a session of its own
+
+    def session(_):
+        together.wait()
+        return pool.get().normalize(".")
+
+    with ThreadPoolExecutor(12) as threads:
+        sessions = list(threads.map(session, range(12)))
+    pool.close()
+    assert len(sessions) == 12 and far.connections == 12
+    assert connector.most == HANDSHAKES_AT_ONCE == 4

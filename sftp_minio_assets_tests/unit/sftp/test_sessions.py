@@ -74,7 +74,7 @@ def test_without_max_sessions_there_is_no_budget_and_with_it_workers_never_outnu
     with single_source(monkeypatch) as unlimited:
         assert unlimited.connection.max_sessions is None
         assert unlimited.pool.budget is None  # so no lease, no database traffic
-        assert unlimited.concurrency == 4  # MAX_WORKERS' default
+        assert unlimited.concurrency == 16  # MAX_WORKERS' default
 
     with single_source(monkeypatch, SFTP_MAX_SESSIONS="2") as limited:
         assert limited.connection.max_sessions == 2
