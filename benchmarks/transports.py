@@ -157,7 +157,7 @@ class SshProcessChannel:
 
 
 def _drain_paramiko(sftp: Any, path: str, sha256: bool) -> int:
-    from sftp_minio_assets.sftp.client import read_chunks
+    from sftp_minio_assets.sftp.reads import read_chunks
 
     digest = hashlib.sha256() if sha256 else None
     read = 0

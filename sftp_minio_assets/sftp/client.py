@@ -15,16 +15,14 @@ import posixpath
 import socket
 import stat
 import threading
-from collections import deque
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import suppress
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import paramiko
 
-from .wire import PipelinedReads, finish_answers, read_dir
+from .wire import finish_answers, read_dir
 
 if TYPE_CHECKING:
     from .sessions import SessionBudget
@@ -35,11 +33,6 @@ log = logging.getLogger(__name__)
 PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 # paramiko's SFTPFile.read(n) rebuilds its buffer per chunk: reads above ~1 MiB turn quadratic.
 READ_CHUNK = 1024 * 1024
-# Pipelined reads: requests in flight, and their size. OpenSSH serves up to 255 KiB per read;
-# measured here (256 MiB, loopback): 16 x 255 KiB ~170 MB/s, 128 x 32 KiB ~100, paramiko's own
-# prefetch ~95. A server that answers less is asked for smaller reads from then on.
-READ_WINDOW = 16
-READ_REQUEST = 255 * 1024
 # The SSH channel's receive window: room for the whole read window.
 CHANNEL_WINDOW = 8 * 1024 * 1024
 # How long closing a session of a budget waits for its connection to end.
@@ -525,89 +518,3 @@ def _root_unavailable(server: str, root: str, names: SettingNames, why: str) -> 
         f"{server}: cannot list the root {display(root)}: {why}. Set {names('root')} to a "
         "directory the SFTP user may read, or grant it read and execute rights."
     )
-
-
-class FinalStat:
-    """The file's attributes by its path once it is read: the last check before its copy is
-    committed. read_chunks sends the request with the file's last reads, so a far server
-    answers both in one round trip (and after the reads: a server answers a session's requests
-    in order); asked before that, or after more reads, it is a request of its own."""
-
-    def __init__(self, sftp: paramiko.SFTPClient, path: str | bytes) -> None:
-        self._sftp, self._path = sftp, path
-        self._sent: tuple[PipelinedReads, int] | None = None
-
-    def send_with(self, reads: PipelinedReads) -> None:
-        path = self._path if isinstance(self._path, bytes) else remote_bytes(self._path)
-        self._sent = (reads, reads.send_stat(path))
-
-    def forget(self) -> None:
-        """More was read after it was sent: its answer is not the last word."""
-        self._sent = None
-
-    def attrs(self) -> paramiko.SFTPAttributes:
-        if self._sent is None:
-            return self._sftp.stat(self._path)
-        (reads, number), self._sent = self._sent, None
-        return reads.receive_attrs(number)
-
-
-def read_chunks(
-    f: paramiko.SFTPFile,
-    size: int,
-    window: int = READ_WINDOW,
-    request_size: int = READ_REQUEST,
-    *,
-    start: int = 0,
-    align: int | None = None,
-    pace: Callable[[int], None] | None = None,
-    final: FinalStat | None = None,
-) -> Iterator[bytes]:
-    """The file's bytes from `start` up to `size`, in order, `window` read requests in flight.
-
-    paramiko's own prefetch books every request of the file up front and buffers whatever
-    arrives, however slowly it is consumed (memory grows with the file), and its cap on
-    concurrent requests polls with sleeps (6 MB/s at 64). This keeps a fixed window instead:
-    memory is window x request_size whatever the file size. Stops early at end of file (the
-    caller compares sizes). align: no read crosses a multiple of it (resumable parts end
-    there). pace(length) is called before each request (the bandwidth cap waits there).
-    final: sent with the last read.
-    """
-    reads = PipelinedReads(f)
-    in_flight: deque[tuple[int, int, int]] = deque()  # (request number, offset, length)
-    offset = start
-    try:
-        while offset < size or in_flight:
-            while offset < size and len(in_flight) < window:
-                length = min(request_size, size - offset)
-                if align:
-                    length = min(length, align - offset % align)
-                if pace is not None:
-                    pace(length)
-                in_flight.append((reads.send(offset, length), offset, length))
-                offset += length
-                if offset >= size and final is not None:
-                    final.send_with(reads)
-            number, at, length = in_flight.popleft()
-            data = reads.receive(number)
-            if data is None:  # the file ended early: the caller sees the size
-                return
-            yield data
-            if 0 < len(data) < length:  # the server caps its reads: ask for the rest, and less
-                request_size = len(data)
-                if final is not None:
-                    final.forget()
-                yield from _read_rest(f, at + len(data), length - len(data))
-    finally:
-        with suppress(Exception):  # must not hide the error that ended the read
-            reads.discard(number for number, _, _ in in_flight)
-
-
-def _read_rest(f: paramiko.SFTPFile, offset: int, length: int) -> Iterator[bytes]:
-    f.seek(offset)
-    while length > 0:
-        data = f.read(length)
-        if not data:
-            return
-        length -= len(data)
-        yield data

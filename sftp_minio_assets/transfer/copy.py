@@ -27,7 +27,8 @@ import paramiko
 from ..core.model import BY_ETAG, BY_SERVER, BY_SIZE, Progress, TransferResult
 from ..core.units import MIB
 from ..s3.store import ObjectStore, sha256_checksum
-from ..sftp.client import READ_CHUNK, FinalStat, read_chunks
+from ..sftp.client import READ_CHUNK
+from ..sftp.reads import FinalStat, read_chunks
 from ..sftp.wire import close_without_waiting
 from .failures import (
     Committed,
@@ -39,7 +40,7 @@ from .failures import (
 from .pgp import DecryptionFailed
 from .recovery import TOKEN, verify
 from .resume import Journal, Sha256
-from .stages import AS_READ, BytePath
+from .stages import AS_READ, BytePath, StoredBytes
 
 MAX_PARTS = 9_000  # S3 allows 10,000; keep room for a file that grows a little
 
@@ -139,11 +140,10 @@ class Copy:
     journal: Journal | None = None
     heartbeat: Callable[[int], None] | None = None
     pace: Callable[[int], None] | None = None
-    # The file's attributes by its path, just asked (the worker's, before its claim): taken for
-    # the opened file's rather than asked again, a round trip less. The check before the commit
-    # compares the path's attributes after the read with these.
+    # Asked already (the worker's sftp.wire.stat_and_open, before its claim), else asked here:
+    # the file's attributes by its path, which the check before the commit compares with, and
+    # the file opened on sftp.
     attrs: paramiko.SFTPAttributes | None = None
-    # The file opened already, on sftp (with attrs: sftp.wire.stat_and_open), else opened here.
     opened: paramiko.SFTPFile | None = None
 
 
@@ -171,7 +171,7 @@ def copy_file(job: Copy) -> TransferResult:
     else:
         meter = _Meter(job.heartbeat, Sha256(state=previous.sha256_state), previous.done_bytes)
         metadata = {**job.metadata, TOKEN: previous.token}
-    stored = _Counter(hashlib.sha256() if job.path.changes_bytes else None)
+    stored = StoredBytes(hashlib.sha256() if job.path.changes_bytes else None)
     metadata.update(job.path.metadata(before.st_size))
     final = FinalStat(job.sftp, job.remote_path)
     upload = _Upload(
@@ -208,7 +208,7 @@ def copy_file(job: Copy) -> TransferResult:
 
 
 def _send(
-    job: Copy, upload: _Upload, f: paramiko.SFTPFile, before, stored: _Counter, final: FinalStat
+    job: Copy, upload: _Upload, f: paramiko.SFTPFile, before, stored: StoredBytes, final: FinalStat
 ) -> tuple[str, bool]:
     """The bytes read, through the stages, into the object: resumably, through a local file,
     or streamed. How the object was verified, and whether that proves it whole."""
@@ -245,22 +245,6 @@ def _check_unchanged(final: FinalStat, before, meter: _Meter) -> None:
             f"the file changed while it was read ({before.st_size} bytes at open, "
             f"{meter.size} read, {after.st_size} now); it will be copied again once stable"
         )
-
-
-class _Counter:
-    """Counts the bytes that go into the object (after decryption and compression), and hashes
-    them when given a digest (a decrypted or compressed object's hash is not the remote file's)."""
-
-    def __init__(self, digest=None) -> None:
-        self.size = 0
-        self.digest = digest
-
-    def wrap(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
-        for chunk in chunks:
-            self.size += len(chunk)
-            if self.digest is not None:
-                self.digest.update(chunk)
-            yield chunk
 
 
 def _decryption_failed(exc: DecryptionFailed, f: paramiko.SFTPFile, before) -> TransferFailed:

@@ -166,3 +166,19 @@ def changed_bytes(metadata: dict[str, str]) -> bool:
     """Whether an object found in the bucket holds other bytes than its remote file, by what
     the chain recorded in its metadata (no chain tells it of an earlier attempt's object)."""
     return ORIGINAL_SIZE in metadata or COMPRESSION in metadata or DECRYPTED in metadata
+
+
+class StoredBytes:
+    """Counts the bytes that go into the object (after decryption and compression), and hashes
+    them when given a digest (a decrypted or compressed object's hash is not the remote file's)."""
+
+    def __init__(self, digest=None) -> None:
+        self.size = 0
+        self.digest = digest
+
+    def wrap(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        for chunk in chunks:
+            self.size += len(chunk)
+            if self.digest is not None:
+                self.digest.update(chunk)
+            yield chunk

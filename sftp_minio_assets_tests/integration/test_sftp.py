@@ -15,9 +15,9 @@ from sftp_minio_assets.sftp.client import (
     HostKeyError,
     ServerUnreachable,
     SFTPConnector,
-    read_chunks,
 )
 from sftp_minio_assets.sftp.openssh import OpenSSHConnector
+from sftp_minio_assets.sftp.reads import read_chunks
 from sftp_minio_assets_tests.support import running
 
 
