@@ -107,7 +107,7 @@ def stat_and_open(sftp: SFTPClient, path: bytes) -> tuple[SFTPAttributes, SFTPFi
     return SFTPAttributes._from_msg(stat_msg), opened
 
 
-class PipelinedReads:
+class PipelinedReads(_Answers):
     """Reads of one open file sent without waiting; each reply is kept by its request number
     until asked for, in whatever order the replies arrive.
 
@@ -116,11 +116,10 @@ class PipelinedReads:
     """
 
     def __init__(self, f: SFTPFile) -> None:
+        super().__init__(f.sftp)
         self._handle = f.handle
-        self._received: dict[int, tuple[int, Message]] = {}
         # Bound once: send and receive run once per read request on every file copied.
         self._send = f.sftp._async_request
-        self._read_one_reply = f.sftp._read_response
         self._raise_status = f.sftp._convert_status
 
     def send(self, offset: int, length: int) -> int:
@@ -130,10 +129,7 @@ class PipelinedReads:
     def receive(self, number: int) -> bytes | None:
         """The data that request number read, None at end of file; raises the error the server
         reported (PermissionError, other OSError)."""
-        received = self._received
-        while number not in received:
-            self._read_one_reply()
-        kind, msg = received.pop(number)
+        kind, msg = self.answer(number)
         if kind == CMD_DATA:
             return msg.get_string()
         if kind == CMD_STATUS:
@@ -150,10 +146,7 @@ class PipelinedReads:
     def receive_attrs(self, number: int) -> SFTPAttributes:
         """The attributes request number asked for; raises the error the server reported
         (FileNotFoundError, PermissionError, other OSError)."""
-        received = self._received
-        while number not in received:
-            self._read_one_reply()
-        kind, msg = received.pop(number)
+        kind, msg = self.answer(number)
         if kind == CMD_ATTRS:
             return SFTPAttributes._from_msg(msg)
         if kind == CMD_STATUS:
@@ -163,13 +156,7 @@ class PipelinedReads:
     def discard(self, numbers: Iterable[int]) -> None:
         """Reads and drops the replies to these requests, so the session stays usable."""
         for number in numbers:
-            while number not in self._received:
-                self._read_one_reply()
-            del self._received[number]
-
-    def _async_response(self, kind: int, msg: Message, number: int) -> None:
-        """paramiko's callback: its _read_response hands each reply to the request's sender."""
-        self._received[number] = (kind, msg)
+            self.answer(number)
 
 
 def close_without_waiting(f: SFTPFile) -> None:
