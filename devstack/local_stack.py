@@ -170,7 +170,8 @@ def _default_signals() -> None:
 
 
 def _run(cmd: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, **kwargs)
+    kwargs.setdefault("stdin", None if "input" in kwargs else subprocess.DEVNULL)
+    done = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
     if done.returncode != 0:
         raise RuntimeError(
             f"{shlex.join(cmd)} failed ({done.returncode}):\n{done.stdout}{done.stderr}"
@@ -410,9 +411,24 @@ def _sftp_user() -> str:
                 SFTP_USER,
             ]
         )
-    # No password, but not locked ("!"): sshd refuses locked accounts even for key logins.
-    _run(["usermod", "--password", "*", SFTP_USER])
     return SFTP_USER
+
+
+def _sftp_password() -> str | None:
+    """The SFTP user's password, for password logins (as root only: a password is set once per
+    machine, at random, and kept in a file only root reads; every stack shares it, as they
+    share the user). An account without one is locked, and sshd refuses locked accounts even
+    key logins."""
+    if os.geteuid() != 0:
+        return None
+    kept = Path("/etc") / f"{SFTP_USER}.password"
+    with contextlib.suppress(FileExistsError):
+        descriptor = os.open(kept, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        password = secrets.token_urlsafe(12)
+        with os.fdopen(descriptor, "w") as out:
+            out.write(password)
+        _run(["chpasswd"], input=f"{SFTP_USER}:{password}\n")
+    return kept.read_text().strip()
 
 
 class SshServer(_Server):
@@ -426,6 +442,7 @@ class SshServer(_Server):
         self.port = free_port()
         self.ports = [self.port]
         self.username = _sftp_user()
+        self.password = _sftp_password()
         self._marker = secrets.token_hex(8)
         self.dir = base / "ssh"
         # Traversable, not listable: sshd reads authorized_keys as the SFTP user.
@@ -459,7 +476,7 @@ class SshServer(_Server):
             "UsePAM no",
             "StrictModes no",
             "PubkeyAuthentication yes",
-            "PasswordAuthentication no",
+            f"PasswordAuthentication {'yes' if self.password else 'no'}",
             "KbdInteractiveAuthentication no",
             "PermitRootLogin prohibit-password",
             f"AllowUsers {self.username}",

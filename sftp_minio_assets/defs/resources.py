@@ -25,12 +25,11 @@ from ..policy.readiness import Readiness
 from ..s3.store import ObjectStore, S3Settings, bucket_problem, needs_escaping
 from ..sftp.client import (
     Listing,
-    SFTPConnector,
     SFTPPool,
     display,
     list_tree,
 )
-from ..sftp.openssh import OpenSSHConnector
+from ..sftp.openssh import connector_for
 from ..sftp.sessions import SessionBudget, server_of
 from ..transfer.copy import MIB, Tuning
 from ..transfer.resume import RESUMABLE_HOURS
@@ -262,8 +261,7 @@ class SourceResource(dg.ConfigurableResource):
                     self.name,
                     self.connection.max_sessions,
                 )
-            connector = OpenSSHConnector if settings.transport == "openssh" else SFTPConnector
-            self._pool = SFTPPool(connector(settings), budget)
+            self._pool = SFTPPool(connector_for(settings), budget)
         return self._pool
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:

@@ -52,10 +52,11 @@ class SFTPConnection(dg.ConfigurableResource):
     allow_unknown_host: bool = Field(
         default=False, description="Accept any host key (logged). Never in production."
     )
-    transport: Literal["paramiko", "openssh"] = Field(
-        default="paramiko",
-        description="How SSH is done: paramiko (in Python), or openssh: OpenSSH's own ssh "
-        "client under the same SFTP code (2.4x less CPU; needs the ssh command).",
+    transport: Literal["auto", "openssh", "paramiko"] = Field(
+        default="auto",
+        description="How SSH is done: openssh: OpenSSH's own ssh client under the SFTP code "
+        "(2.4x less CPU, 2.2x the read speed; needs the ssh command); paramiko: in Python; "
+        "auto: openssh where ssh is installed, else paramiko.",
     )
     max_sessions: Annotated[int | None, at_least(1)] = Field(
         default=None,

@@ -75,6 +75,20 @@ def test_a_server_that_is_not_there_is_unreachable(env, transport):
 
 
 @pytest.mark.integration
+def test_a_password_login(env, transport):
+    """Through OpenSSH, the password goes through SSH_ASKPASS as the passphrase does."""
+    if env.stack.ssh.password is None:
+        pytest.skip("the test sshd offers password logins only when the tests run as root")
+    env.write("p.txt", b"p")
+    login = dict(private_key=None, transport=transport)
+    source = env.source(password=env.stack.ssh.password, **login)
+    assert [f.path for f in source.list_files().files] == ["p.txt"]
+    with pytest.raises(CredentialsError, match="refused the password login") as refused:
+        env.source(password="wrong-password", **login).list_files()
+    assert "wrong-password" not in str(refused.value)
+
+
+@pytest.mark.integration
 def test_an_encrypted_key_is_opened_with_its_passphrase_through_openssh(env, tmp_path):
     """OpenSSH reads the passphrase from SSH_ASKPASS, which prints it from the ssh client's
     environment: never on a command line, and only for that process."""
