@@ -10,9 +10,9 @@ rows hash them, as the project's copy does).
 
 - OpenSSH's `sftp` (`get FILE /dev/null`), with its default cipher (chacha20-poly1305) and with
   aes128-gcm, the cipher the project asks for: the reference.
-- Today's path: the project's SFTPConnector.connect() (paramiko's transport), open, read_chunks.
-- paramiko's SFTPClient and the same read_chunks over an `ssh -s sftp` child process
-  (SshProcessChannel below): OpenSSH does the SSH, the project's SFTP code runs unchanged.
+- The project's two transports (sftp/openssh.connector_for), open, read_chunks: paramiko's, and
+  the default where ssh is installed, openssh: paramiko's SFTPClient over an `ssh -s sftp` child
+  process (sftp/openssh.py), OpenSSH doing the SSH.
 - A minimal SFTP v3 reader over the same child (read_ssh_sftp3): what paramiko's framing costs.
 - asyncssh's read_parallel, when importable. It is not a project dependency: --extra DIR adds
   a `pip install --target DIR asyncssh` to the path.
@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
-import fcntl
 import hashlib
 import importlib.util
 import io
@@ -47,6 +46,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from devstack.local_stack import SshServer
@@ -98,64 +98,6 @@ def strict_ssh_options(target: dict[str, Any]) -> list[str]:
 # --- the clients, each run in a process of its own -------------------------------------------
 
 
-class SshProcessChannel:
-    """`ssh -s HOST sftp` as a child process, looking enough like a paramiko Channel (and its
-    Transport) for paramiko.SFTPClient and the project's pool: send, recv, close, get_name,
-    settimeout, get_transport().is_active()/close()/join()."""
-
-    def __init__(self, target: dict[str, Any]) -> None:
-        argv = [
-            "ssh",
-            *strict_ssh_options(target),
-            "-o", f"Ciphers={CIPHERS}",
-            "-p", str(target["port"]),
-            "-l", target["user"],
-            "-s", "--", target["host"], "sftp",
-        ]  # fmt: skip
-        self.proc = subprocess.Popen(
-            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0, start_new_session=True
-        )
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self._write = self.proc.stdin.fileno()
-        # ssh writes 32 KiB SSH packets: a deeper pipe means fewer wake-ups of both sides.
-        with contextlib.suppress(OSError):
-            fcntl.fcntl(self.proc.stdout.fileno(), getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
-        # read(n) of a BufferedReader blocks until it has n bytes: paramiko gets a whole packet
-        # from one recv() and never joins pieces.
-        self._read = io.BufferedReader(io.FileIO(self.proc.stdout.fileno(), "rb", False), 1 << 20)
-
-    def send(self, data: bytes) -> int:
-        return os.write(self._write, data)
-
-    def recv(self, n: int) -> bytes:
-        return self._read.read(n)
-
-    def get_name(self) -> str:
-        return f"ssh[{self.proc.pid}]"
-
-    def settimeout(self, timeout: float | None) -> None:
-        """A pipe has no timeout: ServerAliveInterval ends a dead connection."""
-
-    def get_transport(self) -> SshProcessChannel:
-        return self
-
-    def is_active(self) -> bool:
-        return self.proc.poll() is None
-
-    def close(self) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.close()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-    def join(self, timeout: float | None = None) -> None:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout)
-
-
 def _drain_paramiko(sftp: Any, path: str, sha256: bool) -> int:
     from sftp_minio_assets.sftp.reads import read_chunks
 
@@ -169,37 +111,44 @@ def _drain_paramiko(sftp: Any, path: str, sha256: bool) -> int:
     return read
 
 
-def read_paramiko(target: dict[str, Any], sha256: bool) -> int:
-    """Today's path."""
-    from sftp_minio_assets.sftp.client import SFTPConnector, SFTPSettings
+def _settings(target: dict[str, Any], transport: str) -> Any:
+    from sftp_minio_assets.sftp.client import SFTPSettings
 
-    settings = SFTPSettings(
+    return SFTPSettings(
         host=target["host"],
         port=target["port"],
         username=target["user"],
         private_key=target["key"],
         known_hosts_path=target["known_hosts"],
+        transport=transport,
     )
-    sftp = SFTPConnector(settings).connect()
-    try:
-        return _drain_paramiko(sftp, target["path"], sha256)
-    finally:
-        sftp.get_channel().get_transport().close()
 
 
-def read_ssh_paramiko(target: dict[str, Any], sha256: bool) -> int:
-    import paramiko
+def read_project(transport: str) -> Callable[[dict[str, Any], bool], int]:
+    """The project's connector for the transport (sftp/openssh.connector_for), read_chunks."""
 
-    channel = SshProcessChannel(target)
-    try:
-        return _drain_paramiko(paramiko.SFTPClient(channel), target["path"], sha256)
-    finally:
-        channel.close()
+    def read(target: dict[str, Any], sha256: bool) -> int:
+        from sftp_minio_assets.sftp.openssh import connector_for
+
+        sftp = connector_for(_settings(target, transport)).connect()
+        try:
+            return _drain_paramiko(sftp, target["path"], sha256)
+        finally:
+            sftp.get_channel().get_transport().close()
+
+    return read
 
 
 def read_ssh_sftp3(target: dict[str, Any], sha256: bool) -> int:
-    """INIT, OPEN, a window of READs, CLOSE; OpenSSH's server answers in order."""
-    channel = SshProcessChannel(target)
+    """INIT, OPEN, a window of READs, CLOSE, over the openssh transport's `ssh` child; OpenSSH's
+    server answers in order."""
+    from sftp_minio_assets.sftp.openssh import OpenSSHConnector
+
+    pipes = OpenSSHConnector(_settings(target, "openssh")).channel()
+    assert pipes.process.stdout is not None
+    # read(n) of a BufferedReader blocks until it has n bytes.
+    stream = io.BufferedReader(io.FileIO(pipes.process.stdout.fileno(), "rb", False), 1 << 20)
+    channel = SimpleNamespace(send=pipes.send, recv=stream.read, close=pipes.close)
     header = struct.Struct(">IBI")  # length, type, request id (INIT: the version)
     digest = hashlib.sha256() if sha256 else None
 
@@ -282,8 +231,8 @@ def read_asyncssh(target: dict[str, Any], sha256: bool) -> int:
 
 
 CLIENTS: dict[str, Callable[[dict[str, Any], bool], int]] = {
-    "paramiko": read_paramiko,
-    "ssh-paramiko": read_ssh_paramiko,
+    "paramiko": read_project("paramiko"),
+    "ssh-paramiko": read_project("openssh"),
     "ssh-sftp3": read_ssh_sftp3,
     "asyncssh": read_asyncssh,
 }
@@ -291,10 +240,13 @@ CLIENTS: dict[str, Callable[[dict[str, Any], bool], int]] = {
 TOOLS = (
     Tool("OpenSSH sftp, default cipher (chacha20-poly1305)", "sftp"),
     Tool("OpenSSH sftp, aes128-gcm", "sftp", cipher="aes128-gcm@openssh.com"),
-    Tool("today: SFTPConnector (paramiko transport) + read_chunks", "paramiko"),
-    Tool("today + sha256", "paramiko", sha256=True),
-    Tool("ssh child + paramiko SFTPClient + read_chunks", "ssh-paramiko"),
-    Tool("ssh child + paramiko SFTPClient + read_chunks + sha256", "ssh-paramiko", sha256=True),
+    Tool("transport: paramiko (SFTPConnector) + read_chunks", "paramiko"),
+    Tool("transport: paramiko + sha256", "paramiko", sha256=True),
+    Tool(
+        "transport: openssh, the default (ssh child, paramiko SFTPClient) + read_chunks",
+        "ssh-paramiko",
+    ),
+    Tool("transport: openssh + sha256", "ssh-paramiko", sha256=True),
     Tool("ssh child + minimal SFTP v3 reader", "ssh-sftp3"),
     Tool("asyncssh read_parallel", "asyncssh"),
 )

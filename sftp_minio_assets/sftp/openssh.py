@@ -44,6 +44,7 @@ PIPE_SIZE = 1 << 20  # a deep pipe: ssh writes 32 KiB packets, fewer wake-ups of
 SECRET_VARIABLE = "SFTP_MINIO_ASSETS_ASKPASS"
 ASKPASS = f'#!/bin/sh\nprintf "%s\\n" "${SECRET_VARIABLE}"\n'
 FINGERPRINT = re.compile(r"SHA256:[A-Za-z0-9+/]{43}")
+DENIED = re.compile(r"Permission denied \(([^)]*)\)")  # the methods the server offers
 # KnownHostsCommand for a pinned fingerprint, run with PINNED %f %H %t %K: the offered key as a
 # known_hosts line if its fingerprint is the pinned one, else nothing, and ssh refuses the host.
 # A shell script, not Python: it runs at every connection.
@@ -79,6 +80,16 @@ class OpenSSHConnector(SFTPConnector):
             self._files = files
 
     def connect(self) -> paramiko.SFTPClient:
+        channel = self.channel()
+        try:
+            return paramiko.SFTPClient(channel)  # its INIT: ssh logs in first, or exits
+        except (EOFError, OSError, paramiko.SSHException) as exc:
+            errors = channel.errors()
+            channel.close()
+            raise self._failure(errors, exc) from None
+
+    def channel(self) -> SshChannel:
+        """An `ssh` child started for the SFTP subsystem: its pipes, before SFTP's INIT."""
         self._prepare()
         s = self.settings
         environment = {k: v for k, v in os.environ.items() if k != SECRET_VARIABLE}
@@ -104,13 +115,7 @@ class OpenSSHConnector(SFTPConnector):
                 "which is not installed here (Debian: openssh-client); install it, or set "
                 "the transport to paramiko"
             ) from None
-        channel = SshChannel(process, s.timeout)
-        try:
-            return paramiko.SFTPClient(channel)  # its INIT: ssh logs in first, or exits
-        except (EOFError, OSError, paramiko.SSHException) as exc:
-            errors = channel.errors()
-            channel.close()
-            raise self._failure(errors, exc) from None
+        return SshChannel(process, s.timeout)
 
     def _options(self) -> list[str]:
         s = self.settings
@@ -194,8 +199,15 @@ class OpenSSHConnector(SFTPConnector):
                 "was changed on purpose, update the known_hosts file; otherwise someone may be "
                 "intercepting the connection."
             )
+        method = "key" if self._key is not None else "password"
+        offered = DENIED.search(errors)
+        wanted = {"publickey"} if self._key is not None else {"password", "keyboard-interactive"}
+        if offered and not wanted & set(offered.group(1).split(",")):
+            return CredentialsError(
+                f"{s.server}: the server does not accept {method} logins (it accepts: "
+                f"{offered.group(1).replace(',', ', ')}). Check {credentials(s.names)}."
+            )
         if "Permission denied" in errors or "Too many authentication failures" in errors:
-            method = "key" if self._key is not None else "password"
             return CredentialsError(
                 f"{s.server}: the server refused the {method} login of {s.username!r}. "
                 f"Check {credentials(s.names)}."
