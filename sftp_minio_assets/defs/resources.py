@@ -23,12 +23,8 @@ from ..db.transfer_log import TransferLog
 from ..policy.discovery import AutoRetry, Plan, Request, clashes, object_differs, plan_transfers
 from ..policy.readiness import Readiness
 from ..s3.store import ObjectStore, S3Settings, bucket_problem, needs_escaping
-from ..sftp.client import (
-    Listing,
-    SFTPPool,
-    display,
-    list_tree,
-)
+from ..sftp.client import SFTPPool, display
+from ..sftp.listing import Listing, list_tree
 from ..sftp.openssh import connector_for
 from ..sftp.sessions import SessionBudget, server_of
 from ..transfer.copy import MIB, Tuning

@@ -19,7 +19,8 @@ from ..core.keys import decode_key
 from ..core.units import duration
 from ..db.transfer_log import TransferLog
 from ..policy.discovery import Plan, Request, batches
-from ..sftp.client import Listing, display
+from ..sftp.client import display
+from ..sftp.listing import Listing
 from ..sftp.sessions import SessionsBusy
 from .partitions import (
     SOURCE_TAG,

@@ -11,9 +11,7 @@ import fnmatch
 import hashlib
 import io
 import logging
-import posixpath
 import socket
-import stat
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import paramiko
 
-from .wire import finish_answers, read_dir
+from .wire import finish_answers
 
 if TYPE_CHECKING:
     from .sessions import SessionBudget
@@ -411,12 +409,6 @@ class FileFilter:
         return not any(fnmatch.fnmatchcase(path, p) for p in self.exclude)
 
 
-@dataclass
-class Listing:
-    files: list[RemoteFile]
-    skipped: list[tuple[str, str]]  # (relative path, why)
-
-
 def display(path: str) -> str:
     """A path for messages: undecodable bytes shown as \\xNN."""
     return remote_bytes(path).decode("utf-8", "backslashreplace")
@@ -426,96 +418,3 @@ def remote_bytes(path: str) -> bytes:
     """Paths are str with undecodable bytes kept as surrogates (like os.fsdecode); paramiko
     takes bytes paths as they are."""
     return path.encode("utf-8", "surrogateescape")
-
-
-def list_dir(sftp: paramiko.SFTPClient, path: str) -> list[tuple[str, paramiko.SFTPAttributes]]:
-    """listdir_attr, but names that are not UTF-8 come back (as surrogates) instead of raising:
-    paramiko decodes names strictly, and one such file would stop the whole listing."""
-    return [
-        (name.decode("utf-8", "surrogateescape"), attrs)
-        for name, attrs in read_dir(sftp, remote_bytes(path))
-        if name not in (b".", b"..")
-    ]
-
-
-def list_tree(
-    sftp: paramiko.SFTPClient,
-    root: str,
-    follow_symlinks: bool = False,
-    server: str = "",
-    names: SettingNames = ENVIRONMENT,
-) -> Listing:
-    """Every regular file below root, with size and mtime.
-
-    Symbolic links are skipped, or with follow_symlinks followed when their target lies inside
-    root (a link can never bring in a file from outside it); each directory is walked once.
-    A root that cannot be listed raises RootUnavailable (naming server and root): it must not
-    look like a source with nothing new.
-    """
-    files: list[RemoteFile] = []
-    skipped: list[tuple[str, str]] = []
-    real_root = _root(sftp, root, server, names)
-    seen_dirs = {real_root}
-    pending = [""]
-    while pending:
-        rel_dir = pending.pop()
-        try:
-            entries = list_dir(sftp, posixpath.join(root, rel_dir) if rel_dir else root)
-        except PermissionError:
-            if not rel_dir:
-                raise _root_unavailable(
-                    server, root, names, "the SFTP user may not list it"
-                ) from None
-            skipped.append((rel_dir, "directory not readable by the SFTP user"))
-            continue
-        for name, attrs in entries:
-            rel = posixpath.join(rel_dir, name) if rel_dir else name
-            mode = attrs.st_mode or 0
-            if stat.S_ISLNK(mode):
-                if not follow_symlinks:
-                    skipped.append((rel, f"symbolic link ({names('follow_symlinks')} is off)"))
-                    continue
-                try:
-                    target = sftp.normalize(remote_bytes(posixpath.join(root, rel)))
-                    attrs = sftp.stat(remote_bytes(target))
-                except (OSError, UnicodeDecodeError):
-                    skipped.append((rel, "broken symbolic link"))
-                    continue
-                if target != real_root and not target.startswith(real_root.rstrip("/") + "/"):
-                    skipped.append((rel, f"symbolic link to {target}, outside the root"))
-                    continue
-                mode = attrs.st_mode or 0
-                if stat.S_ISDIR(mode):
-                    if target in seen_dirs:
-                        skipped.append((rel, "symbolic link to a directory already listed"))
-                        continue
-                    seen_dirs.add(target)
-            if stat.S_ISDIR(mode):
-                pending.append(rel)
-            elif stat.S_ISREG(mode):
-                files.append(RemoteFile(rel, attrs.st_size or 0, int(attrs.st_mtime or 0)))
-            else:
-                skipped.append((rel, "not a regular file"))
-    files.sort(key=lambda f: f.path)
-    return Listing(files, skipped)
-
-
-def _root(sftp: paramiko.SFTPClient, root: str, server: str, names: SettingNames) -> str:
-    """root's real path, once it is known to be a directory."""
-    try:
-        real_root = sftp.normalize(remote_bytes(root))
-        mode = sftp.stat(remote_bytes(real_root)).st_mode or 0
-    except FileNotFoundError:
-        raise _root_unavailable(server, root, names, "it does not exist") from None
-    except PermissionError:
-        raise _root_unavailable(server, root, names, "the SFTP user may not reach it") from None
-    if not stat.S_ISDIR(mode):
-        raise _root_unavailable(server, root, names, "it is not a directory")
-    return real_root
-
-
-def _root_unavailable(server: str, root: str, names: SettingNames, why: str) -> RootUnavailable:
-    return RootUnavailable(
-        f"{server}: cannot list the root {display(root)}: {why}. Set {names('root')} to a "
-        "directory the SFTP user may read, or grant it read and execute rights."
-    )

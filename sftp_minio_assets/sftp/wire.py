@@ -3,6 +3,8 @@ into paramiko's private request layer.
 
 - `read_dir`: a directory's entries with names as raw bytes. paramiko's listdir_attr decodes
   names strictly, so one file whose name is not UTF-8 would stop a whole listing.
+- `DirectoryReads`: many directories read at once on one session, their entries parsed from
+  the raw answers (name, type, size, mtime: no per-entry object, no longname).
 - `PipelinedReads`: a fixed window of reads in flight on one file. paramiko's prefetch books
   every read of the file up front and buffers whatever arrives, however slowly it is consumed.
 - `stat_and_open`: a file's attributes and its handle asked together.
@@ -19,8 +21,11 @@ fails first, naming the name that moved, when an upgrade changes one of them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import struct
+from collections import deque
+from collections.abc import Iterable, Iterator
 from contextlib import suppress
+from typing import Any
 
 from paramiko import Message, SFTPAttributes, SFTPClient, SFTPFile
 from paramiko.sftp import (
@@ -39,6 +44,14 @@ from paramiko.sftp import (
     SFTPError,
     int64,
 )
+
+# One entry of a NAME answer: its name, type bits, size and mtime; no object per entry.
+Entry = tuple[bytes, int, int, int]
+
+_UINT32 = struct.Struct(">I")
+_UINT64 = struct.Struct(">Q")
+_PAIR = struct.Struct(">II")
+_SIZE, _UIDGID, _PERMISSIONS, _TIMES, _EXTENDED = 0x1, 0x2, 0x4, 0x8, 0x80000000
 
 
 def read_dir(sftp: SFTPClient, path: bytes) -> list[tuple[bytes, SFTPAttributes]]:
@@ -63,6 +76,47 @@ def read_dir(sftp: SFTPClient, path: bytes) -> list[tuple[bytes, SFTPAttributes]
                 entries.append((name, SFTPAttributes._from_msg(msg)))
     finally:
         sftp._request(CMD_CLOSE, handle)
+
+
+def parse_names(msg: Message) -> list[Entry]:
+    """The entries of a NAME answer whose count is still to be read: (name, mode, size, mtime),
+    mode 0, size 0 or mtime 0 where the server did not send it (as paramiko's attributes say
+    None). SFTP v3 attributes: flags, then size, uid and gid, permissions, atime and mtime, and
+    extended pairs, each only if its flag is set."""
+    data = msg.packet.getvalue()
+    at = msg.packet.tell()
+    (count,) = _UINT32.unpack_from(data, at)
+    at += 4
+    entries: list[Entry] = []
+    unpack32, unpack64, pair = _UINT32.unpack_from, _UINT64.unpack_from, _PAIR.unpack_from
+    for _ in range(count):
+        (length,) = unpack32(data, at)
+        name = data[at + 4 : at + 4 + length]
+        at += 4 + length
+        (length,) = unpack32(data, at)  # longname, the `ls -l` line: skipped
+        at += 4 + length
+        (flags,) = unpack32(data, at)
+        at += 4
+        size = mode = mtime = 0
+        if flags & _SIZE:
+            (size,) = unpack64(data, at)
+            at += 8
+        if flags & _UIDGID:
+            at += 8
+        if flags & _PERMISSIONS:
+            (mode,) = unpack32(data, at)
+            at += 4
+        if flags & _TIMES:
+            _, mtime = pair(data, at)
+            at += 8
+        if flags & _EXTENDED:
+            (pairs,) = unpack32(data, at)
+            at += 4
+            for _ in range(2 * pairs):
+                (length,) = unpack32(data, at)
+                at += 4 + length
+        entries.append((name, mode, size, mtime))
+    return entries
 
 
 class _Answers:
@@ -174,3 +228,65 @@ def finish_answers(sftp: SFTPClient, timeout: float) -> None:
         sftp.get_channel().settimeout(timeout)
         while sftp._expecting:
             sftp._read_response()
+
+
+class DirectoryReads(_Answers):
+    """Directories read with up to `depth` of them in flight on one session: the OPENDIR,
+    READDIRs and CLOSE of each sent without waiting, so that the client's work and the server's
+    overlap and a far server costs round trips per `depth` directories, not per directory.
+
+    `add` a directory (any time, also while iterating); iterating yields (tag, entries) for
+    each directory read whole, or (tag, error) where the server refused it (PermissionError,
+    FileNotFoundError, other OSError), in the order they finish. `.` and `..` are left out.
+    """
+
+    def __init__(self, sftp: SFTPClient, depth: int = 8) -> None:
+        super().__init__(sftp)
+        self._sftp = sftp
+        self._depth = depth
+        self._queue: deque[tuple[bytes, Any]] = deque()
+        self._sent: deque[tuple[int, str, list]] = deque()  # (number, what, directory)
+
+    def add(self, path: bytes, tag: Any) -> None:
+        self._queue.append((path, tag))
+
+    def _request(self, what: str, directory: list, *args: Any) -> None:
+        kind = {"open": CMD_OPENDIR, "read": CMD_READDIR, "close": CMD_CLOSE}[what]
+        self._sent.append((self._sftp._async_request(self, kind, *args), what, directory))
+
+    def __iter__(self) -> Iterator[tuple[Any, list[Entry] | OSError]]:
+        reading = 0
+        while self._queue or self._sent:
+            while self._queue and reading < self._depth:
+                path, tag = self._queue.popleft()
+                self._request("open", [tag, None, []], path)  # [tag, handle, entries]
+                reading += 1
+            number, what, directory = self._sent.popleft()
+            kind, msg = self.answer(number)
+            if what == "close":
+                continue
+            if kind == CMD_HANDLE and what == "open":
+                directory[1] = msg.get_binary()
+                self._request("read", directory, directory[1])
+                continue
+            if kind == CMD_NAME and what == "read":
+                directory[2].extend(e for e in parse_names(msg) if e[0] not in (b".", b".."))
+                self._request("read", directory, directory[1])
+                continue
+            reading -= 1
+            if directory[1] is not None:
+                self._request("close", directory, directory[1])
+            error = self._error(kind, msg)
+            yield directory[0], directory[2] if error is None else error
+
+    def _error(self, kind: int, msg: Message) -> OSError | None:
+        """None for the end of a directory's entries, else the error of the answer."""
+        if kind != CMD_STATUS:
+            return SFTPError(f"unexpected reply {kind} to a directory read")
+        try:
+            self._sftp._convert_status(msg)
+        except EOFError:
+            return None
+        except OSError as exc:
+            return exc
+        return SFTPError("a directory read answered OK without entries")

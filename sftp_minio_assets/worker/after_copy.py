@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import paramiko
 
 from ..policy.readiness import ReadyMarker
-from ..sftp.client import display, list_dir, remote_bytes
+from ..sftp.client import display, remote_bytes
+from ..sftp.listing import list_dir
 from .errors import redact
 from .source_policy import SourcePolicy
 

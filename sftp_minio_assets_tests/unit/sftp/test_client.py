@@ -16,10 +16,10 @@ from sftp_minio_assets.sftp.client import (
     SFTPConnector,
     SFTPSettings,
     _load_private_key,
-    _root_unavailable,
     display,
     remote_bytes,
 )
+from sftp_minio_assets.sftp.listing import _root_unavailable
 
 IN_FILE = SettingNames("source partner_a in /etc/sources.yaml")
 

@@ -12,7 +12,7 @@ import paramiko.sftp
 import pytest
 from packaging.requirements import Requirement
 
-from sftp_minio_assets.sftp.wire import PipelinedReads
+from sftp_minio_assets.sftp.wire import PipelinedReads, parse_names
 from sftp_minio_assets_tests.support import PROJECT
 
 PYPROJECT = PROJECT / "pyproject.toml"
@@ -109,3 +109,38 @@ def test_the_session_still_keeps_its_requests_due_where_sftp_wire_looks():
     # finish_answers reads answers while SFTPClient._expecting (set in __init__) is not empty.
     source = inspect.getsource(paramiko.SFTPClient.__init__)
     assert "self._expecting = " in source, f"paramiko {paramiko.__version__}: {WHAT_TO_DO}"
+
+
+def test_names_are_parsed_from_the_raw_answer_as_paramiko_parses_them():
+    """parse_names reads a NAME answer's bytes itself: every combination of attributes the
+    protocol allows (extended pairs included) comes out as paramiko's own parser reads it."""
+    entries = []
+    for n, flags in enumerate([0, 0x1, 0x1 | 0x4, 0x1 | 0x2 | 0x4 | 0x8, 0x8, 0x80000000 | 0xF]):
+        attrs = paramiko.SFTPAttributes()  # _pack sends the fields that are set
+        if flags & 0x1:
+            attrs.st_size = 2**40 + n
+        if flags & 0x2:
+            attrs.st_uid, attrs.st_gid = 1000, 1001
+        if flags & 0x4:
+            attrs.st_mode = 0o100644
+        if flags & 0x8:
+            attrs.st_atime, attrs.st_mtime = 1_700_000_000, 1_800_000_000 + n
+        if flags & 0x80000000:
+            attrs.attr = {"vendor@example.com": "x" * n, "other@example.com": ""}
+        entries.append((f"n\xe9{n}".encode() + b"\xff", attrs))
+    answer = paramiko.Message()
+    answer.add_int(len(entries))
+    for name, attrs in entries:
+        answer.add_string(name)
+        answer.add_string(b"-rw-r--r-- 1 u g " + name)
+        attrs._pack(answer)
+    parsed = parse_names(paramiko.Message(answer.asbytes()))
+    expected = []
+    theirs = paramiko.Message(answer.asbytes())
+    for _ in range(theirs.get_int()):
+        name, _ = theirs.get_string(), theirs.get_string()
+        attrs = paramiko.SFTPAttributes._from_msg(theirs)
+        expected.append((name, attrs.st_mode or 0, attrs.st_size or 0, attrs.st_mtime or 0))
+    assert parsed == expected
+    assert [flags for _, a in entries for flags in [a._flags]] == [0, 1, 5, 15, 8, 0x8000000F]
+    assert parsed[3] == (entries[3][0], 0o100644, 2**40 + 3, 1_800_000_003)
