@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
 .PHONY: install system-deps browser-deps s3rver-deps bench-deps demo dev test test-unit test-example screenshots bench bench-transports \
-	bench-quick lint format
+	bench-discovery bench-quick lint format
 
 install: system-deps $(VENV)/.installed
 
@@ -88,6 +88,11 @@ bench-quick: install bench-deps
 # The SSH transports reading 1 GiB to nothing (OpenSSH's sftp, paramiko, an ssh child): a minute.
 bench-transports: install bench-deps
 	$(BIN)/python -m benchmarks.transports
+
+# One sensor tick over trees of 10k to 1M one-byte files (first and steady), the project's SFTP
+# listing alone and OpenSSH's sftp listing them: long, the 1M tree alone takes minutes to build.
+bench-discovery: install bench-deps
+	$(BIN)/python -m benchmarks.discovery
 
 # ruff, then the layers: each imports only those below it, and only defs/ imports dagster
 # (the contracts are in pyproject.toml); then mypy over the package ([tool.mypy] there too).
