@@ -21,11 +21,9 @@ import os
 import re
 import select
 import shutil
-import socket
 import subprocess
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 import paramiko
@@ -301,45 +299,7 @@ class SshChannel:
 
 def connector_for(settings: SFTPSettings) -> SFTPConnector:
     """The connector of the source's transport: "openssh", "paramiko", or "auto" (the default):
-    openssh where the ssh command is installed and the server's round trip is under
-    NEAR_ROUND_TRIP_SECONDS, else paramiko. OpenSSH's client grants a session channel a fixed
-    2 MiB window, which caps a read at 2 MiB per round trip (about 50 MB/s at 40 ms), while
-    paramiko's window (client.CHANNEL_WINDOW) does not bound it; near, paramiko's CPU does."""
-    transport = settings.transport
-    if transport == "auto":
-        near = (
-            shutil.which(SSH) and round_trip(settings.host, settings.port) < NEAR_ROUND_TRIP_SECONDS
-        )
-        transport = "openssh" if near else "paramiko"
-    return OpenSSHConnector(settings) if transport == "openssh" else SFTPConnector(settings)
-
-
-# Where a server's round trip is shorter, "auto" takes openssh: its 2 MiB window still allows
-# 200 MB/s and more there, above what paramiko reads at; farther, paramiko.
-NEAR_ROUND_TRIP_SECONDS = 0.010
-_ROUND_TRIPS: dict[tuple[str, int], float] = {}
-
-
-def round_trip(host: str, port: int) -> float:
-    """The server's round trip, measured once per server and process where SSH allows it
-    without logging in: once its banner has arrived, the time from sending ours to its first
-    key exchange packet (timed from the connection itself, a relay or proxy on the way would
-    hide the distance, and sshd starts its session process before its banner). The connection
-    is closed before the key exchange (sshd logs it). 0 if the server cannot be reached now:
-    the real connection reports why."""
-    if (host, port) not in _ROUND_TRIPS:
-        try:
-            with socket.create_connection((host, port), timeout=5) as probe:
-                banner = b""
-                while b"\n" not in banner:  # the version line (lines before it allowed)
-                    received = probe.recv(256)
-                    if not received:
-                        return 0.0
-                    banner += received
-                started = time.monotonic()
-                probe.sendall(b"SSH-2.0-sftp_minio_assets_probe\r\n")
-                probe.recv(1)
-        except OSError:
-            return 0.0
-        _ROUND_TRIPS[host, port] = time.monotonic() - started
-    return _ROUND_TRIPS[host, port]
+    openssh where the ssh command is installed, else paramiko."""
+    if settings.transport == "openssh" or (settings.transport == "auto" and shutil.which(SSH)):
+        return OpenSSHConnector(settings)
+    return SFTPConnector(settings)

@@ -10,14 +10,13 @@ import subprocess
 import paramiko
 import pytest
 
-from devstack.delay_relay import DelayRelay
 from sftp_minio_assets.sftp.client import (
     CredentialsError,
     HostKeyError,
     ServerUnreachable,
     SFTPConnector,
 )
-from sftp_minio_assets.sftp.openssh import OpenSSHConnector, connector_for, round_trip
+from sftp_minio_assets.sftp.openssh import OpenSSHConnector
 from sftp_minio_assets.sftp.reads import read_chunks
 from sftp_minio_assets_tests.support import running
 
@@ -146,19 +145,3 @@ def ssh_clients(env) -> list[int]:
     """The ssh clients of this process connected to the test's sshd."""
     port = str(env.stack.ssh.port)
     return [p.pid for p in running("ssh") if p.ppid == os.getpid() and port in p.command]
-
-
-@pytest.mark.integration
-def test_auto_takes_openssh_near_and_paramiko_far(env):
-    """OpenSSH's client keeps a session's window at 2 MiB, which caps a read far away (about
-    50 MB/s at 40 ms): "auto" takes paramiko for a server 10 ms away or more."""
-    near = env.connection(transport="auto").settings
-    assert type(connector_for(near)) is OpenSSHConnector
-    relay = DelayRelay(env.stack.ssh.host, env.stack.ssh.port, delay=0.02)
-    try:
-        pinned = dict(known_hosts_path=None, host_key_sha256=env.stack.ssh.host_key_sha256)
-        far = env.connection(port=relay.port, transport="auto", **pinned).settings
-        assert round_trip(far.host, far.port) >= 0.04
-        assert type(connector_for(far)) is SFTPConnector
-    finally:
-        relay.close()
