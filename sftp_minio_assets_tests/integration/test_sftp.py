@@ -137,7 +137,7 @@ def test_files_copied_on_threads_through_openssh_leave_no_ssh_client_behind(env)
     outcomes = list(source.worker().transfer_many([f"f{n}.bin" for n in range(40)], 4))
     assert {o.status for o in outcomes} == {"transferred"}, [o.message for o in outcomes]
     # Each thread closed its session once no file was left to start: ssh ended, and reaped.
-    assert ssh_clients(env) == earlier
+    assert set(ssh_clients(env)) - set(earlier) == set()  # others' may have ended meanwhile
     source.pool.close()
 
 
