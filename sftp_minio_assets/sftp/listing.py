@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import paramiko
 
 from .client import ENVIRONMENT, RemoteFile, RootUnavailable, SettingNames, display, remote_bytes
-from .wire import DirectoryReads, read_dir
+from .wire import DirectoryReads
 
 # Directories read at once on the listing's session.
 DIRECTORIES_IN_FLIGHT = 8
@@ -37,14 +37,15 @@ class ListedDirectory:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (relative path, why)
 
 
-def list_dir(sftp: paramiko.SFTPClient, path: str) -> list[tuple[str, paramiko.SFTPAttributes]]:
-    """listdir_attr, but names that are not UTF-8 come back (as surrogates) instead of raising:
-    paramiko decodes names strictly, and one such file would stop the whole listing."""
-    return [
-        (name.decode("utf-8", "surrogateescape"), attrs)
-        for name, attrs in read_dir(sftp, remote_bytes(path))
-        if name not in (b".", b"..")
-    ]
+def list_dir(sftp: paramiko.SFTPClient, path: str) -> list[tuple[str, int]]:
+    """(name, mode) of each entry of one directory, names that are not UTF-8 as surrogates (as
+    scan_tree reads them). Errors: PermissionError, FileNotFoundError, other OSError."""
+    reads = DirectoryReads(sftp, 1)
+    reads.add(remote_bytes(path), path)
+    [(_, entries)] = list(reads)
+    if isinstance(entries, OSError):
+        raise entries
+    return [(name.decode("utf-8", "surrogateescape"), mode) for name, mode, _, _ in entries]
 
 
 def list_tree(

@@ -1,10 +1,10 @@
 """The SFTP exchanges paramiko's public API cannot do for us, and the only code that reaches
 into paramiko's private request layer.
 
-- `read_dir`: a directory's entries with names as raw bytes. paramiko's listdir_attr decodes
-  names strictly, so one file whose name is not UTF-8 would stop a whole listing.
-- `DirectoryReads`: many directories read at once on one session, their entries parsed from
-  the raw answers (name, type, size, mtime: no per-entry object, no longname).
+- `DirectoryReads`: directories read at once on one session, their entries parsed from the
+  raw answers (name as raw bytes, type, size, mtime: no per-entry object, no longname).
+  paramiko's listdir_attr decodes names strictly, so one file whose name is not UTF-8 would
+  stop a whole listing.
 - `PipelinedReads`: a fixed window of reads in flight on one file. paramiko's prefetch books
   every read of the file up front and buffers whatever arrives, however slowly it is consumed.
 - `stat_and_open`: a file's attributes and its handle asked together.
@@ -12,7 +12,7 @@ into paramiko's private request layer.
   `close_without_waiting`: its CLOSE not waited for; neither costs a round trip of its own
   (`finish_answers` reads what is still due before a session closes).
 
-They go through `SFTPClient._request`, `_async_request`, `_read_response`,
+They go through `SFTPClient._async_request`, `_read_response`,
 `_convert_status` and `_expecting`, `SFTPAttributes._from_msg`, `SFTPFile._close(async_=True)`,
 and the `_async_response` callback paramiko makes on whoever sent a request. pyproject.toml pins
 paramiko to the versions tested with them, and sftp_minio_assets_tests/unit/sftp/test_wire.py
@@ -52,30 +52,6 @@ _UINT32 = struct.Struct(">I")
 _UINT64 = struct.Struct(">Q")
 _PAIR = struct.Struct(">II")
 _SIZE, _UIDGID, _PERMISSIONS, _TIMES, _EXTENDED = 0x1, 0x2, 0x4, 0x8, 0x80000000
-
-
-def read_dir(sftp: SFTPClient, path: bytes) -> list[tuple[bytes, SFTPAttributes]]:
-    """Every entry of the directory at path, names as the server sent them (`.` and `..`
-    included). Errors are paramiko's: PermissionError, FileNotFoundError, other OSError."""
-    kind, msg = sftp._request(CMD_OPENDIR, path)
-    if kind != CMD_HANDLE:
-        raise SFTPError("Expected handle")
-    handle = msg.get_binary()
-    entries: list[tuple[bytes, SFTPAttributes]] = []
-    try:
-        while True:
-            try:
-                kind, msg = sftp._request(CMD_READDIR, handle)
-            except EOFError:  # the server's "no more entries"
-                return entries
-            if kind != CMD_NAME:
-                raise SFTPError("Expected name response")
-            for _ in range(msg.get_int()):
-                name = msg.get_string()
-                msg.get_string()  # longname, the `ls -l` line: not used
-                entries.append((name, SFTPAttributes._from_msg(msg)))
-    finally:
-        sftp._request(CMD_CLOSE, handle)
 
 
 def parse_names(msg: Message) -> list[Entry]:

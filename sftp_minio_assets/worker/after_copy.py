@@ -103,10 +103,10 @@ class AfterCopy:
         """Whether the marker's directory still holds a file that the marker covers and the
         source takes (not yet copied, or kept because it changed)."""
         directory = posixpath.dirname(marker_path)
-        for name, attrs in list_dir(sftp, posixpath.join(self.policy.root, directory)):
+        for name, mode in list_dir(sftp, posixpath.join(self.policy.root, directory)):
             path = posixpath.join(directory, name)
             if (
-                not stat.S_ISDIR(attrs.st_mode or 0)
+                not stat.S_ISDIR(mode)
                 and not marker.is_marker(path)
                 and marker.marker_of(path) == marker_path
                 and self.policy.file_filter.accepts(path)

@@ -29,7 +29,6 @@ MSG = paramiko.Message()
 REPLY = (paramiko.sftp.CMD_DATA, MSG, 0)
 NONE: dict = {}
 CALLS = [
-    ("SFTPClient._request", (SELF, paramiko.sftp.CMD_READDIR, b"handle"), NONE),
     (
         "SFTPClient._async_request",
         (SELF, SELF, paramiko.sftp.CMD_READ, b"handle", paramiko.sftp.int64(0), 1),
