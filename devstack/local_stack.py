@@ -424,11 +424,12 @@ def _sftp_password() -> str | None:
     kept = Path("/etc") / f"{SFTP_USER}.password"
     with contextlib.suppress(FileExistsError):
         descriptor = os.open(kept, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        password = secrets.token_urlsafe(12)
         with os.fdopen(descriptor, "w") as out:
-            out.write(password)
-        _run(["chpasswd"], input=f"{SFTP_USER}:{password}\n")
-    return kept.read_text().strip()
+            out.write(secrets.token_urlsafe(12))
+    password = kept.read_text().strip()
+    # Set at every start, the same for every stack: a checkout from before passwords reset it.
+    _run(["chpasswd"], input=f"{SFTP_USER}:{password}\n")
+    return password
 
 
 class SshServer(_Server):
