@@ -138,7 +138,7 @@ class SFTPSettings:
     known_hosts_path: str | None = None
     host_key_sha256: str | None = None  # "SHA256:..." as `ssh-keygen -lf` prints it
     allow_unknown_host: bool = False
-    # "auto": OpenSSH's ssh client where installed, else paramiko (openssh.connector_for)
+    # "auto": OpenSSH's ssh client for a near server where installed, else paramiko (openssh.py)
     transport: str = "auto"
     timeout: float = 30.0
     names: SettingNames = ENVIRONMENT  # how messages name these settings and the source's

@@ -21,9 +21,11 @@ import os
 import re
 import select
 import shutil
+import socket
 import subprocess
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import paramiko
@@ -299,7 +301,76 @@ class SshChannel:
 
 def connector_for(settings: SFTPSettings) -> SFTPConnector:
     """The connector of the source's transport: "openssh", "paramiko", or "auto" (the default):
-    openssh where the ssh command is installed, else paramiko."""
-    if settings.transport == "openssh" or (settings.transport == "auto" and shutil.which(SSH)):
+    AutoConnector where the ssh command is installed, else paramiko."""
+    if settings.transport == "openssh":
         return OpenSSHConnector(settings)
+    if settings.transport == "auto" and shutil.which(SSH):
+        return AutoConnector(settings)
     return SFTPConnector(settings)
+
+
+class AutoConnector(OpenSSHConnector):
+    """transport "auto": OpenSSH's client for a server under NEAR_ROUND_TRIP_SECONDS away,
+    paramiko's transport farther.
+
+    OpenSSH's client grants a session channel a fixed 2 MiB window, which caps a read at 2 MiB
+    per round trip: about 50 MB/s at 40 ms (make bench: 1 x 256 MiB at 40 ms 1.43x tuned
+    rclone), where paramiko's window (client.CHANNEL_WINDOW) does not bound it. Near, paramiko's
+    CPU bounds it instead, and OpenSSH's client reads 2.2x faster for 2.4x less CPU.
+
+    The distance is measured by connect(), so within the lease of the session budget that the
+    pool takes before it (sessions.py): the probe's connection is over before the session's
+    opens, and the server never sees one connection more than the budget."""
+
+    def connect(self) -> paramiko.SFTPClient:
+        if round_trip(self.settings.host, self.settings.port) < NEAR_ROUND_TRIP_SECONDS:
+            return super().connect()
+        return SFTPConnector.connect(self)
+
+
+# Nearer than this, "auto" takes openssh: its 2 MiB window still allows 200 MB/s there, more
+# than paramiko reads at; farther, paramiko.
+NEAR_ROUND_TRIP_SECONDS = 0.010
+PROBE_TIMEOUT_SECONDS = 5.0
+_ROUND_TRIPS: dict[tuple[str, int], float] = {}
+_ROUND_TRIPS_LOCK = threading.Lock()
+
+
+def round_trip(host: str, port: int) -> float:
+    """The server's round trip, measured once per server and process without logging in: once
+    its banner has arrived, the time from sending ours to its first key-exchange packet (timed
+    on the SSH exchange itself, so a relay or proxy on the way does not hide the distance; sshd
+    starts its session process before its banner). The probe then closes its side and waits
+    for the server's close (sshd logs "Connection closed ... [preauth]"). 0 if the server cannot
+    be reached now: the session's own connection reports why."""
+    with _ROUND_TRIPS_LOCK:  # one probe per server at a time; the others wait for its answer
+        if (host, port) not in _ROUND_TRIPS:
+            measured = _probe(host, port)
+            if measured is None:
+                return 0.0
+            _ROUND_TRIPS[host, port] = measured
+        return _ROUND_TRIPS[host, port]
+
+
+def _probe(host: str, port: int) -> float | None:
+    try:
+        with socket.create_connection((host, port), timeout=PROBE_TIMEOUT_SECONDS) as probe:
+            probe.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            banner = b""
+            while b"\n" not in banner:  # the version line (lines before it are allowed)
+                received = probe.recv(256)
+                if not received:
+                    return None
+                banner += received
+            started = time.monotonic()
+            probe.sendall(b"SSH-2.0-sftp_minio_assets_probe\r\n")
+            if not probe.recv(1):
+                return None
+            measured = time.monotonic() - started
+            probe.shutdown(socket.SHUT_WR)
+            with contextlib.suppress(OSError):
+                while probe.recv(65536):  # until the server has closed its end
+                    pass
+            return measured
+    except OSError:
+        return None

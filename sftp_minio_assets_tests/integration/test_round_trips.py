@@ -9,6 +9,7 @@ import pytest
 
 from devstack.delay_relay import DelayRelay
 from sftp_minio_assets.sftp.client import HANDSHAKES_AT_ONCE, SFTPConnector, SFTPPool
+from sftp_minio_assets.sftp.openssh import AutoConnector, SshChannel, round_trip
 
 pytestmark = pytest.mark.integration  # the real servers (conftest's stack)
 
@@ -41,6 +42,28 @@ def test_a_small_file_waits_on_two_round_trips(env, far, transport):
     # Now and then the client also sends SSH's window adjustment right after data arrives,
     # which the relay cannot tell from a request: one file in a few may show a turn more.
     assert sorted(turns)[len(turns) // 2] == 2 and max(turns) <= 3, turns
+
+
+def test_auto_takes_openssh_near_and_paramiko_far(env):
+    """OpenSSH's client reads at most its 2 MiB window per round trip: beyond 10 ms away, auto
+    takes paramiko. The distance is measured once per server and process, by a connection of
+    its own that is closed before the session's opens (the session budget counts on it)."""
+    pinned = dict(known_hosts_path=None, host_key_sha256=env.stack.ssh.host_key_sha256)
+    far = DelayRelay(env.stack.ssh.host, env.stack.ssh.port, delay=0.010)
+    try:
+        transports = {}
+        for name, port in (("near", env.stack.ssh.port), ("far", far.port)):
+            pool = SFTPPool(AutoConnector(env.connection(port=port, **pinned).settings))
+            sftp = pool.get()
+            assert sftp.normalize(".")
+            transports[name] = type(sftp.get_channel())
+            pool.close()
+        assert far.connections == 2  # the probe, then the session
+        assert transports["near"] is SshChannel and transports["far"] is not SshChannel
+        assert round_trip(env.stack.ssh.host, far.port) >= 0.020
+        assert round_trip(env.stack.ssh.host, env.stack.ssh.port) < 0.010
+    finally:
+        far.close()
 
 
 class CountingConnector(SFTPConnector):

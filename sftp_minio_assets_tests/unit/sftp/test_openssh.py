@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from sftp_minio_assets.sftp.client import CredentialsError, SFTPConnector, SFTPSettings
-from sftp_minio_assets.sftp.openssh import OpenSSHConnector, connector_for
+from sftp_minio_assets.sftp.openssh import AutoConnector, OpenSSHConnector, connector_for
 
 PIN = "SHA256:" + "A" * 43
 
@@ -38,10 +38,10 @@ def test_a_refused_password_says_so_without_the_password():
     assert "refused the password login of 'u'" in str(error) and "s3cret" not in str(error)
 
 
-def test_auto_takes_openssh_where_ssh_is_installed(monkeypatch):
+def test_auto_chooses_by_distance_where_ssh_is_installed(monkeypatch):
     settings = SFTPSettings(host="h", username="u", host_key_sha256=PIN)
     assert type(connector_for(settings)) is (
-        OpenSSHConnector if shutil.which("ssh") else SFTPConnector
+        AutoConnector if shutil.which("ssh") else SFTPConnector
     )
     monkeypatch.setenv("PATH", "/nonexistent")
     assert type(connector_for(settings)) is SFTPConnector
