@@ -5,7 +5,8 @@ requests that no run claimed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 from .connection import Connections, arrays
 
@@ -124,6 +125,37 @@ SELECT filename, status, size_bytes, extract(epoch FROM remote_mtime)::bigint AS
 FROM file_transfer_log WHERE source = %(source)s
 """
 
+# A tick's listing, streamed in (COPY) and compared where the rows are: the files whose row is
+# not COMPLETED with their size and mtime (FileState.same_content) come back with their state,
+# the others stay in the database. clash_key: the object key of a file that may share it with
+# another (discovery.clashes), else NULL.
+LISTED = """
+CREATE TEMPORARY TABLE listed (
+    filename text NOT NULL, size_bytes bigint NOT NULL, mtime bigint NOT NULL, clash_key text
+) ON COMMIT DROP
+"""
+COPY_LISTED = "COPY listed (filename, size_bytes, mtime, clash_key) FROM STDIN"
+
+STATE_COLUMNS = """
+       t.status, t.size_bytes AS row_size, extract(epoch FROM t.remote_mtime)::bigint AS row_mtime,
+       t.permanent, t.auto_retries, extract(epoch FROM t.updated_at) AS updated,
+       (t.status = 'FAILED' AND t.worker_id = 'sensor') AS refused
+"""
+
+DIFFERING = f"""
+SELECT l.filename, l.size_bytes, l.mtime, {STATE_COLUMNS}
+FROM listed l LEFT JOIN file_transfer_log t ON t.source = %(source)s AND t.filename = l.filename
+WHERE t.id IS NULL OR t.status <> 'COMPLETED' OR t.size_bytes IS DISTINCT FROM l.size_bytes
+   OR extract(epoch FROM t.remote_mtime)::bigint IS DISTINCT FROM l.mtime
+"""
+
+SHARING_A_KEY = f"""
+SELECT l.clash_key, l.filename, l.size_bytes, l.mtime, {STATE_COLUMNS}
+FROM listed l LEFT JOIN file_transfer_log t ON t.source = %(source)s AND t.filename = l.filename
+WHERE l.clash_key IN (SELECT clash_key FROM listed WHERE clash_key IS NOT NULL
+                      GROUP BY clash_key HAVING count(*) > 1)
+"""
+
 # Files COMPLETED before the retention horizon: their partitions can go (the rows stay).
 EXPIRED = """
 SELECT filename FROM file_transfer_log
@@ -155,6 +187,32 @@ class FileState:
         ):
             return False
         return None if self.size is None or self.mtime is None else True
+
+
+def _state(row: dict) -> FileState | None:
+    if row["status"] is None:
+        return None
+    return FileState(
+        row["status"],
+        row["row_size"],
+        row["row_mtime"],
+        row["permanent"],
+        row["auto_retries"],
+        float(row["updated"]),
+        row["refused"],
+    )
+
+
+@dataclass
+class Comparison:
+    """A listing compared with the source's rows (SensorMemory.compare)."""
+
+    listed: int = 0  # files compared
+    # (key, size, mtime, its row's state or None) of the files whose row is not COMPLETED with
+    # their size and mtime: new, changed, failed, requested, claimed, or not saying what it copied
+    differing: list[tuple[str, int, int, FileState | None]] = field(default_factory=list)
+    # clash_key -> the files that share it: (key, size, mtime, its row's state or None) of each
+    sharing: dict[str, list[tuple[str, int, int, FileState | None]]] = field(default_factory=dict)
 
 
 class SensorMemory:
@@ -207,6 +265,30 @@ class SensorMemory:
             return
         params = arrays(files, "filenames", "sizes", "mtimes", "errors")
         self._db.execute(REFUSE, {"source": source, **params})
+
+    def compare(self, source: str, files: Iterable[tuple[str, int, int, str | None]]) -> Comparison:
+        """Compare listed files, (partition key, size, mtime, clash key or None) as they are
+        read, with the source's rows in the database: they are streamed into a temporary table
+        (COPY), and only those that differ come back, so that a tick's memory does not grow
+        with the files that are copied already."""
+        found = Comparison()
+        with self._db.connection().transaction() as tx:
+            conn = tx.connection
+            conn.execute(LISTED)
+            with conn.cursor().copy(COPY_LISTED) as copy:
+                for row in files:
+                    copy.write_row(row)
+                    found.listed += 1
+            conn.execute("ANALYZE listed")  # the planner: a hash join, not a nested loop
+            for row in conn.execute(DIFFERING, {"source": source}):
+                found.differing.append(
+                    (row["filename"], row["size_bytes"], row["mtime"], _state(row))
+                )
+            for row in conn.execute(SHARING_A_KEY, {"source": source}):
+                found.sharing.setdefault(row["clash_key"], []).append(
+                    (row["filename"], row["size_bytes"], row["mtime"], _state(row))
+                )
+        return found
 
     def states(self, source: str) -> dict[str, FileState]:
         """filename (the partition key) -> its state."""

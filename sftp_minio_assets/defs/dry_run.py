@@ -24,8 +24,8 @@ def build_dry_run_job(source: str) -> dg.JobDefinition:
         import pandas as pd  # here: run workers load this module and never need it (0.5 s)
 
         resource = source_of(context, source)
-        listing = resource.list_files()
-        result = resource.plan(listing)
+        surveyed = resource.survey()
+        result = surveyed.plan
         table = pd.DataFrame(
             [
                 {
@@ -37,7 +37,7 @@ def build_dry_run_job(source: str) -> dg.JobDefinition:
             ],
             columns=["remote file", "bytes", "object"],
         )
-        skipped = listing.skipped + result.ignored + list(result.why_refused.items())
+        skipped = surveyed.skipped + result.ignored + list(result.why_refused.items())
         context.log.info(
             f"dry run of {resource.location}: {len(table)} files would be copied "
             f"({int(table['bytes'].sum())} bytes), {result.waiting} too recent, "

@@ -20,11 +20,11 @@ from pydantic import Field, PrivateAttr
 
 from ..db.connection import libpq_url
 from ..db.transfer_log import TransferLog
-from ..policy.discovery import AutoRetry, Plan, Request, clashes, object_differs, plan_transfers
-from ..policy.readiness import Readiness
+from ..policy.discovery import AutoRetry, Request, object_differs
+from ..policy.survey import Survey, survey
 from ..s3.store import ObjectStore, S3Settings, bucket_problem, needs_escaping
-from ..sftp.client import SFTPPool, display
-from ..sftp.listing import Listing, list_tree
+from ..sftp.client import RemoteFile, SFTPPool, display
+from ..sftp.listing import Listing, list_tree, scan_tree
 from ..sftp.openssh import connector_for
 from ..sftp.sessions import SessionBudget, server_of
 from ..transfer.copy import MIB, Tuning
@@ -277,26 +277,34 @@ class SourceResource(dg.ConfigurableResource):
             settings.names,
         )
 
-    def plan(
-        self, listing: Listing, in_flight: Collection[str] = (), max_requests: int | None = None
-    ) -> Plan:
-        """What to copy of the listed files, from the log: the sensor's plan and the dry run's."""
-        log = self.transfer_log.log
-        sightings = log.sensor_memory.sightings(self.name)
-        states = log.sensor_memory.states(self.name)
-        return plan_transfers(
-            listing.files,
-            states,
-            in_flight,
+    def survey(self, in_flight: Collection[str] = (), max_requests: int | None = None) -> Survey:
+        """What to copy of the source's files, its listing compared with the log where the
+        rows are (policy/survey.py): the sensor's plan and the dry run's. Errors as
+        list_files."""
+        settings, policy = self.connection.settings, self.policy
+        directories = scan_tree(
+            self.pool.get(purpose="listing", patience=LISTING_PATIENCE_SECONDS),
+            policy.root,
+            policy.follow_symlinks,
+            settings.server,
+            settings.names,
+        )
+        memory = self.transfer_log.log.sensor_memory
+        return survey(
+            directories,
+            memory,
+            self.name,
+            in_flight=in_flight,
             now=time.time(),
-            min_age_seconds=self.policy.min_file_age_seconds,
-            file_filter=self.policy.file_filter,
-            max_requests=len(listing.files) if max_requests is None else max_requests,
+            min_age_seconds=policy.min_file_age_seconds,
+            file_filter=policy.file_filter,
+            max_requests=max_requests,
             auto_retry=self.transfer_settings.auto_retry,
-            readiness=Readiness.of(
-                listing.files, self.policy.marker, sightings, self.policy.require_stable_listing
-            ),
-            refused=self._clashes(listing, states),
+            marker=policy.marker,
+            sightings=memory.sightings(self.name),
+            stable_listing=policy.require_stable_listing,
+            clash_key=self._clash_key(),
+            setting=settings.names("destination_template"),
         )
 
     def adopt(self, unverified: list[Request]) -> tuple[list[str], list[tuple[Request, str]]]:
@@ -317,24 +325,23 @@ class SourceResource(dg.ConfigurableResource):
         self.transfer_log.log.sensor_memory.adopt(self.name, adopted)
         return [key for key, *_ in adopted], [(r, why) for r, _, why in judged if why]
 
-    def _clashes(self, listing: Listing, states: dict) -> dict[str, str]:
-        """Listed files that would share an object, and why each is refused (discovery.clashes).
-        Without a template or decryption, only names S3 cannot hold are escaped into others:
-        when no listed name needs escaping, no key is computed."""
-        policy, accepts = self.policy.for_worker(self.name), self.policy.file_filter.accepts
-        if (
-            policy.template is None
-            and policy.pgp is None  # data.csv.pgp is stored as data.csv
-            and not any(needs_escaping(f.path) for f in listing.files)
-        ):
-            return {}
-        today = datetime.now(UTC)
-        return clashes(
-            [f for f in listing.files if accepts(f.path)],
-            states,
-            lambda f: policy.object_name(self.minio.prefix, f.path, f.mtime, today),
-            self.connection.settings.names("destination_template"),
+    def _clash_key(self) -> Callable[[RemoteFile], str | None]:
+        """The object key of a listed file where it may be another's (policy/survey.py): with a
+        template or decryption, any file's; without, only a name S3 cannot hold as it is (it is
+        escaped) and a name with a % (which an escaped name's key can equal)."""
+        policy, prefix, today = (
+            self.policy.for_worker(self.name),
+            self.minio.prefix,
+            datetime.now(UTC),
         )
+        every = policy.template is not None or policy.pgp is not None  # data.csv.pgp: data.csv
+
+        def clash_key(file: RemoteFile) -> str | None:
+            if every or "%" in file.path or needs_escaping(file.path):
+                return policy.object_name(prefix, file.path, file.mtime, today)
+            return None
+
+        return clash_key
 
     def worker(
         self,

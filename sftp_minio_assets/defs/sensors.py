@@ -20,7 +20,6 @@ from ..core.units import duration
 from ..db.transfer_log import TransferLog
 from ..policy.discovery import Plan, Request, batches
 from ..sftp.client import display
-from ..sftp.listing import Listing
 from ..sftp.sessions import SessionsBusy
 from .partitions import (
     SOURCE_TAG,
@@ -90,20 +89,20 @@ def build_new_files_sensor(source: str, files_asset: dg.AssetsDefinition) -> dg.
         # partner's limits hold the source back, which is no error.
         if held_back := _outside_window(resource):
             return dg.SensorResult(skip_reason=held_back)
-        try:
-            listing = resource.list_files()
-        except SessionsBusy as busy:
-            return dg.SensorResult(
-                skip_reason=f"source {source} held back: {busy}; listed again at the next tick"
-            )
         keys = list(context.instance.get_dynamic_partitions(partitions_name(source)))
         order = {key: i for i, key in enumerate(keys)}
         unfinished = _unfinished_runs(context.instance, files_asset.key, source)
         in_flight = {key for run in unfinished for key in keys_of_run(run.tags, order, keys)}
         _clean_up_after_crashes(context, resource, unfinished, in_flight)
-        # Plan: which files to copy, from the log as the clean-up left it.
-        plan = resource.plan(listing, in_flight, MAX_REQUESTS_PER_TICK)
-        _warn_about_skipped(context, resource, listing, plan)
+        # Plan: which files to copy, the listing compared with the log as the clean-up left it.
+        try:
+            surveyed = resource.survey(in_flight, MAX_REQUESTS_PER_TICK)
+        except SessionsBusy as busy:
+            return dg.SensorResult(
+                skip_reason=f"source {source} held back: {busy}; listed again at the next tick"
+            )
+        plan = surveyed.plan
+        _warn_about_skipped(context, resource, surveyed.skipped, plan)
         log.sensor_memory.record_sightings(source, plan.sighted)
         _record_refusals(resource, plan)
         requests = [*plan.requests, *_adopt(context, resource, plan)][:MAX_REQUESTS_PER_TICK]
@@ -133,7 +132,7 @@ def build_new_files_sensor(source: str, files_asset: dg.AssetsDefinition) -> dg.
                 *([partitions.build_add_request(new_keys)] if new_keys else []),
                 *([partitions.build_delete_request(expired)] if expired else []),
             ],
-            skip_reason=None if requests else _nothing_new(len(listing.files), plan),
+            skip_reason=None if requests else _nothing_new(surveyed.listed, plan),
         )
 
     return new_files
@@ -191,10 +190,13 @@ def _clean_up_after_crashes(
 
 
 def _warn_about_skipped(
-    context: dg.SensorEvaluationContext, resource: SourceResource, listing: Listing, plan: Plan
+    context: dg.SensorEvaluationContext,
+    resource: SourceResource,
+    skipped: list[tuple[str, str]],
+    plan: Plan,
 ) -> None:
     """Files that are never requested as they are, and log rows this project did not write."""
-    for path, why in listing.skipped + plan.ignored:
+    for path, why in skipped + plan.ignored:
         context.log.warning(f"{resource.connection.server}: skipped {display(path)!r}: {why}")
     for path in plan.why_refused:
         context.log.warning(_refused(resource, plan, path))

@@ -1,0 +1,113 @@
+"""A tick's look at a source: its listing streamed into the transfer log's database and compared
+there, and only the files that differ planned (discovery.plan_transfers).
+
+A source keeps years of files, nearly all copied already. So the directories are taken as they
+are read (listing.scan_tree), each file filtered and turned into its partition key on the way,
+and sent to the database (SensorMemory.compare); what comes back is what is not COMPLETED with
+the same size and mtime: new, changed, failed, requested or claimed files. The tick holds those,
+the ready markers, and what it skipped; not the files copied already, however many.
+
+Files that may share an object key (discovery.clashes) are found there too: each file's key is
+sent where another's can equal it (clash_key: with a destination template or decryption, every
+file's; otherwise only names that S3 cannot hold as they are, and names with a %, which such a
+name's escaped key can equal), and the database groups the keys that repeat.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+
+from ..core.keys import KeyTooLong, decode_key, encode_key
+from ..db.sensor_memory import FileState, SensorMemory
+from ..sftp.client import FileFilter, RemoteFile
+from ..sftp.listing import ListedDirectory
+from .discovery import AutoRetry, Plan, clashes, plan_transfers
+from .readiness import Readiness, ReadyMarker
+
+
+@dataclass(frozen=True)
+class Survey:
+    plan: Plan
+    listed: int  # regular files listed, markers and files the filters leave out included
+    skipped: list[tuple[str, str]]  # (path, why) of what the listing itself left out
+
+
+def survey(
+    directories: Iterable[ListedDirectory],
+    memory: SensorMemory,
+    source: str,
+    *,
+    in_flight: Collection[str],
+    now: float,
+    min_age_seconds: float,
+    file_filter: FileFilter,
+    max_requests: int | None,
+    auto_retry: AutoRetry,
+    marker: ReadyMarker | None,
+    sightings: Mapping[str, tuple[str, float]],
+    stable_listing: bool,
+    clash_key: Callable[[RemoteFile], str | None],
+    setting: str,
+) -> Survey:
+    """The plan of a tick over the listed directories. clash_key: the object key of a file
+    that may share it with another, else None; setting: how messages name the destination
+    template."""
+    skipped: list[tuple[str, str]] = []
+    ignored: list[tuple[str, str]] = []
+    markers: dict[str, int] = {}
+    listed = 0
+
+    def rows() -> Iterator[tuple[str, int, int, str | None]]:
+        nonlocal listed
+        for directory in directories:
+            skipped.extend(directory.skipped)
+            listed += len(directory.files)
+            for file in directory.files:
+                if marker is not None and marker.is_marker(file.path):
+                    markers[file.path] = file.mtime
+                elif file_filter.accepts(file.path):
+                    try:
+                        key = encode_key(file.path)
+                    except KeyTooLong as exc:
+                        ignored.append((file.path, str(exc)))
+                        continue
+                    yield key, file.size, file.mtime, clash_key(file)
+
+    comparison = memory.compare(source, rows())
+    files = sorted(
+        (RemoteFile(decode_key(key), size, mtime) for key, size, mtime, _ in comparison.differing),
+        key=lambda f: f.path,
+    )
+    states = {key: state for key, _, _, state in comparison.differing if state is not None}
+    plan = plan_transfers(
+        files,
+        states,
+        in_flight,
+        now=now,
+        min_age_seconds=min_age_seconds,
+        file_filter=file_filter,
+        max_requests=len(files) if max_requests is None else max_requests,
+        auto_retry=auto_retry,
+        readiness=Readiness(marker, markers, sightings, stable_listing),
+        refused=_refused(comparison.sharing, setting),
+    )
+    plan.ignored[:0] = ignored
+    return Survey(plan, listed, skipped)
+
+
+def _refused(
+    sharing: Mapping[str, list[tuple[str, int, int, FileState | None]]], setting: str
+) -> dict[str, str]:
+    """The files of each group that shares an object key, refused as discovery.clashes says."""
+    files: list[RemoteFile] = []
+    states: dict[str, FileState] = {}
+    object_of: dict[str, str] = {}
+    for object_key, group in sharing.items():
+        for key, size, mtime, state in group:
+            file = RemoteFile(decode_key(key), size, mtime)
+            files.append(file)
+            object_of[file.path] = object_key
+            if state is not None:
+                states[key] = state
+    return clashes(files, states, lambda f: object_of[f.path], setting)
