@@ -118,13 +118,6 @@ WHERE t.status NOT IN ('IN_PROGRESS', 'COMPLETED')
            AND t.size_bytes = EXCLUDED.size_bytes AND t.remote_mtime = EXCLUDED.remote_mtime)
 """
 
-STATES = """
-SELECT filename, status, size_bytes, extract(epoch FROM remote_mtime)::bigint AS mtime,
-       permanent, auto_retries, extract(epoch FROM updated_at) AS updated,
-       (status = 'FAILED' AND worker_id = 'sensor') AS refused
-FROM file_transfer_log WHERE source = %(source)s
-"""
-
 # A tick's listing, streamed in (COPY) and compared where the rows are: the files whose row is
 # not COMPLETED with their size and mtime (FileState.same_content) come back with their state,
 # the others stay in the database. clash_key: the object key of a file that may share it with
@@ -289,22 +282,6 @@ class SensorMemory:
                     (row["filename"], row["size_bytes"], row["mtime"], _state(row))
                 )
         return found
-
-    def states(self, source: str) -> dict[str, FileState]:
-        """filename (the partition key) -> its state."""
-        rows = self._db.execute(STATES, {"source": source}).fetchall()
-        return {
-            r["filename"]: FileState(
-                r["status"],
-                r["size_bytes"],
-                r["mtime"],
-                r["permanent"],
-                r["auto_retries"],
-                float(r["updated"]),
-                r["refused"],
-            )
-            for r in rows
-        }
 
     def expired(self, source: str, days: float) -> list[str]:
         rows = self._db.execute(EXPIRED, {"source": source, "seconds": days * 86400}).fetchall()
