@@ -135,6 +135,18 @@ MIGRATIONS = [
     ALTER TABLE file_transfer_log ADD COLUMN IF NOT EXISTS verification TEXT
     """,
     "ALTER TABLE transfer_uploads ADD COLUMN IF NOT EXISTS checksums TEXT[]",
+    # Whether the sensor deleted the file's partition (PARTITION_RETENTION_DAYS), so that later
+    # ticks find the partitions to delete without reading every partition key; a new request
+    # of the file adds its partition back. Their index: the rows a tick looks at for that.
+    """
+    ALTER TABLE file_transfer_log
+        ADD COLUMN IF NOT EXISTS partition_deleted BOOLEAN NOT NULL DEFAULT false
+    """,
+    """
+    CREATE INDEX IF NOT EXISTS file_transfer_log_partition_to_delete
+        ON file_transfer_log (source, transfer_end_time)
+        WHERE status = 'COMPLETED' AND NOT partition_deleted
+    """,
 ]
 
 # Serialises concurrent migrations (several workers starting at once).

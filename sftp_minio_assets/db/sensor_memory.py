@@ -35,7 +35,7 @@ SELECT %(source)s, f.filename, 'QUEUED', 0, f.size_bytes, round(f.size_bytes / 1
 FROM unnest(%(filenames)s::text[], %(sizes)s::bigint[], %(mtimes)s::bigint[],
             %(retries)s::boolean[]) AS f(filename, size_bytes, mtime, retry)
 ON CONFLICT (source, filename) DO UPDATE SET
-    status = 'QUEUED', requested_at = now(), updated_at = now(),
+    status = 'QUEUED', requested_at = now(), updated_at = now(), partition_deleted = false,
     auto_retries = CASE WHEN EXCLUDED.auto_retries = 1 THEN t.auto_retries + 1 ELSE 0 END,
     size_bytes = EXCLUDED.size_bytes, file_size_mb = EXCLUDED.file_size_mb,
     remote_mtime = EXCLUDED.remote_mtime,
@@ -149,11 +149,18 @@ WHERE l.clash_key IN (SELECT clash_key FROM listed WHERE clash_key IS NOT NULL
                       GROUP BY clash_key HAVING count(*) > 1)
 """
 
-# Files COMPLETED before the retention horizon: their partitions can go (the rows stay).
+# Files COMPLETED before the retention horizon whose partitions are still there: they can go
+# (the rows stay), the oldest first.
 EXPIRED = """
 SELECT filename FROM file_transfer_log
-WHERE source = %(source)s AND status = 'COMPLETED'
+WHERE source = %(source)s AND status = 'COMPLETED' AND NOT partition_deleted
   AND transfer_end_time < now() - make_interval(secs => %(seconds)s)
+ORDER BY transfer_end_time LIMIT %(limit)s
+"""
+
+PARTITIONS_DELETED = """
+UPDATE file_transfer_log SET partition_deleted = true
+WHERE source = %(source)s AND filename = ANY(%(filenames)s) AND status = 'COMPLETED'
 """
 
 
@@ -283,6 +290,12 @@ class SensorMemory:
                 )
         return found
 
-    def expired(self, source: str, days: float) -> list[str]:
-        rows = self._db.execute(EXPIRED, {"source": source, "seconds": days * 86400}).fetchall()
-        return [r["filename"] for r in rows]
+    def expired(self, source: str, days: float, limit: int) -> list[str]:
+        """Up to limit files COMPLETED more than `days` ago whose partitions were not deleted."""
+        params = {"source": source, "seconds": days * 86400, "limit": limit}
+        return [r["filename"] for r in self._db.execute(EXPIRED, params).fetchall()]
+
+    def partitions_deleted(self, source: str, filenames: list[str]) -> None:
+        """Record that the partitions of these COMPLETED files are being deleted."""
+        if filenames:
+            self._db.execute(PARTITIONS_DELETED, {"source": source, "filenames": filenames})

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
+from functools import cached_property
 
 import dagster as dg
 
@@ -60,10 +61,36 @@ def run_request_for(keys: list[str], versions: list[str], source: str) -> dg.Run
     )
 
 
-def keys_of_run(tags: Mapping[str, str], order: Mapping[str, int], keys: list[str]) -> list[str]:
-    """The partitions a run covers, from its tags: one key, or a range of `keys` (the
-    partitions in their order; `order` maps each to its index)."""
+class KnownPartitions:
+    """A source's partition keys in their order, read from the instance at the first need: a
+    tick that requests nothing and sees no run over a range never reads them (a million keys
+    take seconds and some 200 MiB). keys: given instead (tests)."""
+
+    def __init__(
+        self, instance: dg.DagsterInstance | None, source: str, keys: list[str] | None = None
+    ):
+        self._instance, self._name = instance, partitions_name(source)
+        if keys is not None:
+            self.keys = keys
+
+    @cached_property
+    def keys(self) -> list[str]:
+        assert self._instance is not None
+        return list(self._instance.get_dynamic_partitions(self._name))
+
+    @cached_property
+    def order(self) -> dict[str, int]:
+        """Each key's index in keys."""
+        return {key: index for index, key in enumerate(self.keys)}
+
+
+def keys_of_run(tags: Mapping[str, str], known: KnownPartitions) -> list[str]:
+    """The partitions a run covers, from its tags: one key, or a range of the known keys (read
+    only for a range)."""
     if key := tags.get("dagster/partition"):
         return [key]
-    start, end = order.get(tags.get(RANGE_START_TAG, "")), order.get(tags.get(RANGE_END_TAG, ""))
-    return [] if start is None or end is None else keys[start : end + 1]
+    first, last = tags.get(RANGE_START_TAG), tags.get(RANGE_END_TAG)
+    if not first or not last:
+        return []
+    start, end = known.order.get(first), known.order.get(last)
+    return [] if start is None or end is None else known.keys[start : end + 1]

@@ -23,9 +23,9 @@ from ..sftp.client import display
 from ..sftp.sessions import SessionsBusy
 from .partitions import (
     SOURCE_TAG,
+    KnownPartitions,
     keys_of_run,
     partitions_for,
-    partitions_name,
     run_request_for,
 )
 from .resources import SourceResource
@@ -38,6 +38,9 @@ MAX_REQUESTS_PER_TICK = 10_000
 # Rows that do not say which content they copied (the Airflow DAG's) whose files one tick
 # judges by their objects, at most: a long history is adopted over several ticks.
 MAX_ADOPTIONS_PER_TICK = 1_000
+
+# Partitions of files copied long ago that one tick deletes, at most: the rest next tick.
+MAX_EXPIRED_PER_TICK = 10_000
 
 # Files named in a tick's log line, at most, where a line lists files.
 NAMED = 10
@@ -89,10 +92,9 @@ def build_new_files_sensor(source: str, files_asset: dg.AssetsDefinition) -> dg.
         # partner's limits hold the source back, which is no error.
         if held_back := _outside_window(resource):
             return dg.SensorResult(skip_reason=held_back)
-        keys = list(context.instance.get_dynamic_partitions(partitions_name(source)))
-        order = {key: i for i, key in enumerate(keys)}
+        known = KnownPartitions(context.instance, source)
         unfinished = _unfinished_runs(context.instance, files_asset.key, source)
-        in_flight = {key for run in unfinished for key in keys_of_run(run.tags, order, keys)}
+        in_flight = {key for run in unfinished for key in keys_of_run(run.tags, known)}
         _clean_up_after_crashes(context, resource, unfinished, in_flight)
         # Plan: which files to copy, the listing compared with the log as the clean-up left it.
         try:
@@ -110,6 +112,7 @@ def build_new_files_sensor(source: str, files_asset: dg.AssetsDefinition) -> dg.
         log.sensor_memory.request(
             source, [(r.key, r.file.size, r.file.mtime, r.retry) for r in requests]
         )
+        order = known.order if requests else {}
         new_keys = [r.key for r in requests if r.key not in order]
         again = [r.key for r in requests if r.key in order]
         versions = {r.key: f"{r.file.signature}#{r.generation}" for r in requests}
@@ -123,7 +126,7 @@ def build_new_files_sensor(source: str, files_asset: dg.AssetsDefinition) -> dg.
             resource.policy.max_bytes_per_second,
         )
         # After the request: a file requested again is QUEUED now, so its partition stays.
-        expired = _expired(resource, order, in_flight)
+        expired = _expired(resource, in_flight)
         return dg.SensorResult(
             run_requests=[
                 run_request_for(batch, [versions[k] for k in batch], source) for batch in runs
@@ -331,8 +334,10 @@ def _abort_stale_uploads(context: dg.SensorEvaluationContext, resource: SourceRe
         return 0
 
 
-def _expired(resource: SourceResource, known: dict[str, int], in_flight: set[str]) -> list[str]:
-    """Partitions of files COMPLETED more than PARTITION_RETENTION_DAYS ago, to delete.
+def _expired(resource: SourceResource, in_flight: set[str]) -> list[str]:
+    """Partitions of files COMPLETED more than PARTITION_RETENTION_DAYS ago, to delete: up to
+    MAX_EXPIRED_PER_TICK, the oldest first, recorded in the log as deleted so that later ticks
+    do not ask again (nor read every partition key to know which are left).
 
     Their rows stay in the log (history, statistics, and the reason the file is not copied
     again); the UI loses their partition history. Keeps each asset far below the ~100k
@@ -341,8 +346,11 @@ def _expired(resource: SourceResource, known: dict[str, int], in_flight: set[str
     days = resource.transfer_settings.partition_retention_days
     if days <= 0:
         return []
-    return [
+    memory = resource.transfer_log.log.sensor_memory
+    expired = [
         key
-        for key in resource.transfer_log.log.sensor_memory.expired(resource.name, days)
-        if key in known and key not in in_flight
+        for key in memory.expired(resource.name, days, MAX_EXPIRED_PER_TICK)
+        if key not in in_flight
     ]
+    memory.partitions_deleted(resource.name, expired)
+    return expired

@@ -15,6 +15,7 @@ from sftp_minio_assets_tests.support import (
     PARTITIONS,
     Receiver,
     materialize,
+    requested,
     run_status_sensor,
     tick,
 )
@@ -137,10 +138,17 @@ def test_retention_deletes_partitions_of_long_completed_files_not_their_history(
     assert ("old.csv" not in partitions) == deleted
     assert "new.csv" in partitions
     assert env.rows()["old.csv"]["status"] == "COMPLETED"  # the history stays
-    # A deleted partition is not added back: the file is done and unchanged.
+    # A deleted partition is not added back: the file is done and unchanged; nor asked for
+    # again: the log records it deleted.
+    assert env.rows()["old.csv"]["partition_deleted"] == deleted
     again = tick(env, instance, retention)
     assert ("old.csv" not in instance.get_dynamic_partitions(PARTITIONS)) == deleted
-    assert again.run_requests == []
+    assert again.run_requests == [] and again.dynamic_partitions_requests == []
+    # Changed, the file is requested again: its partition is back.
+    env.write("old.csv", b"old, changed")
+    changed = tick(env, instance, retention)
+    assert requested(changed, instance) == ["old.csv"]
+    assert env.rows()["old.csv"]["partition_deleted"] is False
 
 
 def test_dry_run_lists_what_would_be_copied_and_where_without_moving_a_byte(env, instance):

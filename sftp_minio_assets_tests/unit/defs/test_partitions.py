@@ -7,6 +7,7 @@ from sftp_minio_assets.defs.partitions import (
     RANGE_END_TAG,
     RANGE_START_TAG,
     SOURCE_TAG,
+    KnownPartitions,
     keys_of_run,
     run_request_for,
 )
@@ -87,12 +88,19 @@ def test_a_run_request_needs_one_version_per_key():
 
 
 def test_the_keys_of_a_run_come_from_its_partition_or_range_tags():
-    keys = ["a", "b", "c", "d"]
-    order = {key: index for index, key in enumerate(keys)}
-    assert keys_of_run({"dagster/partition": "c"}, order, keys) == ["c"]
-    assert keys_of_run({RANGE_START_TAG: "b", RANGE_END_TAG: "d"}, order, keys) == ["b", "c", "d"]
+    known = KnownPartitions(None, "default", keys=["a", "b", "c", "d"])
+    assert keys_of_run({"dagster/partition": "c"}, known) == ["c"]
+    assert keys_of_run({RANGE_START_TAG: "b", RANGE_END_TAG: "d"}, known) == ["b", "c", "d"]
     request = run_request_for(["a", "b"], ["1:1#0", "2:2#0"], "default")
-    assert keys_of_run(request.tags, order, keys) == ["a", "b"]
+    assert keys_of_run(request.tags, known) == ["a", "b"]
     # A range whose partitions were deleted since (retention), or no partition at all.
-    assert keys_of_run({RANGE_START_TAG: "gone", RANGE_END_TAG: "d"}, order, keys) == []
-    assert keys_of_run({}, order, keys) == []
+    assert keys_of_run({RANGE_START_TAG: "gone", RANGE_END_TAG: "d"}, known) == []
+    assert keys_of_run({}, known) == []
+
+
+def test_the_keys_are_read_only_for_a_run_over_a_range():
+    unread = KnownPartitions(None, "default")  # no instance: reading the keys would fail
+    assert keys_of_run({"dagster/partition": "c"}, unread) == ["c"]
+    assert keys_of_run({"other": "tag"}, unread) == []
+    with pytest.raises(AssertionError):
+        keys_of_run({RANGE_START_TAG: "a", RANGE_END_TAG: "b"}, unread)
