@@ -5,7 +5,8 @@ requests that no run claimed.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from .connection import Connections, arrays
@@ -140,7 +141,9 @@ SELECT l.filename, l.size_bytes, l.mtime, {STATE_COLUMNS}
 FROM listed l LEFT JOIN file_transfer_log t ON t.source = %(source)s AND t.filename = l.filename
 WHERE t.id IS NULL OR t.status <> 'COMPLETED' OR t.size_bytes IS DISTINCT FROM l.size_bytes
    OR extract(epoch FROM t.remote_mtime)::bigint IS DISTINCT FROM l.mtime
+ORDER BY l.filename COLLATE "C"
 """
+DIFFERING_BATCH = 2000  # rows fetched at a time
 
 SHARING_A_KEY = f"""
 SELECT l.clash_key, l.filename, l.size_bytes, l.mtime, {STATE_COLUMNS}
@@ -189,6 +192,10 @@ class FileState:
         return None if self.size is None or self.mtime is None else True
 
 
+def _row(row: dict) -> Row:
+    return row["filename"], row["size_bytes"], row["mtime"], _state(row)
+
+
 def _state(row: dict) -> FileState | None:
     if row["status"] is None:
         return None
@@ -203,16 +210,20 @@ def _state(row: dict) -> FileState | None:
     )
 
 
+Row = tuple[str, int, int, FileState | None]  # (key, size, mtime, its row's state or None)
+
+
 @dataclass
 class Comparison:
     """A listing compared with the source's rows (SensorMemory.compare)."""
 
-    listed: int = 0  # files compared
-    # (key, size, mtime, its row's state or None) of the files whose row is not COMPLETED with
-    # their size and mtime: new, changed, failed, requested, claimed, or not saying what it copied
-    differing: list[tuple[str, int, int, FileState | None]] = field(default_factory=list)
-    # clash_key -> the files that share it: (key, size, mtime, its row's state or None) of each
-    sharing: dict[str, list[tuple[str, int, int, FileState | None]]] = field(default_factory=dict)
+    listed: int  # files compared
+    # The files whose row is not COMPLETED with their size and mtime (new, changed, failed,
+    # requested, claimed, or not saying what it copied), by key, read from the database as the
+    # caller goes (a server-side cursor): a first tick over a million new files holds none.
+    differing: Iterator[Row]
+    # clash_key -> the files that share it
+    sharing: dict[str, list[Row]] = field(default_factory=dict)
 
 
 class SensorMemory:
@@ -266,29 +277,31 @@ class SensorMemory:
         params = arrays(files, "filenames", "sizes", "mtimes", "errors")
         self._db.execute(REFUSE, {"source": source, **params})
 
-    def compare(self, source: str, files: Iterable[tuple[str, int, int, str | None]]) -> Comparison:
+    @contextmanager
+    def compare(
+        self, source: str, files: Iterable[tuple[str, int, int, str | None]]
+    ) -> Iterator[Comparison]:
         """Compare listed files, (partition key, size, mtime, clash key or None) as they are
         read, with the source's rows in the database: they are streamed into a temporary table
         (COPY), and only those that differ come back, so that a tick's memory does not grow
-        with the files that are copied already."""
-        found = Comparison()
+        with the files that are copied already, nor with new files. Within the block only: the
+        table lives for its transaction."""
         with self._db.connection().transaction() as tx:
             conn = tx.connection
             conn.execute(LISTED)
+            listed = 0
             with conn.cursor().copy(COPY_LISTED) as copy:
                 for row in files:
                     copy.write_row(row)
-                    found.listed += 1
+                    listed += 1
             conn.execute("ANALYZE listed")  # the planner: a hash join, not a nested loop
-            for row in conn.execute(DIFFERING, {"source": source}):
-                found.differing.append(
-                    (row["filename"], row["size_bytes"], row["mtime"], _state(row))
-                )
+            sharing: dict[str, list[Row]] = {}
             for row in conn.execute(SHARING_A_KEY, {"source": source}):
-                found.sharing.setdefault(row["clash_key"], []).append(
-                    (row["filename"], row["size_bytes"], row["mtime"], _state(row))
-                )
-        return found
+                sharing.setdefault(row["clash_key"], []).append(_row(row))
+            with conn.cursor(name="differing") as cursor:
+                cursor.itersize = DIFFERING_BATCH
+                cursor.execute(DIFFERING, {"source": source})
+                yield Comparison(listed, (_row(row) for row in cursor), sharing)
 
     def expired(self, source: str, days: float, limit: int) -> list[str]:
         """Up to limit files COMPLETED more than `days` ago whose partitions were not deleted."""

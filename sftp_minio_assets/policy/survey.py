@@ -4,8 +4,10 @@ there, and only the files that differ planned (discovery.plan_transfers).
 A source keeps years of files, nearly all copied already. So the directories are taken as they
 are read (listing.scan_tree), each file filtered and turned into its partition key on the way,
 and sent to the database (SensorMemory.compare); what comes back is what is not COMPLETED with
-the same size and mtime: new, changed, failed, requested or claimed files. The tick holds those,
-the ready markers, and what it skipped; not the files copied already, however many.
+the same size and mtime: new, changed, failed, requested or claimed files, read as the plan goes
+(a server-side cursor, in key order). The tick holds the ready markers, what it skipped, and what
+the plan keeps (at most max_requests requests, counts); neither the files copied already nor the
+new ones beyond its requests, however many.
 
 Files that may share an object key (discovery.clashes) are found there too: each file's key is
 sent where another's can equal it (clash_key: with a destination template or decryption, every
@@ -15,11 +17,12 @@ name's escaped key can equal), and the database groups the keys that repeat.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from ..core.keys import KeyTooLong, decode_key, encode_key
-from ..db.sensor_memory import FileState, SensorMemory
+from ..db.sensor_memory import FileState, Row, SensorMemory
 from ..sftp.client import FileFilter, RemoteFile
 from ..sftp.listing import ListedDirectory
 from .discovery import AutoRetry, Plan, clashes, plan_transfers
@@ -74,31 +77,34 @@ def survey(
                         continue
                     yield key, file.size, file.mtime, clash_key(file)
 
-    comparison = memory.compare(source, rows())
-    files = sorted(
-        (RemoteFile(decode_key(key), size, mtime) for key, size, mtime, _ in comparison.differing),
-        key=lambda f: f.path,
-    )
-    states = {key: state for key, _, _, state in comparison.differing if state is not None}
-    plan = plan_transfers(
-        files,
-        states,
-        in_flight,
-        now=now,
-        min_age_seconds=min_age_seconds,
-        file_filter=file_filter,
-        max_requests=len(files) if max_requests is None else max_requests,
-        auto_retry=auto_retry,
-        readiness=Readiness(marker, markers, sightings, stable_listing),
-        refused=_refused(comparison.sharing, setting),
-    )
+    states: dict[str, FileState] = {}
+
+    def differing(rows: Iterable[Row]) -> Iterator[RemoteFile]:
+        """The files, in key order, as the database sends them; each one's state is in states
+        before the plan, which looks it up, has the file."""
+        for key, size, mtime, state in rows:
+            if state is not None:
+                states[key] = state
+            yield RemoteFile(decode_key(key), size, mtime)
+
+    with memory.compare(source, rows()) as comparison:
+        plan = plan_transfers(
+            differing(comparison.differing),
+            states,
+            in_flight,
+            now=now,
+            min_age_seconds=min_age_seconds,
+            file_filter=file_filter,
+            max_requests=sys.maxsize if max_requests is None else max_requests,
+            auto_retry=auto_retry,
+            readiness=Readiness(marker, markers, sightings, stable_listing),
+            refused=_refused(comparison.sharing, setting),
+        )
     plan.ignored[:0] = ignored
-    return Survey(plan, listed, skipped)
+    return Survey(plan, comparison.listed, skipped)
 
 
-def _refused(
-    sharing: Mapping[str, list[tuple[str, int, int, FileState | None]]], setting: str
-) -> dict[str, str]:
+def _refused(sharing: Mapping[str, list[Row]], setting: str) -> dict[str, str]:
     """The files of each group that shares an object key, refused as discovery.clashes says."""
     files: list[RemoteFile] = []
     states: dict[str, FileState] = {}

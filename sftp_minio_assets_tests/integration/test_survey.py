@@ -19,22 +19,19 @@ def test_only_files_whose_row_differs_come_back_from_the_database(env):
     env.log.db.execute(  # copied before the file changed
         "UPDATE file_transfer_log SET size_bytes = 9 WHERE filename = 'f002.csv'"
     )
-    compared = memory.compare("default", iter([*listed, ("new.csv", 5, 1_700_000_001, None)]))
-    assert compared.listed == 201
-    differing = {key: state and state.status for key, _, _, state in compared.differing}
-    assert differing == {"f001.csv": "QUEUED", "f002.csv": "COMPLETED", "new.csv": None}
-    assert compared.sharing == {}
+    with memory.compare("default", iter([*listed, ("new.csv", 5, 1_700_000_001, None)])) as found:
+        assert found.listed == 201
+        differing = [(key, state and state.status) for key, _, _, state in found.differing]
+        assert found.sharing == {}
+    assert differing == [("f001.csv", "QUEUED"), ("f002.csv", "COMPLETED"), ("new.csv", None)]
 
 
 def test_files_that_would_share_an_object_are_found_in_the_database(env):
     memory = env.log.sensor_memory
-    compared = memory.compare(
-        "default",
-        iter([("a", 1, 1, "k/x"), ("b", 2, 2, "k/x"), ("c", 3, 3, "k/y"), ("d", 4, 4, None)]),
-    )
-    assert {k: sorted(f[0] for f in files) for k, files in compared.sharing.items()} == {
-        "k/x": ["a", "b"]
-    }
+    listed = [("a", 1, 1, "k/x"), ("b", 2, 2, "k/x"), ("c", 3, 3, "k/y"), ("d", 4, 4, None)]
+    with memory.compare("default", iter(listed)) as found:
+        sharing = {k: sorted(f[0] for f in files) for k, files in found.sharing.items()}
+    assert sharing == {"k/x": ["a", "b"]}
 
 
 def test_a_raw_name_and_the_literal_name_it_is_escaped_to_are_both_refused(env, instance):
@@ -48,3 +45,11 @@ def test_a_raw_name_and_the_literal_name_it_is_escaped_to_are_both_refused(env, 
     rows = env.rows()
     assert {rows[k]["status"] for k in ("caf%25E9", "caf%E9")} == {"FAILED"}
     assert "same object" in rows["caf%E9"]["error_message"]
+
+
+def test_a_tick_over_more_new_files_than_it_requests_plans_the_first_in_key_order(env):
+    for n in range(12):
+        env.write(f"in/{n:02d}.csv", b"x")
+    surveyed = env.source().survey(max_requests=5)
+    assert surveyed.listed == 12
+    assert [r.key for r in surveyed.plan.requests] == [f"in/{n:02d}.csv" for n in range(5)]
