@@ -101,7 +101,7 @@ def survey(
             refused=_refused(comparison.sharing, setting),
         )
     plan.ignored[:0] = ignored
-    return Survey(plan, comparison.listed, skipped)
+    return Survey(plan, listed, skipped)
 
 
 def _refused(sharing: Mapping[str, list[Row]], setting: str) -> dict[str, str]:

@@ -50,6 +50,7 @@ def test_a_raw_name_and_the_literal_name_it_is_escaped_to_are_both_refused(env, 
 def test_a_tick_over_more_new_files_than_it_requests_plans_the_first_in_key_order(env):
     for n in range(12):
         env.write(f"in/{n:02d}.csv", b"x")
-    surveyed = env.source().survey(max_requests=5)
-    assert surveyed.listed == 12
+    env.write("in/notes.txt", b"left out by the filter, still listed")
+    surveyed = env.source(exclude=["*.txt"]).survey(max_requests=5)
+    assert surveyed.listed == 13  # every regular file listed, as the tick's skip reason says
     assert [r.key for r in surveyed.plan.requests] == [f"in/{n:02d}.csv" for n in range(5)]
