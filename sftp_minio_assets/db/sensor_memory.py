@@ -136,9 +136,13 @@ STATE_COLUMNS = """
        (t.status = 'FAILED' AND t.worker_id = 'sensor') AS refused
 """
 
-DIFFERING = f"""
-SELECT l.filename, l.size_bytes, l.mtime, {STATE_COLUMNS}
+# Each listed file with its row, if it has one.
+WITH_ROWS = """
 FROM listed l LEFT JOIN file_transfer_log t ON t.source = %(source)s AND t.filename = l.filename
+"""
+
+DIFFERING = f"""
+SELECT l.filename, l.size_bytes, l.mtime, {STATE_COLUMNS} {WITH_ROWS}
 WHERE t.id IS NULL OR t.status <> 'COMPLETED' OR t.size_bytes IS DISTINCT FROM l.size_bytes
    OR extract(epoch FROM t.remote_mtime)::bigint IS DISTINCT FROM l.mtime
 ORDER BY l.filename COLLATE "C"
@@ -146,8 +150,7 @@ ORDER BY l.filename COLLATE "C"
 DIFFERING_BATCH = 2000  # rows fetched at a time
 
 SHARING_A_KEY = f"""
-SELECT l.clash_key, l.filename, l.size_bytes, l.mtime, {STATE_COLUMNS}
-FROM listed l LEFT JOIN file_transfer_log t ON t.source = %(source)s AND t.filename = l.filename
+SELECT l.clash_key, l.filename, l.size_bytes, l.mtime, {STATE_COLUMNS} {WITH_ROWS}
 WHERE l.clash_key IN (SELECT clash_key FROM listed WHERE clash_key IS NOT NULL
                       GROUP BY clash_key HAVING count(*) > 1)
 """

@@ -8,7 +8,7 @@ share nested in it, so that the asset, the sensor and the dry run each get a rea
 """
 
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Annotated
@@ -24,7 +24,7 @@ from ..policy.discovery import AutoRetry, Request, object_differs
 from ..policy.survey import Survey, survey
 from ..s3.store import ObjectStore, S3Settings, bucket_problem, needs_escaping
 from ..sftp.client import RemoteFile, SFTPPool, display
-from ..sftp.listing import Listing, list_tree, scan_tree
+from ..sftp.listing import ListedDirectory, Listing, collect, scan_tree
 from ..sftp.openssh import connector_for
 from ..sftp.sessions import SessionBudget, server_of
 from ..transfer.copy import MIB, Tuning
@@ -268,8 +268,13 @@ class SourceResource(dg.ConfigurableResource):
         """The files below root. Errors name the server and the setting to fix: RootUnavailable,
         sftp.CredentialsError, sftp.HostKeyError, sftp.ServerUnreachable; and
         sessions.SessionsBusy when the server's session budget stays full."""
+        return collect(self._scan())
+
+    def _scan(self) -> Iterator[ListedDirectory]:
+        """The directories below root, each as it is read (listing.scan_tree), on the listing's
+        session of the server's budget."""
         settings = self.connection.settings
-        return list_tree(
+        return scan_tree(
             self.pool.get(purpose="listing", patience=LISTING_PATIENCE_SECONDS),
             self.policy.root,
             self.policy.follow_symlinks,
@@ -282,16 +287,9 @@ class SourceResource(dg.ConfigurableResource):
         rows are (policy/survey.py): the sensor's plan and the dry run's. Errors as
         list_files."""
         settings, policy = self.connection.settings, self.policy
-        directories = scan_tree(
-            self.pool.get(purpose="listing", patience=LISTING_PATIENCE_SECONDS),
-            policy.root,
-            policy.follow_symlinks,
-            settings.server,
-            settings.names,
-        )
         memory = self.transfer_log.log.sensor_memory
         return survey(
-            directories,
+            self._scan(),
             memory,
             self.name,
             in_flight=in_flight,

@@ -3,14 +3,14 @@
 Directories are read several at once on one session (wire.DirectoryReads: their requests in
 flight together, entries parsed from the raw answers), and handed out one by one as they are
 read (scan_tree), so that a caller may stream a tree of millions of files without holding it;
-list_tree collects them.
+collect() gathers them.
 """
 
 from __future__ import annotations
 
 import posixpath
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import paramiko
@@ -48,17 +48,11 @@ def list_dir(sftp: paramiko.SFTPClient, path: str) -> list[tuple[str, int]]:
     return [(name.decode("utf-8", "surrogateescape"), mode) for name, mode, _, _ in entries]
 
 
-def list_tree(
-    sftp: paramiko.SFTPClient,
-    root: str,
-    follow_symlinks: bool = False,
-    server: str = "",
-    names: SettingNames = ENVIRONMENT,
-) -> Listing:
-    """Every regular file below root, sorted by path: scan_tree, collected."""
+def collect(directories: Iterable[ListedDirectory]) -> Listing:
+    """Every regular file of the directories (scan_tree's), sorted by path."""
     files: list[RemoteFile] = []
     skipped: list[tuple[str, str]] = []
-    for directory in scan_tree(sftp, root, follow_symlinks, server, names):
+    for directory in directories:
         files += directory.files
         skipped += directory.skipped
     files.sort(key=lambda f: f.path)

@@ -333,7 +333,8 @@ class AutoConnector(OpenSSHConnector):
 NEAR_ROUND_TRIP_SECONDS = 0.010
 PROBE_TIMEOUT_SECONDS = 5.0
 _ROUND_TRIPS: dict[tuple[str, int], float] = {}
-_ROUND_TRIPS_LOCK = threading.Lock()
+_PROBES: dict[tuple[str, int], threading.Lock] = {}  # one probe per server at a time
+_PROBES_LOCK = threading.Lock()
 
 
 def round_trip(host: str, port: int) -> float:
@@ -343,7 +344,9 @@ def round_trip(host: str, port: int) -> float:
     starts its session process before its banner). The probe then closes its side and waits
     for the server's close (sshd logs "Connection closed ... [preauth]"). 0 if the server cannot
     be reached now: the session's own connection reports why."""
-    with _ROUND_TRIPS_LOCK:  # one probe per server at a time; the others wait for its answer
+    with _PROBES_LOCK:
+        probing = _PROBES.setdefault((host, port), threading.Lock())
+    with probing:  # the server's other first connections wait for its answer, no other server's
         if (host, port) not in _ROUND_TRIPS:
             measured = _probe(host, port)
             if measured is None:
