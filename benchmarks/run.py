@@ -39,6 +39,7 @@ from pathlib import Path
 
 import dagster as dg
 import psycopg
+from dagster import DagsterEventType
 from dagster._core.scheduler.instigation import InstigatorType
 from dagster._core.storage.dagster_run import FINISHED_STATUSES
 
@@ -356,10 +357,30 @@ def describe_runs(instance: dg.DagsterInstance) -> list[dict]:
                 "status": run.status.value,
                 "files": _files_of(run),
                 "created": instance.get_run_record_by_id(run.run_id).create_timestamp.timestamp(),
+                "events": _run_timeline(instance, run.run_id),
                 **{k: v for k, v in tags.items() if k.startswith("dagster/") and k in RUN_TAGS},
             }
         )
     return described
+
+
+TIMELINE = (
+    DagsterEventType.RUN_ENQUEUED,
+    DagsterEventType.RUN_DEQUEUED,
+    DagsterEventType.RUN_STARTING,
+    DagsterEventType.RUN_START,
+    DagsterEventType.STEP_START,
+    DagsterEventType.STEP_SUCCESS,
+    DagsterEventType.RUN_SUCCESS,
+)
+
+
+def _run_timeline(instance: dg.DagsterInstance, run_id: str) -> dict[str, float]:
+    """When the run reached each stage of its life (the first event of each type), epoch s."""
+    reached: dict[str, float] = {}
+    for record in instance.all_logs(run_id, of_type=set(TIMELINE)):
+        reached.setdefault(record.dagster_event_type.value, record.timestamp)
+    return reached
 
 
 RUN_TAGS = {
