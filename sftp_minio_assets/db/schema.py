@@ -147,6 +147,26 @@ MIGRATIONS = [
         ON file_transfer_log (source, transfer_end_time)
         WHERE status = 'COMPLETED' AND NOT partition_deleted
     """,
+    # The fast listing (SFTP_LISTING=fast): each directory of a source as the last tick saw it,
+    # and when a listing last read them all. A directory is settled (left unread while its
+    # mtime stays so) once read with every file COMPLETED as listed, at least SETTLE_SECONDS
+    # after its mtime was first seen (db/sensor_memory.py says why).
+    """
+    CREATE TABLE IF NOT EXISTS source_directories (
+        source TEXT NOT NULL,
+        path TEXT NOT NULL,
+        mtime BIGINT NOT NULL,
+        mtime_seen_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+        settled BOOLEAN NOT NULL DEFAULT false,
+        PRIMARY KEY (source, path)
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS source_listings (
+        source TEXT PRIMARY KEY,
+        full_listing_at TIMESTAMPTZ NOT NULL
+    )
+    """,
 ]
 
 # Serialises concurrent migrations (several workers starting at once).

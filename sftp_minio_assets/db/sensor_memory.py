@@ -8,8 +8,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 
-from .connection import Connections, arrays
+from .connection import Connections, arrays, one_row
 
 # Requested files that no run claimed, though no run that could is left: the run died before
 # it reached them (or was never created). They fail, and are retried like any transient fault.
@@ -157,6 +158,62 @@ WHERE l.clash_key IN (SELECT clash_key FROM listed WHERE clash_key IS NOT NULL
 
 # Files COMPLETED before the retention horizon whose partitions are still there: they can go
 # (the rows stay), the oldest first.
+# The fast listing's memory of a source: the database's clock now, how long ago a listing last
+# read every directory, and each directory with its mtime and whether it is settled.
+LISTING_CLOCK = """
+SELECT now() AS started,
+       extract(epoch FROM now() - (SELECT full_listing_at FROM source_listings
+                                   WHERE source = %(source)s)) AS full_age
+"""
+# A directory stays settled only while every row of a file in it is COMPLETED: one that failed
+# or was requested since (a rerun, a reset) has its directory read again.
+DIRECTORIES = """
+WITH open AS (
+    SELECT DISTINCT CASE WHEN strpos(filename, '/') = 0 THEN ''
+                         ELSE regexp_replace(filename, '/[^/]*$', '') END AS path
+    FROM file_transfer_log WHERE source = %(source)s AND status <> 'COMPLETED'
+)
+SELECT d.path, d.mtime, d.settled AND NOT EXISTS (SELECT 1 FROM open WHERE open.path = d.path)
+       AS settled
+FROM source_directories d WHERE d.source = %(source)s
+"""
+
+# A directory's mtime has one-second steps: a file added in the second a listing read its
+# directory may leave the mtime as that listing saw it. So a directory settles only when read
+# by a tick that began SETTLE_SECONDS after its mtime was first recorded (after the read that
+# saw it): that read came after the mtime's second on the server's own clock, so it saw every
+# entry that mtime stands for, and any later change moves the mtime (whatever the clocks' skew).
+SETTLE_SECONDS = 2
+
+# The directories a tick saw: gone ones forgotten, read ones recorded (unread ones, found
+# unchanged, stay as they were).
+RECORD_DIRECTORIES = """
+WITH seen AS (
+    SELECT * FROM unnest(%(paths)s::text[], %(mtimes)s::bigint[], %(read)s::boolean[],
+                         %(settled)s::boolean[]) AS s(path, mtime, read, settled)
+), gone AS (
+    DELETE FROM source_directories d
+    WHERE d.source = %(source)s AND NOT EXISTS (SELECT 1 FROM seen WHERE seen.path = d.path)
+), updated AS (
+    UPDATE source_directories d SET
+        settled = s.settled AND d.mtime = s.mtime
+                  AND d.mtime_seen_at <= %(started)s - make_interval(secs => %(settle)s),
+        mtime_seen_at = CASE WHEN d.mtime = s.mtime THEN d.mtime_seen_at ELSE now() END,
+        mtime = s.mtime
+    FROM seen s
+    WHERE d.source = %(source)s AND d.path = s.path AND s.read
+    RETURNING d.path
+)
+INSERT INTO source_directories (source, path, mtime)
+SELECT %(source)s, s.path, s.mtime FROM seen s
+WHERE s.read AND s.path NOT IN (SELECT path FROM updated)
+"""
+
+FULL_LISTING = """
+INSERT INTO source_listings (source, full_listing_at) VALUES (%(source)s, %(started)s)
+ON CONFLICT (source) DO UPDATE SET full_listing_at = EXCLUDED.full_listing_at
+"""
+
 EXPIRED = """
 SELECT filename FROM file_transfer_log
 WHERE source = %(source)s AND status = 'COMPLETED' AND NOT partition_deleted
@@ -227,6 +284,15 @@ class Comparison:
     differing: Iterator[Row]
     # clash_key -> the files that share it
     sharing: dict[str, list[Row]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DirectoryMemory:
+    """What the fast listing remembers of a source (SensorMemory.directories)."""
+
+    started: datetime  # the database's clock as the tick began
+    full_age: float | None  # seconds since a listing last read every directory; None: never
+    recorded: dict[str, tuple[int, bool]]  # path key -> (mtime, settled)
 
 
 class SensorMemory:
@@ -305,6 +371,30 @@ class SensorMemory:
                 cursor.itersize = DIFFERING_BATCH
                 cursor.execute(DIFFERING, {"source": source})
                 yield Comparison(listed, (_row(row) for row in cursor), sharing)
+
+    def directories(self, source: str) -> DirectoryMemory:
+        """The source's directories as the last tick saw them, and the clock to record with."""
+        clock = one_row(self._db.execute(LISTING_CLOCK, {"source": source}))
+        rows = self._db.execute(DIRECTORIES, {"source": source})
+        age = clock["full_age"]
+        return DirectoryMemory(
+            clock["started"],
+            None if age is None else float(age),
+            {row["path"]: (row["mtime"], row["settled"]) for row in rows},
+        )
+
+    def record_directories(
+        self, source: str, started: datetime, seen: list[tuple[str, int, bool, bool]]
+    ) -> None:
+        """Record a tick's directories, (path key, mtime, read, every file COMPLETED as
+        listed), every one of the tree: those missing are gone. started: as the tick began
+        (DirectoryMemory.started); if every directory was read, a full listing then."""
+        params = arrays(seen, "paths", "mtimes", "read", "settled")
+        with self._db.connection().transaction() as tx:
+            conn, when = tx.connection, {"source": source, "started": started}
+            conn.execute(RECORD_DIRECTORIES, {**params, **when, "settle": SETTLE_SECONDS})
+            if all(read for _, _, read, _ in seen):
+                conn.execute(FULL_LISTING, when)
 
     def expired(self, source: str, days: float, limit: int) -> list[str]:
         """Up to limit files COMPLETED more than `days` ago whose partitions were not deleted."""

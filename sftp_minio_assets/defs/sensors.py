@@ -19,6 +19,7 @@ from ..core.keys import decode_key
 from ..core.units import duration
 from ..db.transfer_log import TransferLog
 from ..policy.discovery import Plan, Request, batches
+from ..policy.survey import Survey
 from ..sftp.client import display
 from ..sftp.sessions import SessionsBusy
 from .partitions import (
@@ -98,7 +99,7 @@ def build_new_files_sensor(source: str, files_asset: dg.AssetsDefinition) -> dg.
         _clean_up_after_crashes(context, resource, unfinished, in_flight)
         # Plan: which files to copy, the listing compared with the log as the clean-up left it.
         try:
-            surveyed = resource.survey(in_flight, MAX_REQUESTS_PER_TICK)
+            surveyed = resource.survey(in_flight, MAX_REQUESTS_PER_TICK, remember=True)
         except SessionsBusy as busy:
             return dg.SensorResult(
                 skip_reason=f"source {source} held back: {busy}; listed again at the next tick"
@@ -135,7 +136,7 @@ def build_new_files_sensor(source: str, files_asset: dg.AssetsDefinition) -> dg.
                 *([partitions.build_add_request(new_keys)] if new_keys else []),
                 *([partitions.build_delete_request(expired)] if expired else []),
             ],
-            skip_reason=None if requests else _nothing_new(surveyed.listed, plan),
+            skip_reason=None if requests else _nothing_new(surveyed, plan),
         )
 
     return new_files
@@ -282,7 +283,7 @@ def _refused(resource: SourceResource, plan: Plan, path: str) -> str:
     return f"{posixpath.join(resource.location, display(path))}: {plan.why_refused[path]}"
 
 
-def _nothing_new(files_listed: int, plan: Plan) -> str:
+def _nothing_new(surveyed: Survey, plan: Plan) -> str:
     held = [
         f"{plan.waiting} too recent",
         *([f"{len(plan.ahead)} stamped in the future"] if plan.ahead else []),
@@ -290,7 +291,9 @@ def _nothing_new(files_listed: int, plan: Plan) -> str:
         f"{plan.backing_off} failed and waiting for their next retry",
         f"{len(plan.given_up)} failed and waiting for a rerun",
     ]
-    return f"nothing new among {files_listed} files ({', '.join(held)})"
+    unread = sum(not directory.read for directory in surveyed.directories)
+    fast = f"; {unread} unchanged directories not read (fast listing)" if unread else ""
+    return f"nothing new among {surveyed.listed} files ({', '.join(held)}){fast}"
 
 
 def _not_ready(plan: Plan) -> list[str]:

@@ -103,6 +103,15 @@ class SourcePolicyConfig(dg.Config):
     follow_symlinks: bool = Field(
         default=False, description="Follow links whose target is inside root; else skip them."
     )
+    listing: Literal["full", "fast"] = Field(
+        default="full",
+        description="full: each tick reads every directory. fast: a directory whose files were "
+        "all copied is read again only once its mtime changes, or at a full listing; a file "
+        "rewritten in place (its directory's mtime unchanged) waits for the full listing.",
+    )
+    full_listing_every_hours: Annotated[float, at_least(0.01)] = Field(
+        default=24, description="With listing fast: how often a tick reads every directory."
+    )
     include: list[str] = Field(default_factory=list, description="Globs on the relative path.")
     exclude: list[str] = Field(default_factory=list)
     min_file_age_seconds: Annotated[int, at_least(0)] = Field(

@@ -17,6 +17,7 @@ name's escaped key can equal), and the database groups the keys that repeat.
 
 from __future__ import annotations
 
+import posixpath
 import sys
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -30,10 +31,22 @@ from .readiness import Readiness, ReadyMarker
 
 
 @dataclass(frozen=True)
+class Directory:
+    """A directory as a tick saw it, for the next fast listing (listing.scan_tree's recorded):
+    settled when it may be left unread while its mtime stays the same."""
+
+    key: str  # its path relative to the root, as a partition key encodes it
+    mtime: int
+    read: bool  # False: a fast listing found it unchanged and did not read it
+    settled: bool  # read, and every file in it COMPLETED as listed; nothing skipped
+
+
+@dataclass(frozen=True)
 class Survey:
     plan: Plan
     listed: int  # regular files listed, markers and files the filters leave out included
     skipped: list[tuple[str, str]]  # (path, why) of what the listing itself left out
+    directories: list[Directory]  # every directory of the tree, read or not
 
 
 def survey(
@@ -60,11 +73,18 @@ def survey(
     ignored: list[tuple[str, str]] = []
     markers: dict[str, int] = {}
     listed = 0
+    seen: list[ListedDirectory] = []  # without their files
+    # Directories that must be read again: something in them differs, or was left out.
+    unsettled: set[str] = set()
+    compared_all = False
 
     def rows() -> Iterator[tuple[str, int, int, str | None]]:
         nonlocal listed
         for directory in directories:
+            seen.append(ListedDirectory(directory.path, mtime=directory.mtime, read=directory.read))
             skipped.extend(directory.skipped)
+            if directory.skipped:
+                unsettled.add(directory.path)
             listed += len(directory.files)
             for file in directory.files:
                 if marker is not None and marker.is_marker(file.path):
@@ -74,6 +94,7 @@ def survey(
                         key = encode_key(file.path)
                     except KeyTooLong as exc:
                         ignored.append((file.path, str(exc)))
+                        unsettled.add(directory.path)
                         continue
                     yield key, file.size, file.mtime, clash_key(file)
 
@@ -82,10 +103,14 @@ def survey(
     def differing(rows: Iterable[Row]) -> Iterator[RemoteFile]:
         """The files, in key order, as the database sends them; each one's state is in states
         before the plan, which looks it up, has the file."""
+        nonlocal compared_all
         for key, size, mtime, state in rows:
             if state is not None:
                 states[key] = state
-            yield RemoteFile(decode_key(key), size, mtime)
+            path = decode_key(key)
+            unsettled.add(posixpath.dirname(path))
+            yield RemoteFile(path, size, mtime)
+        compared_all = True
 
     with memory.compare(source, rows()) as comparison:
         plan = plan_transfers(
@@ -101,7 +126,23 @@ def survey(
             refused=_refused(comparison.sharing, setting),
         )
     plan.ignored[:0] = ignored
-    return Survey(plan, listed, skipped)
+    return Survey(plan, listed, skipped, _directories(seen, unsettled, compared_all))
+
+
+def _directories(
+    seen: list[ListedDirectory], unsettled: set[str], compared_all: bool
+) -> list[Directory]:
+    """The tree's directories for the next fast listing; none settled if the plan stopped
+    before it had every differing file (then which directories hold one is not known)."""
+    found = []
+    for directory in seen:
+        try:
+            key = encode_key(directory.path) if directory.path else ""
+        except KeyTooLong:
+            continue  # not recorded: read at every tick
+        settled = compared_all and directory.read and directory.path not in unsettled
+        found.append(Directory(key, directory.mtime, directory.read, settled))
+    return found
 
 
 def _refused(sharing: Mapping[str, list[Row]], setting: str) -> dict[str, str]:

@@ -74,6 +74,8 @@ VARIABLES = {
     "transport": "SFTP_TRANSPORT",
     "root": "SFTP_ROOT",
     "follow_symlinks": "SFTP_FOLLOW_SYMLINKS",
+    "listing": "SFTP_LISTING",
+    "full_listing_every_hours": "SFTP_FULL_LISTING_EVERY_HOURS",
     "min_file_age_seconds": "MIN_FILE_AGE_SECONDS",
     "transfer_window": "SFTP_TRANSFER_WINDOW",
     "compression": "COMPRESSION",

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import posixpath
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import paramiko
 
 from .client import ENVIRONMENT, RemoteFile, RootUnavailable, SettingNames, display, remote_bytes
-from .wire import DirectoryReads
+from .wire import DirectoryReads, stat_many
 
 # Directories read at once on the listing's session.
 DIRECTORIES_IN_FLIGHT = 8
@@ -30,11 +30,19 @@ class Listing:
 
 @dataclass
 class ListedDirectory:
-    """One directory of a tree, read whole."""
+    """One directory of a tree, read whole; or, in a fast listing, found unchanged and not
+    read (read False: no files, no skipped entries)."""
 
     path: str  # relative to the root, "" for the root itself
     files: list[RemoteFile] = field(default_factory=list)  # its regular files, in no order
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (relative path, why)
+    mtime: int = 0  # as seen before it was read (so a change while it is read shows next time)
+    read: bool = True
+
+
+# A directory recorded by an earlier listing: path relative to the root -> (its mtime then,
+# whether it may be left unread while its mtime stays so).
+Recorded = Mapping[str, tuple[int, bool]]
 
 
 def list_dir(sftp: paramiko.SFTPClient, path: str) -> list[tuple[str, int]]:
@@ -65,6 +73,7 @@ def scan_tree(
     follow_symlinks: bool = False,
     server: str = "",
     names: SettingNames = ENVIRONMENT,
+    recorded: Recorded | None = None,
 ) -> Iterator[ListedDirectory]:
     """The directories below root (itself included), each as soon as it is read whole.
 
@@ -72,13 +81,37 @@ def scan_tree(
     root (a link can never bring in a file from outside it); each directory is walked once.
     A root that cannot be listed raises RootUnavailable (naming server and root): it must not
     look like a source with nothing new.
+
+    recorded (a fast listing): the directories an earlier listing saw. One that may be left
+    unread and whose mtime has not changed is handed out unread (an entry added, removed or
+    renamed in it would have changed its mtime), and its recorded subdirectories are visited
+    as if it had been read; their mtimes are asked for at once (wire.stat_many).
     """
-    real_root = _root(sftp, root, server, names)
+    real_root, root_mtime = _root(sftp, root, server, names)
     seen_dirs = {real_root}
     reads = DirectoryReads(sftp, DIRECTORIES_IN_FLIGHT)
-    reads.add(remote_bytes(root), "")
-    for rel_dir, entries in reads:
-        listed = ListedDirectory(rel_dir)
+    now = _current_mtimes(sftp, root, recorded) if recorded else {}
+    children: dict[str, list[str]] = {}
+    for path in now:
+        if path:
+            children.setdefault(posixpath.dirname(path), []).append(path)
+
+    def visit(rel: str, mtime: int) -> Iterator[ListedDirectory]:
+        """A directory of the tree, and its mtime as seen just now: read, or handed out unread
+        with those of its subdirectories that are unchanged too."""
+        pending = [(rel, mtime)]
+        while pending:
+            rel, mtime = pending.pop()
+            was, settled = (recorded or {}).get(rel, (None, False))
+            if settled and mtime == was:
+                yield ListedDirectory(rel, mtime=mtime, read=False)
+                pending += [(child, now[child]) for child in children.get(rel, ())]
+            else:
+                reads.add(remote_bytes(posixpath.join(root, rel) if rel else root), (rel, mtime))
+
+    yield from visit("", root_mtime)
+    for (rel_dir, dir_mtime), entries in reads:
+        listed = ListedDirectory(rel_dir, mtime=dir_mtime)
         if isinstance(entries, OSError):
             if not rel_dir:
                 why = "the SFTP user may not list it"
@@ -110,7 +143,7 @@ def scan_tree(
                 if target != real_root and not target.startswith(real_root.rstrip("/") + "/"):
                     listed.skipped.append((rel, f"symbolic link to {target}, outside the root"))
                     continue
-                mode = attrs.st_mode or 0
+                mode, mtime = attrs.st_mode or 0, int(attrs.st_mtime or 0)
                 if stat.S_ISDIR(mode):
                     if target in seen_dirs:
                         listed.skipped.append((rel, "symbolic link to a directory already listed"))
@@ -121,24 +154,38 @@ def scan_tree(
                     listed.files.append(RemoteFile(rel, size, mtime))
                     continue
             if stat.S_ISDIR(mode):
-                reads.add(remote_bytes(posixpath.join(root, rel)), rel)
+                yield from visit(rel, mtime)
             else:
                 listed.skipped.append((rel, "not a regular file"))
         yield listed
 
 
-def _root(sftp: paramiko.SFTPClient, root: str, server: str, names: SettingNames) -> str:
-    """root's real path, once it is known to be a directory."""
+def _current_mtimes(sftp: paramiko.SFTPClient, root: str, recorded: Recorded) -> dict[str, int]:
+    """The mtime of each recorded directory that is still a directory, asked all at once."""
+    paths = sorted(path for path in recorded if path)
+    answers = stat_many(sftp, (remote_bytes(posixpath.join(root, path)) for path in paths))
+    return {
+        path: answer[1]
+        for path, answer in zip(paths, answers, strict=True)
+        if not isinstance(answer, OSError) and stat.S_ISDIR(answer[0])
+    }
+
+
+def _root(
+    sftp: paramiko.SFTPClient, root: str, server: str, names: SettingNames
+) -> tuple[str, int]:
+    """root's real path and mtime, once it is known to be a directory."""
     try:
         real_root = sftp.normalize(remote_bytes(root))
-        mode = sftp.stat(remote_bytes(real_root)).st_mode or 0
+        attrs = sftp.stat(remote_bytes(real_root))
+        mode = attrs.st_mode or 0
     except FileNotFoundError:
         raise _root_unavailable(server, root, names, "it does not exist") from None
     except PermissionError:
         raise _root_unavailable(server, root, names, "the SFTP user may not reach it") from None
     if not stat.S_ISDIR(mode):
         raise _root_unavailable(server, root, names, "it is not a directory")
-    return real_root
+    return real_root, int(attrs.st_mtime or 0)
 
 
 def _root_unavailable(server: str, root: str, names: SettingNames, why: str) -> RootUnavailable:

@@ -7,7 +7,8 @@ into paramiko's private request layer.
   stop a whole listing.
 - `PipelinedReads`: a fixed window of reads in flight on one file. paramiko's prefetch books
   every read of the file up front and buffers whatever arrives, however slowly it is consumed.
-- `stat_and_open`: a file's attributes and its handle asked together.
+- `stat_and_open`: a file's attributes and its handle asked together; `stat_many`: the
+  attributes of many paths asked at once (the fast listing's directories).
 - `PipelinedReads.send_stat`: the check after a file is read sent with its last reads, and
   `close_without_waiting`: its CLOSE not waited for; neither costs a round trip of its own
   (`finish_answers` reads what is still due before a session closes).
@@ -135,6 +136,34 @@ def stat_and_open(sftp: SFTPClient, path: bytes) -> tuple[SFTPAttributes, SFTPFi
         sftp._convert_status(stat_msg)
         raise SFTPError(f"unexpected reply {stat_kind} to a stat")
     return SFTPAttributes._from_msg(stat_msg), opened
+
+
+def stat_many(
+    sftp: SFTPClient, paths: Iterable[bytes], depth: int = 64
+) -> Iterator[tuple[int, int] | OSError]:
+    """(mode, mtime) of each path (following links), or the error the server answered, in
+    order; up to `depth` STATs in flight, so that a far server costs a round trip per `depth`
+    paths, not per path."""
+    answers = _Answers(sftp)
+    sent: deque[int] = deque()
+
+    def received() -> tuple[int, int] | OSError:
+        kind, msg = answers.answer(sent.popleft())
+        if kind == CMD_ATTRS:
+            attrs = SFTPAttributes._from_msg(msg)
+            return attrs.st_mode or 0, int(attrs.st_mtime or 0)
+        try:
+            sftp._convert_status(msg)
+        except OSError as exc:
+            return exc
+        return SFTPError(f"unexpected reply {kind} to a stat")
+
+    for path in paths:
+        sent.append(sftp._async_request(answers, CMD_STAT, path))
+        if len(sent) >= depth:
+            yield received()
+    while sent:
+        yield received()
 
 
 class PipelinedReads(_Answers):
