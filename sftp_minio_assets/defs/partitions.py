@@ -4,8 +4,7 @@ ranges of them."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
-from functools import cached_property
+from collections.abc import Collection, Iterable, Iterator, Mapping
 
 import dagster as dg
 
@@ -61,36 +60,86 @@ def run_request_for(keys: list[str], versions: list[str], source: str) -> dg.Run
     )
 
 
+# Partition keys read from the instance at a time (get_paginated_dynamic_partitions).
+PAGE = 10_000
+
+
 class KnownPartitions:
-    """A source's partition keys in their order, read from the instance at the first need: a
-    tick that requests nothing and sees no run over a range never reads them (a million keys
-    take seconds and some 200 MiB). keys: given instead (tests)."""
+    """A source's partition keys in their order, read from the instance a page at a time and
+    only when a tick needs them: the positions of the keys it requests, the keys of runs over
+    ranges. A tick holds those, never every key (a million would take some 200 MiB); a tick
+    that requests nothing and sees no run over a range reads none. keys: given instead (tests).
+    """
 
     def __init__(
-        self, instance: dg.DagsterInstance | None, source: str, keys: list[str] | None = None
+        self,
+        instance: dg.DagsterInstance | None,
+        source: str,
+        keys: list[str] | None = None,
+        page: int = PAGE,
     ):
-        self._instance, self._name = instance, partitions_name(source)
-        if keys is not None:
-            self.keys = keys
+        self._instance, self._name, self._keys = instance, partitions_name(source), keys
+        self._page = page
 
-    @cached_property
-    def keys(self) -> list[str]:
+    def _in_order(self) -> Iterator[str]:
+        if self._keys is not None:
+            yield from self._keys
+            return
         assert self._instance is not None
-        return list(self._instance.get_dynamic_partitions(self._name))
+        cursor = None
+        while True:
+            page = self._instance.get_paginated_dynamic_partitions(
+                self._name, self._page, ascending=True, cursor=cursor
+            )
+            yield from page.results
+            if not page.has_more:
+                return
+            cursor = page.cursor
 
-    @cached_property
-    def order(self) -> dict[str, int]:
-        """Each key's index in keys."""
-        return {key: index for index, key in enumerate(self.keys)}
+    def positions(self, keys: Iterable[str]) -> dict[str, int]:
+        """The index of each of keys that is a partition (those that are not are left out)."""
+        wanted, found = set(keys), {}
+        if wanted:
+            for index, key in enumerate(self._in_order()):
+                if key in wanted:
+                    found[key] = index
+                    if len(found) == len(wanted):
+                        break
+        return found
+
+    def ranges(self, spans: Collection[tuple[str, str]]) -> set[str]:
+        """The keys of the ranges (first, last), in one pass; a range whose first or last key
+        is not a partition (deleted since, by retention) covers none."""
+        starting: dict[str, list[str]] = {}
+        for first, last in spans:
+            starting.setdefault(first, []).append(last)
+        covered: set[str] = set()
+        reading: list[tuple[str, list[str]]] = []  # (last key, keys so far) of open ranges
+        left = len(spans)
+        for key in self._in_order() if spans else ():
+            reading += [(last, []) for last in starting.get(key, ())]
+            still = []
+            for last, keys in reading:
+                keys.append(key)
+                if last == key:
+                    covered.update(keys)
+                    left -= 1
+                else:
+                    still.append((last, keys))
+            reading = still
+            if not left:
+                break
+        return covered
 
 
-def keys_of_run(tags: Mapping[str, str], known: KnownPartitions) -> list[str]:
-    """The partitions a run covers, from its tags: one key, or a range of the known keys (read
-    only for a range)."""
-    if key := tags.get("dagster/partition"):
-        return [key]
-    first, last = tags.get(RANGE_START_TAG), tags.get(RANGE_END_TAG)
-    if not first or not last:
-        return []
-    start, end = known.order.get(first), known.order.get(last)
-    return [] if start is None or end is None else known.keys[start : end + 1]
+def keys_of_runs(tags: Iterable[Mapping[str, str]], known: KnownPartitions) -> set[str]:
+    """The partitions the runs cover, from their tags: one key, or a range of the known keys
+    (read, in one pass for all of them, only for ranges)."""
+    keys: set[str] = set()
+    spans: list[tuple[str, str]] = []
+    for run_tags in tags:
+        if key := run_tags.get("dagster/partition"):
+            keys.add(key)
+        elif (first := run_tags.get(RANGE_START_TAG)) and (last := run_tags.get(RANGE_END_TAG)):
+            spans.append((first, last))
+    return keys | known.ranges(spans)

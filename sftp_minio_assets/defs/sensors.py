@@ -25,7 +25,7 @@ from ..sftp.sessions import SessionsBusy
 from .partitions import (
     SOURCE_TAG,
     KnownPartitions,
-    keys_of_run,
+    keys_of_runs,
     partitions_for,
     run_request_for,
 )
@@ -95,7 +95,7 @@ def build_new_files_sensor(source: str, files_asset: dg.AssetsDefinition) -> dg.
             return dg.SensorResult(skip_reason=held_back)
         known = KnownPartitions(context.instance, source)
         unfinished = _unfinished_runs(context.instance, files_asset.key, source)
-        in_flight = {key for run in unfinished for key in keys_of_run(run.tags, known)}
+        in_flight = keys_of_runs((run.tags for run in unfinished), known)
         _clean_up_after_crashes(context, resource, unfinished, in_flight)
         # Plan: which files to copy, the listing compared with the log as the clean-up left it.
         try:
@@ -113,7 +113,7 @@ def build_new_files_sensor(source: str, files_asset: dg.AssetsDefinition) -> dg.
         log.sensor_memory.request(
             source, [(r.key, r.file.size, r.file.mtime, r.retry) for r in requests]
         )
-        order = known.order if requests else {}
+        order = known.positions(r.key for r in requests)  # where those that have one are
         new_keys = [r.key for r in requests if r.key not in order]
         again = [r.key for r in requests if r.key in order]
         versions = {r.key: f"{r.file.signature}#{r.generation}" for r in requests}

@@ -8,6 +8,7 @@ import pytest
 
 from sftp_minio_assets.core.keys import encode_key
 from sftp_minio_assets.defs.assets import files
+from sftp_minio_assets.defs.partitions import KnownPartitions
 from sftp_minio_assets_tests.support import PARTITIONS, keys_of, materialize, requested, tick
 
 pytestmark = pytest.mark.integration  # the real servers (conftest's stack)
@@ -154,3 +155,18 @@ def test_a_big_file_copied_for_longer_than_the_stale_window_keeps_its_upload(env
     assert [u["Key"] for u in store.list_multipart_uploads()] == ["default/big.bin"]
     assert env.rows()["big.bin"]["status"] == "IN_PROGRESS"
     assert env.rows()["dead.bin"]["status"] != "IN_PROGRESS"
+
+
+def test_partition_keys_are_read_a_page_at_a_time_across_page_ends(instance):
+    """KnownPartitions on the instance's own storage: positions and ranges found across the
+    pages get_paginated_dynamic_partitions returns, as with a million keys (pages of 10,000)."""
+    keys = [f"d/{n:02d}.csv" for n in range(25)]
+    instance.add_dynamic_partitions(PARTITIONS, keys)
+    known = KnownPartitions(instance, "default", page=4)
+    assert known.positions(["d/03.csv", "d/04.csv", "d/24.csv", "new.csv"]) == {
+        "d/03.csv": 3,
+        "d/04.csv": 4,
+        "d/24.csv": 24,
+    }
+    spans = [("d/02.csv", "d/05.csv"), ("d/19.csv", "d/20.csv")]
+    assert known.ranges(spans) == {*keys[2:6], *keys[19:21]}

@@ -8,7 +8,7 @@ from sftp_minio_assets.defs.partitions import (
     RANGE_START_TAG,
     SOURCE_TAG,
     KnownPartitions,
-    keys_of_run,
+    keys_of_runs,
     run_request_for,
 )
 
@@ -87,20 +87,32 @@ def test_a_run_request_needs_one_version_per_key():
         run_request_for(["a", "b"], ["1:1#0"], "default")
 
 
-def test_the_keys_of_a_run_come_from_its_partition_or_range_tags():
-    known = KnownPartitions(None, "default", keys=["a", "b", "c", "d"])
-    assert keys_of_run({"dagster/partition": "c"}, known) == ["c"]
-    assert keys_of_run({RANGE_START_TAG: "b", RANGE_END_TAG: "d"}, known) == ["b", "c", "d"]
+def test_the_keys_of_runs_come_from_their_partition_or_range_tags():
+    known = KnownPartitions(None, "default", keys=["a", "b", "c", "d", "e"])
+    assert keys_of_runs([{"dagster/partition": "c"}], known) == {"c"}
+    assert keys_of_runs([{RANGE_START_TAG: "b", RANGE_END_TAG: "d"}], known) == {"b", "c", "d"}
     request = run_request_for(["a", "b"], ["1:1#0", "2:2#0"], "default")
-    assert keys_of_run(request.tags, known) == ["a", "b"]
+    assert keys_of_runs([request.tags], known) == {"a", "b"}
+    # Several ranges, overlapping or the same twice, read in one pass.
+    spans = [("a", "b"), ("b", "c"), ("d", "e"), ("d", "e")]
+    tags = [{RANGE_START_TAG: first, RANGE_END_TAG: last} for first, last in spans]
+    assert keys_of_runs(tags, known) == {"a", "b", "c", "d", "e"}
     # A range whose partitions were deleted since (retention), or no partition at all.
-    assert keys_of_run({RANGE_START_TAG: "gone", RANGE_END_TAG: "d"}, known) == []
-    assert keys_of_run({}, known) == []
+    assert keys_of_runs([{RANGE_START_TAG: "gone", RANGE_END_TAG: "d"}], known) == set()
+    assert keys_of_runs([{RANGE_START_TAG: "b", RANGE_END_TAG: "gone"}], known) == set()
+    assert keys_of_runs([{}], known) == set()
 
 
-def test_the_keys_are_read_only_for_a_run_over_a_range():
+def test_the_keys_are_read_only_for_a_run_over_a_range_or_for_requests():
     unread = KnownPartitions(None, "default")  # no instance: reading the keys would fail
-    assert keys_of_run({"dagster/partition": "c"}, unread) == ["c"]
-    assert keys_of_run({"other": "tag"}, unread) == []
+    assert keys_of_runs([{"dagster/partition": "c"}, {"other": "tag"}], unread) == {"c"}
+    assert unread.positions([]) == {}
     with pytest.raises(AssertionError):
-        keys_of_run({RANGE_START_TAG: "a", RANGE_END_TAG: "b"}, unread)
+        keys_of_runs([{RANGE_START_TAG: "a", RANGE_END_TAG: "b"}], unread)
+    with pytest.raises(AssertionError):
+        unread.positions(["a"])
+
+
+def test_the_positions_of_requested_keys_are_those_that_have_a_partition():
+    known = KnownPartitions(None, "default", keys=["a", "b", "c"])
+    assert known.positions(["c", "new", "a"]) == {"c": 2, "a": 0}
