@@ -370,6 +370,7 @@ def measure_size(stack: LocalStack, files: int, dirs: int, rounds: int, bucket: 
             if steady[-1]["requested"] or listing[-1]["files"] != files:
                 raise RuntimeError(f"not the steady state: {steady[-1]}, {listing[-1]}")
         fast = fast_ticks({**env, "SFTP_LISTING": "fast"}, dirs + 1, rounds)
+        requesting = requesting_tick(env, folder)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     return {
@@ -382,7 +383,28 @@ def measure_size(stack: LocalStack, files: int, dirs: int, rounds: int, bucket: 
         "listing_alone": listing,
         "openssh_listing": floor,
         "fast_steady_ticks": fast,
+        "requesting_tick": requesting,
     }
+
+
+def requesting_tick(env: dict[str, str], folder: Path, new: int = 10) -> dict:
+    """A tick that finds `new` files in a new directory of the tree whose every other file is
+    COMPLETED and a partition: it requests them, and so looks up where the source's partitions
+    are (all of them: none of the new files has one)."""
+    mtime = int(time.time()) - AGE_SECONDS
+    (folder / "new").mkdir()
+    for index in range(new):
+        path = folder / "new" / f"file-{index:03d}.bin"
+        path.write_bytes(b"y")
+        os.utime(path, (mtime, mtime))
+    tick = in_child("tick", env)
+    say(
+        f"  requesting tick {tick['seconds']:.2f} s ({tick['cpu_s']:.2f} s CPU, "
+        f"{tick['peak_rss_mib']:.0f} MiB), {tick['requested']} requested"
+    )
+    if tick["requested"] != new:
+        raise RuntimeError(f"expected {new} requested: {tick}")
+    return tick
 
 
 def fast_ticks(env: dict[str, str], directories: int, rounds: int) -> list[dict]:
@@ -431,6 +453,8 @@ def summarize(size: dict) -> dict[str, Any]:
         "steady_over_openssh": median(steady, "seconds") / floor,
         "fast_steady_s": median(size["fast_steady_ticks"], "seconds"),
         "fast_steady_rss_mib": median(size["fast_steady_ticks"], "peak_rss_mib"),
+        "requesting_s": size["requesting_tick"]["seconds"],
+        "requesting_rss_mib": size["requesting_tick"]["peak_rss_mib"],
     }
 
 
@@ -448,6 +472,8 @@ COLUMNS = [
     ("steady/OpenSSH", "steady_over_openssh", "{:.1f}x"),
     ("fast steady s", "fast_steady_s", "{:.2f}"),
     ("fast RSS MiB", "fast_steady_rss_mib", "{:.0f}"),
+    ("10 new s", "requesting_s", "{:.2f}"),
+    ("10 new RSS MiB", "requesting_rss_mib", "{:.0f}"),
 ]
 
 
