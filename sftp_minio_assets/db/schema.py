@@ -148,9 +148,9 @@ MIGRATIONS = [
         WHERE status = 'COMPLETED' AND NOT partition_deleted
     """,
     # The fast listing (SFTP_LISTING=fast): each directory of a source as the last tick saw it,
-    # and when a listing last read them all. A directory is settled (left unread while its
-    # mtime stays so) once read with every file COMPLETED as listed, at least SETTLE_SECONDS
-    # after its mtime was first seen (db/sensor_memory.py says why).
+    # and when a full listing last began (and whether the one going on is). A directory is
+    # settled (left unread while its mtime stays so) once read with every file COMPLETED as
+    # listed, at least SETTLE_SECONDS after its mtime was first seen (db/sensor_memory.py).
     """
     CREATE TABLE IF NOT EXISTS source_directories (
         source TEXT NOT NULL,
@@ -164,7 +164,18 @@ MIGRATIONS = [
     """
     CREATE TABLE IF NOT EXISTS source_listings (
         source TEXT PRIMARY KEY,
-        full_listing_at TIMESTAMPTZ NOT NULL
+        full_listing_at TIMESTAMPTZ,
+        round_full BOOLEAN NOT NULL DEFAULT false
+    )
+    """,
+    # A listing longer than a tick (SFTP_LISTING_SECONDS_PER_TICK): the directories it has
+    # still to read, with their mtimes as their parents' listing showed them.
+    """
+    CREATE TABLE IF NOT EXISTS source_pending_directories (
+        source TEXT NOT NULL,
+        path TEXT NOT NULL,
+        mtime BIGINT NOT NULL,
+        PRIMARY KEY (source, path)
     )
     """,
 ]

@@ -71,15 +71,26 @@ SELECT filename, size_bytes, remote_mtime, extract(epoch FROM now() - seen_at)::
 FROM file_sightings WHERE source = %(source)s
 """
 
-# One statement per tick: the tick's sightings replace the previous ones; a row whose file was
-# seen the same again is left as it is (no write), one no longer sighted is deleted.
-RECORD_SIGHTINGS = """
+
+def directory_of(column: str) -> str:
+    """SQL: the directory (a path key, "" for the root) of the file whose key is in column."""
+    return (
+        f"CASE WHEN strpos({column}, '/') = 0 THEN '' "
+        f"ELSE regexp_replace({column}, '/[^/]*$', '') END"
+    )
+
+
+# One statement per tick: the tick's sightings replace the previous ones in the directories it
+# read; a row whose file was seen the same again is left as it is (no write), one no longer
+# sighted is deleted.
+RECORD_SIGHTINGS = f"""
 WITH seen AS (
     SELECT * FROM unnest(%(filenames)s::text[], %(sizes)s::bigint[], %(mtimes)s::bigint[])
         AS s(filename, size_bytes, remote_mtime)
 ), gone AS (
     DELETE FROM file_sightings f
-    WHERE f.source = %(source)s AND NOT EXISTS (SELECT 1 FROM seen WHERE seen.filename = f.filename)
+    WHERE f.source = %(source)s AND {directory_of("f.filename")} = ANY(%(read)s)
+      AND NOT EXISTS (SELECT 1 FROM seen WHERE seen.filename = f.filename)
 )
 INSERT INTO file_sightings AS f (source, filename, size_bytes, remote_mtime)
 SELECT %(source)s, filename, size_bytes, remote_mtime FROM seen
@@ -167,10 +178,9 @@ SELECT now() AS started,
 """
 # A directory stays settled only while every row of a file in it is COMPLETED: one that failed
 # or was requested since (a rerun, a reset) has its directory read again.
-DIRECTORIES = """
+DIRECTORIES = f"""
 WITH open AS (
-    SELECT DISTINCT CASE WHEN strpos(filename, '/') = 0 THEN ''
-                         ELSE regexp_replace(filename, '/[^/]*$', '') END AS path
+    SELECT DISTINCT {directory_of("filename")} AS path
     FROM file_transfer_log WHERE source = %(source)s AND status <> 'COMPLETED'
 )
 SELECT d.path, d.mtime, d.settled AND NOT EXISTS (SELECT 1 FROM open WHERE open.path = d.path)
@@ -185,7 +195,7 @@ FROM source_directories d WHERE d.source = %(source)s
 # entry that mtime stands for, and any later change moves the mtime (whatever the clocks' skew).
 SETTLE_SECONDS = 2
 
-# The directories a tick saw: gone ones forgotten, read ones recorded (unread ones, found
+# The directories a tick read recorded, those found gone forgotten (unread ones, found
 # unchanged, stay as they were).
 RECORD_DIRECTORIES = """
 WITH seen AS (
@@ -193,7 +203,7 @@ WITH seen AS (
                          %(settled)s::boolean[]) AS s(path, mtime, read, settled)
 ), gone AS (
     DELETE FROM source_directories d
-    WHERE d.source = %(source)s AND NOT EXISTS (SELECT 1 FROM seen WHERE seen.path = d.path)
+    WHERE d.source = %(source)s AND d.path = ANY(%(gone)s)
 ), updated AS (
     UPDATE source_directories d SET
         settled = s.settled AND d.mtime = s.mtime
@@ -212,6 +222,22 @@ WHERE s.read AND s.path NOT IN (SELECT path FROM updated)
 FULL_LISTING = """
 INSERT INTO source_listings (source, full_listing_at) VALUES (%(source)s, %(started)s)
 ON CONFLICT (source) DO UPDATE SET full_listing_at = EXCLUDED.full_listing_at
+"""
+
+PENDING = """
+SELECT p.path, p.mtime, coalesce(l.round_full, false) AS round_full
+FROM source_pending_directories p LEFT JOIN source_listings l USING (source)
+WHERE p.source = %(source)s ORDER BY p.path
+"""
+CLEAR_PENDING = "DELETE FROM source_pending_directories WHERE source = %(source)s"
+RECORD_PENDING = """
+WITH round AS (
+    INSERT INTO source_listings (source, round_full) VALUES (%(source)s, %(full)s)
+    ON CONFLICT (source) DO UPDATE SET round_full = EXCLUDED.round_full
+)
+INSERT INTO source_pending_directories (source, path, mtime)
+SELECT %(source)s, path, mtime FROM unnest(%(paths)s::text[], %(mtimes)s::bigint[])
+    AS p(path, mtime)
 """
 
 EXPIRED = """
@@ -319,10 +345,13 @@ class SensorMemory:
         rows = self._db.execute(SIGHTINGS, {"source": source}).fetchall()
         return {r["filename"]: (f"{r['size_bytes']}:{r['remote_mtime']}", r["age"]) for r in rows}
 
-    def record_sightings(self, source: str, files: list[tuple[str, int, int]]) -> None:
-        """Replace the source's sightings by this tick's: (filename, size, mtime)."""
+    def record_sightings(
+        self, source: str, files: list[tuple[str, int, int]], read: list[str]
+    ) -> None:
+        """Replace the source's sightings in the directories a tick read (path keys) by its
+        own: (filename, size, mtime)."""
         params = arrays(files, "filenames", "sizes", "mtimes")
-        self._db.execute(RECORD_SIGHTINGS, {"source": source, **params})
+        self._db.execute(RECORD_SIGHTINGS, {"source": source, "read": read, **params})
 
     def adopt(self, source: str, files: list[tuple[str, int, int, str]]) -> int:
         """Record the content of COMPLETED rows that did not say it, as their objects showed:
@@ -384,17 +413,37 @@ class SensorMemory:
         )
 
     def record_directories(
-        self, source: str, started: datetime, seen: list[tuple[str, int, bool, bool]]
+        self,
+        source: str,
+        started: datetime,
+        seen: list[tuple[str, int, bool, bool]],
+        gone: list[str],
+        full_listing: bool,
     ) -> None:
         """Record a tick's directories, (path key, mtime, read, every file COMPLETED as
-        listed), every one of the tree: those missing are gone. started: as the tick began
-        (DirectoryMemory.started); if every directory was read, a full listing then."""
+        listed), and forget those found gone. started: as the tick began
+        (DirectoryMemory.started); full_listing: a full listing began then."""
         params = arrays(seen, "paths", "mtimes", "read", "settled")
         with self._db.connection().transaction() as tx:
             conn, when = tx.connection, {"source": source, "started": started}
-            conn.execute(RECORD_DIRECTORIES, {**params, **when, "settle": SETTLE_SECONDS})
-            if all(read for _, _, read, _ in seen):
+            statement = {**params, **when, "gone": gone, "settle": SETTLE_SECONDS}
+            conn.execute(RECORD_DIRECTORIES, statement)
+            if full_listing:
                 conn.execute(FULL_LISTING, when)
+
+    def pending(self, source: str) -> tuple[list[tuple[str, int]], bool]:
+        """The directories (path key, mtime) a listing longer than a tick has still to read,
+        and whether it is a full listing (of a source with listing fast)."""
+        rows = self._db.execute(PENDING, {"source": source}).fetchall()
+        return [(r["path"], r["mtime"]) for r in rows], bool(rows and rows[0]["round_full"])
+
+    def record_pending(self, source: str, left: list[tuple[str, int]], full: bool) -> None:
+        """What the next tick has to read (nothing: it starts from the root again)."""
+        with self._db.connection().transaction() as tx:
+            tx.connection.execute(CLEAR_PENDING, {"source": source})
+            if left:
+                params = {"source": source, "full": full, **arrays(left, "paths", "mtimes")}
+                tx.connection.execute(RECORD_PENDING, params)
 
     def expired(self, source: str, days: float, limit: int) -> list[str]:
         """Up to limit files COMPLETED more than `days` ago whose partitions were not deleted."""

@@ -10,6 +10,7 @@ share nested in it, so that the asset, the sensor and the dry run each get a rea
 import time
 from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Annotated
 
@@ -18,14 +19,14 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from pydantic import Field, PrivateAttr
 
-from ..core.keys import decode_key
 from ..db.connection import libpq_url
 from ..db.transfer_log import TransferLog
 from ..policy.discovery import AutoRetry, Request, object_differs
+from ..policy.listing_state import ListingState
 from ..policy.survey import Survey, survey
 from ..s3.store import ObjectStore, S3Settings, bucket_problem, needs_escaping
 from ..sftp.client import RemoteFile, SFTPPool, display
-from ..sftp.listing import ListedDirectory, Listing, Recorded, collect, scan_tree
+from ..sftp.listing import ListedDirectory, Listing, Recorded, Resume, collect, scan_tree
 from ..sftp.openssh import connector_for
 from ..sftp.sessions import SessionBudget, server_of
 from ..transfer.copy import MIB, Tuning
@@ -271,9 +272,11 @@ class SourceResource(dg.ConfigurableResource):
         sessions.SessionsBusy when the server's session budget stays full."""
         return collect(self._scan())
 
-    def _scan(self, recorded: Recorded | None = None) -> Iterator[ListedDirectory]:
+    def _scan(
+        self, recorded: Recorded | None = None, resume: Resume | None = None
+    ) -> Iterator[ListedDirectory]:
         """The directories below root, each as it is read (listing.scan_tree), on the listing's
-        session of the server's budget; recorded: those a fast listing may leave unread."""
+        session of the server's budget; recorded and resume: a sensor tick's (ListingState)."""
         settings = self.connection.settings
         return scan_tree(
             self.pool.get(purpose="listing", patience=LISTING_PATIENCE_SECONDS),
@@ -282,6 +285,7 @@ class SourceResource(dg.ConfigurableResource):
             settings.server,
             settings.names,
             recorded,
+            resume,
         )
 
     def survey(
@@ -293,18 +297,24 @@ class SourceResource(dg.ConfigurableResource):
     ) -> Survey:
         """What to copy of the source's files, its listing compared with the log where the
         rows are (policy/survey.py): the sensor's plan and the dry run's. remember (the
-        sensor): with listing fast, leave unread the directories found unchanged, and record
-        what this listing saw for the next. Errors as list_files."""
+        sensor): list as policy/listing_state.py says (going on where the last tick stopped,
+        leaving unchanged directories unread with listing fast) and record what this listing
+        saw for the next (Survey.left: the directories the next tick reads first). Errors as
+        list_files."""
         settings, policy = self.connection.settings, self.policy
         memory = self.transfer_log.log.sensor_memory
-        fast = remember and policy.listing == "fast"
-        directories = memory.directories(self.name) if fast else None
-        recorded = None  # every directory is read: not fast, or a full listing is due
-        hours = policy.full_listing_every_hours
-        if directories is not None and not _full_listing_due(directories.full_age, hours):
-            recorded = {decode_key(p): row for p, row in directories.recorded.items()}
+        state = None
+        if remember:
+            state = ListingState.load(
+                memory,
+                self.name,
+                fast=policy.listing == "fast",
+                full_every_hours=policy.full_listing_every_hours,
+                seconds=policy.listing_seconds_per_tick,
+            )
+        scan = self._scan(state.recorded, state.resume) if state else self._scan()
         surveyed = survey(
-            self._scan(recorded),
+            scan,
             memory,
             self.name,
             in_flight=in_flight,
@@ -319,10 +329,10 @@ class SourceResource(dg.ConfigurableResource):
             clash_key=self._clash_key(),
             setting=settings.names("destination_template"),
         )
-        if directories is not None:
-            seen = [(d.key, d.mtime, d.read, d.settled) for d in surveyed.directories]
-            memory.record_directories(self.name, directories.started, seen)
-        return surveyed
+        if state is None:
+            return surveyed
+        state.record(memory, surveyed.directories)
+        return replace(surveyed, left=state.left)
 
     def adopt(self, unverified: list[Request]) -> tuple[list[str], list[tuple[Request, str]]]:
         """Files whose COMPLETED row does not say which content was copied, judged by their
@@ -405,8 +415,3 @@ class SourceResource(dg.ConfigurableResource):
         """Where the file at path (relative to root), modified at mtime, is copied to today."""
         name = self.policy.for_worker(self.name).object_name(self.minio.prefix, path, mtime)
         return self.minio.store.uri(display(name))
-
-
-def _full_listing_due(age: float | None, every_hours: float) -> bool:
-    """Whether a fast listing must read every directory: none did yet, or long enough ago."""
-    return age is None or age >= every_hours * 3600

@@ -105,8 +105,11 @@ def build_new_files_sensor(source: str, files_asset: dg.AssetsDefinition) -> dg.
                 skip_reason=f"source {source} held back: {busy}; listed again at the next tick"
             )
         plan = surveyed.plan
+        if surveyed.left:
+            context.log.info(f"source {source}: {surveyed.listed} files listed{_how_far(surveyed)}")
         _warn_about_skipped(context, resource, surveyed.skipped, plan)
-        log.sensor_memory.record_sightings(source, plan.sighted)
+        read = [directory.key for directory in surveyed.directories if directory.read]
+        log.sensor_memory.record_sightings(source, plan.sighted, read)
         _record_refusals(resource, plan)
         requests = [*plan.requests, *_adopt(context, resource, plan)][:MAX_REQUESTS_PER_TICK]
         # Request: the files become QUEUED in the log, then partitions and runs.
@@ -291,9 +294,17 @@ def _nothing_new(surveyed: Survey, plan: Plan) -> str:
         f"{plan.backing_off} failed and waiting for their next retry",
         f"{len(plan.given_up)} failed and waiting for a rerun",
     ]
+    return f"nothing new among {surveyed.listed} files ({', '.join(held)}){_how_far(surveyed)}"
+
+
+def _how_far(surveyed: Survey) -> str:
+    """What the tick's listing left out: unchanged directories (listing fast), directories
+    left for the next tick (a listing longer than a tick)."""
     unread = sum(not directory.read for directory in surveyed.directories)
     fast = f"; {unread} unchanged directories not read (fast listing)" if unread else ""
-    return f"nothing new among {surveyed.listed} files ({', '.join(held)}){fast}"
+    if surveyed.left:
+        fast += f"; the listing goes on at the next tick: {surveyed.left} directories left"
+    return fast
 
 
 def _not_ready(plan: Plan) -> list[str]:

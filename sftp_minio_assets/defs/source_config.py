@@ -112,6 +112,11 @@ class SourcePolicyConfig(dg.Config):
     full_listing_every_hours: Annotated[float, at_least(0.01)] = Field(
         default=24, description="With listing fast: how often a tick reads every directory."
     )
+    listing_seconds_per_tick: Annotated[float, at_least(0)] = Field(
+        default=20,
+        description="A tick starts no directory read after listing this long; the next tick "
+        "goes on where it stopped (at least one directory is read per tick).",
+    )
     include: list[str] = Field(default_factory=list, description="Globs on the relative path.")
     exclude: list[str] = Field(default_factory=list)
     min_file_age_seconds: Annotated[int, at_least(0)] = Field(

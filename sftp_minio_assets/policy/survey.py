@@ -46,7 +46,8 @@ class Survey:
     plan: Plan
     listed: int  # regular files listed, markers and files the filters leave out included
     skipped: list[tuple[str, str]]  # (path, why) of what the listing itself left out
-    directories: list[Directory]  # every directory of the tree, read or not
+    directories: list[Directory]  # the directories of the tree this tick saw, read or not
+    left: int = 0  # directories left for the next tick (a listing longer than a tick)
 
 
 def survey(

@@ -76,6 +76,7 @@ VARIABLES = {
     "follow_symlinks": "SFTP_FOLLOW_SYMLINKS",
     "listing": "SFTP_LISTING",
     "full_listing_every_hours": "SFTP_FULL_LISTING_EVERY_HOURS",
+    "listing_seconds_per_tick": "SFTP_LISTING_SECONDS_PER_TICK",
     "min_file_age_seconds": "MIN_FILE_AGE_SECONDS",
     "transfer_window": "SFTP_TRANSFER_WINDOW",
     "compression": "COMPRESSION",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import posixpath
 import stat
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -38,6 +39,22 @@ class ListedDirectory:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (relative path, why)
     mtime: int = 0  # as seen before it was read (so a change while it is read shows next time)
     read: bool = True
+
+
+@dataclass
+class Resume:
+    """A listing that may stop before the end of the tree and go on at the next tick. start:
+    the directories (path, mtime) to read, instead of the root (empty: from the root);
+    deadline: time.monotonic() after which no more directory reads are started (once one
+    was). scan_tree fills `left`: the directories (path, mtime) it did not read."""
+
+    start: list[tuple[str, int]] = field(default_factory=list)
+    deadline: float | None = None
+    left: list[tuple[str, int]] = field(default_factory=list)
+
+    def over(self, started: int) -> bool:
+        """Whether no more reads may start, `started` reads having started already."""
+        return started > 0 and self.deadline is not None and time.monotonic() >= self.deadline
 
 
 # A directory recorded by an earlier listing: path relative to the root -> (its mtime then,
@@ -74,6 +91,7 @@ def scan_tree(
     server: str = "",
     names: SettingNames = ENVIRONMENT,
     recorded: Recorded | None = None,
+    resume: Resume | None = None,
 ) -> Iterator[ListedDirectory]:
     """The directories below root (itself included), each as soon as it is read whole.
 
@@ -86,10 +104,15 @@ def scan_tree(
     unread and whose mtime has not changed is handed out unread (an entry added, removed or
     renamed in it would have changed its mtime), and its recorded subdirectories are visited
     as if it had been read; their mtimes are asked for at once (wire.stat_many).
+
+    resume: where to start, and when to stop (Resume). A directory that is gone when its read
+    comes (deleted since its parent was read, or since the last tick) is left out.
     """
     real_root, root_mtime = _root(sftp, root, server, names)
     seen_dirs = {real_root}
     reads = DirectoryReads(sftp, DIRECTORIES_IN_FLIGHT)
+    resume = resume or Resume()
+    started = 0  # directory reads started
     now = _current_mtimes(sftp, root, recorded) if recorded else {}
     children: dict[str, list[str]] = {}
     for path in now:
@@ -97,8 +120,9 @@ def scan_tree(
             children.setdefault(posixpath.dirname(path), []).append(path)
 
     def visit(rel: str, mtime: int) -> Iterator[ListedDirectory]:
-        """A directory of the tree, and its mtime as seen just now: read, or handed out unread
-        with those of its subdirectories that are unchanged too."""
+        """A directory of the tree, and its mtime as seen just now: read (or left for the next
+        tick), or handed out unread with those of its subdirectories that are unchanged too."""
+        nonlocal started
         pending = [(rel, mtime)]
         while pending:
             rel, mtime = pending.pop()
@@ -106,11 +130,17 @@ def scan_tree(
             if settled and mtime == was:
                 yield ListedDirectory(rel, mtime=mtime, read=False)
                 pending += [(child, now[child]) for child in children.get(rel, ())]
+            elif resume.over(started):
+                resume.left.append((rel, mtime))
             else:
                 reads.add(remote_bytes(posixpath.join(root, rel) if rel else root), (rel, mtime))
+                started += 1
 
-    yield from visit("", root_mtime)
+    for rel, mtime in resume.start or [("", root_mtime)]:
+        yield from visit(rel, mtime)
     for (rel_dir, dir_mtime), entries in reads:
+        if resume.over(started):
+            resume.left += reads.cancel_queued()
         listed = ListedDirectory(rel_dir, mtime=dir_mtime)
         if isinstance(entries, OSError):
             if not rel_dir:
@@ -118,6 +148,8 @@ def scan_tree(
                 if not isinstance(entries, PermissionError):
                     why = f"the server refused: {entries}"
                 raise _root_unavailable(server, root, names, why) from None
+            if isinstance(entries, FileNotFoundError):
+                continue  # gone since it was found: so are its files
             if not isinstance(entries, PermissionError):
                 raise entries
             listed.skipped.append((rel_dir, "directory not readable by the SFTP user"))

@@ -255,6 +255,12 @@ class DirectoryReads(_Answers):
     def add(self, path: bytes, tag: Any) -> None:
         self._queue.append((path, tag))
 
+    def cancel_queued(self) -> list[Any]:
+        """The tags of the directories added but not asked for yet, which now will not be."""
+        tags = [tag for _, tag in self._queue]
+        self._queue.clear()
+        return tags
+
     def _request(self, what: str, directory: list, *args: Any) -> None:
         kind = {"open": CMD_OPENDIR, "read": CMD_READDIR, "close": CMD_CLOSE}[what]
         self._sent.append((self._sftp._async_request(self, kind, *args), what, directory))

@@ -105,3 +105,20 @@ def test_a_directory_removed_or_added_is_forgotten_or_read(env, instance):
     assert requested(tick(env, instance, **FAST), instance) == ["new/1.csv"]
     paths = {r["path"] for r in env.log.db.execute("SELECT path FROM source_directories")}
     assert paths == {"", "new"}
+
+
+def test_a_fast_listing_longer_than_a_tick_settles_its_directories_too(env, instance):
+    """One directory read per tick (SFTP_LISTING_SECONDS_PER_TICK=0): the directories a tick
+    left for the next are not forgotten, and once settled a tick reads none of them."""
+    settings = {**FAST, "listing_seconds_per_tick": 0}
+    env.write("a/1.csv", b"a")
+    env.write("b/1.csv", b"b")
+    for _ in range(3):  # the root, then a, then b
+        tick(env, instance, **settings)
+    env.log.db.execute("UPDATE file_transfer_log SET status = 'COMPLETED'")
+    time.sleep(SETTLE_SECONDS + 0.2)
+    for _ in range(3):  # each read again, 2 s after its mtime was recorded: settled
+        assert requested(tick(env, instance, **settings), instance) == []
+    assert unread(tick(env, instance, **settings)) == 3
+    env.write("b/2.csv", b"new")
+    assert requested(tick(env, instance, **settings), instance) == ["b/2.csv"]

@@ -135,16 +135,20 @@ def test_the_dry_run_says_which_files_wait_for_a_marker_or_a_second_listing(env,
     assert dry_run() == (1, 1, 0)
 
 
-def test_each_tick_replaces_the_sources_sightings(env):
+def test_each_tick_replaces_the_sources_sightings_in_the_directories_it_read(env):
     log = env.log
-    log.sensor_memory.record_sightings("default", [("a.csv", 1, 100), ("b.csv", 2, 200)])
-    log.sensor_memory.record_sightings("other", [("a.csv", 9, 900)])
-    log.sensor_memory.record_sightings("default", [("b.csv", 3, 300), ("c.csv", 4, 400)])
+    root = [""]
+    log.sensor_memory.record_sightings("default", [("a.csv", 1, 100), ("b.csv", 2, 200)], root)
+    log.sensor_memory.record_sightings("other", [("a.csv", 9, 900)], root)
+    log.sensor_memory.record_sightings("default", [("b.csv", 3, 300), ("c.csv", 4, 400)], root)
     assert {k: v for k, (v, _) in log.sensor_memory.sightings("default").items()} == {
         "b.csv": "3:300",
         "c.csv": "4:400",
     }
-    log.sensor_memory.record_sightings("default", [])
+    log.sensor_memory.record_sightings("default", [("d/e.csv", 5, 500)], ["d"])
+    # A tick that did not read the root (a listing going on from the last tick) keeps them.
+    assert set(log.sensor_memory.sightings("default")) == {"b.csv", "c.csv", "d/e.csv"}
+    log.sensor_memory.record_sightings("default", [], ["", "d"])
     assert log.sensor_memory.sightings("default") == {}
     assert {k: v for k, (v, _) in log.sensor_memory.sightings("other").items()} == {
         "a.csv": "9:900"
