@@ -89,7 +89,8 @@ WITH seen AS (
         AS s(filename, size_bytes, remote_mtime)
 ), gone AS (
     DELETE FROM file_sightings f
-    WHERE f.source = %(source)s AND {directory_of("f.filename")} = ANY(%(read)s)
+    WHERE f.source = %(source)s
+      AND (%(read)s::text[] IS NULL OR {directory_of("f.filename")} = ANY(%(read)s))
       AND NOT EXISTS (SELECT 1 FROM seen WHERE seen.filename = f.filename)
 )
 INSERT INTO file_sightings AS f (source, filename, size_bytes, remote_mtime)
@@ -346,10 +347,10 @@ class SensorMemory:
         return {r["filename"]: (f"{r['size_bytes']}:{r['remote_mtime']}", r["age"]) for r in rows}
 
     def record_sightings(
-        self, source: str, files: list[tuple[str, int, int]], read: list[str]
+        self, source: str, files: list[tuple[str, int, int]], read: list[str] | None
     ) -> None:
-        """Replace the source's sightings in the directories a tick read (path keys) by its
-        own: (filename, size, mtime)."""
+        """Replace the source's sightings in the directories a tick read (path keys; None:
+        it read the whole tree) by its own: (filename, size, mtime)."""
         params = arrays(files, "filenames", "sizes", "mtimes")
         self._db.execute(RECORD_SIGHTINGS, {"source": source, "read": read, **params})
 

@@ -332,7 +332,9 @@ class SourceResource(dg.ConfigurableResource):
         if state is None:
             return surveyed
         state.record(memory, surveyed.directories)
-        return replace(surveyed, left=state.left)
+        read_all = all(directory.read for directory in surveyed.directories)
+        complete = state.began_round and not state.left and read_all
+        return replace(surveyed, left=state.left, complete=complete)
 
     def adopt(self, unverified: list[Request]) -> tuple[list[str], list[tuple[Request, str]]]:
         """Files whose COMPLETED row does not say which content was copied, judged by their

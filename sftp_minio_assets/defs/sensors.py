@@ -108,7 +108,7 @@ def build_new_files_sensor(source: str, files_asset: dg.AssetsDefinition) -> dg.
         if surveyed.left:
             context.log.info(f"source {source}: {surveyed.listed} files listed{_how_far(surveyed)}")
         _warn_about_skipped(context, resource, surveyed.skipped, plan)
-        read = [directory.key for directory in surveyed.directories if directory.read]
+        read = None if surveyed.complete else [d.key for d in surveyed.directories if d.read]
         log.sensor_memory.record_sightings(source, plan.sighted, read)
         _record_refusals(resource, plan)
         requests = [*plan.requests, *_adopt(context, resource, plan)][:MAX_REQUESTS_PER_TICK]

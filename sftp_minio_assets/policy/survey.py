@@ -48,6 +48,7 @@ class Survey:
     skipped: list[tuple[str, str]]  # (path, why) of what the listing itself left out
     directories: list[Directory]  # the directories of the tree this tick saw, read or not
     left: int = 0  # directories left for the next tick (a listing longer than a tick)
+    complete: bool = True  # every directory of the tree read, from the root
 
 
 def survey(

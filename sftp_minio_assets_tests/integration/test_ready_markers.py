@@ -148,7 +148,9 @@ def test_each_tick_replaces_the_sources_sightings_in_the_directories_it_read(env
     log.sensor_memory.record_sightings("default", [("d/e.csv", 5, 500)], ["d"])
     # A tick that did not read the root (a listing going on from the last tick) keeps them.
     assert set(log.sensor_memory.sightings("default")) == {"b.csv", "c.csv", "d/e.csv"}
-    log.sensor_memory.record_sightings("default", [], ["", "d"])
+    log.sensor_memory.record_sightings("default", [("d/e.csv", 5, 500)], ["", "d"])
+    assert set(log.sensor_memory.sightings("default")) == {"d/e.csv"}
+    log.sensor_memory.record_sightings("default", [], None)  # the whole tree read
     assert log.sensor_memory.sightings("default") == {}
     assert {k: v for k, (v, _) in log.sensor_memory.sightings("other").items()} == {
         "a.csv": "9:900"
