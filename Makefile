@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
 .PHONY: install system-deps browser-deps s3rver-deps bench-deps demo dev test test-unit test-example screenshots bench bench-transports \
-	bench-discovery bench-quick lint format
+	bench-discovery bench-quick bench-smoke lint format
 
 install: system-deps $(VENV)/.installed
 
@@ -59,9 +59,10 @@ demo: install
 dev: install
 	$(BIN)/python -m devstack.demo dev
 
+# The unit tier first (a broken build fails in seconds), then every test that needs a server.
 test: install browser-deps s3rver-deps
-	$(BIN)/python -m pytest
-	$(MAKE) test-example
+	$(MAKE) test-unit
+	$(BIN)/python -m pytest -m integration
 
 # The example project's own tests (examples/partner_csv, no server; its end-to-end test through
 # the daemon is integration/test_example.py).
@@ -84,6 +85,11 @@ bench: install bench-deps
 
 bench-quick: install bench-deps
 	$(BIN)/python -m benchmarks.run --quick
+
+# CI's check that the benchmark still runs end to end (the daemon, rclone, the report): one small
+# workload of bench-quick, every tool; nothing is asserted about timings.
+bench-smoke: install bench-deps
+	$(BIN)/python -m benchmarks.run --quick --workload "500 x 4 KiB" --json /tmp/bench-smoke.json
 
 # The SSH transports reading 1 GiB to nothing (OpenSSH's sftp, paramiko, an ssh child): a minute.
 bench-transports: install bench-deps
