@@ -76,7 +76,7 @@ class ObjectStoreResource(dg.ConfigurableResource):
     def store(self) -> ObjectStore:
         """The bucket, created at the first write if it does not exist."""
         if self._store is None:
-            self._store = ObjectStore.shared(
+            self._store = ObjectStore(
                 S3Settings(
                     endpoint_url=self.endpoint_url,
                     access_key=self.access_key,

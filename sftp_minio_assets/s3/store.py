@@ -113,23 +113,9 @@ def _percent(match: re.Match) -> str:
 
 READ_BACK_CHUNK = 8 * 1024 * 1024
 
-_SHARED: dict[S3Settings, ObjectStore] = {}
-_SHARED_LOCK = threading.Lock()
-
 
 class ObjectStore:
     """One bucket; thread-safe (s3fs runs every call on its own event loop)."""
-
-    @classmethod
-    def shared(cls, settings: S3Settings) -> ObjectStore:
-        """The process's store for these settings, made at the first call: its S3 client and
-        connections outlive a sensor's tick, whose resources Dagster builds anew each time
-        (a new client loads botocore's S3 model again: ~0.25 s of every tick)."""
-        with _SHARED_LOCK:
-            store = _SHARED.get(settings)
-            if store is None:
-                store = _SHARED[settings] = cls(settings)
-            return store
 
     def __init__(self, settings: S3Settings):
         self.settings = settings
