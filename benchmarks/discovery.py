@@ -390,31 +390,41 @@ def measure_size(stack: LocalStack, files: int, dirs: int, rounds: int, bucket: 
 def requesting_tick(env: dict[str, str], folder: Path, new: int = 10) -> dict:
     """A tick that finds `new` files in a new directory of the tree whose every other file is
     COMPLETED and a partition: it requests them, and so looks up where the source's partitions
-    are (all of them: none of the new files has one)."""
+    are (all of them: none of the new files has one). Where the listing outlasts a tick, the
+    ticks before the one that reaches them are counted."""
     mtime = int(time.time()) - AGE_SECONDS
     (folder / "new").mkdir()
     for index in range(new):
         path = folder / "new" / f"file-{index:03d}.bin"
         path.write_bytes(b"y")
         os.utime(path, (mtime, mtime))
-    tick = in_child("tick", env)
+    ticks: list[dict] = []
+    while sum(tick["requested"] for tick in ticks) < new and len(ticks) < WARM_UP_TICKS:
+        ticks.append(in_child("tick", env))
+    tick = ticks[-1]
     say(
         f"  requesting tick {tick['seconds']:.2f} s ({tick['cpu_s']:.2f} s CPU, "
-        f"{tick['peak_rss_mib']:.0f} MiB), {tick['requested']} requested"
+        f"{tick['peak_rss_mib']:.0f} MiB), {tick['requested']} requested "
+        f"(after {len(ticks) - 1} ticks that did not reach them)"
     )
     if tick["requested"] != new:
-        raise RuntimeError(f"expected {new} requested: {tick}")
-    return tick
+        raise RuntimeError(f"expected {new} requested: {ticks}")
+    return {**tick, "ticks_before": len(ticks) - 1}
 
 
 def fast_ticks(env: dict[str, str], directories: int, rounds: int) -> list[dict]:
-    """Steady ticks with SFTP_LISTING=fast, once the directories are settled: the first tick
-    reads and records every directory, the second (SETTLE_SECONDS later) settles them."""
+    """Steady ticks with SFTP_LISTING=fast, once the directories are settled: ticks read and
+    record every directory (over several ticks where the tree takes longer than a tick to
+    list), SETTLE_SECONDS apart, until one leaves them all unread."""
     from sftp_minio_assets.db.sensor_memory import SETTLE_SECONDS
 
-    for _ in range(2):
-        in_child("tick", env)
+    unread = f"; {directories} unchanged directories not read"
+    for _ in range(WARM_UP_TICKS):
         time.sleep(SETTLE_SECONDS + 0.5)
+        if unread in (in_child("tick", env)["skip_reason"] or ""):
+            break
+    else:
+        raise RuntimeError(f"the directories did not settle in {WARM_UP_TICKS} fast ticks")
     ticks = []
     for round_ in range(rounds):
         ticks.append(in_child("tick", env))
@@ -422,10 +432,13 @@ def fast_ticks(env: dict[str, str], directories: int, rounds: int) -> list[dict]
             f"  fast round {round_ + 1}: steady tick {ticks[-1]['seconds']:.2f} s "
             f"({ticks[-1]['cpu_s']:.2f} s CPU, {ticks[-1]['peak_rss_mib']:.0f} MiB)"
         )
-        unread = f"; {directories} unchanged directories not read"
         if ticks[-1]["requested"] or unread not in (ticks[-1]["skip_reason"] or ""):
             raise RuntimeError(f"not a fast steady tick: {ticks[-1]}")
     return ticks
+
+
+# Ticks a benchmark waits at most for what takes several where a listing outlasts a tick.
+WARM_UP_TICKS = 8
 
 
 def summarize(size: dict) -> dict[str, Any]:
