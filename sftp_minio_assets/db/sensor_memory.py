@@ -1,6 +1,8 @@
 """What the sensor remembers of each file in `file_transfer_log` and `file_sightings`: the
 rows' states, its requests and refusals, the files it held back, the rows it adopted, and the
-requests that no run claimed.
+requests that no run claimed; and of each source's tree (`source_directories`,
+`source_listings`, `source_pending_directories`): where a listing longer than a tick goes on,
+and which directories a fast listing may leave unread (policy/listing_state.py).
 """
 
 from __future__ import annotations
@@ -168,10 +170,8 @@ WHERE l.clash_key IN (SELECT clash_key FROM listed WHERE clash_key IS NOT NULL
                       GROUP BY clash_key HAVING count(*) > 1)
 """
 
-# Files COMPLETED before the retention horizon whose partitions are still there: they can go
-# (the rows stay), the oldest first.
-# The fast listing's memory of a source: the database's clock now, how long ago a listing last
-# read every directory, and each directory with its mtime and whether it is settled.
+# The fast listing's memory of a source: the database's clock now, how long ago its last full
+# listing began, and each directory with its mtime and whether it is settled.
 LISTING_CLOCK = """
 SELECT now() AS started,
        extract(epoch FROM now() - (SELECT full_listing_at FROM source_listings
@@ -241,6 +241,8 @@ SELECT %(source)s, path, mtime FROM unnest(%(paths)s::text[], %(mtimes)s::bigint
     AS p(path, mtime)
 """
 
+# Files COMPLETED before the retention horizon whose partitions are still there: they can go
+# (the rows stay), the oldest first.
 EXPIRED = """
 SELECT filename FROM file_transfer_log
 WHERE source = %(source)s AND status = 'COMPLETED' AND NOT partition_deleted
@@ -318,7 +320,7 @@ class DirectoryMemory:
     """What the fast listing remembers of a source (SensorMemory.directories)."""
 
     started: datetime  # the database's clock as the tick began
-    full_age: float | None  # seconds since a listing last read every directory; None: never
+    full_age: float | None  # seconds since the last full listing began; None: never
     recorded: dict[str, tuple[int, bool]]  # path key -> (mtime, settled)
 
 
