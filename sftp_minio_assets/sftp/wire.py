@@ -130,12 +130,20 @@ def stat_and_open(sftp: SFTPClient, path: bytes) -> tuple[SFTPAttributes, SFTPFi
             sftp._convert_status(open_msg)
         except OSError as exc:
             opened = exc
-    if stat_kind != CMD_ATTRS:
-        if isinstance(opened, SFTPFile):
-            close_without_waiting(opened)
-        sftp._convert_status(stat_msg)
-        raise SFTPError(f"unexpected reply {stat_kind} to a stat")
-    return SFTPAttributes._from_msg(stat_msg), opened
+    if stat_kind != CMD_ATTRS and isinstance(opened, SFTPFile):
+        close_without_waiting(opened)
+    return _attributes(stat_kind, stat_msg, sftp._convert_status), opened
+
+
+def _attributes(kind: int, msg: Message, raise_status: Any) -> SFTPAttributes:
+    """The attributes a STAT was answered with; raises the error the server reported instead
+    (FileNotFoundError, PermissionError, other OSError) through raise_status (the session's
+    _convert_status)."""
+    if kind == CMD_ATTRS:
+        return SFTPAttributes._from_msg(msg)
+    if kind == CMD_STATUS:
+        raise_status(msg)
+    raise SFTPError(f"unexpected reply {kind} to a stat")
 
 
 def stat_many(
@@ -148,15 +156,13 @@ def stat_many(
     sent: deque[int] = deque()
 
     def received() -> tuple[int, int] | OSError:
-        kind, msg = answers.answer(sent.popleft())
-        if kind == CMD_ATTRS:
-            attrs = SFTPAttributes._from_msg(msg)
-            return attrs.st_mode or 0, int(attrs.st_mtime or 0)
         try:
-            sftp._convert_status(msg)
+            attrs = _attributes(*answers.answer(sent.popleft()), sftp._convert_status)
         except OSError as exc:
             return exc
-        return SFTPError(f"unexpected reply {kind} to a stat")
+        except SFTPError as exc:  # no STAT's answer (SFTPError is no OSError): an error too
+            return OSError(str(exc))
+        return attrs.st_mode or 0, int(attrs.st_mtime or 0)
 
     for path in paths:
         sent.append(sftp._async_request(answers, CMD_STAT, path))
@@ -205,12 +211,7 @@ class PipelinedReads(_Answers):
     def receive_attrs(self, number: int) -> SFTPAttributes:
         """The attributes request number asked for; raises the error the server reported
         (FileNotFoundError, PermissionError, other OSError)."""
-        kind, msg = self.answer(number)
-        if kind == CMD_ATTRS:
-            return SFTPAttributes._from_msg(msg)
-        if kind == CMD_STATUS:
-            self._raise_status(msg)
-        raise SFTPError(f"unexpected reply {kind} to a stat")
+        return _attributes(*self.answer(number), self._raise_status)
 
     def discard(self, numbers: Iterable[int]) -> None:
         """Reads and drops the replies to these requests, so the session stays usable."""
