@@ -196,12 +196,12 @@ FROM source_directories d WHERE d.source = %(source)s
 # entry that mtime stands for, and any later change moves the mtime (whatever the clocks' skew).
 SETTLE_SECONDS = 2
 
-# The directories a tick read recorded, those found gone forgotten (unread ones, found
+# The directories a tick read recorded, those found gone forgotten (those it left unread, found
 # unchanged, stay as they were).
 RECORD_DIRECTORIES = """
 WITH seen AS (
-    SELECT * FROM unnest(%(paths)s::text[], %(mtimes)s::bigint[], %(read)s::boolean[],
-                         %(settled)s::boolean[]) AS s(path, mtime, read, settled)
+    SELECT * FROM unnest(%(paths)s::text[], %(mtimes)s::bigint[], %(settled)s::boolean[])
+        AS s(path, mtime, settled)
 ), gone AS (
     DELETE FROM source_directories d
     WHERE d.source = %(source)s AND d.path = ANY(%(gone)s)
@@ -212,12 +212,11 @@ WITH seen AS (
         mtime_seen_at = CASE WHEN d.mtime = s.mtime THEN d.mtime_seen_at ELSE now() END,
         mtime = s.mtime
     FROM seen s
-    WHERE d.source = %(source)s AND d.path = s.path AND s.read
+    WHERE d.source = %(source)s AND d.path = s.path
     RETURNING d.path
 )
 INSERT INTO source_directories (source, path, mtime)
-SELECT %(source)s, s.path, s.mtime FROM seen s
-WHERE s.read AND s.path NOT IN (SELECT path FROM updated)
+SELECT %(source)s, s.path, s.mtime FROM seen s WHERE s.path NOT IN (SELECT path FROM updated)
 """
 
 FULL_LISTING = """
@@ -419,14 +418,14 @@ class SensorMemory:
         self,
         source: str,
         started: datetime,
-        seen: list[tuple[str, int, bool, bool]],
+        read: list[tuple[str, int, bool]],
         gone: list[str],
         full_listing: bool,
     ) -> None:
-        """Record a tick's directories, (path key, mtime, read, every file COMPLETED as
+        """Record the directories a tick read, (path key, mtime, every file COMPLETED as
         listed), and forget those found gone. started: as the tick began
         (DirectoryMemory.started); full_listing: a full listing began then."""
-        params = arrays(seen, "paths", "mtimes", "read", "settled")
+        params = arrays(read, "paths", "mtimes", "settled")
         with self._db.connection().transaction() as tx:
             conn, when = tx.connection, {"source": source, "started": started}
             statement = {**params, **when, "gone": gone, "settle": SETTLE_SECONDS}

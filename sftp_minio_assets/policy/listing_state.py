@@ -59,13 +59,14 @@ class ListingState:
         """What the next tick needs: the directories left to read; with listing fast, the
         directories seen, and those found gone forgotten."""
         left = _keyed(self.resume.left)
-        memory.record_pending(self.source, left, self.full)
+        if left or not self.began_round:  # else nothing was pending, nor is
+            memory.record_pending(self.source, left, self.full)
         if self.memory is None:
             return
         memory.record_directories(
             self.source,
             self.memory.started,
-            [(d.key, d.mtime, d.read, d.settled) for d in seen],
+            [(d.key, d.mtime, d.settled) for d in seen if d.read],
             _gone(self.memory.recorded, seen, {key for key, _ in left}),
             full_listing=self.full and self.began_round,
         )
