@@ -15,7 +15,7 @@ includes the wait for the next tick (up to SENSOR_INTERVAL seconds).
 The CPU time each kind of process spends (run workers, daemon, code server, PostgreSQL, sshd,
 the S3 server, rclone) is sampled from /proc over each tool's window: on a 2-core machine that,
 not the wire, is what bounds many small files.
-The far workloads put the partner 40 ms away: a relay process (devstack.delay_relay, 20 ms each
+The far workloads put the partner 40 ms away: a relay process (devstack.tcp_relay, 20 ms each
 way; this kernel has no netem) sits between sshd and the pipeline and tuned rclone, both checking
 the host key against a known_hosts file that lists the relay's port. OpenSSH `sftp` reads the
 big file direct, through the relay with no delay (the relay's own pass-through) and at 40 ms.
@@ -105,7 +105,7 @@ PROCESS_KINDS = [
     ("sshd", b"sftp-server"),
     ("S3 server", b"weed"),
     ("rclone", b"rclone"),
-    ("relay", b"delay_relay"),
+    ("relay", b"tcp_relay"),
 ]
 # The network's, not a tool's: left out of the totals of CPU per file.
 NOT_A_TOOL = {"relay"}
@@ -193,7 +193,7 @@ class Route:
 
 
 class Relay:
-    """`python -m devstack.delay_relay` before the stack's sshd, in a process of its own (its
+    """`python -m devstack.tcp_relay` before the stack's sshd, in a process of its own (its
     threads would otherwise share this process's interpreter with the CPU meter), stopped by
     its PID on exit. `route`: its port, with a known_hosts file that lists the server's key for
     that port, so that every tool still checks the host key."""
@@ -204,7 +204,7 @@ class Relay:
     def __enter__(self) -> "Relay":
         ssh = self.stack.ssh
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "devstack.delay_relay", f"{ssh.host}:{ssh.port}",
+            [sys.executable, "-m", "devstack.tcp_relay", f"{ssh.host}:{ssh.port}",
              "--delay-ms", str(self.delay_ms)],
             cwd=HERE,
             stdout=subprocess.PIPE,

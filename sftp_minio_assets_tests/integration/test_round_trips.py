@@ -1,5 +1,5 @@
 """A partner far away: the round trips a small file waits for, counted at a relay that delays
-each direction (devstack/delay_relay.py), as issue 23 asks: at most a few, whatever the link's
+each direction (devstack/tcp_relay.py), as issue 23 asks: at most a few, whatever the link's
 latency, since each costs a whole round trip."""
 
 import threading
@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from devstack.delay_relay import DelayRelay
+from devstack.tcp_relay import TcpRelay
 from sftp_minio_assets.sftp.client import HANDSHAKES_AT_ONCE, SFTPConnector, SFTPPool
 from sftp_minio_assets.sftp.openssh import AutoConnector, SshChannel, round_trip
 
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration  # the real servers (conftest's stack)
 @pytest.fixture
 def far(env):
     """The test's sshd behind a relay adding 5 ms each way."""
-    relay = DelayRelay(env.stack.ssh.host, env.stack.ssh.port, delay=0.005)
+    relay = TcpRelay(env.stack.ssh.host, env.stack.ssh.port, delay=0.005)
     yield relay
     relay.close()
 
@@ -49,7 +49,7 @@ def test_auto_takes_openssh_near_and_paramiko_far(env):
     takes paramiko. The distance is measured once per server and process, by a connection of
     its own that is closed before the session's opens (the session budget counts on it)."""
     pinned = dict(known_hosts_path=None, host_key_sha256=env.stack.ssh.host_key_sha256)
-    far = DelayRelay(env.stack.ssh.host, env.stack.ssh.port, delay=0.010)
+    far = TcpRelay(env.stack.ssh.host, env.stack.ssh.port, delay=0.010)
     try:
         transports = {}
         for name, port in (("near", env.stack.ssh.port), ("far", far.port)):
