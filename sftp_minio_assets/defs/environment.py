@@ -158,6 +158,7 @@ def shared_resources_from_env() -> dict[str, dg.ConfigurableResource]:
                 "bucket": "MINIO_BUCKET" if os.environ.get("MINIO_BUCKET") else "BUCKET_NAME",
                 "prefix": "MINIO_PREFIX",
                 "region": "MINIO_REGION",
+                "timeout_seconds": "MINIO_TIMEOUT_SECONDS",
             },
         ),
         transfer_log=lambda: from_environment(

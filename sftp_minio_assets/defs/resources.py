@@ -69,6 +69,13 @@ class ObjectStoreResource(dg.ConfigurableResource):
     ] = "sftp-minio-assets"
     prefix: str = ""
     region: str = "us-east-1"
+    timeout_seconds: Annotated[float, check(lambda s: None if s > 0 else "must be more than 0")] = (
+        Field(
+            default=60,
+            description="To connect, and for each answer: a request whose answer stalls longer "
+            "is sent again (s3/retries.py).",
+        )
+    )
 
     _store: ObjectStore | None = PrivateAttr(default=None)
 
@@ -84,6 +91,7 @@ class ObjectStoreResource(dg.ConfigurableResource):
                     bucket=self.bucket,
                     prefix=self.prefix,
                     region=self.region,
+                    timeout_seconds=self.timeout_seconds,
                 )
             )
         return self._store

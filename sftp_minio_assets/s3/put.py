@@ -30,12 +30,15 @@ from urllib.request import getproxies, proxy_bypass
 from botocore.exceptions import ClientError
 from s3fs.errors import translate_boto_error
 
-TIMEOUT_SECONDS = 60  # connect, send and each read: botocore's defaults
+TIMEOUT_SECONDS = 60  # connect, send and each read, by default: botocore's
 # The bodies sent so: a server may refuse a request (credentials, permissions) before reading
-# its body, then close the connection; botocore waits for `100 Continue` before sending one, this
-# client does not. Go's servers (MinIO, SeaweedFS) read and discard up to 256 KiB of a body left
-# unread (net/http's maxPostHandlerReadBytes) and close cleanly: the refusal is read whole. Larger
-# bodies go through s3fs, whose CPU per request matters less beside theirs.
+# its body, then close the connection; this client does not wait for `100 Continue` (nor does
+# s3fs here: store.py turns botocore's off, as aiohttp waits for it with no time-out). Go's
+# servers (MinIO, SeaweedFS) read and discard up to 256 KiB of a body left unread (net/http's
+# maxPostHandlerReadBytes) and close cleanly: the refusal is read whole. Larger bodies go
+# through s3fs, whose CPU per request matters less beside theirs; a refusal of one of those
+# may be lost with its connection, but a process's first request (the bucket's HEAD, with no
+# body) has met any refusal of its credentials already.
 MAX_BYTES = 256 * 1024
 # A kept connection the server closed fails the next request with one of these, before any
 # reply: that request is sent once more, on a new connection (a PUT of the same key and bytes
@@ -65,6 +68,7 @@ class LeanPut:
         secret_key: str,
         region: str,
         max_idle: int = 32,
+        timeout: float = TIMEOUT_SECONDS,
     ) -> None:
         url = urlsplit(endpoint_url)
         if url.scheme not in ("http", "https") or not url.hostname:
@@ -75,7 +79,7 @@ class LeanPut:
         self._host = host if url.port in (None, default_port) else f"{host}:{url.port}"
         self.endpoint = f"{url.scheme}://{self._host}{self._base}"  # without any user info
         self._signer = _Signer(access_key, secret_key, region)
-        self._pool = _Pool(url.scheme, url.hostname, url.port or default_port, max_idle)
+        self._pool = _Pool(url.scheme, url.hostname, url.port or default_port, max_idle, timeout)
 
     def put(
         self,
@@ -174,8 +178,9 @@ class _Pool:
     idle is dropped before it is used when that shows, and otherwise its request is sent once
     more on a new one; a new connection's failure is the caller's."""
 
-    def __init__(self, scheme: str, host: str, port: int, max_idle: int) -> None:
+    def __init__(self, scheme: str, host: str, port: int, max_idle: int, timeout: float) -> None:
         self._scheme, self._host, self._port = scheme, host, port
+        self._timeout = timeout
         self._max_idle = max_idle
         self._idle: list[http.client.HTTPConnection] = []
         self._lock = threading.Lock()
@@ -230,11 +235,11 @@ class _Pool:
 
     def _new(self) -> http.client.HTTPConnection:
         if self._scheme == "http":
-            return http.client.HTTPConnection(self._host, self._port, timeout=TIMEOUT_SECONDS)
+            return http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
         if self._tls is None:
             self._tls = _tls_context()
         return http.client.HTTPSConnection(
-            self._host, self._port, timeout=TIMEOUT_SECONDS, context=self._tls
+            self._host, self._port, timeout=self._timeout, context=self._tls
         )
 
     def close(self) -> None:

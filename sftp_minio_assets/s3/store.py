@@ -22,9 +22,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import s3fs
+from botocore.handlers import add_expect_header
 
 from .put import MAX_BYTES as MAX_PUT_BYTES
 from .put import LeanPut, direct, tagging
+from .retries import retrying
 
 # What an S3 key cannot hold, or not safely: see object_key.
 _UNSAFE_IN_KEYS = re.compile("[\\\\\x00-\x1f\x7f\udc80-\udcff]")
@@ -57,6 +59,7 @@ class S3Settings:
     prefix: str = ""
     region: str = "us-east-1"
     max_connections: int = 32
+    timeout_seconds: float = 60  # to connect, and for each answer: botocore's defaults
 
 
 def object_key(prefix: str, source: str, path: str) -> str:
@@ -131,9 +134,16 @@ class ObjectStore:
                 "response_checksum_validation": "when_required",
                 "s3": {"addressing_style": "path"},
                 "max_pool_connections": settings.max_connections,
+                "connect_timeout": settings.timeout_seconds,
+                "read_timeout": settings.timeout_seconds,
+                # One policy sends requests again (retries.py): none of botocore's.
+                "retries": {"total_max_attempts": 1},
             },
             skip_instance_cache=True,
         )
+        self.fs.retries = 1  # nor s3fs's
+        self._client_ready = False
+        self._client_lock = threading.Lock()
         self._bucket_ready = False
         self._bucket_lock = threading.Lock()
         # Behind a proxy, every request goes through s3fs, which honours it.
@@ -144,6 +154,7 @@ class ObjectStore:
                 settings.secret_key,
                 settings.region,
                 settings.max_connections,
+                settings.timeout_seconds,
             )
             if direct(settings.endpoint_url)
             else None
@@ -153,7 +164,23 @@ class ObjectStore:
         return f"s3://{self.bucket}/{key}"
 
     def _call(self, method: str, **kwargs: Any) -> dict:
-        return self.fs.call_s3(method, Bucket=self.bucket, **kwargs)
+        """One S3 request, sent again while the store is busy or its answer lost."""
+        self._ready()
+        return retrying(
+            lambda: self.fs.call_s3(method, Bucket=self.bucket, **kwargs),
+            f"{method} {self.uri(kwargs.get('Key', ''))} on {self.settings.endpoint_url}",
+        )
+
+    def _ready(self) -> None:
+        """s3fs's client, made once, without botocore's `Expect: 100-continue`: aiohttp waits
+        for the `100 Continue` with no time-out, so that a store that stalls there held a part
+        for minutes (until the server gave up on the body), past every time-out set here."""
+        if self._client_ready:
+            return
+        with self._client_lock:
+            if not self._client_ready:
+                self.fs.connect().meta.events.unregister("before-call.s3", add_expect_header)
+                self._client_ready = True
 
     def ensure_bucket(self) -> None:
         """Create the bucket if it is missing; checked once, at the first write."""
@@ -180,18 +207,45 @@ class ObjectStore:
         Sent by LeanPut (put.py) up to put.MAX_BYTES, else (or behind a proxy) by s3fs."""
         self.ensure_bucket()
         if self._lean is not None and len(data) <= MAX_PUT_BYTES:
+            lean = self._lean
             with self._refused_checksum(key, checksum is not None):
-                return self._lean.put(self.bucket, key, data, metadata, tags, checksum)
-        reply = self._send(
-            "put_object",
-            key,
-            checksum is not None,
-            Body=data,
-            Metadata=metadata,
-            Tagging=tagging(tags),
-            **_checksum(checksum),
-        )
+                return retrying(
+                    lambda: lean.put(self.bucket, key, data, metadata, tags, checksum),
+                    f"PUT {self.uri(key)} on {self.settings.endpoint_url}",
+                    landed=lambda: self._put_landed(key, len(data), metadata),
+                )
+        self._ready()
+
+        def landed() -> dict | None:
+            etag = self._put_landed(key, len(data), metadata)
+            return None if etag is None else {"ETag": etag}
+
+        with self._refused_checksum(key, checksum is not None):
+            reply = retrying(
+                lambda: self.fs.call_s3(
+                    "put_object",
+                    Bucket=self.bucket,
+                    Key=key,
+                    Body=data,
+                    Metadata=metadata,
+                    Tagging=tagging(tags),
+                    **_checksum(checksum),
+                ),
+                f"PUT {self.uri(key)} on {self.settings.endpoint_url}",
+                landed=landed,
+            )
         return reply.get("ETag", "")
+
+    def _put_landed(self, key: str, size: int, metadata: dict[str, str]) -> str | None:
+        """The ETag of the object a PUT of these size and metadata (its transfer token among
+        them) wrote, if it is in place: the PUT took effect though its answer was lost."""
+        head = self.head(key)
+        if head is None or head.get("ContentLength") != size:
+            return None
+        stored = {name.lower(): value for name, value in head.get("Metadata", {}).items()}
+        if stored != {name.lower(): value for name, value in metadata.items()}:
+            return None
+        return head.get("ETag", "")
 
     def create_multipart(self, key: str, metadata: dict[str, str], checksums: bool = False) -> str:
         """A multipart upload; with checksums, each part must then carry its own."""
@@ -228,13 +282,20 @@ class ObjectStore:
             {"PartNumber": n, "ETag": etag, **_checksum(checksums[n - 1] if checksums else None)}
             for n, etag in enumerate(etags, start=1)
         ]
-        self._send(
-            "complete_multipart_upload",
-            key,
-            checksums is not None,
-            UploadId=upload_id,
-            MultipartUpload={"Parts": parts},
-        )
+        try:
+            self._send(
+                "complete_multipart_upload",
+                key,
+                checksums is not None,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": parts},
+            )
+        except FileNotFoundError as exc:
+            # Sent again after an answer that never came, the request finds its upload gone:
+            # the first one completed it, if the object is made of these very parts.
+            head = self.head(key) if _error_code(exc) == "NoSuchUpload" else None
+            if head is None or head.get("ETag", "").strip('"') != multipart_etag(etags):
+                raise
 
     def _send(self, method: str, key: str, checksummed: bool, **params: Any) -> dict:
         """A request writing key; when it carries checksums and is refused for them,
@@ -327,12 +388,18 @@ class ObjectStore:
         return {t["Key"]: t["Value"] for t in reply.get("TagSet", [])}
 
     def sha256(self, key: str) -> str:
-        """The sha256 of the object's bytes, read back in bounded chunks."""
-        digest = hashlib.sha256()
-        with self.fs.open(f"{self.bucket}/{key}", "rb", block_size=READ_BACK_CHUNK) as f:
-            while chunk := f.read(READ_BACK_CHUNK):
-                digest.update(chunk)
-        return digest.hexdigest()
+        """The sha256 of the object's bytes, read back in bounded chunks (all again if a read
+        fails for the store's sake)."""
+
+        def read() -> str:
+            self._ready()
+            digest = hashlib.sha256()
+            with self.fs.open(f"{self.bucket}/{key}", "rb", block_size=READ_BACK_CHUNK) as f:
+                while chunk := f.read(READ_BACK_CHUNK):
+                    digest.update(chunk)
+            return digest.hexdigest()
+
+        return retrying(read, f"reading {self.uri(key)} back on {self.settings.endpoint_url}")
 
     def list_keys(self, prefix: str = "") -> list[str]:
         keys: list[str] = []
@@ -378,6 +445,13 @@ class ObjectStore:
         for upload in stale:
             self.abort_multipart(upload["Key"], upload["UploadId"])
         return len(stale)
+
+
+def multipart_etag(etags: list[str]) -> str:
+    """The ETag S3 gives the object a multipart upload of these parts completes: the MD5 of
+    the parts' MD5s, and their number."""
+    digests = b"".join(bytes.fromhex(etag.strip('"')) for etag in etags)
+    return f"{hashlib.md5(digests, usedforsecurity=False).hexdigest()}-{len(etags)}"
 
 
 def _checksum(checksum: str | None) -> dict[str, str]:
