@@ -509,7 +509,9 @@ def _upload_parts(
     upload: _Upload, upload_id: str, parts: Iterator[bytes], ledger: _Ledger | None = None
 ) -> list[tuple[str, str | None]]:
     """Uploads the parts, numbered on from the ledger's (else from 1); their ETags and, with
-    checksums, the SHA-256 each carried."""
+    checksums, the SHA-256 each carried. When it fails (a read, a part), the parts that landed
+    are recorded before it raises, once every send has ended: the next attempt goes on after
+    them."""
     store, key, meter = upload.store, upload.key, upload.meter
     parts_in_flight = upload.tuning.parts_in_flight
     slots = _part_slots(parts_in_flight)
@@ -531,40 +533,45 @@ def _upload_parts(
             ledger.landed(number, future.result())
         slots.release()
 
-    with ThreadPoolExecutor(parts_in_flight, thread_name_prefix="s3-part") as pool:
-
-        def take_slot() -> None:
-            nonlocal holding
-            waited = time.monotonic()
-            slots.acquire()
-            holding = True
-            meter.upload_seconds += time.monotonic() - waited
-            if errors:  # stop reading as soon as a part fails
-                _raise_upload_error(errors[0])
-
-        try:
-            while True:
-                take_slot()
-                if ledger is not None:
-                    ledger.record()
-                data = next(parts, None)  # read once the slot is ours: memory stays bounded
-                if data is None:
-                    break
-                number = first + len(futures)
-                if ledger is not None:
-                    ledger.read(number)
-                future = pool.submit(send, number, data)
-                holding = False  # the upload gives the slot back when it is done
-                future.add_done_callback(functools.partial(on_done, number))
-                futures.append(future)
-        finally:
-            if holding:
-                slots.release()
+    def take_slot() -> None:
+        nonlocal holding
         waited = time.monotonic()
-        for future in futures:
-            if future.exception() is not None:
-                _raise_upload_error(future)
+        slots.acquire()
+        holding = True
         meter.upload_seconds += time.monotonic() - waited
+        if errors:  # stop reading as soon as a part fails
+            _raise_upload_error(errors[0])
+
+    try:
+        with ThreadPoolExecutor(parts_in_flight, thread_name_prefix="s3-part") as pool:
+            try:
+                while True:
+                    take_slot()
+                    if ledger is not None:
+                        ledger.record()
+                    data = next(parts, None)  # read once the slot is ours: memory stays bounded
+                    if data is None:
+                        break
+                    number = first + len(futures)
+                    if ledger is not None:
+                        ledger.read(number)
+                    future = pool.submit(send, number, data)
+                    holding = False  # the upload gives the slot back when it is done
+                    future.add_done_callback(functools.partial(on_done, number))
+                    futures.append(future)
+            finally:
+                if holding:
+                    slots.release()
+            waited = time.monotonic()
+            for future in futures:
+                if future.exception() is not None:
+                    _raise_upload_error(future)
+            meter.upload_seconds += time.monotonic() - waited
+    except BaseException:
+        if ledger is not None:
+            with suppress(Exception):  # the database away: the last progress saved stands
+                ledger.record(last=True)
+        raise
     return [future.result() for future in futures]
 
 
