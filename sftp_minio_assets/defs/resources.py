@@ -30,6 +30,7 @@ from ..sftp.listing import ListedDirectory, Listing, Recorded, Resume, collect, 
 from ..sftp.openssh import connector_for
 from ..sftp.sessions import SessionBudget, server_of
 from ..transfer.copy import MIB, Tuning
+from ..transfer.failures import describe
 from ..transfer.resume import RESUMABLE_HOURS
 from ..worker.errors import TransferLogUnavailable, redact
 from ..worker.worker import Retry, Worker
@@ -307,8 +308,22 @@ class SourceResource(dg.ConfigurableResource):
         rows are (policy/survey.py): the sensor's plan and the dry run's. remember (the
         sensor): list as policy/listing_state.py says (going on where the last tick stopped,
         leaving unchanged directories unread with listing fast) and record what this listing
-        saw for the next (Survey.left: the directories the next tick reads first). Errors as
-        list_files."""
+        saw for the next (Survey.left: the directories the next tick reads first). A listing
+        whose connection is lost part way (cut, reset, timed out) is read again once, on a new
+        one (Survey.reconnected says why). Errors as list_files."""
+        try:
+            return self._survey(in_flight, max_requests, remember)
+        except Exception as exc:
+            if not self.pool.lost():
+                raise
+            lost = f"{self.connection.settings.server}: {describe(exc)}"
+        self.pool.discard()
+        surveyed = self._survey(in_flight, max_requests, remember)
+        return replace(surveyed, reconnected=f"the listing's connection was lost ({lost})")
+
+    def _survey(
+        self, in_flight: Collection[str], max_requests: int | None, remember: bool
+    ) -> Survey:
         settings, policy = self.connection.settings, self.policy
         memory = self.transfer_log.log.sensor_memory
         state = None

@@ -105,6 +105,10 @@ def build_new_files_sensor(source: str, files_asset: dg.AssetsDefinition) -> dg.
                 skip_reason=f"source {source} held back: {busy}; listed again at the next tick"
             )
         plan = surveyed.plan
+        if surveyed.reconnected:
+            context.log.warning(
+                f"source {source}: {surveyed.reconnected}; listed again on a new connection"
+            )
         if surveyed.left:
             context.log.info(f"source {source}: {surveyed.listed} files listed{_how_far(surveyed)}")
         _warn_about_skipped(context, resource, surveyed.skipped, plan)

@@ -49,6 +49,7 @@ class Survey:
     directories: list[Directory]  # the directories of the tree this tick saw, read or not
     left: int = 0  # directories left for the next tick (a listing longer than a tick)
     complete: bool = True  # every directory of the tree read, from the root
+    reconnected: str = ""  # why the listing was read again on a new connection, if it was
 
 
 def survey(

@@ -353,6 +353,12 @@ class SFTPPool:
             self._open[sftp] = lease
         return sftp
 
+    def lost(self) -> bool:
+        """Whether this thread's session is one whose connection ended (cut, reset, closed by
+        the server): the next get() opens another."""
+        sftp = getattr(self._local, "sftp", None)
+        return sftp is not None and not sftp.get_channel().get_transport().is_active()
+
     def discard(self) -> None:
         """Close this thread's session: after an error, so that the next use reconnects; or
         when the thread has nothing more to do for a while, so that its slot of the server's
