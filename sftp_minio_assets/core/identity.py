@@ -10,6 +10,23 @@ def process_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def gone_from_here(worker: str) -> bool:
+    """Whether a worker id (or process id) names a process of this host that no longer runs:
+    its leases and claims are a dead process's. False when not known (another host, a
+    process of another user, an id of another form)."""
+    host, _, rest = worker.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # another user's: running
+        return False
+    return False
+
+
 def worker_id() -> str:
     """host:pid:thread, the name a worker goes by in the log's worker_id column."""
     name = threading.current_thread().name

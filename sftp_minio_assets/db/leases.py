@@ -28,7 +28,7 @@ RETURNING id
 """
 
 SESSION_HOLDERS = """
-SELECT source, holder, purpose, granted_at FROM sftp_sessions
+SELECT id, source, holder, purpose, granted_at FROM sftp_sessions
 WHERE server = %(server)s AND expires_at > now()
 ORDER BY granted_at
 """

@@ -25,7 +25,7 @@ from typing import Protocol
 
 import psycopg
 
-from ..core.identity import worker_id
+from ..core.identity import gone_from_here, worker_id
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +120,11 @@ class SessionBudget:
                     self._held.add(lease)
                 _keep_renewed(self)
                 return lease
+            # The leases of processes of this host that were killed (kill -9, OOM) are freed at
+            # once, not after LEASE_SECONDS: their connections closed with them.
+            dead = [h for h in holders if gone_from_here(h["holder"])]
+            if dead and self._free(dead):
+                continue
             busy = f"{len(holders)} of {self.max_sessions} in use{_by(holders)}"
             if deadline is not None and time.monotonic() >= deadline:
                 raise SessionsBusy(
@@ -133,6 +138,21 @@ class SessionBudget:
                 nap = min(nap, max(0.0, deadline - time.monotonic()))
             time.sleep(nap)
             poll = min(LONGEST_POLL_SECONDS, poll * 2)
+
+    def _free(self, dead: list[dict]) -> bool:
+        """Release the leases of dead processes; whether it could."""
+        try:
+            for holder in dead:
+                self.leases.release(holder["id"])
+        except psycopg.Error:
+            return False
+        logger.info(
+            "freed %d session leases to %s of processes no longer running: %s",
+            len(dead),
+            self.server,
+            _by(dead).removeprefix(" by "),
+        )
+        return True
 
     def release(self, lease: int) -> None:
         """Give the lease back. Never raises: a lease that cannot be deleted (the database is

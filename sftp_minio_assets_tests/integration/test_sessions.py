@@ -14,6 +14,7 @@ from contextlib import suppress
 from pathlib import Path
 
 import dagster as dg
+import psycopg
 import pytest
 
 from sftp_minio_assets.defs.resources import LISTING_PATIENCE_SECONDS
@@ -138,12 +139,14 @@ def test_three_runs_in_their_own_processes_never_open_more_sessions_than_the_bud
 
 
 @pytest.mark.integration
-def test_the_session_of_a_process_killed_with_kill_9_is_free_again_after_its_lease_expires(env):
+def test_the_session_of_a_process_killed_with_kill_9_is_free_again_at_once(env):
+    """Its connection closed with it: on the same host, its lease is freed as soon as a worker
+    waits for the slot (a lease of another host's process expires, below)."""
     spec = {
         "connection": env.connection().model_dump(),
         "db_url": env.db_url,
         "max_sessions": 1,
-        "lease_seconds": 2,
+        "lease_seconds": 60,
     }
     holder = subprocess.Popen(
         [sys.executable, "-m", "sftp_minio_assets_tests.hold_session", json.dumps(spec)],
@@ -155,10 +158,10 @@ def test_the_session_of_a_process_killed_with_kill_9_is_free_again_after_its_lea
         assert holder.stdout.readline().strip() == "holding"
         [lease] = leases(env)
         assert lease["holder"].split(":")[1] == str(holder.pid)
-        mine = budget(env, 1, lease_seconds=2)
-        # While it lives, its lease is renewed: the slot stays taken for longer than a lease.
+        mine = budget(env, 1, lease_seconds=60)
+        # While it lives, its lease is renewed: the slot stays taken.
         with pytest.raises(SessionsBusy) as busy:
-            mine.acquire("transfer", patience=5)
+            mine.acquire("transfer", patience=3)
         assert f"1 of 1 in use by {lease['holder']} (transfer, source default)" in str(busy.value)
     finally:
         holder.send_signal(signal.SIGKILL)
@@ -166,10 +169,27 @@ def test_the_session_of_a_process_killed_with_kill_9_is_free_again_after_its_lea
 
     started = time.monotonic()
     granted = mine.acquire("transfer", patience=30)
-    assert time.monotonic() - started < 2 + 3  # its lease's life, and a poll or two
-    assert [row["id"] for row in leases(env)] == [granted]  # the dead lease is purged
+    assert time.monotonic() - started < 1, "not freed at once: waited for the lease to expire"
+    assert [row["id"] for row in leases(env)] == [granted]
     mine.release(granted)
     assert leases(env) == []
+
+
+@pytest.mark.integration
+def test_the_lease_of_another_hosts_process_is_free_again_once_it_expires(env):
+    """A process there cannot be seen from here: its lease, no longer renewed, expires."""
+    mine = budget(env, 1, lease_seconds=2)
+    theirs = mine.acquire("transfer")
+    with psycopg.connect(env.db_url, autocommit=True) as conn:  # as another machine's would
+        conn.execute(
+            "UPDATE sftp_sessions SET holder = 'elsewhere:1:transfer_0' WHERE id = %s", [theirs]
+        )
+    mine._held.discard(theirs)  # nobody renews it any more
+    started = time.monotonic()
+    granted = mine.acquire("transfer", patience=30)
+    assert 1 < time.monotonic() - started < 2 + 3  # its lease's life, and a poll or two
+    assert [row["id"] for row in leases(env)] == [granted]  # the dead lease is purged
+    mine.release(granted)
 
 
 @pytest.mark.integration
