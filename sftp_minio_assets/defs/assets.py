@@ -12,8 +12,9 @@ from typing import cast
 
 import dagster as dg
 
+from ..core.identity import process_id
 from ..worker.worker import Outcome
-from .partitions import partitions_for
+from .partitions import WORKER_TAG, partitions_for
 from .sources import source_key, source_of
 
 DEFAULT_SOURCE = "default"
@@ -77,6 +78,7 @@ def build_files_asset(
     def files(context: dg.AssetExecutionContext):
         resource = source_of(context, source)
         keys = list(context.partition_keys)
+        context.instance.add_run_tags(context.run.run_id, {WORKER_TAG: process_id()})
         worker = resource.worker(
             run_id=context.run.run_id,
             run_finished=lambda run_id: _finished(context.instance, run_id),

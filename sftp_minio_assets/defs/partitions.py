@@ -25,6 +25,9 @@ RANGE_END_TAG = "dagster/asset_partition_range_end"
 
 # Every run carries its source's name: dagster.yaml can limit concurrent runs per source.
 SOURCE_TAG = "sftp_minio_assets/source"
+# The process that runs the copy (host:pid), set as it starts: a run whose worker process is
+# gone from this host (kill -9, out of memory) is failed by the sensor, not left STARTED.
+WORKER_TAG = "sftp_minio_assets/worker"
 
 
 # Dagster's console logger at INFO for the sensor's runs, rather than its default DEBUG: at DEBUG

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
+from ..core.identity import gone_from_here
 from ..core.keys import decode_key
 from ..core.units import duration
 from ..db.transfer_log import TransferLog
@@ -24,6 +25,7 @@ from ..sftp.client import display
 from ..sftp.sessions import SessionsBusy
 from .partitions import (
     SOURCE_TAG,
+    WORKER_TAG,
     KnownPartitions,
     keys_of_runs,
     partitions_for,
@@ -95,6 +97,7 @@ def build_new_files_sensor(source: str, files_asset: dg.AssetsDefinition) -> dg.
             return dg.SensorResult(skip_reason=held_back)
         known = KnownPartitions(context.instance, source)
         unfinished = _unfinished_runs(context.instance, files_asset.key, source)
+        _fail_runs_of_dead_workers(context, unfinished)
         in_flight = keys_of_runs((run.tags for run in unfinished), known)
         _clean_up_after_crashes(context, resource, unfinished, in_flight)
         # Plan: which files to copy, the listing compared with the log as the clean-up left it.
@@ -172,6 +175,26 @@ def _unfinished_runs(
         for run in instance.get_runs(filters=dg.RunsFilter(statuses=UNFINISHED))
         if run.tags.get(SOURCE_TAG) == source or asset_key in (run.asset_selection or ())
     ]
+
+
+def _fail_runs_of_dead_workers(
+    context: dg.SensorEvaluationContext, unfinished: list[dg.DagsterRun]
+) -> None:
+    """Runs STARTED whose worker process is gone from this host (killed with its code server,
+    as when the daemon's machine or container restarts): Dagster's default launcher cannot see
+    it, and they would stay STARTED for good, their files never requested again. They are
+    failed here; run retries (dagster.yaml) then launch them again, else the next tick
+    requests their files. Left to the copy's own claims meanwhile: kept in flight this tick."""
+    for run in unfinished:
+        worker = run.tags.get(WORKER_TAG, "")
+        if run.status == dg.DagsterRunStatus.STARTED and worker and gone_from_here(worker):
+            message = (
+                f"its run worker (process {worker}) is no longer running: killed (kill -9, out "
+                "of memory) or lost with its code server. Its files are copied again by a "
+                "retry of the run, else requested again by the sensor; nothing to do."
+            )
+            context.instance.report_run_failed(run, message)
+            context.log.warning(f"run {run.run_id} failed: {message}")
 
 
 def _clean_up_after_crashes(

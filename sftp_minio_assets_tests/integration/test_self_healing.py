@@ -17,6 +17,7 @@ from sftp_minio_assets.defs.partitions import RANGE_END_TAG, RANGE_START_TAG
 from sftp_minio_assets.defs.resources import AlertSettings
 from sftp_minio_assets.transfer.copy import Copy, Tuning, copy_file
 from sftp_minio_assets_tests.support import (
+    CAP,
     DAEMON_SETTINGS,
     Receiver,
     enable_versioning,
@@ -290,6 +291,31 @@ def test_a_code_server_restarted_mid_run_heals_by_itself_through_the_daemon(env,
     no_run_left(daemon, 180)
 
 
+def test_the_daemon_killed_with_its_code_server_and_run_worker_heals_once_restarted(
+    env, start_daemon
+):
+    """What a restart of the daemon's machine or container does: every process dies at once.
+    Dagster's launcher cannot see that the run's worker is gone, and the run would stay STARTED
+    for good, its file never requested again: the sensor fails it (its worker's process, named
+    by the run's tags, is gone from this host), and the file lands once."""
+    enable_versioning(env)
+    files = {"big.bin": env.write("big.bin", os.urandom(128 * 1024 * 1024))}
+    settings = {**DAEMON_SETTINGS, "SFTP_MAX_BYTES_PER_SECOND": str(CAP)}
+    daemon = start_daemon(**settings)
+    wait_for(env.store.list_multipart_uploads, 240, "big.bin's upload to start")
+    assert daemon.pids("execute_run") + daemon.pids("spawn_main"), daemon.log()
+    for pid in daemon.pids():
+        os.kill(pid, signal.SIGKILL)
+    daemon.process.wait()
+    [killed] = [run for run, status in daemon.run_statuses().items() if status == "STARTED"]
+
+    again = start_daemon(**settings)
+    wait_for(lambda: all_landed(env, files), 240, "every file to land without any action")
+    assert_landed_once(env, files)
+    no_run_left(again, 120)
+    assert again.run_statuses()[killed] == "FAILURE"
+
+
 def test_postgres_stopped_mid_batch_heals_by_itself_through_the_daemon(env, start_daemon):
     """Dagster's own storage is on it too, as dagster.yaml sets it: runs die at start."""
     files = {
@@ -299,7 +325,7 @@ def test_postgres_stopped_mid_batch_heals_by_itself_through_the_daemon(env, star
     wait_for(lambda: any(r["status"] == "COMPLETED" for r in env.rows().values()), 240, "a copy")
 
     env.stack.postgres.stop()
-    time.sleep(30)
+    time.sleep(10)  # long enough for runs to die at start and ticks to fail
     env.stack.postgres.start()
 
     wait_for(lambda: all_landed(env, files), 300, "every file to land without any action")
