@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
 .PHONY: install system-deps browser-deps s3rver-deps bench-deps demo dev test test-unit test-example screenshots bench bench-transports \
-	bench-discovery bench-quick bench-smoke lint format
+	bench-discovery bench-quick bench-smoke soak soak-short lint format
 
 install: system-deps $(VENV)/.installed
 
@@ -90,6 +90,15 @@ bench-quick: install bench-deps
 # workload of bench-quick, every tool; nothing is asserted about timings.
 bench-smoke: install bench-deps
 	$(BIN)/python -m benchmarks.run --quick --workload "500 x 4 KiB" --json /tmp/bench-smoke.json
+
+# The chaos run (devstack/soak.py): 30 minutes of files arriving while sshd, S3, PostgreSQL,
+# the daemon and run workers are killed, connections cut and S3 throttled; then it checks
+# from outside that every file landed once, whole. soak-short: its 3-minute variant (CI's).
+soak: install
+	$(BIN)/python -m devstack.soak
+
+soak-short: install
+	$(BIN)/python -m devstack.soak --short
 
 # The SSH transports reading 1 GiB to nothing (OpenSSH's sftp, paramiko, an ssh child): a minute.
 bench-transports: install bench-deps
