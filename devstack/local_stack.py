@@ -573,8 +573,13 @@ class PostgresServer(_Server):
     name = "postgres"
     stop_signal = signal.SIGINT  # fast shutdown: do not wait for clients
 
-    def __init__(self, base: Path, dbname: str = "transfer_log") -> None:
+    def __init__(self, base: Path, dbname: str = "transfer_log", durable: bool = False) -> None:
         super().__init__(base)
+        # Not durable (the default, for speed): a commit is acknowledged before its WAL is
+        # written, and a kill -9 of the server loses the last few hundred ms of commits. Durable:
+        # every commit survives a kill -9 (fsync stays off: the OS, which keeps the page cache
+        # across a process's death, is not what is killed).
+        self.durable = durable
         self.bin = _postgres_bin()
         self.host = HOST
         self.port = free_port()
@@ -641,7 +646,7 @@ class PostgresServer(_Server):
             "port": self.port,
             "unix_socket_directories": self.sockets,
             "fsync": "off",
-            "synchronous_commit": "off",
+            "synchronous_commit": "on" if self.durable else "off",
             "full_page_writes": "off",
             "max_connections": 300,
         }
@@ -844,7 +849,7 @@ class PlainS3Server(_Server):
 class LocalStack:
     """The three servers, started together and always stopped together."""
 
-    def __init__(self, base_dir: Path | None = None) -> None:
+    def __init__(self, base_dir: Path | None = None, durable_postgres: bool = False) -> None:
         self._owns_base = base_dir is None
         self.base = Path(
             tempfile.mkdtemp(prefix="sftp-minio-stack-") if base_dir is None else base_dir
@@ -857,7 +862,7 @@ class LocalStack:
             self._servers.append(self.ssh)
             self.s3 = S3Server(self.base)
             self._servers.append(self.s3)
-            self.postgres = PostgresServer(self.base)
+            self.postgres = PostgresServer(self.base, durable=durable_postgres)
             self._servers.append(self.postgres)
         except BaseException:
             self.close()

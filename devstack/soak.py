@@ -417,7 +417,9 @@ def main() -> None:
     if args.minutes:
         plan = Plan(**{**plan.__dict__, "minutes": args.minutes})
     print(f"seed {args.seed}")
-    with LocalStack() as stack:
+    # PostgreSQL durable, as any deployment's: it is killed with kill -9 here, and the stack's
+    # default (commits acknowledged before their WAL is written) would lose the last ones.
+    with LocalStack(durable_postgres=True) as stack:
         ok = Soak(stack, plan, args.seed).run()
     sys.exit(0 if ok else 1)
 
