@@ -260,6 +260,13 @@ class Soak:
     # --- the run ----------------------------------------------------------------------------
 
     def run(self) -> bool:
+        try:
+            return self._run()
+        finally:
+            if self.daemon is not None:
+                stop_group(self.daemon)
+
+    def _run(self) -> bool:
         plan = self.plan
         print(f"soak: {plan.minutes:g} min of faults, {plan.small_files} small files and "
               f"{plan.big_files} x {plan.big_mib} MiB, max_sessions {plan.max_sessions}",
@@ -283,7 +290,6 @@ class Soak:
         landed = self._wait_landed(plan.drain_minutes * 60)
         drained = time.monotonic() - end
         ok = self.verdict(landed, drained)
-        stop_group(self.daemon)
         subprocess.run(["gpgconf", "--homedir", str(self.gpg_home), "--kill", "gpg-agent"])
         return ok
 
@@ -417,6 +423,8 @@ def main() -> None:
     if args.minutes:
         plan = Plan(**{**plan.__dict__, "minutes": args.minutes})
     print(f"seed {args.seed}")
+    # Stopped (SIGTERM, Ctrl-C), it stops its daemon and its stack as it would at the end.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     # PostgreSQL durable, as any deployment's: it is killed with kill -9 here, and the stack's
     # default (commits acknowledged before their WAL is written) would lose the last ones.
     with LocalStack(durable_postgres=True) as stack:
