@@ -117,7 +117,7 @@ def test_sessions_stay_within_the_budget_through_cuts_and_reconnects(env, link):
     paths = [f"f/{i:02d}.bin" for i in range(40)]
     for path in paths:
         env.write(path, os.urandom(96 * KIB))
-    worker = through(env, link, max_sessions=2).worker()
+    worker = through(env, link, shared={"retry_base_seconds": 0.1}, max_sessions=2).worker()
     link.cut_at_random(600 * KIB, seed=7)  # about one cut in six files
     outcomes = list(worker.transfer_many(paths, max_workers=6))
     link.cut_at_random(None)
@@ -132,15 +132,15 @@ def test_sessions_stay_within_the_budget_through_cuts_and_reconnects(env, link):
 
 def test_slowdown_on_30_percent_of_requests_backs_off_as_asked_and_nothing_fails(env, s3):
     enable_versioning(env)
-    paths = [f"s/{i:03d}.csv" for i in range(60)]
+    paths = [f"s/{i:03d}.csv" for i in range(40)]
     for path in paths:
         env.write(path, os.urandom(8 * KIB))
     env.write("big.bin", os.urandom(24 * MIB))
     worker = through(env, s3=s3, shared={"part_size_mb": 5}).worker()
-    s3.inject("slowdown", 0.3, seconds=10)
+    s3.inject("slowdown", 0.3, seconds=6)
     outcomes = list(worker.transfer_many([*paths, "big.bin"], max_workers=8))
     assert {o.status for o in outcomes} == {"transferred"}, [o.message for o in outcomes]
-    assert s3.injected["slowdown"] >= 15, s3.injected
+    assert s3.injected["slowdown"] >= 10, s3.injected
     # Each answer said Retry-After: 1; the same request came back no sooner.
     assert s3.resent_sooner_than(s3.retry_after * 0.9) == []
     rows = env.rows()
@@ -148,7 +148,7 @@ def test_slowdown_on_30_percent_of_requests_backs_off_as_asked_and_nothing_fails
     # Once the store recovers, requests are answered at their first attempt again.
     s3.clear()
     before = sum(s3.requests.values())
-    later = [f"later/{i:02d}.csv" for i in range(20)]
+    later = [f"later/{i:02d}.csv" for i in range(10)]
     for path in later:
         env.write(path, os.urandom(8 * KIB))
     assert {o.status for o in worker.transfer_many(later, max_workers=8)} == {"transferred"}
@@ -189,10 +189,10 @@ def test_a_slow_transfer_log_does_not_let_claims_and_heartbeats_time_each_other_
         paths = [f"p/{i:02d}.bin" for i in range(16)] + ["p/big.bin"]
         for path in paths[:-1]:
             env.write(path, os.urandom(64 * KIB))
-        env.write("p/big.bin", os.urandom(100 * MIB))
+        env.write("p/big.bin", os.urandom(80 * MIB))
         log = TransferLogResource(url=url, max_stale_lock_minutes=3 / 60)
         shared = {"transfer_log": log, "max_workers": 4}
-        capped = {"max_bytes_per_second": 20_000_000}  # the big file takes 5 s
+        capped = {"max_bytes_per_second": 20_000_000}  # the big file takes 4 s
         racers = [run_partitions(env, paths, shared, **capped) for _ in range(2)]
         reports = [json.loads(r.communicate(timeout=300)[0].splitlines()[-1]) for r in racers]
         assert all(report["success"] for report in reports), reports
