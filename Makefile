@@ -62,7 +62,7 @@ dev: install
 # The unit tier first (a broken build fails in seconds), then every test that needs a server.
 test: install browser-deps s3rver-deps
 	$(MAKE) test-unit
-	$(BIN)/python -m pytest -m integration --durations=25
+	$(BIN)/python -m pytest -m integration --durations=40
 
 # The example project's own tests (examples/partner_csv, no server; its end-to-end test through
 # the daemon is integration/test_example.py).
