@@ -184,16 +184,22 @@ def _fail_runs_of_dead_workers(
     as when the daemon's machine or container restarts): Dagster's default launcher cannot see
     it, and they would stay STARTED for good, their files never requested again. They are
     failed here; run retries (dagster.yaml) then launch them again, else the next tick
-    requests their files. Left to the copy's own claims meanwhile: kept in flight this tick."""
+    requests their files. Left to the copy's own claims meanwhile: kept in flight this tick.
+
+    The process is found gone first, then the run read again: a run that ended well between
+    the tick's listing of runs and now has stored its success before its process exited."""
     for run in unfinished:
         worker = run.tags.get(WORKER_TAG, "")
-        if run.status == dg.DagsterRunStatus.STARTED and worker and gone_from_here(worker):
+        if run.status != dg.DagsterRunStatus.STARTED or not worker or not gone_from_here(worker):
+            continue
+        now = context.instance.get_run_by_id(run.run_id)
+        if now is not None and now.status == dg.DagsterRunStatus.STARTED:
             message = (
                 f"its run worker (process {worker}) is no longer running: killed (kill -9, out "
                 "of memory) or lost with its code server. Its files are copied again by a "
                 "retry of the run, else requested again by the sensor; nothing to do."
             )
-            context.instance.report_run_failed(run, message)
+            context.instance.report_run_failed(now, message)
             context.log.warning(f"run {run.run_id} failed: {message}")
 
 
