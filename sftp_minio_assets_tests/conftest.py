@@ -189,9 +189,14 @@ class Daemon:
     dagster_db: str  # the instance's own database
     home: Path
 
-    def run_statuses(self) -> dict[str, str]:
+    def run_statuses(self, of_files: bool = False) -> dict[str, str]:
+        """Each run's status; of_files: the runs that copy files only, not those of the
+        transfer_health schedule (which fires on the hour, whatever the test)."""
+        query = "SELECT run_id, status FROM runs"
+        if of_files:
+            query += " WHERE pipeline_name <> 'transfer_health'"
         with psycopg.connect(self.dagster_db) as conn:
-            return dict(conn.execute("SELECT run_id, status FROM runs").fetchall())
+            return dict(conn.execute(query).fetchall())
 
     def pids(self, marker: str = "") -> list[int]:
         """Processes started by the daemon whose command line contains marker, but zombies;

@@ -307,7 +307,8 @@ def test_the_daemon_killed_with_its_code_server_and_run_worker_heals_once_restar
     for pid in daemon.pids():
         os.kill(pid, signal.SIGKILL)
     daemon.process.wait()
-    [killed] = [run for run, status in daemon.run_statuses().items() if status == "STARTED"]
+    started = daemon.run_statuses(of_files=True).items()
+    [killed] = [run for run, status in started if status == "STARTED"]
 
     again = start_daemon(**settings)
     wait_for(lambda: all_landed(env, files), 240, "every file to land without any action")
@@ -374,7 +375,7 @@ def test_a_copy_a_dead_attempt_committed_is_recorded_not_written_again(env, inst
 
 def runs_made(daemon) -> int:
     try:
-        return len(daemon.run_statuses())
+        return len(daemon.run_statuses(of_files=True))
     except psycopg.errors.UndefinedTable:  # the daemon has not created its tables yet
         return 0
 
@@ -398,7 +399,7 @@ def test_files_queued_behind_other_runs_are_not_requested_again_in_more_runs(env
 
     wait_for(lambda: all_landed(env, files), 240, "every file to land")
     no_run_left(daemon, 120)
-    assert len(daemon.run_statuses()) == 6, daemon.run_statuses()
+    assert len(daemon.run_statuses(of_files=True)) == 6, daemon.run_statuses()
     rows = env.rows()
     assert {key: (rows[key]["attempts"], rows[key]["error_message"]) for key in files} == {
         key: (1, None) for key in files
