@@ -59,7 +59,7 @@ class Plan:
 
 
 FULL = Plan(30, 10_000, 3, 512, (30, 90))
-SHORT = Plan(2, 600, 1, 512, (10, 20), drain_minutes=4)
+SHORT = Plan(1.5, 450, 1, 512, (10, 20), drain_minutes=4)
 PGP_SHARE = 0.1  # of the small files: PGP-encrypted, decrypted in flight
 FAULTS = ("run worker", "daemon", "sshd", "S3", "PostgreSQL", "SFTP cut", "S3 SlowDown")
 

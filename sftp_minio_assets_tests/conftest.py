@@ -2,6 +2,7 @@
 
 import hashlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -227,11 +228,18 @@ def start_daemon(env, tmp_path):
     workspace.yaml or the given one (another project's code location); stops it after."""
     started: list[Daemon] = []
 
-    def start(workspace: Path | None = None, **variables: str) -> Daemon:
+    def start(
+        workspace: Path | None = None, start_timeout_seconds: int | None = None, **variables: str
+    ) -> Daemon:
         workspace = workspace or PROJECT / "workspace.yaml"
         home = tmp_path / "dagster_home"
         home.mkdir(exist_ok=True)
-        shutil.copy(PROJECT / "dagster.yaml", home / "dagster.yaml")
+        instance = (PROJECT / "dagster.yaml").read_text()
+        if start_timeout_seconds is not None:  # runs that die starting are failed sooner
+            shorter = f"start_timeout_seconds: {start_timeout_seconds}"
+            instance, changed = re.subn(r"start_timeout_seconds: \d+", shorter, instance)
+            assert changed == 1, "dagster.yaml sets no start_timeout_seconds"
+        (home / "dagster.yaml").write_text(instance)
         name = f"dagster_{env.bucket.removeprefix('test-')}"
         dagster_db = env.stack.postgres.create_database(name, exist_ok=True)
         environment = {

@@ -318,11 +318,12 @@ def test_the_daemon_killed_with_its_code_server_and_run_worker_heals_once_restar
 
 
 def test_postgres_stopped_mid_batch_heals_by_itself_through_the_daemon(env, start_daemon):
-    """Dagster's own storage is on it too, as dagster.yaml sets it: runs die at start."""
+    """Dagster's own storage is on it too, as dagster.yaml sets it: runs die at start, and are
+    failed after run monitoring's start_timeout_seconds (20 s here, 90 in dagster.yaml)."""
     files = {
         f"p/{i:03d}.bin": env.write(f"p/{i:03d}.bin", os.urandom(64 * 1024)) for i in range(120)
     }
-    daemon = start_daemon(**DAEMON_SETTINGS, MAX_WORKERS="2")
+    daemon = start_daemon(start_timeout_seconds=20, **DAEMON_SETTINGS, MAX_WORKERS="2")
     wait_for(lambda: any(r["status"] == "COMPLETED" for r in env.rows().values()), 240, "a copy")
 
     env.stack.postgres.stop()
