@@ -16,7 +16,7 @@ import posixpath
 import re
 import threading
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
@@ -163,12 +163,16 @@ class ObjectStore:
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
 
-    def _call(self, method: str, **kwargs: Any) -> dict:
-        """One S3 request, sent again while the store is busy or its answer lost."""
+    def _call(
+        self, method: str, *, landed: Callable[[], dict | None] | None = None, **kwargs: Any
+    ) -> dict:
+        """One S3 request, sent again while the store is busy or its answer lost (landed:
+        as retries.retrying's)."""
         self._ready()
         return retrying(
             lambda: self.fs.call_s3(method, Bucket=self.bucket, **kwargs),
             f"{method} {self.uri(kwargs.get('Key', ''))} on {self.settings.endpoint_url}",
+            landed=landed,
         )
 
     def _ready(self) -> None:
@@ -214,26 +218,21 @@ class ObjectStore:
                     f"PUT {self.uri(key)} on {self.settings.endpoint_url}",
                     landed=lambda: self._put_landed(key, len(data), metadata),
                 )
-        self._ready()
 
         def landed() -> dict | None:
             etag = self._put_landed(key, len(data), metadata)
             return None if etag is None else {"ETag": etag}
 
-        with self._refused_checksum(key, checksum is not None):
-            reply = retrying(
-                lambda: self.fs.call_s3(
-                    "put_object",
-                    Bucket=self.bucket,
-                    Key=key,
-                    Body=data,
-                    Metadata=metadata,
-                    Tagging=tagging(tags),
-                    **_checksum(checksum),
-                ),
-                f"PUT {self.uri(key)} on {self.settings.endpoint_url}",
-                landed=landed,
-            )
+        reply = self._send(
+            "put_object",
+            key,
+            checksum is not None,
+            landed=landed,
+            Body=data,
+            Metadata=metadata,
+            Tagging=tagging(tags),
+            **_checksum(checksum),
+        )
         return reply.get("ETag", "")
 
     def _put_landed(self, key: str, size: int, metadata: dict[str, str]) -> str | None:
@@ -250,7 +249,7 @@ class ObjectStore:
     def create_multipart(self, key: str, metadata: dict[str, str], checksums: bool = False) -> str:
         """A multipart upload; with checksums, each part must then carry its own."""
         self.ensure_bucket()
-        algorithm = {"ChecksumAlgorithm": "SHA256"} if checksums else {}
+        algorithm: dict[str, Any] = {"ChecksumAlgorithm": "SHA256"} if checksums else {}
         return self._call("create_multipart_upload", Key=key, Metadata=metadata, **algorithm)[
             "UploadId"
         ]
@@ -297,11 +296,19 @@ class ObjectStore:
             if head is None or head.get("ETag", "").strip('"') != multipart_etag(etags):
                 raise
 
-    def _send(self, method: str, key: str, checksummed: bool, **params: Any) -> dict:
+    def _send(
+        self,
+        method: str,
+        key: str,
+        checksummed: bool,
+        *,
+        landed: Callable[[], dict | None] | None = None,
+        **params: Any,
+    ) -> dict:
         """A request writing key; when it carries checksums and is refused for them,
         ChecksumRefused."""
         with self._refused_checksum(key, checksummed):
-            return self._call(method, Key=key, **params)
+            return self._call(method, landed=landed, Key=key, **params)
 
     @contextmanager
     def _refused_checksum(self, key: str, checksummed: bool) -> Iterator[None]:
@@ -362,7 +369,7 @@ class ObjectStore:
         """The parts a multipart upload holds so far: number -> ETag. FileNotFoundError when
         the upload is gone (completed, aborted or expired)."""
         parts: dict[int, str] = {}
-        marker: dict[str, int] = {}
+        marker: dict[str, Any] = {}
         while True:
             reply = self._call("list_parts", Key=key, UploadId=upload_id, **marker)
             parts.update((p["PartNumber"], p["ETag"]) for p in reply.get("Parts", []))
@@ -403,7 +410,7 @@ class ObjectStore:
 
     def list_keys(self, prefix: str = "") -> list[str]:
         keys: list[str] = []
-        token: dict[str, str] = {}
+        token: dict[str, Any] = {}
         while True:
             reply = self._call("list_objects_v2", Prefix=prefix, **token)
             keys += [o["Key"] for o in reply.get("Contents", [])]
@@ -415,7 +422,7 @@ class ObjectStore:
         """Every open upload under prefix, page after page (S3 answers 1,000 at most a page),
         each starting at the markers the server names (SeaweedFS names only the upload id's)."""
         uploads: dict[str, dict] = {}
-        marker: dict[str, str] = {}
+        marker: dict[str, Any] = {}
         while True:
             reply = self._call(
                 "list_multipart_uploads", Prefix=prefix, MaxUploads=page_size, **marker
@@ -454,7 +461,7 @@ def multipart_etag(etags: list[str]) -> str:
     return f"{hashlib.md5(digests, usedforsecurity=False).hexdigest()}-{len(etags)}"
 
 
-def _checksum(checksum: str | None) -> dict[str, str]:
+def _checksum(checksum: str | None) -> dict[str, Any]:
     """The parameter that carries a checksum; botocore then computes none of its own."""
     return {"ChecksumSHA256": checksum} if checksum else {}
 
