@@ -19,15 +19,15 @@ import contextlib
 import random
 import re
 import socket
-import struct
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from devstack.tcp_relay import reset as abort
+
 CHUNK = 256 * 1024
-_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST
 FAULTS = ("slowdown", "internal", "reset", "reset_mid_body", "stall")
 _ERRORS = {
     "slowdown": (503, "Slow Down", "SlowDown", "Please reduce your request rate."),
@@ -164,10 +164,11 @@ class _Connection:
         for sock in (self.client, self.server):
             if sock is None:
                 continue
+            if reset:  # RST to the peer (tcp_relay's)
+                abort(sock)
+                continue
             with contextlib.suppress(OSError):
-                if reset:  # RST to the peer, once the thread in recv() on it is woken
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
-                sock.shutdown(socket.SHUT_RD)
+                sock.shutdown(socket.SHUT_RD)  # wakes the thread in recv() on it
             with contextlib.suppress(OSError):
                 sock.close()
 

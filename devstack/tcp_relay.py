@@ -122,7 +122,7 @@ class TcpRelay:
             try:
                 server = socket.create_connection(self._target)
             except OSError:
-                _reset(client)
+                reset(client)
                 continue
             for sock in (client, server):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -141,7 +141,7 @@ class TcpRelay:
                 return
             self.cuts += 1
         for sock in pair:
-            _reset(sock)
+            reset(sock)
 
     def _ended(self, number: int) -> None:
         with self._lock:
@@ -193,7 +193,7 @@ class _Bucket:
             time.sleep(wait)
 
 
-def _reset(sock: socket.socket) -> None:
+def reset(sock: socket.socket) -> None:
     """Abort the connection: RST to the peer. The thread blocked in recv() on it is woken
     first (shutdown of reading, which sends nothing): until its recv() returns, the kernel
     keeps the socket, and the peer would see nothing."""
