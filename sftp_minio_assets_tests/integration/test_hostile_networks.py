@@ -119,7 +119,8 @@ def test_sessions_stay_within_the_budget_through_cuts_and_reconnects(env, link):
         env.write(path, os.urandom(96 * KIB))
     # A cut fails every file in flight on its session, and the retries race each other for
     # the next connection: with the default 3 retries a file was cut four times in a row
-    # once in CI. This test is about the budget, not about giving up (test_retries_stop_at_the_limit_* is).
+    # once in CI. This test is about the budget, not about giving up (test_self_healing's
+    # test_retries_stop_at_the_limit_* is).
     shared = {"retry_base_seconds": 0.1, "retries": 10}
     worker = through(env, link, shared=shared, max_sessions=2).worker()
     link.cut_at_random(600 * KIB, seed=7)  # about one cut in six files
