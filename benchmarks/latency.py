@@ -61,11 +61,14 @@ def one_drop(instance, log: psycopg.Connection, root: Path, index: int, daemon) 
 
 
 def _completed_row(log: psycopg.Connection, name: str) -> tuple[float, float] | None:
-    row = log.execute(
-        "SELECT extract(epoch FROM transfer_start_time), extract(epoch FROM transfer_end_time) "
-        "FROM file_transfer_log WHERE filename LIKE %s AND status = 'COMPLETED'",
-        (f"%{name}",),
-    ).fetchone()
+    try:
+        row = log.execute(
+            "SELECT extract(epoch FROM transfer_start_time), extract(epoch FROM transfer_end_time) "
+            "FROM file_transfer_log WHERE filename LIKE %s AND status = 'COMPLETED'",
+            (f"%{name}",),
+        ).fetchone()
+    except psycopg.errors.UndefinedTable:  # the first run has not created the log yet
+        return None
     return (float(row[0]), float(row[1])) if row else None
 
 
