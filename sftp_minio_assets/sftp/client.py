@@ -31,8 +31,8 @@ log = logging.getLogger(__name__)
 PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 # paramiko's SFTPFile.read(n) rebuilds its buffer per chunk: reads above ~1 MiB turn quadratic.
 READ_CHUNK = 1024 * 1024
-# The SSH channel's receive window: room for the whole read window.
-CHANNEL_WINDOW = 8 * 1024 * 1024
+# The SSH channel's receive window: room for the largest read window (reads.MAX_READ_WINDOW).
+CHANNEL_WINDOW = 16 * 1024 * 1024
 # How long closing a session of a budget waits for its connection to end.
 CLOSE_TIMEOUT_SECONDS = 10.0
 # The most a session about to close waits for the answers still due (a broken one gives none).

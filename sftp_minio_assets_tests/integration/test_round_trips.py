@@ -2,6 +2,7 @@
 each direction (devstack/tcp_relay.py), as issue 23 asks: at most a few, whatever the link's
 latency, since each costs a whole round trip."""
 
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -10,6 +11,7 @@ import pytest
 from devstack.tcp_relay import TcpRelay
 from sftp_minio_assets.sftp.client import HANDSHAKES_AT_ONCE, SFTPConnector, SFTPPool
 from sftp_minio_assets.sftp.openssh import AutoConnector, SshChannel, round_trip
+from sftp_minio_assets.sftp.reads import READ_WINDOW, read_chunks, window_for
 
 pytestmark = pytest.mark.integration  # the real servers (conftest's stack)
 
@@ -42,6 +44,32 @@ def test_a_small_file_waits_on_two_round_trips(env, far, transport):
     # Now and then the client also sends SSH's window adjustment right after data arrives,
     # which the relay cannot tell from a request: one file in a few may show a turn more.
     assert sorted(turns)[len(turns) // 2] == 2 and max(turns) <= 3, turns
+
+
+def test_a_far_read_keeps_more_requests_in_flight_a_near_one_does_not(env):
+    """16 reads of 255 KiB in flight carry 100 MB/s at 40 ms: far, the window grows once the
+    first answer has shown the wait. Counted by the requests sent (pace is called before each)
+    by the time the second chunk arrives: the window then, plus the first chunk's."""
+    data = os.urandom(24 * 1024 * 1024)
+    path = str(env.write("far.bin", data))
+    pinned = dict(known_hosts_path=None, host_key_sha256=env.stack.ssh.host_key_sha256)
+    relay = TcpRelay(env.stack.ssh.host, env.stack.ssh.port, delay=0.020)
+    in_flight = {}
+    try:
+        for name, port in (("near", env.stack.ssh.port), ("far", relay.port)):
+            sftp = env.source(port=port, transport="paramiko", **pinned).pool.get()
+            sent: list[int] = []
+            with sftp.open(path, "rb") as f:
+                chunks = read_chunks(f, len(data), pace=sent.append)
+                read = [next(chunks), next(chunks)]
+                in_flight[name] = len(sent) - 1
+                assert b"".join([*read, *chunks]) == data
+            assert sftp.stat(path).st_size == len(data)  # every answer consumed: in step
+    finally:
+        relay.close()
+    # The wait is measured once the first requests are sent: a little under the round trip.
+    assert in_flight["far"] >= window_for(0.030, 255 * 1024) > READ_WINDOW, in_flight
+    assert in_flight["near"] < in_flight["far"], in_flight
 
 
 def test_auto_takes_openssh_near_and_paramiko_far(env):
