@@ -1,4 +1,5 @@
-"""One PUT of a whole object, signed here and sent over a kept HTTP connection.
+"""One PUT of a whole object (or of a multipart upload's part), signed here and sent over a
+kept HTTP connection.
 
 The object a small file becomes is one PutObject request (atomic: the object appears whole or
 not at all) carrying its metadata, its tags and, when on, its ChecksumSHA256. Through s3fs and
@@ -38,7 +39,8 @@ TIMEOUT_SECONDS = 60  # connect, send and each read, by default: botocore's
 # maxPostHandlerReadBytes) and close cleanly: the refusal is read whole. Larger bodies go
 # through s3fs, whose CPU per request matters less beside theirs; a refusal of one of those
 # may be lost with its connection, but a process's first request (the bucket's HEAD, with no
-# body) has met any refusal of its credentials already.
+# body) has met any refusal of its credentials already. The parts of a multipart upload are
+# sent here whatever their size: the upload's creation (no body) met any refusal first.
 MAX_BYTES = 256 * 1024
 # A kept connection the server closed fails the next request with one of these, before any
 # reply: that request is sent once more, on a new connection (a PUT of the same key and bytes
@@ -95,27 +97,56 @@ class LeanPut:
         headers = {f"x-amz-meta-{name.lower()}": value for name, value in metadata.items()}
         if tags:
             headers["x-amz-tagging"] = tagging(tags)
+        for name, value in headers.items():
+            if not value.isascii():
+                raise ValueError(f"{name}: S3 headers (metadata, tags) carry ASCII only")
+        return self._put("PutObject", bucket, key, "", body, headers, checksum)
+
+    def upload_part(
+        self,
+        bucket: str,
+        key: str,
+        upload_id: str,
+        number: int,
+        body: bytes | memoryview,
+        checksum: str | None = None,
+    ) -> str:
+        """UploadPart: the part's ETag; errors as put's. Its SHA-256 is computed once, in the
+        calling thread (hashlib lets other threads run meanwhile), where botocore computes it
+        in s3fs's one event-loop thread, which all parts then wait on."""
+        query = f"partNumber={number}&uploadId={quote(upload_id, safe='-_.~')}"
+        return self._put("UploadPart", bucket, key, query, body, {}, checksum)
+
+    def _put(
+        self,
+        operation: str,
+        bucket: str,
+        key: str,
+        query: str,
+        body: bytes | memoryview,
+        headers: dict[str, str],
+        checksum: str | None,
+    ) -> str:
+        """A signed PUT of body; its reply's ETag. query: canonical (encoded, sorted)."""
         if checksum:
             headers["x-amz-checksum-sha256"] = checksum
             payload = _hex(checksum)  # the same SHA-256, not computed twice
         else:
             payload = hashlib.sha256(body).hexdigest()
-        for name, value in headers.items():
-            if not value.isascii():
-                raise ValueError(f"{name}: S3 headers (metadata, tags) carry ASCII only")
         path = f"{self._base}/{bucket}/{quote(key, safe='/~')}"
         headers["host"] = self._host
         headers["x-amz-content-sha256"] = payload
-        self._signer.sign("PUT", path, headers)
+        self._signer.sign("PUT", path, headers, query=query)
+        target = f"{path}?{query}" if query else path
         try:
-            status, reason, reply_headers, reply = self._pool.send("PUT", path, body, headers)
+            status, reason, reply_headers, reply = self._pool.send("PUT", target, body, headers)
         except OSError as exc:  # no answer: the connection's fault, not S3's
             raise ConnectionError(
                 f"the S3 endpoint {self.endpoint} did not answer a PUT "
                 f"({type(exc).__name__}: {exc})"
             ) from exc
         if status != 200:
-            raise _error(status, reason, reply_headers, reply, "PutObject")
+            raise _error(status, reason, reply_headers, reply, operation)
         return reply_headers.get("ETag", "")
 
     def close(self) -> None:
@@ -145,9 +176,12 @@ class _Signer:
                 self._day, self._key = day, key
             return self._key
 
-    def sign(self, method: str, path: str, headers: dict[str, str], now: str = "") -> None:
+    def sign(
+        self, method: str, path: str, headers: dict[str, str], now: str = "", query: str = ""
+    ) -> None:
         """Adds x-amz-date and Authorization to headers (lower-case names, host and
-        x-amz-content-sha256 among them), every header signed. path: already URI-encoded."""
+        x-amz-content-sha256 among them), every header signed. path: already URI-encoded;
+        query: the canonical query string (encoded, its parameters sorted)."""
         now = now or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         headers["x-amz-date"] = now
         names = sorted(headers)
@@ -155,7 +189,7 @@ class _Signer:
             [
                 method,
                 path,
-                "",  # no query string
+                query,
                 *(f"{name}:{' '.join(headers[name].split())}" for name in names),
                 "",
                 ";".join(names),
@@ -188,7 +222,7 @@ class _Pool:
         self._tls: ssl.SSLContext | None = None
 
     def send(
-        self, method: str, path: str, body: bytes, headers: dict[str, str]
+        self, method: str, path: str, body: bytes | memoryview, headers: dict[str, str]
     ) -> tuple[int, str, http.client.HTTPMessage, bytes]:
         for last in (False, True):
             connection, kept = self._take() if not last else (self._new(), False)

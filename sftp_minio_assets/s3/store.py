@@ -1,10 +1,10 @@
 """The S3 side (MinIO or any S3-compatible store): objects, multipart uploads, keys.
 
 No Dagster. Only standard S3 calls: the same code runs on MinIO and SeaweedFS. A small object
-in one request (a small file's, up to put.MAX_BYTES) is sent by put.py's LeanPut, which signs
-it itself and keeps its connections: a fraction of the CPU s3fs and aiobotocore spend on it.
-Everything else goes through s3fs: the bucket, larger PUTs, multipart uploads, listings, heads,
-tags and reads.
+in one request (a small file's, up to put.MAX_BYTES) and the parts of a multipart upload are
+sent by put.py's LeanPut, which signs them itself and keeps its connections: a fraction of the
+CPU s3fs and aiobotocore spend on them. Everything else goes through s3fs: the bucket, larger
+PUTs, the creation and completion of multipart uploads, listings, heads, tags and reads.
 """
 
 from __future__ import annotations
@@ -262,6 +262,13 @@ class ObjectStore:
         data: bytes | memoryview,
         checksum: str | None = None,
     ) -> str:
+        if self._lean is not None:
+            lean = self._lean
+            with self._refused_checksum(key, checksum is not None):
+                return retrying(
+                    lambda: lean.upload_part(self.bucket, key, upload_id, number, data, checksum),
+                    f"UploadPart {number} of {self.uri(key)} on {self.settings.endpoint_url}",
+                )
         reply = self._send(
             "upload_part",
             key,

@@ -13,7 +13,13 @@ import pytest
 from devstack.counting_proxy import CountingProxy
 from sftp_minio_assets.core.model import BY_ETAG, BY_SERVER
 from sftp_minio_assets.s3.put import MAX_BYTES, LeanPut
-from sftp_minio_assets.s3.store import ChecksumRefused, ObjectStore, S3Settings, sha256_checksum
+from sftp_minio_assets.s3.store import (
+    ChecksumRefused,
+    ObjectStore,
+    S3Settings,
+    multipart_etag,
+    sha256_checksum,
+)
 from sftp_minio_assets.transfer.copy import Copy, copy_file
 from sftp_minio_assets.transfer.recovery import TOKEN
 from sftp_minio_assets.worker.errors import is_permanent
@@ -73,6 +79,29 @@ def test_a_larger_put_goes_through_s3fs_which_does_not_wait_for_100_continue(env
             proxy.reset()
             store.put(f"{size}.bin", os.urandom(size), {}, {})
             assert (dict(proxy.requests), proxy.continues) == ({"PUT": 1}, 0)
+
+
+@pytest.mark.parametrize("checksums", [True, False], ids=["checksums", "no-checksums"])
+def test_each_part_is_one_put_signed_with_its_query_and_the_object_is_whole(env, checksums):
+    """The parts of a multipart upload are sent as the small PUTs are (their SHA-256 computed
+    once, in the part's thread): one request each, no `100 Continue`, under a key that needs
+    encoding; the completed object is the parts' bytes and carries the multipart ETag."""
+    key = "default/a b/naïve%20café [1].bin"
+    parts = [os.urandom(5 * 1024 * 1024), os.urandom(5 * 1024 * 1024), os.urandom(1234)]
+    with CountingProxy(env.stack.s3.endpoint_url) as proxy:
+        store = relayed(env, proxy)
+        store.ensure_bucket()
+        upload_id = store.create_multipart(key, {"source": "default"}, checksums)
+        proxy.reset()
+        sums = [sha256_checksum(part) if checksums else None for part in parts]
+        etags = [
+            store.upload_part(key, upload_id, n, memoryview(part), sums[n - 1])
+            for n, part in enumerate(parts, start=1)
+        ]
+        assert (dict(proxy.requests), proxy.continues) == ({"PUT": 3}, 0)
+        store.complete_multipart(key, upload_id, etags, sums if checksums else None)
+    assert env.object_sha256(key) == hashlib.sha256(b"".join(parts)).hexdigest()
+    assert env.store.head(key)["ETag"].strip('"') == multipart_etag(etags)
 
 
 def test_a_put_refused_for_its_checksum_is_checksum_refused_sent_once(env):

@@ -14,6 +14,7 @@ from sftp_minio_assets.s3.put import LeanPut, _error, _Signer, direct, tagging
 from sftp_minio_assets.s3.store import _DIGEST_REFUSED, _error_code
 
 ACCESS_KEY = "AKEXAMPLE0123456789"
+EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 SECRET_KEY = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
 
 KEYS = [
@@ -48,7 +49,7 @@ def test_the_signature_is_botocores(key, endpoint, host, region, checksum):
         "x-amz-meta-transfer-token": "0123456789abcdef0123456789abcdef",
         "x-amz-meta-padded": "  two  spaces  inside  ",
         "x-amz-tagging": tagging({"sha256": "ab" * 32, "a b": "c&d=e"}),
-        "x-amz-content-sha256": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+        "x-amz-content-sha256": EMPTY_SHA256,
     }
     if checksum:
         headers["x-amz-checksum-sha256"] = checksum
@@ -63,6 +64,26 @@ def test_the_signature_is_botocores(key, endpoint, host, region, checksum):
 
     assert ours["Authorization"] == theirs.headers["Authorization"]
     assert ours["x-amz-date"] == theirs.headers["X-Amz-Date"]
+
+
+# Upload ids as SeaweedFS and MinIO make them: the second needs encoding.
+@pytest.mark.parametrize("upload_id", ["2~abc_DEF-123.x", "VXBsb2FkIElk/+=="])
+def test_a_parts_signature_with_its_query_is_botocores(upload_id):
+    """UploadPart signs its query (partNumber, uploadId) as botocore does."""
+    path = f"/bucket/{quote('src/a b/part.bin', safe='/~')}"
+    query = f"partNumber=7&uploadId={quote(upload_id, safe='-_.~')}"
+    headers = {"x-amz-content-sha256": EMPTY_SHA256}  # botocore signs its own body's: none
+    url = f"http://127.0.0.1:9000{path}?partNumber=7&uploadId={quote(upload_id, safe='')}"
+    theirs = botocore.awsrequest.AWSRequest("PUT", url, dict(headers))
+    signer = botocore.auth.S3SigV4Auth(
+        botocore.credentials.Credentials(ACCESS_KEY, SECRET_KEY), "s3", "us-east-1"
+    )
+    signer.add_auth(theirs)
+    ours = {**headers, "host": "127.0.0.1:9000"}
+    _Signer(ACCESS_KEY, SECRET_KEY, "us-east-1").sign(
+        "PUT", path, ours, theirs.headers["X-Amz-Date"], query=query
+    )
+    assert ours["Authorization"] == theirs.headers["Authorization"]
 
 
 def test_the_host_signed_is_the_one_sent():
