@@ -29,7 +29,6 @@ from urllib.parse import quote, urlsplit
 from urllib.request import getproxies, proxy_bypass
 
 from botocore.exceptions import ClientError
-from s3fs.errors import translate_boto_error
 
 TIMEOUT_SECONDS = 60  # connect, send and each read, by default: botocore's
 # The bodies sent so: a server may refuse a request (credentials, permissions) before reading
@@ -117,6 +116,16 @@ class LeanPut:
         query = f"partNumber={number}&uploadId={quote(upload_id, safe='-_.~')}"
         return self._put("UploadPart", bucket, key, query, body, {}, checksum)
 
+    def head_bucket(self, bucket: str) -> None:
+        """Whether the bucket is there to write to: None, or its error as put's
+        (FileNotFoundError when it is missing, PermissionError when refused)."""
+        path = f"{self._base}/{bucket}"
+        headers = {"host": self._host, "x-amz-content-sha256": hashlib.sha256(b"").hexdigest()}
+        self._signer.sign("HEAD", path, headers)
+        status, reason, reply_headers, reply = self._send("HEAD", path, b"", headers)
+        if status != 200:
+            raise _error(status, reason, reply_headers, reply, "HeadBucket")
+
     def _put(
         self,
         operation: str,
@@ -138,16 +147,21 @@ class LeanPut:
         headers["x-amz-content-sha256"] = payload
         self._signer.sign("PUT", path, headers, query=query)
         target = f"{path}?{query}" if query else path
-        try:
-            status, reason, reply_headers, reply = self._pool.send("PUT", target, body, headers)
-        except OSError as exc:  # no answer: the connection's fault, not S3's
-            raise ConnectionError(
-                f"the S3 endpoint {self.endpoint} did not answer a PUT "
-                f"({type(exc).__name__}: {exc})"
-            ) from exc
+        status, reason, reply_headers, reply = self._send("PUT", target, body, headers)
         if status != 200:
             raise _error(status, reason, reply_headers, reply, operation)
         return reply_headers.get("ETag", "")
+
+    def _send(
+        self, method: str, target: str, body: bytes | memoryview, headers: dict[str, str]
+    ) -> tuple[int, str, http.client.HTTPMessage, bytes]:
+        try:
+            return self._pool.send(method, target, body, headers)
+        except OSError as exc:  # no answer: the connection's fault, not S3's
+            raise ConnectionError(
+                f"the S3 endpoint {self.endpoint} did not answer a {method} "
+                f"({type(exc).__name__}: {exc})"
+            ) from exc
 
     def close(self) -> None:
         self._pool.close()
@@ -310,6 +324,8 @@ def _error(
     status: int, reason: str, headers: http.client.HTTPMessage, body: bytes, operation: str
 ) -> OSError:
     """The exception s3fs raises for this error reply, botocore's ClientError its cause."""
+    from s3fs.errors import translate_boto_error  # s3fs's import is heavy: only on an error
+
     error = {"Code": str(status), "Message": reason}
     try:
         root = ElementTree.fromstring(body) if body else None

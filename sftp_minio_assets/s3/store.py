@@ -1,10 +1,11 @@
 """The S3 side (MinIO or any S3-compatible store): objects, multipart uploads, keys.
 
 No Dagster. Only standard S3 calls: the same code runs on MinIO and SeaweedFS. A small object
-in one request (a small file's, up to put.MAX_BYTES) and the parts of a multipart upload are
-sent by put.py's LeanPut, which signs them itself and keeps its connections: a fraction of the
-CPU s3fs and aiobotocore spend on them. Everything else goes through s3fs: the bucket, larger
-PUTs, the creation and completion of multipart uploads, listings, heads, tags and reads.
+in one request (a small file's, up to put.MAX_BYTES), the parts of a multipart upload and the
+bucket's check are sent by put.py's LeanPut, which signs them itself and keeps its connections:
+a fraction of the CPU s3fs and aiobotocore spend on them. Everything else goes through s3fs,
+loaded at its first use: the bucket's creation, larger PUTs, the creation and completion of
+multipart uploads, listings, heads, tags and reads.
 """
 
 from __future__ import annotations
@@ -19,14 +20,14 @@ import time
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from typing import Any
-
-import s3fs
-from botocore.handlers import add_expect_header
+from typing import TYPE_CHECKING, Any
 
 from .put import MAX_BYTES as MAX_PUT_BYTES
 from .put import LeanPut, direct, tagging
 from .retries import retrying
+
+if TYPE_CHECKING:
+    import s3fs
 
 # What an S3 key cannot hold, or not safely: see object_key.
 _UNSAFE_IN_KEYS = re.compile("[\\\\\x00-\x1f\x7f\udc80-\udcff]")
@@ -117,32 +118,43 @@ def _percent(match: re.Match) -> str:
 READ_BACK_CHUNK = 8 * 1024 * 1024
 
 
+def _filesystem(settings: S3Settings) -> s3fs.S3FileSystem:
+    """s3fs's filesystem, its client made, without botocore's `Expect: 100-continue`: aiohttp
+    waits for the `100 Continue` with no time-out, so that a store that stalls there held a
+    part for minutes (until the server gave up on the body), past every time-out set here."""
+    import s3fs
+    from botocore.handlers import add_expect_header
+
+    fs = s3fs.S3FileSystem(
+        key=settings.access_key,
+        secret=settings.secret_key,
+        endpoint_url=settings.endpoint_url,
+        client_kwargs={"region_name": settings.region},
+        config_kwargs={
+            # Real MinIO rejects botocore >= 1.36's default checksums (MissingContentMD5).
+            "request_checksum_calculation": "when_required",
+            "response_checksum_validation": "when_required",
+            "s3": {"addressing_style": "path"},
+            "max_pool_connections": settings.max_connections,
+            "connect_timeout": settings.timeout_seconds,
+            "read_timeout": settings.timeout_seconds,
+            # One policy sends requests again (retries.py): none of botocore's.
+            "retries": {"total_max_attempts": 1},
+        },
+        skip_instance_cache=True,
+    )
+    fs.retries = 1  # nor s3fs's
+    fs.connect().meta.events.unregister("before-call.s3", add_expect_header)
+    return fs
+
+
 class ObjectStore:
     """One bucket; thread-safe (s3fs runs every call on its own event loop)."""
 
     def __init__(self, settings: S3Settings):
         self.settings = settings
         self.bucket = settings.bucket
-        self.fs = s3fs.S3FileSystem(
-            key=settings.access_key,
-            secret=settings.secret_key,
-            endpoint_url=settings.endpoint_url,
-            client_kwargs={"region_name": settings.region},
-            config_kwargs={
-                # Real MinIO rejects botocore >= 1.36's default checksums (MissingContentMD5).
-                "request_checksum_calculation": "when_required",
-                "response_checksum_validation": "when_required",
-                "s3": {"addressing_style": "path"},
-                "max_pool_connections": settings.max_connections,
-                "connect_timeout": settings.timeout_seconds,
-                "read_timeout": settings.timeout_seconds,
-                # One policy sends requests again (retries.py): none of botocore's.
-                "retries": {"total_max_attempts": 1},
-            },
-            skip_instance_cache=True,
-        )
-        self.fs.retries = 1  # nor s3fs's
-        self._client_ready = False
+        self._fs: s3fs.S3FileSystem | None = None
         self._client_lock = threading.Lock()
         self._bucket_ready = False
         self._bucket_lock = threading.Lock()
@@ -160,6 +172,17 @@ class ObjectStore:
             else None
         )
 
+    @property
+    def fs(self) -> s3fs.S3FileSystem:
+        """s3fs's filesystem on the endpoint, made at its first use: importing s3fs and
+        aiobotocore and making the client cost a process about half a CPU-second, which a run
+        of small files (its PUTs and the bucket's check sent by put.py) never needs."""
+        if self._fs is None:
+            with self._client_lock:
+                if self._fs is None:
+                    self._fs = _filesystem(self.settings)
+        return self._fs
+
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
 
@@ -168,23 +191,12 @@ class ObjectStore:
     ) -> dict:
         """One S3 request, sent again while the store is busy or its answer lost (landed:
         as retries.retrying's)."""
-        self._ready()
+        fs = self.fs
         return retrying(
-            lambda: self.fs.call_s3(method, Bucket=self.bucket, **kwargs),
+            lambda: fs.call_s3(method, Bucket=self.bucket, **kwargs),
             f"{method} {self.uri(kwargs.get('Key', ''))} on {self.settings.endpoint_url}",
             landed=landed,
         )
-
-    def _ready(self) -> None:
-        """s3fs's client, made once, without botocore's `Expect: 100-continue`: aiohttp waits
-        for the `100 Continue` with no time-out, so that a store that stalls there held a part
-        for minutes (until the server gave up on the body), past every time-out set here."""
-        if self._client_ready:
-            return
-        with self._client_lock:
-            if not self._client_ready:
-                self.fs.connect().meta.events.unregister("before-call.s3", add_expect_header)
-                self._client_ready = True
 
     def ensure_bucket(self) -> None:
         """Create the bucket if it is missing; checked once, at the first write."""
@@ -192,7 +204,14 @@ class ObjectStore:
             if self._bucket_ready:
                 return
             try:
-                self._call("head_bucket")
+                if self._lean is not None:
+                    lean = self._lean
+                    retrying(
+                        lambda: lean.head_bucket(self.bucket),
+                        f"HeadBucket {self.uri('')} on {self.settings.endpoint_url}",
+                    )
+                else:
+                    self._call("head_bucket")
             except FileNotFoundError:
                 with suppress(FileExistsError):  # created by a concurrent worker
                     self._call("create_bucket")
@@ -406,7 +425,6 @@ class ObjectStore:
         fails for the store's sake)."""
 
         def read() -> str:
-            self._ready()
             digest = hashlib.sha256()
             with self.fs.open(f"{self.bucket}/{key}", "rb", block_size=READ_BACK_CHUNK) as f:
                 while chunk := f.read(READ_BACK_CHUNK):

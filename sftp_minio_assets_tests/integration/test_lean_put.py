@@ -5,6 +5,8 @@ connection the server closed. (Its signature against botocore's: unit/s3/test_pu
 import hashlib
 import os
 import socket
+import subprocess
+import sys
 import threading
 import uuid
 
@@ -23,7 +25,7 @@ from sftp_minio_assets.s3.store import (
 from sftp_minio_assets.transfer.copy import Copy, copy_file
 from sftp_minio_assets.transfer.recovery import TOKEN
 from sftp_minio_assets.worker.errors import is_permanent
-from sftp_minio_assets_tests.support import enable_versioning, writes_per_key
+from sftp_minio_assets_tests.support import PROJECT, enable_versioning, writes_per_key
 
 pytestmark = pytest.mark.integration
 
@@ -102,6 +104,46 @@ def test_each_part_is_one_put_signed_with_its_query_and_the_object_is_whole(env,
         store.complete_multipart(key, upload_id, etags, sums if checksums else None)
     assert env.object_sha256(key) == hashlib.sha256(b"".join(parts)).hexdigest()
     assert env.store.head(key)["ETag"].strip('"') == multipart_etag(etags)
+
+
+# A process that makes a bucket, checks it and PUTs a small object into it, then says whether
+# it loaded s3fs (or aiobotocore, aiohttp): about half a CPU-second at every run's start.
+SMALL_RUN = """
+import sys
+from sftp_minio_assets.s3.store import ObjectStore, S3Settings
+settings = S3Settings(*sys.argv[1:5])
+store = ObjectStore(settings)
+try:
+    store.ensure_bucket()
+except PermissionError as refused:
+    print("refused:", refused)
+    sys.exit(0)
+store.put("small.bin", b"x" * 1000, {"source": "default"}, {"sha256": "ab"})
+print(sorted(m for m in ("s3fs", "aiobotocore", "aiohttp") if m in sys.modules))
+"""
+
+
+def small_run(env, bucket: str, secret_key: str | None = None) -> str:
+    s3 = env.stack.s3
+    argv = [s3.endpoint_url, s3.access_key, secret_key or s3.secret_key, bucket]
+    done = subprocess.run(
+        [sys.executable, "-c", SMALL_RUN, *argv], capture_output=True, text=True, cwd=PROJECT
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_a_run_of_small_files_never_loads_s3fs_and_the_bucket_check_still_refuses(env):
+    """The bucket's check (a HEAD) and the PUT go through put.py: s3fs is loaded when a request
+    needs it, here only to create a missing bucket. Wrong credentials are refused at the check,
+    as s3fs refused them, before any body is sent."""
+    env.store.ensure_bucket()
+    assert small_run(env, env.bucket) == "[]"  # the bucket exists: nothing but put.py
+    assert env.store.head("small.bin")["ContentLength"] == 1000
+    fresh = f"fresh-{uuid.uuid4().hex[:8]}"
+    assert small_run(env, fresh) == "['aiobotocore', 'aiohttp', 's3fs']"  # made by s3fs
+    refused = small_run(env, env.bucket, secret_key="wrong-secret-Zq8vJ1x2")
+    assert refused.startswith("refused:") and "wrong-secret" not in refused, refused
 
 
 def test_a_put_refused_for_its_checksum_is_checksum_refused_sent_once(env):
