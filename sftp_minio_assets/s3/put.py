@@ -1,5 +1,5 @@
-"""One PUT of a whole object (or of a multipart upload's part), signed here and sent over a
-kept HTTP connection.
+"""One PUT of a whole object (or of a multipart upload's part, or the bucket's HEAD before a
+process's first write), signed here and sent over a kept HTTP connection.
 
 The object a small file becomes is one PutObject request (atomic: the object appears whole or
 not at all) carrying its metadata, its tags and, when on, its ChecksumSHA256. Through s3fs and
