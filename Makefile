@@ -93,7 +93,7 @@ bench-smoke: install bench-deps
 
 # The chaos run (devstack/soak.py): 30 minutes of files arriving while sshd, S3, PostgreSQL,
 # the daemon and run workers are killed, connections cut and S3 throttled; then it checks
-# from outside that every file landed once, whole. soak-short: its 3-minute variant (CI's).
+# from outside that every file landed once, whole. soak-short: its 2-minute variant (CI's).
 soak: install
 	$(BIN)/python -m devstack.soak
 

@@ -2,7 +2,7 @@
 fails, and in the end every file must be in the bucket once, byte for byte, with nobody's help.
 
     python -m devstack.soak               # make soak: 30 minutes, 10,000 small files, 3 x 512 MiB
-    python -m devstack.soak --short       # the CI's: 3 minutes, fewer files, faults more often
+    python -m devstack.soak --short       # the CI's: 2 minutes, fewer files, faults more often
 
 The pipeline runs as deployed: `dagster-daemon` on the project's dagster.yaml and workspace,
 on a local stack (devstack/local_stack.py), its SFTP server behind a TCP relay that cuts
@@ -59,7 +59,7 @@ class Plan:
 
 
 FULL = Plan(30, 10_000, 3, 512, (30, 90))
-SHORT = Plan(1.5, 450, 1, 512, (10, 20), drain_minutes=4)
+SHORT = Plan(1, 300, 1, 256, (10, 20), drain_minutes=4)
 PGP_SHARE = 0.1  # of the small files: PGP-encrypted, decrypted in flight
 FAULTS = ("run worker", "daemon", "sshd", "S3", "PostgreSQL", "SFTP cut", "S3 SlowDown")
 
@@ -415,8 +415,8 @@ def _kill(pid: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--short", action="store_true", help="the CI's variant: 3 minutes")
-    parser.add_argument("--minutes", type=float, help="of faults (default: 30, or 2 short)")
+    parser.add_argument("--short", action="store_true", help="the CI's variant: 2 minutes")
+    parser.add_argument("--minutes", type=float, help="of faults (default: 30, or 1 short)")
     parser.add_argument("--seed", type=int, default=int(time.time()))
     args = parser.parse_args()
     plan = SHORT if args.short else FULL

@@ -7,8 +7,10 @@ after the cause is fixed, and the page shows both materialized. Screenshots go t
 folder, or to SCREENSHOTS_DIR when set: `make screenshots` refreshes docs/screenshots/ with them.
 """
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -98,6 +100,9 @@ def dagster_ui(env, tmp_path):
         wait_until(lambda: _answers(f"{url}/server_info"), 120, "the webserver")
         yield url
     finally:
+        for process in processes:  # both told at once: each takes seconds to stop cleanly
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
         for process in processes:
             stop_group(process)
         logs.close()
