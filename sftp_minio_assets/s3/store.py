@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .put import MAX_BYTES as MAX_PUT_BYTES
 from .put import LeanPut, direct, tagging
@@ -28,6 +28,8 @@ from .retries import retrying
 
 if TYPE_CHECKING:
     import s3fs
+
+T = TypeVar("T")
 
 # What an S3 key cannot hold, or not safely: see object_key.
 _UNSAFE_IN_KEYS = re.compile("[\\\\\x00-\x1f\x7f\udc80-\udcff]")
@@ -205,10 +207,8 @@ class ObjectStore:
                 return
             try:
                 if self._lean is not None:
-                    lean = self._lean
-                    retrying(
-                        lambda: lean.head_bucket(self.bucket),
-                        f"HeadBucket {self.uri('')} on {self.settings.endpoint_url}",
+                    self._send_lean(
+                        "HeadBucket", "", False, lambda lean: lean.head_bucket(self.bucket)
                     )
                 else:
                     self._call("head_bucket")
@@ -230,13 +230,13 @@ class ObjectStore:
         Sent by LeanPut (put.py) up to put.MAX_BYTES, else (or behind a proxy) by s3fs."""
         self.ensure_bucket()
         if self._lean is not None and len(data) <= MAX_PUT_BYTES:
-            lean = self._lean
-            with self._refused_checksum(key, checksum is not None):
-                return retrying(
-                    lambda: lean.put(self.bucket, key, data, metadata, tags, checksum),
-                    f"PUT {self.uri(key)} on {self.settings.endpoint_url}",
-                    landed=lambda: self._put_landed(key, len(data), metadata),
-                )
+            return self._send_lean(
+                "PUT",
+                key,
+                checksum is not None,
+                lambda lean: lean.put(self.bucket, key, data, metadata, tags, checksum),
+                landed=lambda: self._put_landed(key, len(data), metadata),
+            )
 
         def landed() -> dict | None:
             etag = self._put_landed(key, len(data), metadata)
@@ -282,12 +282,12 @@ class ObjectStore:
         checksum: str | None = None,
     ) -> str:
         if self._lean is not None:
-            lean = self._lean
-            with self._refused_checksum(key, checksum is not None):
-                return retrying(
-                    lambda: lean.upload_part(self.bucket, key, upload_id, number, data, checksum),
-                    f"UploadPart {number} of {self.uri(key)} on {self.settings.endpoint_url}",
-                )
+            return self._send_lean(
+                f"UploadPart {number} of",
+                key,
+                checksum is not None,
+                lambda lean: lean.upload_part(self.bucket, key, upload_id, number, data, checksum),
+            )
         reply = self._send(
             "upload_part",
             key,
@@ -335,6 +335,25 @@ class ObjectStore:
         ChecksumRefused."""
         with self._refused_checksum(key, checksummed):
             return self._call(method, landed=landed, Key=key, **params)
+
+    def _send_lean(
+        self,
+        what: str,
+        key: str,
+        checksummed: bool,
+        call: Callable[[LeanPut], T],
+        *,
+        landed: Callable[[], T | None] | None = None,
+    ) -> T:
+        """As _send, through put.py's client: call(client), sent again as retries.py says."""
+        lean = self._lean
+        assert lean is not None  # behind a proxy, requests go through s3fs
+        with self._refused_checksum(key, checksummed):
+            return retrying(
+                lambda: call(lean),
+                f"{what} {self.uri(key)} on {self.settings.endpoint_url}",
+                landed=landed,
+            )
 
     @contextmanager
     def _refused_checksum(self, key: str, checksummed: bool) -> Iterator[None]:
