@@ -232,6 +232,9 @@ def run_pipeline(
     """Files appear under a running daemon's sensor -> all COMPLETED, on a fresh log and
     Dagster database. extra_env: variables of the daemon over the stack's."""
     env = pipeline_env(stack, round_id, extra_env)
+    # The bucket is there before the files, as rclone's is (and as a deployment's is after its
+    # first run): creating it is not what either tool is timed on.
+    make_bucket(stack, env["MINIO_BUCKET"])
     root = Path(env["SFTP_ROOT"])
     files = sum(1 for path in folder.rglob("*") if path.is_file())
     keep = os.environ.get("BENCH_KEEP_LOGS")  # a folder: the daemon's log is copied there
