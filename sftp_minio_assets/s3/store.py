@@ -466,20 +466,38 @@ class ObjectStore:
         """Every open upload under prefix, page after page (S3 answers 1,000 at most a page),
         each starting at the markers the server names (SeaweedFS names only the upload id's)."""
         uploads: dict[str, dict] = {}
-        marker: dict[str, Any] = {}
+        key_marker = upload_id_marker = ""
         while True:
-            reply = self._call(
-                "list_multipart_uploads", Prefix=prefix, MaxUploads=page_size, **marker
-            )
+            reply = self._uploads_page(prefix, page_size, key_marker, upload_id_marker)
             page = reply.get("Uploads", [])
             new = [upload for upload in page if upload["UploadId"] not in uploads]
             uploads.update((upload["UploadId"], upload) for upload in new)
             if not reply.get("IsTruncated") or not new:
                 return list(uploads.values())
-            marker = {
-                "KeyMarker": reply.get("NextKeyMarker") or "",
-                "UploadIdMarker": reply.get("NextUploadIdMarker") or "",
-            }
+            key_marker = reply.get("NextKeyMarker") or ""
+            upload_id_marker = reply.get("NextUploadIdMarker") or ""
+
+    def _uploads_page(
+        self, prefix: str, page_size: int, key_marker: str, upload_id_marker: str
+    ) -> dict:
+        """One page of ListMultipartUploads: through put.py's client (the sensor asks at every
+        tick, and need not load s3fs for it), else s3fs."""
+        if self._lean is not None:
+            return self._send_lean(
+                "ListMultipartUploads",
+                prefix,
+                False,
+                lambda lean: lean.list_multipart_uploads(
+                    self.bucket, prefix, page_size, key_marker, upload_id_marker
+                ),
+            )
+        marker: dict[str, Any] = {"KeyMarker": key_marker, "UploadIdMarker": upload_id_marker}
+        return self._call(
+            "list_multipart_uploads",
+            Prefix=prefix,
+            MaxUploads=page_size,
+            **{name: value for name, value in marker.items() if value},
+        )
 
     def abort_stale_uploads(
         self, prefix: str, older_than_seconds: float, live: Collection[str] = ()

@@ -106,8 +106,9 @@ def test_each_part_is_one_put_signed_with_its_query_and_the_object_is_whole(env,
     assert env.store.head(key)["ETag"].strip('"') == multipart_etag(etags)
 
 
-# A process that makes a bucket, checks it and PUTs a small object into it, then says whether
-# it loaded s3fs (or aiobotocore, aiohttp): about half a CPU-second at every run's start.
+# A process that makes a bucket, checks it, PUTs a small object into it and looks for stale
+# uploads (as the sensor does at every tick), then says whether it loaded s3fs (or aiobotocore,
+# aiohttp): about half a CPU-second at every run's start, and at every tick.
 SMALL_RUN = """
 import sys
 from sftp_minio_assets.s3.store import ObjectStore, S3Settings
@@ -119,6 +120,7 @@ except PermissionError as refused:
     print("refused:", refused)
     sys.exit(0)
 store.put("small.bin", b"x" * 1000, {"source": "default"}, {"sha256": "ab"})
+assert store.abort_stale_uploads("", 3600) == 0
 print(sorted(m for m in ("s3fs", "aiobotocore", "aiohttp") if m in sys.modules))
 """
 
