@@ -48,6 +48,7 @@ MAX_BYTES = 256 * 1024
 # is idempotent); never a request whose reply had begun, nor one on a new connection.
 _DROPPED = (ConnectionResetError, BrokenPipeError, http.client.RemoteDisconnected)
 _EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()  # the payload hash of a request with no body
+_XMLNS = "http://s3.amazonaws.com/doc/2006-03-01/"
 
 
 def tagging(tags: dict[str, str]) -> str:
@@ -96,13 +97,56 @@ class LeanPut:
     ) -> str:
         """The object's ETag. An error reply as s3fs raises it (OSError and its subclasses, the
         ClientError as cause); no reply, a ConnectionError naming the endpoint."""
-        headers = {f"x-amz-meta-{name.lower()}": value for name, value in metadata.items()}
+        headers = _metadata(metadata)
         if tags:
-            headers["x-amz-tagging"] = tagging(tags)
-        for name, value in headers.items():
-            if not value.isascii():
-                raise ValueError(f"{name}: S3 headers (metadata, tags) carry ASCII only")
+            headers["x-amz-tagging"] = _ascii("x-amz-tagging", tagging(tags))
         return self._put("PutObject", bucket, key, "", body, headers, checksum)
+
+    def create_multipart(
+        self, bucket: str, key: str, metadata: dict[str, str], checksums: bool
+    ) -> str:
+        """CreateMultipartUpload: the upload's id; with checksums, each part must carry its
+        own SHA-256. Errors as put's."""
+        headers = _metadata(metadata)
+        if checksums:
+            headers["x-amz-checksum-algorithm"] = "SHA256"
+        path = _object_path(self._base, bucket, key)
+        _, reply = self._request("POST", path, "uploads=", b"", headers, "CreateMultipartUpload")
+        return _text(ElementTree.fromstring(reply), "UploadId")
+
+    def complete_multipart(
+        self, bucket: str, key: str, upload_id: str, parts: list[tuple[str, str | None]]
+    ) -> None:
+        """CompleteMultipartUpload of parts (ETag, checksum or None), numbered from 1. S3 may
+        answer an error with status 200 once the request is under way: raised as put's."""
+        root = ElementTree.Element("CompleteMultipartUpload", xmlns=_XMLNS)
+        for number, (etag, checksum) in enumerate(parts, start=1):
+            part = ElementTree.SubElement(root, "Part")
+            ElementTree.SubElement(part, "PartNumber").text = str(number)
+            ElementTree.SubElement(part, "ETag").text = etag
+            if checksum:
+                ElementTree.SubElement(part, "ChecksumSHA256").text = checksum
+        body = ElementTree.tostring(root)
+        path = _object_path(self._base, bucket, key)
+        query = f"uploadId={_encoded(upload_id)}"
+        operation = "CompleteMultipartUpload"
+        headers, reply = self._request("POST", path, query, body, {}, operation)
+        if reply and ElementTree.fromstring(reply).tag.rsplit("}", 1)[-1] == "Error":
+            raise _error(200, "OK", headers, reply, operation)
+
+    def put_tagging(self, bucket: str, key: str, tags: dict[str, str]) -> None:
+        """PutObjectTagging: the object's tags become these. Errors as put's."""
+        root = ElementTree.Element("Tagging", xmlns=_XMLNS)
+        tag_set = ElementTree.SubElement(root, "TagSet")
+        for name, value in tags.items():
+            tag = ElementTree.SubElement(tag_set, "Tag")
+            ElementTree.SubElement(tag, "Key").text = name
+            ElementTree.SubElement(tag, "Value").text = value
+        body = ElementTree.tostring(root)
+        # S3 requires the body's MD5 for this request.
+        md5 = base64.b64encode(hashlib.md5(body, usedforsecurity=False).digest()).decode()
+        path = _object_path(self._base, bucket, key)
+        self._request("PUT", path, "tagging=", body, {"content-md5": md5}, "PutObjectTagging")
 
     def upload_part(
         self,
@@ -122,12 +166,7 @@ class LeanPut:
     def head_bucket(self, bucket: str) -> None:
         """Whether the bucket is there to write to: None, or its error as put's
         (FileNotFoundError when it is missing, PermissionError when refused)."""
-        path = f"{self._base}/{bucket}"
-        headers = {"host": self._host, "x-amz-content-sha256": _EMPTY_SHA256}
-        self._signer.sign("HEAD", path, headers)
-        status, reason, reply_headers, reply = self._send("HEAD", path, b"", headers)
-        if status != 200:
-            raise _error(status, reason, reply_headers, reply, "HeadBucket")
+        self._request("HEAD", f"{self._base}/{bucket}", "", b"", {}, "HeadBucket")
 
     def list_multipart_uploads(
         self, bucket: str, prefix: str, max_uploads: int, key_marker: str, upload_id_marker: str
@@ -143,7 +182,7 @@ class LeanPut:
             params["upload-id-marker"] = upload_id_marker
         query = "&".join(f"{_encoded(k)}={_encoded(v)}" for k, v in sorted(params.items()))
         path = f"{self._base}/{bucket}"
-        reply = self._get(path, query, "ListMultipartUploads")
+        _, reply = self._request("GET", path, query, b"", {}, "ListMultipartUploads")
         root = ElementTree.fromstring(reply)
         uploads = [
             {
@@ -160,15 +199,6 @@ class LeanPut:
             "NextUploadIdMarker": _text(root, "NextUploadIdMarker"),
         }
 
-    def _get(self, path: str, query: str, operation: str) -> bytes:
-        """A signed GET of path?query (canonical: encoded, sorted); the reply's body."""
-        headers = {"host": self._host, "x-amz-content-sha256": _EMPTY_SHA256}
-        self._signer.sign("GET", path, headers, query=query)
-        status, reason, reply_headers, reply = self._send("GET", f"{path}?{query}", b"", headers)
-        if status != 200:
-            raise _error(status, reason, reply_headers, reply, operation)
-        return reply
-
     def _put(
         self,
         operation: str,
@@ -182,18 +212,35 @@ class LeanPut:
         """A signed PUT of body; its reply's ETag. query: canonical (encoded, sorted)."""
         if checksum:
             headers["x-amz-checksum-sha256"] = checksum
+        path = _object_path(self._base, bucket, key)
+        reply_headers, _ = self._request("PUT", path, query, body, headers, operation, checksum)
+        return reply_headers.get("ETag", "")
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        query: str,
+        body: bytes | memoryview,
+        headers: dict[str, str],
+        operation: str,
+        checksum: str | None = None,
+    ) -> tuple[http.client.HTTPMessage, bytes]:
+        """A signed request (path: encoded; query: canonical, its parameters encoded and
+        sorted); its reply's headers and body. checksum: body's, as sha256_checksum gives it,
+        taken as its payload hash. An error reply raised as s3fs raises it."""
+        if checksum:
             payload = _hex(checksum)  # the same SHA-256, not computed twice
         else:
-            payload = hashlib.sha256(body).hexdigest()
-        path = f"{self._base}/{bucket}/{quote(key, safe='/~')}"
+            payload = hashlib.sha256(body).hexdigest() if len(body) else _EMPTY_SHA256
         headers["host"] = self._host
         headers["x-amz-content-sha256"] = payload
-        self._signer.sign("PUT", path, headers, query=query)
+        self._signer.sign(method, path, headers, query=query)
         target = f"{path}?{query}" if query else path
-        status, reason, reply_headers, reply = self._send("PUT", target, body, headers)
+        status, reason, reply_headers, reply = self._send(method, target, body, headers)
         if status != 200:
             raise _error(status, reason, reply_headers, reply, operation)
-        return reply_headers.get("ETag", "")
+        return reply_headers, reply
 
     def _send(
         self, method: str, target: str, body: bytes | memoryview, headers: dict[str, str]
@@ -357,6 +404,22 @@ def _dropped(connection: http.client.HTTPConnection) -> bool:
     poll = select.poll()
     poll.register(sock, select.POLLIN)
     return bool(poll.poll(0))
+
+
+def _object_path(base: str, bucket: str, key: str) -> str:
+    return f"{base}/{bucket}/{quote(key, safe='/~')}"
+
+
+def _metadata(metadata: dict[str, str]) -> dict[str, str]:
+    """The headers that carry an object's metadata."""
+    headers = {f"x-amz-meta-{name.lower()}": value for name, value in metadata.items()}
+    return {name: _ascii(name, value) for name, value in headers.items()}
+
+
+def _ascii(name: str, value: str) -> str:
+    if not value.isascii():
+        raise ValueError(f"{name}: S3 headers (metadata, tags) carry ASCII only")
+    return value
 
 
 def _encoded(value: str) -> str:

@@ -268,6 +268,13 @@ class ObjectStore:
     def create_multipart(self, key: str, metadata: dict[str, str], checksums: bool = False) -> str:
         """A multipart upload; with checksums, each part must then carry its own."""
         self.ensure_bucket()
+        if self._lean is not None:
+            return self._send_lean(
+                "CreateMultipartUpload",
+                key,
+                False,
+                lambda lean: lean.create_multipart(self.bucket, key, metadata, checksums),
+            )
         algorithm: dict[str, Any] = {"ChecksumAlgorithm": "SHA256"} if checksums else {}
         return self._call("create_multipart_upload", Key=key, Metadata=metadata, **algorithm)[
             "UploadId"
@@ -303,18 +310,29 @@ class ObjectStore:
         self, key: str, upload_id: str, etags: list[str], checksums: list[str] | None = None
     ) -> None:
         """checksums: each part's, in order, when the upload was created with checksums."""
-        parts = [
-            {"PartNumber": n, "ETag": etag, **_checksum(checksums[n - 1] if checksums else None)}
-            for n, etag in enumerate(etags, start=1)
-        ]
+        sums: list[str | None] = [*checksums] if checksums else [None] * len(etags)
         try:
-            self._send(
-                "complete_multipart_upload",
-                key,
-                checksums is not None,
-                UploadId=upload_id,
-                MultipartUpload={"Parts": parts},
-            )
+            if self._lean is not None:
+                self._send_lean(
+                    "CompleteMultipartUpload",
+                    key,
+                    checksums is not None,
+                    lambda lean: lean.complete_multipart(
+                        self.bucket, key, upload_id, list(zip(etags, sums, strict=True))
+                    ),
+                )
+            else:
+                parts = [
+                    {"PartNumber": n, "ETag": etag, **_checksum(sums[n - 1])}
+                    for n, etag in enumerate(etags, start=1)
+                ]
+                self._send(
+                    "complete_multipart_upload",
+                    key,
+                    checksums is not None,
+                    UploadId=upload_id,
+                    MultipartUpload={"Parts": parts},
+                )
         except FileNotFoundError as exc:
             # Sent again after an answer that never came, the request finds its upload gone:
             # the first one completed it, if the object is made of these very parts.
@@ -426,6 +444,14 @@ class ObjectStore:
         self._call("abort_multipart_upload", Key=key, UploadId=upload_id)
 
     def set_tags(self, key: str, tags: dict[str, str]) -> None:
+        if self._lean is not None:
+            self._send_lean(
+                "PutObjectTagging",
+                key,
+                False,
+                lambda lean: lean.put_tagging(self.bucket, key, tags),
+            )
+            return
         tag_set = [{"Key": k, "Value": v} for k, v in tags.items()]
         self._call("put_object_tagging", Key=key, Tagging={"TagSet": tag_set})
 

@@ -106,9 +106,10 @@ def test_each_part_is_one_put_signed_with_its_query_and_the_object_is_whole(env,
     assert env.store.head(key)["ETag"].strip('"') == multipart_etag(etags)
 
 
-# A process that makes a bucket, checks it, PUTs a small object into it and looks for stale
-# uploads (as the sensor does at every tick), then says whether it loaded s3fs (or aiobotocore,
-# aiohttp): about half a CPU-second at every run's start, and at every tick.
+# A process that makes a bucket, checks it, PUTs a small object into it, uploads a big one in
+# parts and tags it, and looks for stale uploads (as the sensor does at every tick), then says
+# whether it loaded s3fs (or aiobotocore, aiohttp): about half a CPU-second at every run's
+# start, and at every tick.
 SMALL_RUN = """
 import sys
 from sftp_minio_assets.s3.store import ObjectStore, S3Settings
@@ -120,6 +121,10 @@ except PermissionError as refused:
     print("refused:", refused)
     sys.exit(0)
 store.put("small.bin", b"x" * 1000, {"source": "default"}, {"sha256": "ab"})
+upload = store.create_multipart("big.bin", {"source": "default"})
+etag = store.upload_part("big.bin", upload, 1, memoryview(b"y" * 1000))
+store.complete_multipart("big.bin", upload, [etag])
+store.set_tags("big.bin", {"sha256": "cd"})
 assert store.abort_stale_uploads("", 3600) == 0
 print(sorted(m for m in ("s3fs", "aiobotocore", "aiohttp") if m in sys.modules))
 """
@@ -135,13 +140,16 @@ def small_run(env, bucket: str, secret_key: str | None = None) -> str:
     return done.stdout.strip()
 
 
-def test_a_run_of_small_files_never_loads_s3fs_and_the_bucket_check_still_refuses(env):
-    """The bucket's check (a HEAD) and the PUT go through put.py: s3fs is loaded when a request
-    needs it, here only to create a missing bucket. Wrong credentials are refused at the check,
-    as s3fs refused them, before any body is sent."""
+def test_a_run_never_loads_s3fs_and_the_bucket_check_still_refuses(env):
+    """The bucket's check (a HEAD), the PUT, a multipart upload and its tags go through put.py:
+    s3fs is loaded when a request needs it, here only to create a missing bucket. Wrong
+    credentials are refused at the check, as s3fs refused them, before any body is sent."""
     env.store.ensure_bucket()
     assert small_run(env, env.bucket) == "[]"  # the bucket exists: nothing but put.py
     assert env.store.head("small.bin")["ContentLength"] == 1000
+    assert env.store.head("big.bin")["Metadata"] == {"source": "default"}
+    assert env.object_sha256("big.bin") == hashlib.sha256(b"y" * 1000).hexdigest()
+    assert env.store.tags("big.bin") == {"sha256": "cd"}
     fresh = f"fresh-{uuid.uuid4().hex[:8]}"
     assert small_run(env, fresh) == "['aiobotocore', 'aiohttp', 's3fs']"  # made by s3fs
     refused = small_run(env, env.bucket, secret_key="wrong-secret-Zq8vJ1x2")
