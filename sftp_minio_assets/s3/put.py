@@ -1,6 +1,7 @@
-"""One PUT of a whole object (or of a multipart upload's part, or the bucket's HEAD before a
-process's first write, or the sensor's listing of open uploads), signed here and sent over a
-kept HTTP connection.
+"""The S3 requests of the byte path, signed here and sent over kept HTTP connections: one PUT
+of a whole object; a multipart upload's creation, parts and completion; an object's tags; the
+bucket's HEAD before a process's first write; and the listing of open uploads the sensor asks
+for at every tick. A run (or a tick) that needs nothing else never loads s3fs.
 
 The object a small file becomes is one PutObject request (atomic: the object appears whole or
 not at all) carrying its metadata, its tags and, when on, its ChecksumSHA256. Through s3fs and
