@@ -158,8 +158,9 @@ def test_a_file_truncated_mid_copy_waits_for_the_stability_gate_not_an_immediate
     env, instance
 ):
     """A writer that pauses (issue 19, 2): the in-run retry used to copy the truncated state
-    a second later and record it COMPLETED, though the file was modified a second before."""
-    gate = {"sftp": {"min_file_age_seconds": 60}, "retry_base_seconds": 0.1}
+    a second later and record it COMPLETED, though the file was modified a second before.
+    The gate is half an hour: a slow machine may take a minute from the truncation to the tick."""
+    gate = {"sftp": {"min_file_age_seconds": 1800}, "retry_base_seconds": 0.1}
     path = env.write("paused.bin", os.urandom(128 * 1024 * 1024))
     with ThreadPoolExecutor(1) as pool:
         running = pool.submit(materialize, env, None, ["paused.bin"], parts_in_flight=1, **gate)
@@ -173,10 +174,10 @@ def test_a_file_truncated_mid_copy_waits_for_the_stability_gate_not_an_immediate
     assert "copied again once it looks complete" in row["error_message"]
     assert env.store.head("default/paused.bin") is None
     # The sensor holds it back while it is younger than the gate, then requests it.
-    assert tick(env, instance, min_file_age_seconds=60).run_requests == []
-    stamp = time.time() - 120
+    assert tick(env, instance, min_file_age_seconds=1800).run_requests == []
+    stamp = time.time() - 7200
     os.utime(path, (stamp, stamp))
-    assert requested(tick(env, instance, min_file_age_seconds=60), instance) == ["paused.bin"]
+    assert requested(tick(env, instance, min_file_age_seconds=1800), instance) == ["paused.bin"]
 
 
 def test_a_file_deleted_mid_transfer_is_never_recorded_as_copied(env):
