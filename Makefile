@@ -59,10 +59,12 @@ demo: install
 dev: install
 	$(BIN)/python -m devstack.demo dev
 
-# The unit tier first (a broken build fails in seconds), then every test that needs a server.
+# The unit tier first (a broken build fails in seconds), then every test that needs a server,
+# in two processes (each with its own stack, a test module's tests in one of them): most of a
+# test's time is spent waiting on the servers, the daemon and the runs it starts.
 test: install browser-deps s3rver-deps
 	$(MAKE) test-unit
-	$(BIN)/python -m pytest -m integration --durations=40
+	$(BIN)/python -m pytest -m integration -n 2 --dist loadfile --durations=40
 
 # The example project's own tests (examples/partner_csv, no server; its end-to-end test through
 # the daemon is integration/test_example.py).
