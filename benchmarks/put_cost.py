@@ -45,7 +45,7 @@ from botocore.config import Config
 
 from devstack.counting_proxy import CountingProxy
 from devstack.local_stack import S3Server
-from sftp_minio_assets.s3.put import LeanPut, tagging
+from sftp_minio_assets.s3 import lean
 from sftp_minio_assets.s3.store import ObjectStore, S3Settings, sha256_checksum
 
 CLIENT_CONFIG = {
@@ -86,7 +86,7 @@ class Client:
 
 
 class S3fsStore(Client):
-    """ObjectStore.put before LeanPut: s3fs over aiobotocore, on s3fs's event-loop thread."""
+    """ObjectStore.put before LeanClient: s3fs over aiobotocore, on s3fs's event-loop thread."""
 
     name = "s3fs/aiobotocore (ObjectStore.put before)"
     lean = False
@@ -123,7 +123,12 @@ class BotocoreClient(Client):
     def put(self, key, data, meta, tags, checksum):
         extra = {"ChecksumSHA256": checksum} if checksum else {}
         reply = self.client.put_object(
-            Bucket=self.bucket, Key=key, Body=data, Metadata=meta, Tagging=tagging(tags), **extra
+            Bucket=self.bucket,
+            Key=key,
+            Body=data,
+            Metadata=meta,
+            Tagging=lean.tagging(tags),
+            **extra,
         )
         return reply["ETag"]
 
@@ -158,7 +163,7 @@ class _KeptConnection(Client):
 
 def _amz_headers(data: bytes, meta, tags, checksum) -> dict[str, str]:
     headers = {f"x-amz-meta-{name}": value for name, value in meta.items()}
-    headers["x-amz-tagging"] = tagging(tags)
+    headers["x-amz-tagging"] = lean.tagging(tags)
     if checksum:
         headers["x-amz-checksum-sha256"] = checksum
     return headers
@@ -185,14 +190,14 @@ class BotocoreSigner(_KeptConnection):
 
 
 class LeanClient(Client):
-    """s3/put.py's LeanPut alone: SigV4 written out (hashlib, hmac), the day's signing key
+    """s3/lean.py's LeanClient alone: SigV4 written out (hashlib, hmac), the day's signing key
     kept, a pool of kept http.client connections."""
 
-    name = "own SigV4 + kept http.client (s3/put.py)"
+    name = "own SigV4 + kept http.client (s3/lean.py)"
 
     def __init__(self, server, bucket):
         super().__init__(server, bucket)
-        self.client = LeanPut(self.endpoint, self.access_key, self.secret_key, REGION)
+        self.client = lean.LeanClient(self.endpoint, self.access_key, self.secret_key, REGION)
 
     def put(self, key, data, meta, tags, checksum):
         return self.client.put(self.bucket, key, data, meta, tags, checksum or None)
@@ -202,9 +207,9 @@ class LeanClient(Client):
 
 
 class LeanStore(S3fsStore):
-    """ObjectStore.put now: LeanPut, with the store's bucket check and error translation."""
+    """ObjectStore.put now: LeanClient, with the store's bucket check and error translation."""
 
-    name = "ObjectStore.put now (LeanPut)"
+    name = "ObjectStore.put now (LeanClient)"
     lean = True
 
 

@@ -1,7 +1,7 @@
 """A TCP relay to an HTTP server that counts what passes: the requests (by method), the
 `100 Continue` answers and the connections. Stdlib only.
 
-Used to count the requests a small file costs (integration/test_lean_put.py) and each S3
+Used to count the requests a small file costs (integration/test_lean_client.py) and each S3
 client's (benchmarks/put_cost.py). Request lines are found in the byte stream itself: send
 bodies of random bytes, where a false match is out of reach.
 """

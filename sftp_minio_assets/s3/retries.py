@@ -67,12 +67,15 @@ def verdict(exc: BaseException) -> Verdict:
     for cause in _chain(exc):
         if isinstance(cause, ClientError):
             return _answered(cause)
+    # Refused anywhere in the chain first: lean.py's "no answer" (a ConnectionError) wraps the
+    # refusal, which would otherwise read as a lost answer (8 attempts, each asking `landed`).
     for cause in _chain(exc):
         if isinstance(cause, ConnectionRefusedError) or (
             isinstance(cause, EndpointConnectionError)
             and not isinstance(cause, ConnectionClosedError)
         ):
             return Verdict(True, refused=True, why="the connection was refused")
+    for cause in _chain(exc):
         if isinstance(
             cause,
             (ConnectionError, TimeoutError, socket.timeout, HTTPClientError, ResponseParserError),

@@ -1,11 +1,12 @@
 """The S3 side (MinIO or any S3-compatible store): objects, multipart uploads, keys.
 
-No Dagster. Only standard S3 calls: the same code runs on MinIO and SeaweedFS. A small object
-in one request (a small file's, up to put.MAX_BYTES), the parts of a multipart upload and the
-bucket's check are sent by put.py's LeanPut, which signs them itself and keeps its connections:
-a fraction of the CPU s3fs and aiobotocore spend on them. Everything else goes through s3fs,
-loaded at its first use: the bucket's creation, larger PUTs, the creation and completion of
-multipart uploads, listings, heads, tags and reads.
+No Dagster. Only standard S3 calls: the same code runs on MinIO and SeaweedFS. The byte path's
+requests (a small object in one PUT, up to lean.MAX_BYTES; a multipart upload's creation, parts
+and completion; tags; heads; the bucket's check) and the listing of open uploads are sent by
+lean.py's LeanClient, which signs them itself and keeps its connections: a fraction of the
+CPU s3fs and aiobotocore spend on them, and no s3fs to load. Everything else goes through s3fs,
+loaded at its first use: the bucket's creation, larger PUTs, the checksum probe, listings of
+objects and parts, aborts and reads; behind a proxy, every request.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .put import MAX_BYTES as MAX_PUT_BYTES
-from .put import LeanPut, direct, tagging
+from .lean import MAX_BYTES as MAX_PUT_BYTES
+from .lean import LeanClient, direct, tagging
 from .retries import retrying
 
 if TYPE_CHECKING:
@@ -162,7 +163,7 @@ class ObjectStore:
         self._bucket_lock = threading.Lock()
         # Behind a proxy, every request goes through s3fs, which honours it.
         self._lean = (
-            LeanPut(
+            LeanClient(
                 settings.endpoint_url,
                 settings.access_key,
                 settings.secret_key,
@@ -178,7 +179,7 @@ class ObjectStore:
     def fs(self) -> s3fs.S3FileSystem:
         """s3fs's filesystem on the endpoint, made at its first use: importing s3fs and
         aiobotocore and making the client cost a process about half a CPU-second, which a run
-        of small files (its PUTs and the bucket's check sent by put.py) never needs."""
+        of small files (its PUTs and the bucket's check sent by lean.py) never needs."""
         if self._fs is None:
             with self._client_lock:
                 if self._fs is None:
@@ -227,7 +228,7 @@ class ObjectStore:
     ) -> str:
         """One request: the object appears whole or not at all. Returns its ETag. With a
         checksum (sha256_checksum of data), a server that verifies it refuses other bytes.
-        Sent by LeanPut (put.py) up to put.MAX_BYTES, else (or behind a proxy) by s3fs."""
+        Sent by LeanClient (lean.py) up to lean.MAX_BYTES, else (or behind a proxy) by s3fs."""
         self.ensure_bucket()
         if self._lean is not None and len(data) <= MAX_PUT_BYTES:
             return self._send_lean(
@@ -359,11 +360,11 @@ class ObjectStore:
         what: str,
         key: str,
         checksummed: bool,
-        call: Callable[[LeanPut], T],
+        call: Callable[[LeanClient], T],
         *,
         landed: Callable[[], T | None] | None = None,
     ) -> T:
-        """As _send, through put.py's client: call(client), sent again as retries.py says."""
+        """As _send, through lean.py's client: call(client), sent again as retries.py says."""
         lean = self._lean
         assert lean is not None  # behind a proxy, requests go through s3fs
         with self._refused_checksum(key, checksummed):
@@ -457,6 +458,10 @@ class ObjectStore:
 
     def head(self, key: str) -> dict | None:
         try:
+            if self._lean is not None:
+                return self._send_lean(
+                    "HeadObject", key, False, lambda lean: lean.head_object(self.bucket, key)
+                )
             return self._call("head_object", Key=key)
         except FileNotFoundError:
             return None
@@ -506,7 +511,7 @@ class ObjectStore:
     def _uploads_page(
         self, prefix: str, page_size: int, key_marker: str, upload_id_marker: str
     ) -> dict:
-        """One page of ListMultipartUploads: through put.py's client (the sensor asks at every
+        """One page of ListMultipartUploads: through lean.py's client (the sensor asks at every
         tick, and need not load s3fs for it), else s3fs."""
         if self._lean is not None:
             return self._send_lean(

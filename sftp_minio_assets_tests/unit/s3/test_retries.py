@@ -1,4 +1,4 @@
-"""When an S3 request is sent again (s3/retries.py), on the errors as s3fs and the lean PUT raise
+"""When an S3 request is sent again (s3/retries.py), on the errors as s3fs and the lean client raise
 them; no server (the relay's faults: integration/test_hostile_networks.py)."""
 
 import http.client
@@ -7,7 +7,7 @@ import pytest
 from botocore.exceptions import EndpointConnectionError, ReadTimeoutError
 
 from sftp_minio_assets.s3 import retries
-from sftp_minio_assets.s3.put import _error
+from sftp_minio_assets.s3.lean import _error
 from sftp_minio_assets.s3.store import multipart_etag
 
 
@@ -44,6 +44,10 @@ def test_a_lost_answer_is_asked_again_and_a_refused_connection_a_few_times_only(
     assert retries.verdict(wrapped).again
     refused = retries.verdict(EndpointConnectionError(endpoint_url="http://127.0.0.1:9"))
     assert refused.again and refused.refused
+    # lean.py's "no answer" around a refusal: refused (a few quick attempts, none asking
+    # whether a request that never left took effect), not lost.
+    wrapped.__cause__ = ConnectionRefusedError(111, "Connection refused")
+    assert retries.verdict(wrapped).refused and not retries.verdict(wrapped).lost
     assert not retries.verdict(ValueError("a defect")).again
 
 

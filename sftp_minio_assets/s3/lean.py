@@ -28,6 +28,7 @@ import threading
 import time
 import xml.etree.ElementTree as ElementTree
 from datetime import datetime
+from email.utils import parsedate_to_datetime
 from urllib.parse import quote, urlsplit
 from urllib.request import getproxies, proxy_bypass
 
@@ -64,8 +65,8 @@ def direct(endpoint_url: str) -> bool:
     return url.scheme not in getproxies() or bool(proxy_bypass(url.netloc))
 
 
-class LeanPut:
-    """PutObject on one endpoint; thread-safe (a pool of kept connections)."""
+class LeanClient:
+    """The byte path's S3 requests to one endpoint; thread-safe (a pool of kept connections)."""
 
     def __init__(
         self,
@@ -164,6 +165,25 @@ class LeanPut:
         query = f"partNumber={number}&uploadId={_encoded(upload_id)}"
         return self._put("UploadPart", bucket, key, query, body, {}, checksum)
 
+    def head_object(self, bucket: str, key: str) -> dict:
+        """HeadObject, as botocore answers it: ContentLength, ETag, LastModified (an aware
+        datetime) and Metadata (names lower-cased, as this project writes them). Errors as
+        put's; no such object, a plain FileNotFoundError (a common answer: s3fs's error table
+        is not loaded for it). A big file's copy is checked so once completed."""
+        path = _object_path(self._base, bucket, key)
+        headers, _ = self._request("HEAD", path, "", b"", {}, "HeadObject", absent_ok=True)
+        prefix = "x-amz-meta-"
+        return {
+            "ContentLength": int(headers.get("Content-Length", "0")),
+            "ETag": headers.get("ETag", ""),
+            "LastModified": parsedate_to_datetime(headers["Last-Modified"]),
+            "Metadata": {
+                name.lower()[len(prefix) :]: value
+                for name, value in headers.items()
+                if name.lower().startswith(prefix)
+            },
+        }
+
     def head_bucket(self, bucket: str) -> None:
         """Whether the bucket is there to write to: None, or its error as put's
         (FileNotFoundError when it is missing, PermissionError when refused)."""
@@ -226,10 +246,12 @@ class LeanPut:
         headers: dict[str, str],
         operation: str,
         checksum: str | None = None,
+        absent_ok: bool = False,
     ) -> tuple[http.client.HTTPMessage, bytes]:
         """A signed request (path: encoded; query: canonical, its parameters encoded and
         sorted); its reply's headers and body. checksum: body's, as sha256_checksum gives it,
-        taken as its payload hash. An error reply raised as s3fs raises it."""
+        taken as its payload hash. An error reply raised as s3fs raises it; with absent_ok, a
+        404 as a plain FileNotFoundError."""
         if checksum:
             payload = _hex(checksum)  # the same SHA-256, not computed twice
         else:
@@ -239,6 +261,8 @@ class LeanPut:
         self._signer.sign(method, path, headers, query=query)
         target = f"{path}?{query}" if query else path
         status, reason, reply_headers, reply = self._send(method, target, body, headers)
+        if status == 404 and absent_ok:
+            raise FileNotFoundError(f"{operation}: nothing at {self.endpoint}{target}")
         if status != 200:
             raise _error(status, reason, reply_headers, reply, operation)
         return reply_headers, reply

@@ -1,6 +1,6 @@
-"""A small file's object in one request, signed by s3/put.py and sent over a kept connection:
+"""A small file's object in one request, signed by s3/lean.py and sent over a kept connection:
 the requests it costs, counted on the wire; a refused checksum; a restarted S3 server; a kept
-connection the server closed. (Its signature against botocore's: unit/s3/test_put.py.)"""
+connection the server closed. (Its signature against botocore's: unit/s3/test_lean.py.)"""
 
 import hashlib
 import os
@@ -14,7 +14,7 @@ import pytest
 
 from devstack.counting_proxy import CountingProxy
 from sftp_minio_assets.core.model import BY_ETAG, BY_SERVER
-from sftp_minio_assets.s3.put import MAX_BYTES, LeanPut
+from sftp_minio_assets.s3.lean import MAX_BYTES, LeanClient
 from sftp_minio_assets.s3.store import (
     ChecksumRefused,
     ObjectStore,
@@ -71,7 +71,7 @@ def test_a_small_file_costs_one_put_without_waiting_for_100_continue(env, checks
 
 
 def test_a_larger_put_goes_through_s3fs_which_does_not_wait_for_100_continue(env):
-    """Past put.MAX_BYTES, s3fs sends the PUT, without botocore's `Expect: 100-continue`:
+    """Past lean.MAX_BYTES, s3fs sends the PUT, without botocore's `Expect: 100-continue`:
     aiohttp waits for the `100 Continue` with no time-out, so a store that stalls there would
     hold the request for minutes (integration/test_hostile_networks.py)."""
     with CountingProxy(env.stack.s3.endpoint_url) as proxy:
@@ -107,9 +107,9 @@ def test_each_part_is_one_put_signed_with_its_query_and_the_object_is_whole(env,
 
 
 # A process that makes a bucket, checks it, PUTs a small object into it, uploads a big one in
-# parts and tags it, and looks for stale uploads (as the sensor does at every tick), then says
-# whether it loaded s3fs (or aiobotocore, aiohttp): about half a CPU-second at every run's
-# start, and at every tick.
+# parts, tags it and checks it, and looks for stale uploads (as the sensor does at every tick),
+# then says whether it loaded s3fs (or aiobotocore, aiohttp): about half a CPU-second at every
+# run's start, and at every tick.
 SMALL_RUN = """
 import sys
 from sftp_minio_assets.s3.store import ObjectStore, S3Settings
@@ -125,6 +125,9 @@ upload = store.create_multipart("big.bin", {"source": "default"})
 etag = store.upload_part("big.bin", upload, 1, memoryview(b"y" * 1000))
 store.complete_multipart("big.bin", upload, [etag])
 store.set_tags("big.bin", {"sha256": "cd"})
+head = store.head("big.bin")  # as a big file's copy is checked
+assert (head["ContentLength"], head["Metadata"]) == (1000, {"source": "default"}), head
+assert head["LastModified"].tzinfo is not None and store.head("missing.bin") is None
 assert store.abort_stale_uploads("", 3600) == 0
 print(sorted(m for m in ("s3fs", "aiobotocore", "aiohttp") if m in sys.modules))
 """
@@ -141,11 +144,11 @@ def small_run(env, bucket: str, secret_key: str | None = None) -> str:
 
 
 def test_a_run_never_loads_s3fs_and_the_bucket_check_still_refuses(env):
-    """The bucket's check (a HEAD), the PUT, a multipart upload and its tags go through put.py:
-    s3fs is loaded when a request needs it, here only to create a missing bucket. Wrong
-    credentials are refused at the check, as s3fs refused them, before any body is sent."""
+    """The bucket's check (a HEAD), the PUT, a multipart upload, its tags and its HEAD go through
+    lean.py: s3fs is loaded when a request needs it, here only to create a missing bucket.
+    Wrong credentials are refused at the check, as s3fs refused them, before any body is sent."""
     env.store.ensure_bucket()
-    assert small_run(env, env.bucket) == "[]"  # the bucket exists: nothing but put.py
+    assert small_run(env, env.bucket) == "[]"  # the bucket exists: nothing but lean.py
     assert env.store.head("small.bin")["ContentLength"] == 1000
     assert env.store.head("big.bin")["Metadata"] == {"source": "default"}
     assert env.object_sha256("big.bin") == hashlib.sha256(b"y" * 1000).hexdigest()
@@ -236,7 +239,7 @@ def test_a_kept_connection_dropped_with_its_request_is_sent_once_more_a_new_one_
     is idempotent). On a new connection the same loss is the caller's: not sent again, so an
     attempt that may have landed is found by its token (transfer/recovery.py)."""
     server = OneShotServer(drop={2, 4})
-    lean = LeanPut(server.url, "key", "secret", "us-east-1")
+    lean = LeanClient(server.url, "key", "secret", "us-east-1")
     assert lean.put("bucket", "a", b"1", {}, {}) == '"e"'  # request 1, its connection kept
     assert lean.put("bucket", "b", b"2", {}, {}) == '"e"'  # 2 dropped, 3 on a new connection
     assert server.received == 3

@@ -1,5 +1,5 @@
-"""The lean PUT's request (s3/put.py) against botocore's: the same signature, the same errors
-as s3fs raises; no server (the requests themselves: integration/test_lean_put.py)."""
+"""The lean client's requests (s3/lean.py) against botocore's: the same signature, the same errors
+as s3fs raises; no server (the requests themselves: integration/test_lean_client.py)."""
 
 import errno
 import http.client
@@ -10,7 +10,7 @@ import botocore.awsrequest
 import botocore.credentials
 import pytest
 
-from sftp_minio_assets.s3.put import LeanPut, _error, _Signer, direct, tagging
+from sftp_minio_assets.s3.lean import LeanClient, _error, _Signer, direct, tagging
 from sftp_minio_assets.s3.store import _DIGEST_REFUSED, _error_code
 
 ACCESS_KEY = "AKEXAMPLE0123456789"
@@ -40,7 +40,7 @@ KEYS = [
 @pytest.mark.parametrize("region", ["us-east-1", "eu-west-3"])
 @pytest.mark.parametrize("checksum", [None, "ouZZ2stGkeiHrAE5+Ik9BHZO4ZfXD7c9MZDVYRPRjj4="])
 def test_the_signature_is_botocores(key, endpoint, host, region, checksum):
-    """Every header LeanPut sends, signed as botocore's S3 SigV4 signer signs the same request
+    """Every header LeanClient sends, signed as botocore's S3 SigV4 signer signs the same request
     (path-style, the payload's SHA-256 signed): the same Authorization, byte for byte."""
     path = f"/bucket/{quote(key, safe='/~')}"
     headers = {
@@ -87,15 +87,17 @@ def test_a_parts_signature_with_its_query_is_botocores(upload_id):
 
 
 def test_the_host_signed_is_the_one_sent():
-    assert LeanPut("http://127.0.0.1:9000", "a", "b", "us-east-1")._host == "127.0.0.1:9000"
-    assert LeanPut("https://s3.example.org:443/", "a", "b", "us-east-1")._host == "s3.example.org"
-    lean = LeanPut("https://user:pw@s3.example.org:8443/base/", "a", "b", "us-east-1")
+    assert LeanClient("http://127.0.0.1:9000", "a", "b", "us-east-1")._host == "127.0.0.1:9000"
+    assert (
+        LeanClient("https://s3.example.org:443/", "a", "b", "us-east-1")._host == "s3.example.org"
+    )
+    lean = LeanClient("https://user:pw@s3.example.org:8443/base/", "a", "b", "us-east-1")
     assert (lean._host, lean._base) == ("s3.example.org:8443", "/base")
     assert "pw" not in lean.endpoint
 
 
 def test_no_credential_shows_in_the_client_or_its_signer():
-    lean = LeanPut("http://127.0.0.1:9000", ACCESS_KEY, SECRET_KEY, "us-east-1")
+    lean = LeanClient("http://127.0.0.1:9000", ACCESS_KEY, SECRET_KEY, "us-east-1")
     for shown in (repr(lean), repr(lean._signer), str(vars(lean))):
         assert SECRET_KEY not in shown
 
@@ -146,6 +148,6 @@ def test_an_endpoint_behind_a_proxy_is_left_to_s3fs(monkeypatch):
 
 
 def test_metadata_must_be_ascii_as_botocore_requires():
-    lean = LeanPut("http://127.0.0.1:9", ACCESS_KEY, SECRET_KEY, "us-east-1")
+    lean = LeanClient("http://127.0.0.1:9", ACCESS_KEY, SECRET_KEY, "us-east-1")
     with pytest.raises(ValueError, match="ASCII"):
         lean.put("bucket", "key", b"", {"source": "café"}, {})
