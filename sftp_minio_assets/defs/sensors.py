@@ -23,6 +23,7 @@ from ..policy.discovery import Plan, Request, batches
 from ..policy.survey import Survey
 from ..sftp.client import display
 from ..sftp.sessions import SessionsBusy
+from ..transfer.pgp import sweep_stale_homes
 from .partitions import (
     SOURCE_TAG,
     WORKER_TAG,
@@ -217,6 +218,7 @@ def _clean_up_after_crashes(
     multipart upload older than the stale window is aborted.
     """
     log, source = resource.transfer_log.log, resource.name
+    sweep_stale_homes()  # the gpg homes of killed runs (pgp.py), with their private keys
     released = _release_claims_of_finished_runs(context.instance, log, source, unfinished)
     swept = log.claims.sweep_stale(source)
     orphans = log.sensor_memory.release_orphans(source, in_flight, ORPHAN_GRACE_SECONDS)

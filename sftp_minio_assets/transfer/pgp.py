@@ -145,9 +145,9 @@ def _keyring(settings: PgpSettings) -> _Keyring:
 
 def _claim(home: str) -> int:
     """A lock on home held for the process's life, which the kernel releases however the process
-    ends (SIGKILL too): _sweep tells a live owner from a dead one by it, where a pid can be reused
-    or, in another container sharing /tmp, be another process's. Locked before it has its name,
-    so no sweep finds it unlocked."""
+    ends (SIGKILL too): sweep_stale_homes tells a live owner from a dead one by it, where a pid
+    can be reused or, in another container sharing /tmp, be another process's. Locked before it
+    has its name, so no sweep finds it unlocked."""
     staged = os.path.join(home, OWNER + ".new")
     owner = os.open(staged, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     fcntl.flock(owner, fcntl.LOCK_EX)
@@ -155,10 +155,12 @@ def _claim(home: str) -> int:
     return owner
 
 
-def _sweep() -> None:
+def sweep_stale_homes() -> None:
     """Removes the homes that killed or crashed processes left, with their private key files,
     and stops their agents. A home whose owner lives is locked, and left alone; one without an
-    owner lock (another version's, or another user's) is not judged."""
+    owner lock (another version's, or another user's) is not judged. Called by every keyring
+    made, and by the sensor's clean-up at every tick: a run killed after the last encrypted
+    file was opened leaves no home behind for long."""
     for home in glob.glob(os.path.join(tempfile.gettempdir(), HOME_PREFIX + "*")):
         try:
             owner = os.open(os.path.join(home, OWNER), os.O_RDONLY)
@@ -228,9 +230,9 @@ class _Keyring:
 
     def __init__(self, settings: PgpSettings):
         self.settings = settings
-        _sweep()
+        sweep_stale_homes()
         # Short: gpg-agent's socket lives in it, and socket paths are limited to 108 bytes. The
-        # pid tells a reader of /tmp whose it is; the owner lock tells _sweep.
+        # pid tells a reader of /tmp whose it is; the owner lock tells sweep_stale_homes.
         self.home = tempfile.mkdtemp(prefix=f"{HOME_PREFIX}{os.getpid()}-")
         self._owner = _claim(self.home)
         with open(os.path.join(self.home, "gpg-agent.conf"), "w") as conf:

@@ -1,6 +1,11 @@
 """The sensor against the real SFTP server and transfer log, evaluated as the daemon would."""
 
 import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
 import time
 
 import dagster as dg
@@ -9,7 +14,15 @@ import pytest
 from sftp_minio_assets.core.keys import encode_key
 from sftp_minio_assets.defs.assets import files
 from sftp_minio_assets.defs.partitions import KnownPartitions
-from sftp_minio_assets_tests.support import PARTITIONS, keys_of, materialize, requested, tick
+from sftp_minio_assets.transfer.pgp import HOME_PREFIX, _claim
+from sftp_minio_assets_tests.support import (
+    PARTITIONS,
+    PROJECT,
+    keys_of,
+    materialize,
+    requested,
+    tick,
+)
 
 pytestmark = pytest.mark.integration  # the real servers (conftest's stack)
 
@@ -170,3 +183,35 @@ def test_partition_keys_are_read_a_page_at_a_time_across_page_ends(instance):
     }
     spans = [("d/02.csv", "d/05.csv"), ("d/19.csv", "d/20.csv")]
     assert known.ranges(spans) == {*keys[2:6], *keys[19:21]}
+
+
+# A process that makes a gpg home as a run's keyring does (pgp.py: owner lock held for its
+# life), prints it and dies by SIGKILL: the home stays, with no owner.
+KILLED_KEYRING = """
+import os, signal, tempfile
+from sftp_minio_assets.transfer import pgp
+home = tempfile.mkdtemp(prefix=f"{pgp.HOME_PREFIX}{os.getpid()}-")
+pgp._claim(home)
+print(home, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_tick_removes_the_gpg_home_a_killed_run_left(env, instance):
+    """A run killed after the last encrypted file was opened left its keyring's home (its
+    private key files) until another run made a keyring: with no encrypted file to come, for
+    good. The sensor's clean-up removes it at the next tick; a live owner's home stays."""
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_KEYRING], cwd=PROJECT, capture_output=True, text=True
+    )
+    home = killed.stdout.strip()
+    assert killed.returncode == -signal.SIGKILL and os.path.isdir(home), killed.stderr
+    live = tempfile.mkdtemp(prefix=f"{HOME_PREFIX}{os.getpid()}-")
+    owner = _claim(live)
+    try:
+        tick(env, instance)
+        assert not os.path.exists(home)
+        assert os.path.isdir(live)
+    finally:
+        os.close(owner)
+        shutil.rmtree(live, ignore_errors=True)
