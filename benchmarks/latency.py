@@ -12,7 +12,8 @@ read from what the servers recorded:
 - tick: the sensor's evaluation in the code server and the daemon's handling, to the run's
   creation;
 - queue and launch: from the run's creation to its RUN_START (the queued run coordinator's
-  dequeue, the code server starting a run worker process, which loads Dagster and the code);
+  dequeue, the handing of the run to a run worker process started before it, which loads the
+  rest; Dagster's default launcher started one in the code server, which loaded all);
 - run start: from RUN_START to the file's claim (the step's start, the resources: SSH
   handshake, S3, the transfer log);
 - copy: from the claim to the COMPLETED row;

@@ -7,7 +7,7 @@
 
 Everything runs on one local stack (sshd, SeaweedFS, PostgreSQL), the tools alternating within
 each round. The pipeline runs as deployed: a real `dagster-daemon` (sensor, queued run
-coordinator, default run launcher through the code server it starts) on the project's
+coordinator, the project's run launcher with the code server it starts) on the project's
 dagster.yaml, on the stack's PostgreSQL, the sensor ticking every SENSOR_INTERVAL seconds. Once
 the daemon's sensor has ticked on an empty root, the workload's tree is moved into the root
 ("files appear"); the pipeline is timed from then to the last COMPLETED row of the log, so it
@@ -97,7 +97,8 @@ def seed(root: Path, workload: Workload) -> Path:
 
 # Processes this benchmark started, by what their command line says they are.
 PROCESS_KINDS = [
-    ("run worker", b"spawn_main"),
+    ("run worker", b"spawn_main"),  # Dagster's default launcher's
+    ("run worker", b"defs.run_worker"),
     ("code server", b"api\0grpc"),
     ("daemon", b"dagster._daemon"),
     ("PostgreSQL", b"postgres"),

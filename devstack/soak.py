@@ -41,6 +41,7 @@ from pathlib import Path
 from devstack.local_stack import LocalStack, stop_group
 from devstack.s3_relay import S3Relay
 from devstack.tcp_relay import TcpRelay
+from sftp_minio_assets.defs.run_launcher import WORKER_MODULE as RUN_WORKER
 from sftp_minio_assets.transfer.pgp import HOME_PREFIX
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -241,7 +242,7 @@ class Soak:
         """The processes of run workers, once one holds a claim (copies); [] if none does."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            workers = self.daemon_pids("execute_run") + self.daemon_pids("spawn_main")
+            workers = self.daemon_pids(RUN_WORKER)
             if workers and self._copying():
                 return workers
             time.sleep(0.5)

@@ -189,6 +189,7 @@ class Daemon:
     process: subprocess.Popen
     dagster_db: str  # the instance's own database
     home: Path
+    environment: dict[str, str]  # the daemon's: another Dagster process of the deployment's
 
     def run_statuses(self, of_files: bool = False) -> dict[str, str]:
         """Each run's status; of_files: the runs that copy files only, not those of the
@@ -261,7 +262,7 @@ def start_daemon(env, tmp_path):
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        started.append(Daemon(process, dagster_db, home))
+        started.append(Daemon(process, dagster_db, home, environment))
         return started[-1]
 
     yield start

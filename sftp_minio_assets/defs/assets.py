@@ -85,19 +85,30 @@ def build_files_asset(
             report=context.log.info,
         )
         failed = []
-        for outcome in worker.transfer_many(keys, resource.concurrency):
-            if outcome.status == "failed":
-                context.log.error(outcome.message)
-                context.log_event(_failure_observation(context.asset_key, outcome))
-                failed.append(outcome)
-                continue
-            # Per-file detail goes to the run's captured output, a line per file:
-            # an event per file would double Dagster's cost of a small file.
-            log.info(outcome.message)
-            if outcome.status != "busy":
-                yield dg.AssetMaterialization(
-                    asset_key=context.asset_key, partition=outcome.key, metadata=_metadata(outcome)
-                )
+        try:
+            for outcome in worker.transfer_many(keys, resource.concurrency):
+                if outcome.status == "failed":
+                    context.log.error(outcome.message)
+                    context.log_event(_failure_observation(context.asset_key, outcome))
+                    failed.append(outcome)
+                    continue
+                # Per-file detail goes to the run's captured output, a line per file:
+                # an event per file would double Dagster's cost of a small file.
+                log.info(outcome.message)
+                if outcome.status != "busy":
+                    yield dg.AssetMaterialization(
+                        asset_key=context.asset_key,
+                        partition=outcome.key,
+                        metadata=_metadata(outcome),
+                    )
+        except (dg.DagsterExecutionInterruptedError, KeyboardInterrupt) as interrupt:
+            # Terminated (the copies have stopped, their files FAILED): Dagster retries an
+            # interrupted step that has a retry policy, which would copy them again after all.
+            raise dg.Failure(
+                description="The run was terminated: its copies stopped, nothing of them "
+                "committed; their files are FAILED, and requested again by the sensor.",
+                allow_retries=False,
+            ) from interrupt
         context.log.info(
             f"{len(keys) - len(failed)} of {len(keys)} files copied or already in the bucket"
         )

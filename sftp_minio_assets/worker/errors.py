@@ -23,6 +23,11 @@ class KeyTaken(Exception):
     template (or the escaping of a name S3 cannot hold) maps both to one key."""
 
 
+class RunStopped(Exception):
+    """The run was terminated (Dagster's interrupt, as the UI's Terminate sends it): the copy
+    stopped where it was, nothing of it committed."""
+
+
 class SettingsError(ValueError):
     """A setting that can never work, refused when the code location loads; the message names
     the environment variable (or the source and key) and what a valid value looks like."""

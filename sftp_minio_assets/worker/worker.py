@@ -15,7 +15,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import suppress
 from dataclasses import dataclass, field
 from functools import partial
@@ -41,7 +41,7 @@ from ..transfer.failures import Committed, ObjectOfAnotherSource, SourceChanged,
 from ..transfer.recovery import earlier_copy, finish_commit
 from ..transfer.resume import Journal, resumable_hashing, still_usable
 from .after_copy import AfterCopy
-from .errors import KeyTaken, NotAFile, advice, is_permanent, redact
+from .errors import KeyTaken, NotAFile, RunStopped, advice, is_permanent, redact
 from .source_policy import SourcePolicy
 
 logger = logging.getLogger(__name__)
@@ -118,6 +118,8 @@ class Worker:
         # A live transfer refreshes its claim well within the stale window, and says how far
         # it got: report(line) writes to the run's log (Python's logger by default).
         self.heartbeat_seconds = min(30.0, transfer_log.claims.stale_minutes * 60 / 4)
+        # Set when the run is terminated: copies stop at their next chunk, retries are not made.
+        self.stopping = threading.Event()
         self.report = report or logger.info
         self.after_copy = AfterCopy(self.policy, sftp_pool.get, sftp_settings.server, secrets)
         self.bandwidth_cap = None
@@ -145,8 +147,14 @@ class Worker:
 
         with ThreadPoolExecutor(max_workers, thread_name_prefix="transfer") as pool:
             futures = [pool.submit(transfer, key, i == len(keys) - 1) for i, key in enumerate(keys)]
-            for future in as_completed(futures):
-                yield future.result()
+            try:
+                for future in _as_completed(futures):
+                    yield future.result()
+            except BaseException:  # the run is terminated (or its caller stopped early)
+                self.stopping.set()  # each copy stops at its next chunk, files not started never
+                for future in futures:
+                    future.cancel()
+                raise
 
     def transfer(self, key: str) -> Outcome:
         """Attempts until the file is copied, skipped, or failed for good (or retries run out)."""
@@ -155,7 +163,7 @@ class Worker:
         while True:
             outcome = self._attempt(key, committed)
             committed = outcome.committed or committed
-            if outcome.status != "failed" or outcome.permanent:
+            if outcome.status != "failed" or outcome.permanent or self.stopping.is_set():
                 return outcome
             if outcome.changed and self.policy.gated:
                 return outcome  # the sensor requests it again once it passes the gate
@@ -488,6 +496,11 @@ class Worker:
 
         def beat(done: int) -> None:
             nonlocal last
+            if self.stopping.is_set():
+                raise RunStopped(
+                    f"the run was terminated at {mib(done)} of {mib(size)}: nothing of this copy "
+                    "was committed. Rerun the partition, or let the sensor request it again."
+                )
             now = time.monotonic()
             if now - last < self.heartbeat_seconds:
                 return
@@ -504,6 +517,17 @@ class Worker:
             )
 
         return beat
+
+
+def _as_completed(futures: list[Future]) -> Iterator[Future]:
+    """as_completed's order, waking every second: Dagster terminates a run by raising from its
+    SIGINT handler, which runs in the main thread when it next runs Python, and a signal sent
+    to the process may wake another thread; blocked without a time-out, the main thread would
+    see it only once a file had finished."""
+    pending = set(futures)
+    while pending:
+        done, pending = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
+        yield from done
 
 
 def _absolute(path: str) -> str:

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import psycopg
 import pytest
 
+from sftp_minio_assets.defs.run_launcher import WORKER_MODULE as RUN_WORKER
 from sftp_minio_assets_tests.support import (
     CAP,
     DAEMON_SETTINGS,
@@ -108,7 +109,7 @@ def test_a_run_killed_through_the_daemon_resumes_by_itself(env, start_daemon):
     path = env.write("big.bin", os.urandom(SIZE))
     daemon = start_daemon(**DAEMON_SETTINGS, SFTP_MAX_BYTES_PER_SECOND=str(CAP))
     wait_for(lambda: uploaded(env) >= SIZE // 2, 240, "half of big.bin to be uploaded")
-    victims = daemon.pids("execute_run") + daemon.pids("spawn_main")
+    victims = daemon.pids(RUN_WORKER)
     assert victims, daemon.log()
     for pid in victims:
         os.kill(pid, signal.SIGKILL)

@@ -15,6 +15,7 @@ from sftp_minio_assets.defs.alerts import alert_on_repeated_failures
 from sftp_minio_assets.defs.checks import build_file_checks
 from sftp_minio_assets.defs.partitions import RANGE_END_TAG, RANGE_START_TAG
 from sftp_minio_assets.defs.resources import AlertSettings
+from sftp_minio_assets.defs.run_launcher import WORKER_MODULE as RUN_WORKER
 from sftp_minio_assets.transfer.copy import Copy, Tuning, copy_file
 from sftp_minio_assets_tests.support import (
     CAP,
@@ -263,7 +264,7 @@ def test_a_run_killed_mid_transfer_heals_by_itself_through_the_daemon(env, start
     wait_for(env.store.list_multipart_uploads, 240, "big.bin's upload to start")
 
     # What an OOM kill or a lost pod does: the run worker, and a step process if there is one.
-    victims = daemon.pids("execute_run") + daemon.pids("spawn_main")
+    victims = daemon.pids(RUN_WORKER)
     assert victims, daemon.log()
     for pid in victims:
         os.kill(pid, signal.SIGKILL)
@@ -303,7 +304,7 @@ def test_the_daemon_killed_with_its_code_server_and_run_worker_heals_once_restar
     settings = {**DAEMON_SETTINGS, "SFTP_MAX_BYTES_PER_SECOND": str(CAP)}
     daemon = start_daemon(**settings)
     wait_for(env.store.list_multipart_uploads, 240, "big.bin's upload to start")
-    assert daemon.pids("execute_run") + daemon.pids("spawn_main"), daemon.log()
+    assert daemon.pids(RUN_WORKER), daemon.log()
     for pid in daemon.pids():
         os.kill(pid, signal.SIGKILL)
     daemon.process.wait()
