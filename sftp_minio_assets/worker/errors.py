@@ -24,8 +24,8 @@ class KeyTaken(Exception):
 
 
 class RunStopped(Exception):
-    """The run was terminated (Dagster's interrupt, as the UI's Terminate sends it): the copy
-    stopped where it was, nothing of it committed."""
+    """The run stopped while the copy went on (terminated: Dagster's interrupt, as the UI's
+    Terminate sends it): the copy stopped where it was, nothing of it committed."""
 
 
 class SettingsError(ValueError):

@@ -172,7 +172,8 @@ class Worker:
                 return outcome
             delay = self.retry.delay(failures)
             logger.warning("%s (attempt %d; retrying in %.1f s)", outcome.message, failures, delay)
-            time.sleep(delay)
+            if self.stopping.wait(delay):  # the run stopped meanwhile: no other attempt
+                return outcome
 
     def _attempt(self, key: str, committed: Committed | None = None) -> Outcome:
         """One claim of the file and one copy; committed: what an earlier attempt may have left."""
@@ -498,8 +499,9 @@ class Worker:
             nonlocal last
             if self.stopping.is_set():
                 raise RunStopped(
-                    f"the run was terminated at {mib(done)} of {mib(size)}: nothing of this copy "
-                    "was committed. Rerun the partition, or let the sensor request it again."
+                    f"the run stopped (terminated) at {mib(done)} of {mib(size)}: nothing of "
+                    "this copy was committed. Rerun the partition, or let the sensor request it "
+                    "again."
                 )
             now = time.monotonic()
             if now - last < self.heartbeat_seconds:

@@ -61,7 +61,7 @@ def test_a_run_terminated_from_another_process_stops_its_copy_and_ends_canceled(
     wait_for(lambda: not alive(worker), 10, "its worker to exit")
     row = env.rows()["big.bin"]
     assert row["status"] == "FAILED", row
-    assert "the run was terminated at" in row["error_message"], row
+    assert "the run stopped (terminated) at" in row["error_message"], row
     assert env.store.head("default/big.bin") is None  # nothing partial is ever visible
 
 
