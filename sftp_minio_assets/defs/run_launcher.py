@@ -36,7 +36,7 @@ from dagster._serdes import ConfigurableClass, ConfigurableClassData
 
 from ..core.identity import pid_here, process_id
 from .partitions import WORKER_TAG
-from .run_worker import CODE_OPTION
+from .run_worker import CODE_OPTION, VERB
 from .run_worker import MODULE as WORKER_MODULE
 
 # Where a run's code is loaded from: its interpreter and working directory.
@@ -157,7 +157,7 @@ class ReadyRunLauncher(RunLauncher, ConfigurableClass):
         modules = [data.module_name for data in storages if data is not None]
         preload = [CODE_OPTION, code] if code else []
         return subprocess.Popen(
-            [executable, "-m", WORKER_MODULE, *preload, *modules],
+            [executable, "-m", WORKER_MODULE, VERB, *preload, *modules],
             stdin=subprocess.PIPE,
             cwd=directory,
         )

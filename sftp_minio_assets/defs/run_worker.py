@@ -1,4 +1,4 @@
-"""A run worker started before its run: `python -m sftp_minio_assets.defs.run_worker
+"""A run worker started before its run: `python -m sftp_minio_assets.defs.run_worker execute_run
 [--code MODULE] [STORAGE_MODULE...]`.
 
 ReadyRunLauncher (run_launcher.py) starts one ahead of each run. It loads what every run worker
@@ -22,6 +22,9 @@ import sys
 import tempfile
 
 MODULE = "sftp_minio_assets.defs.run_worker"
+# Its first argument, the Dagster command whose work it does: what finds Dagster's run workers by
+# their command line (`dagster api execute_run`; an operator's `pgrep -f execute_run`) finds it.
+VERB = "execute_run"
 CODE_OPTION = "--code"
 
 
@@ -54,6 +57,8 @@ def main(argv: list[str]) -> None:
 
 
 def _parse(argv: list[str]) -> tuple[str | None, list[str]]:
+    if argv[:1] == [VERB]:
+        argv = argv[1:]
     if argv[:1] == [CODE_OPTION]:
         return argv[1], argv[2:]
     return None, argv
@@ -94,7 +99,7 @@ def _start_over(line: str, storages: list[str]) -> None:
         os.dup2(run.fileno(), sys.stdin.fileno())
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(sys.executable, [sys.executable, "-m", MODULE, *storages])
+    os.execv(sys.executable, [sys.executable, "-m", MODULE, VERB, *storages])
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from sftp_minio_assets.defs import run_worker
-from sftp_minio_assets.defs.run_worker import CODE_OPTION, MODULE
+from sftp_minio_assets.defs.run_worker import CODE_OPTION, MODULE, VERB
 from sftp_minio_assets_tests.support import PROJECT
 
 
@@ -32,6 +32,7 @@ def test_code_that_fails_to_import_is_left_to_the_run(tmp_path, monkeypatch):
     assert run_worker._preload("broken_here") == {}
     assert run_worker._parse([CODE_OPTION, "a.b", "x.storage"]) == ("a.b", ["x.storage"])
     assert run_worker._parse(["x.storage"]) == (None, ["x.storage"])
+    assert run_worker._parse([VERB, CODE_OPTION, "a.b"]) == ("a.b", [])
 
 
 def test_a_worker_whose_code_changed_while_it_waited_starts_over_before_its_run(tmp_path):
@@ -42,7 +43,7 @@ def test_a_worker_whose_code_changed_while_it_waited_starts_over_before_its_run(
     code = tmp_path / "changing_code.py"
     code.write_text(f"open({str(loaded)!r}, 'a').write('import\\n')\n")
     worker = subprocess.Popen(
-        [sys.executable, "-m", MODULE, CODE_OPTION, "changing_code"],
+        [sys.executable, "-m", MODULE, VERB, CODE_OPTION, "changing_code"],
         cwd=PROJECT,
         env={**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(PROJECT)])},
         stdin=subprocess.PIPE,
