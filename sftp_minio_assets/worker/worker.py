@@ -152,8 +152,7 @@ class Worker:
                     yield future.result()
             except BaseException:  # the run is terminated (or its caller stopped early)
                 self.stopping.set()  # each copy stops at its next chunk, files not started never
-                for future in futures:
-                    future.cancel()
+                pool.shutdown(wait=False, cancel_futures=True)
                 raise
 
     def transfer(self, key: str) -> Outcome:
