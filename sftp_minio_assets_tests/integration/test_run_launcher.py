@@ -57,11 +57,19 @@ def test_a_run_terminated_from_another_process_stops_its_copy_and_ends_canceled(
         [sys.executable, "-c", terminate, run_id], env=daemon.environment, check=True, timeout=60
     )
     # The copy stops, not only the run's status: its row says so (a copy that went on to its
-    # end would be COMPLETED).
-    wait_for(lambda: daemon.run_statuses()[run_id] == "CANCELED", 30, "the run canceled")
+    # end would be COMPLETED). Read as the run ends: the sensor's next tick requests it again.
+    failed = []
+
+    def canceled() -> bool:
+        row = env.rows()["big.bin"]
+        if row["status"] == "FAILED":
+            failed.append(row)
+        return daemon.run_statuses()[run_id] == "CANCELED"
+
+    wait_for(canceled, 30, "the run canceled")
     wait_for(lambda: not alive(worker), 30, "its worker to exit")
-    row = env.rows()["big.bin"]
-    assert row["status"] == "FAILED", row
+    assert failed, env.rows()["big.bin"]
+    row = failed[0]
     assert "the run stopped (terminated) at" in row["error_message"], row
     assert env.store.head("default/big.bin") is None  # nothing partial is ever visible
 
